@@ -1,0 +1,9 @@
+//! CPU tile kernels: plain functions over row-major slices, generic over the
+//! storage type and computing in its accumulation type (`Element::Acc`).
+//! Each call is single-threaded: one task runs on one worker thread, and the
+//! runtime, not the kernel, owns the parallelism.
+
+pub mod copy;
+pub mod elementwise;
+pub mod gemm;
+pub mod reduce;

@@ -1,0 +1,13 @@
+//! gpt2rs: GPT-2 training on tiled tensors and a task runtime, in the manner of
+//! NNTile (tensors cut into tiles, every op a graph of tile tasks) with StarPU's
+//! runtime ideas (data handles, access modes, codelets, schedulers) in Rust.
+
+pub mod dtype;
+pub mod error;
+pub mod kernels;
+
+pub use dtype::{DType, Element};
+pub use error::{Error, Result};
+pub mod runtime;
+pub mod tensor;
+pub mod ops;

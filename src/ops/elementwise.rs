@@ -1,0 +1,104 @@
+//! Element-wise ops, one task per tile: fill, scale, axpy, add.
+
+use super::{footprint, same_dtype, same_layout};
+use crate::error::Result;
+use crate::kernels::cpu::elementwise as k;
+use crate::runtime::{Access, Buffers, Codelet};
+use crate::tensor::Tensor;
+use crate::with_dtype;
+use crate::DType;
+
+enum Kind {
+    Fill(f64),
+    Scale(f64),
+    Axpy(f64),
+    Add(f64, f64),
+}
+
+struct Elementwise {
+    kind: Kind,
+    dtype: DType,
+    len: usize,
+}
+
+impl Codelet for Elementwise {
+    fn name(&self) -> &'static str {
+        match self.kind {
+            Kind::Fill(_) => "fill",
+            Kind::Scale(_) => "scale",
+            Kind::Axpy(_) => "axpy",
+            Kind::Add(..) => "add",
+        }
+    }
+    fn flops(&self) -> f64 {
+        let per = match self.kind {
+            Kind::Fill(_) => 0.0,
+            Kind::Scale(_) => 1.0,
+            Kind::Axpy(_) => 2.0,
+            Kind::Add(..) => 3.0,
+        };
+        per * self.len as f64
+    }
+    fn footprint(&self) -> u64 {
+        footprint(&[self.len as u64])
+    }
+    fn cpu(&self, b: &Buffers) -> Result<()> {
+        with_dtype!(self.dtype, T, {
+            match self.kind {
+                Kind::Fill(v) => k::fill::<T>(v, b.w(0)?),
+                Kind::Scale(a) => k::scale::<T>(a, b.w(0)?),
+                Kind::Axpy(a) => k::axpy::<T>(a, b.r(0)?, b.w(1)?),
+                Kind::Add(a, bt) => k::add::<T>(a, b.r(0)?, bt, b.w(1)?),
+            }
+        });
+        Ok(())
+    }
+}
+
+fn unary(x: &Tensor, kind: impl Fn() -> Kind, mode: Access) -> Result<()> {
+    for h in &x.tiles {
+        let cl = Elementwise {
+            kind: kind(),
+            dtype: x.dtype,
+            len: h.len(),
+        };
+        x.runtime().submit(Box::new(cl), vec![(h.clone(), mode)])?;
+    }
+    Ok(())
+}
+
+fn binary(op: &str, x: &Tensor, y: &Tensor, kind: impl Fn() -> Kind, ymode: Access) -> Result<()> {
+    same_layout(op, x, y)?;
+    same_dtype(op, x, y)?;
+    for (hx, hy) in x.tiles.iter().zip(&y.tiles) {
+        let cl = Elementwise {
+            kind: kind(),
+            dtype: x.dtype,
+            len: hx.len(),
+        };
+        x.runtime()
+            .submit(Box::new(cl), vec![(hx.clone(), Access::R), (hy.clone(), ymode)])?;
+    }
+    Ok(())
+}
+
+/// x = value everywhere.
+pub fn fill(x: &Tensor, value: f64) -> Result<()> {
+    unary(x, || Kind::Fill(value), Access::W)
+}
+
+/// x *= alpha.
+pub fn scale(x: &Tensor, alpha: f64) -> Result<()> {
+    unary(x, || Kind::Scale(alpha), Access::RW)
+}
+
+/// y += alpha * x.
+pub fn axpy(alpha: f64, x: &Tensor, y: &Tensor) -> Result<()> {
+    binary("axpy", x, y, || Kind::Axpy(alpha), Access::RW)
+}
+
+/// y = alpha * x + beta * y (y is not read when beta is 0).
+pub fn add(alpha: f64, x: &Tensor, beta: f64, y: &Tensor) -> Result<()> {
+    let mode = if beta == 0.0 { Access::W } else { Access::RW };
+    binary("add", x, y, || Kind::Add(alpha, beta), mode)
+}

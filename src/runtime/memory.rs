@@ -1,0 +1,366 @@
+//! The memory manager: makes replicas valid where a task runs (transfers),
+//! keeps them coherent (a write frees every other replica), pins them while a
+//! task uses them, and keeps each node under its byte limit by evicting: clean
+//! replicas (another valid copy exists) first, least recently used first; then
+//! dirty ones, written back to host memory before they are dropped.
+//!
+//! Lock order: a handle's coherence lock may be held while a node's `mem` lock
+//! is taken, never the reverse (eviction only `try_lock`s handles), and a
+//! strong handle reference is never dropped while a `mem` lock is held (the
+//! drop itself takes that lock).
+
+use super::buffer::HostBuffer;
+use super::handle::{Access, Coherence, HandleInner, Replica};
+use super::node::MemoryNode;
+use super::trace::{Event, Trace};
+use crate::error::{Error, Result};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct BusStats {
+    pub src: usize,
+    pub dst: usize,
+    pub name: String,
+    pub transfers: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+pub(crate) struct Memory {
+    pub nodes: Vec<MemoryNode>,
+    buses: Vec<Mutex<BusStats>>,
+    pub trace: Arc<Trace>,
+    tick: AtomicU64,
+}
+
+/// Default bus bandwidth for estimates before any transfer was measured.
+const DEFAULT_BANDWIDTH: f64 = 10e9;
+
+impl Memory {
+    pub fn new(nodes: Vec<MemoryNode>, trace: Arc<Trace>) -> Memory {
+        let n = nodes.len();
+        let mut buses = Vec::with_capacity(n * n);
+        for s in 0..n {
+            for d in 0..n {
+                buses.push(Mutex::new(BusStats {
+                    src: s,
+                    dst: d,
+                    name: format!("{}->{}", nodes[s].name, nodes[d].name),
+                    ..Default::default()
+                }));
+            }
+        }
+        Memory {
+            nodes,
+            buses,
+            trace,
+            tick: AtomicU64::new(0),
+        }
+    }
+
+    pub fn bus_stats(&self) -> Vec<BusStats> {
+        self.buses
+            .iter()
+            .map(|b| b.lock().unwrap().clone())
+            .filter(|b| b.src != b.dst)
+            .collect()
+    }
+
+    /// Expected seconds to move `bytes` from `src` to `dst`, from what was measured.
+    pub fn transfer_estimate(&self, src: usize, dst: usize, bytes: usize) -> f64 {
+        let n = self.nodes.len();
+        let b = self.buses[src * n + dst].lock().unwrap();
+        let bw = if b.bytes > (1 << 20) && b.seconds > 0.0 {
+            b.bytes as f64 / b.seconds
+        } else {
+            DEFAULT_BANDWIDTH
+        };
+        bytes as f64 / bw
+    }
+
+    fn note_memory(&self, node: usize, used: u64) {
+        if self.trace.enabled {
+            self.trace.push(Event::Memory {
+                node,
+                ts_us: self.trace.us(Instant::now()),
+                used,
+            });
+        }
+    }
+
+    /// Counts `bytes` on `node` for handle `h`; `reserved` means the bytes were
+    /// already counted by a reservation.
+    fn account_alloc(&self, node: usize, h: &Arc<HandleInner>, bytes: u64, reserved: bool) {
+        let mut m = self.nodes[node].mem.lock().unwrap();
+        if !reserved {
+            m.used += bytes;
+            m.peak = m.peak.max(m.used);
+        }
+        m.resident.insert(h.id, Arc::downgrade(h));
+        let used = m.used;
+        drop(m);
+        self.note_memory(node, used);
+    }
+
+    pub fn release_bytes(&self, node: usize, id: u64, bytes: u64) {
+        let mut m = self.nodes[node].mem.lock().unwrap();
+        m.used -= bytes;
+        m.resident.remove(&id);
+        let used = m.used;
+        drop(m);
+        self.nodes[node].unpinned.notify_all();
+        self.note_memory(node, used);
+    }
+
+    fn transfer(&self, src: usize, dst: usize, from: &HostBuffer, to: &HostBuffer) {
+        let t0 = Instant::now();
+        to.copy_from(from);
+        let dt = t0.elapsed();
+        let n = self.nodes.len();
+        {
+            let mut b = self.buses[src * n + dst].lock().unwrap();
+            b.transfers += 1;
+            b.bytes += from.len_bytes() as u64;
+            b.seconds += dt.as_secs_f64();
+        }
+        self.trace.push(Event::Transfer {
+            src,
+            dst,
+            bytes: from.len_bytes(),
+            start_us: self.trace.us(t0),
+            dur_us: dt.as_secs_f64() * 1e6,
+        });
+    }
+
+    /// With the coherence lock held: makes the replica of `h` on `node` valid for
+    /// `mode` and pins it.
+    fn make_valid(
+        &self,
+        h: &Arc<HandleInner>,
+        coh: &mut Coherence,
+        node: usize,
+        mode: Access,
+        reserved: bool,
+    ) {
+        let bytes = h.bytes() as u64;
+        if coh.replicas[node].is_none() {
+            self.account_alloc(node, h, bytes, reserved);
+            let buf = HostBuffer::zeroed(h.bytes());
+            if mode.reads() {
+                // Prefer the host copy as the source; a handle with no replica holds zeros.
+                if let Some(src) = (0..coh.replicas.len()).find(|&i| coh.replicas[i].is_some()) {
+                    self.transfer(src, node, &coh.replicas[src].as_ref().unwrap().buf, &buf);
+                }
+            }
+            coh.replicas[node] = Some(Replica {
+                buf,
+                pins: 0,
+                last_use: 0,
+            });
+        } else if reserved {
+            // Someone made it valid between our reservation and now: give the bytes back.
+            let mut m = self.nodes[node].mem.lock().unwrap();
+            m.used -= bytes;
+        }
+        if mode.writes() {
+            for i in 0..coh.replicas.len() {
+                if i != node && coh.replicas[i].take().is_some() {
+                    self.release_bytes(i, h.id, bytes);
+                }
+            }
+        }
+        self.pin(coh, node, bytes);
+    }
+
+    fn pin(&self, coh: &mut Coherence, node: usize, bytes: u64) {
+        let r = coh.replicas[node].as_mut().unwrap();
+        r.pins += 1;
+        r.last_use = self.tick.fetch_add(1, Ordering::Relaxed);
+        if r.pins == 1 {
+            self.nodes[node].mem.lock().unwrap().pinned += bytes;
+        }
+    }
+
+    pub fn unpin(&self, h: &HandleInner, node: usize) {
+        let mut coh = h.coh.lock().unwrap();
+        if let Some(r) = coh.replicas[node].as_mut() {
+            r.pins -= 1;
+            if r.pins == 0 {
+                self.nodes[node].mem.lock().unwrap().pinned -= h.bytes() as u64;
+                self.nodes[node].unpinned.notify_all();
+            }
+        }
+    }
+
+    /// Makes every distinct handle of a task valid on `node` and pins it. On a
+    /// node with a limit, reserves all the bytes at once (evicting if needed),
+    /// waiting while other tasks hold pins, failing only if this task alone
+    /// cannot fit.
+    pub fn acquire(&self, node: usize, ops: &[(Arc<HandleInner>, Access)], who: &str) -> Result<()> {
+        let nd = &self.nodes[node];
+        let Some(limit) = nd.limit else {
+            for (h, mode) in ops {
+                let mut coh = h.coh.lock().unwrap();
+                self.make_valid(h, &mut coh, node, *mode, false);
+            }
+            return Ok(());
+        };
+        let total: u64 = ops.iter().map(|(h, _)| h.bytes() as u64).sum();
+        if total > limit {
+            return Err(Error::OutOfMemory {
+                node: nd.name.clone(),
+                limit,
+                msg: format!("{who} needs {total} bytes of operands on this node at once"),
+            });
+        }
+        let _reserve = nd.reserve.lock().unwrap();
+        let mut pinned = vec![false; ops.len()];
+        let mut my_pinned = 0u64;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let missing_idx = loop {
+            let mut missing = 0u64;
+            let mut missing_idx = Vec::new();
+            for (i, (h, mode)) in ops.iter().enumerate() {
+                if pinned[i] {
+                    continue;
+                }
+                let mut coh = h.coh.lock().unwrap();
+                if coh.replicas[node].is_some() {
+                    self.make_valid(h, &mut coh, node, *mode, false);
+                    pinned[i] = true;
+                    my_pinned += h.bytes() as u64;
+                } else {
+                    missing += h.bytes() as u64;
+                    missing_idx.push(i);
+                }
+            }
+            let short = {
+                let m = nd.mem.lock().unwrap();
+                (m.used + missing).saturating_sub(limit)
+            };
+            if short > 0 {
+                self.evict(node, short);
+            }
+            let mut m = nd.mem.lock().unwrap();
+            if m.used + missing <= limit {
+                m.used += missing;
+                m.peak = m.peak.max(m.used);
+                break missing_idx;
+            }
+            if m.pinned > my_pinned && Instant::now() < deadline {
+                // Other running tasks hold pins: wait for them to finish.
+                let _ = nd.unpinned.wait_timeout(m, Duration::from_millis(50)).unwrap();
+                continue;
+            }
+            let used = m.used;
+            drop(m);
+            for (i, (h, _)) in ops.iter().enumerate() {
+                if pinned[i] {
+                    self.unpin(h, node);
+                }
+            }
+            return Err(Error::OutOfMemory {
+                node: nd.name.clone(),
+                limit,
+                msg: format!(
+                    "{who} needs {missing} more bytes but {used} are in use and cannot be evicted"
+                ),
+            });
+        };
+        for i in missing_idx {
+            let (h, mode) = &ops[i];
+            let mut coh = h.coh.lock().unwrap();
+            self.make_valid(h, &mut coh, node, *mode, true);
+        }
+        Ok(())
+    }
+
+    /// Frees at least `need` bytes on `node` if it can; returns the bytes freed.
+    pub fn evict(&self, node: usize, need: u64) -> u64 {
+        let weak: Vec<_> = self.nodes[node].mem.lock().unwrap().resident.values().cloned().collect();
+        let mut cands: Vec<(bool, u64, Arc<HandleInner>)> = Vec::new();
+        for w in weak {
+            let Some(h) = w.upgrade() else { continue };
+            let info = match h.coh.try_lock() {
+                Ok(c) => match &c.replicas[node] {
+                    Some(r) if r.pins == 0 => Some((c.valid_count() == 1, r.last_use)),
+                    _ => None,
+                },
+                Err(_) => None,
+            };
+            if let Some((dirty, last)) = info {
+                cands.push((dirty, last, h));
+            }
+        }
+        // Clean before dirty, then least recently used first.
+        cands.sort_by_key(|c| (c.0, c.1));
+        let mut freed = 0u64;
+        for (_, _, h) in &cands {
+            if freed >= need {
+                break;
+            }
+            let Ok(mut coh) = h.coh.try_lock() else { continue };
+            match &coh.replicas[node] {
+                Some(r) if r.pins == 0 => {}
+                _ => continue,
+            }
+            let bytes = h.bytes() as u64;
+            if coh.valid_count() == 1 {
+                if node == 0 || !self.write_back(h, &mut coh, node) {
+                    continue;
+                }
+            }
+            coh.replicas[node] = None;
+            self.release_bytes(node, h.id, bytes);
+            self.nodes[node].mem.lock().unwrap().evictions += 1;
+            freed += bytes;
+        }
+        drop(cands);
+        freed
+    }
+
+    /// Copies the only replica of `h` (on `node`) to host memory, if the host
+    /// has room without evicting anything itself.
+    fn write_back(&self, h: &Arc<HandleInner>, coh: &mut Coherence, node: usize) -> bool {
+        let bytes = h.bytes() as u64;
+        {
+            let mut m = self.nodes[0].mem.lock().unwrap();
+            if let Some(limit) = self.nodes[0].limit {
+                if m.used + bytes > limit {
+                    return false;
+                }
+            }
+            m.used += bytes;
+            m.peak = m.peak.max(m.used);
+        }
+        self.account_alloc(0, h, bytes, true);
+        let buf = HostBuffer::zeroed(h.bytes());
+        self.transfer(node, 0, &coh.replicas[node].as_ref().unwrap().buf, &buf);
+        coh.replicas[0] = Some(Replica {
+            buf,
+            pins: 0,
+            last_use: self.tick.fetch_add(1, Ordering::Relaxed),
+        });
+        self.nodes[node].mem.lock().unwrap().writebacks += 1;
+        true
+    }
+}
+
+impl Memory {
+    /// Gives a fresh handle a host replica filled by `fill` (counted against
+    /// the host's limit but never refused: the data exists already).
+    pub fn register_host(&self, h: &Arc<HandleInner>, fill: impl FnOnce(&mut [u8])) {
+        let mut coh = h.coh.lock().unwrap();
+        self.account_alloc(0, h, h.bytes() as u64, false);
+        let buf = HostBuffer::zeroed(h.bytes());
+        // SAFETY: the handle is new, nobody else can see the buffer yet.
+        fill(unsafe { buf.bytes_mut() });
+        coh.replicas[0] = Some(Replica {
+            buf,
+            pins: 0,
+            last_use: self.tick.fetch_add(1, Ordering::Relaxed),
+        });
+    }
+}

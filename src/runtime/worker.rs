@@ -1,0 +1,216 @@
+//! Workers: one thread each, one task at a time. A worker makes its task's
+//! operands valid on its memory node, runs the implementation for its kind,
+//! and records statistics, the performance model and the trace.
+
+use super::handle::{Access, HandleInner};
+use super::task::{BufRef, Buffers, TaskInner, Where};
+use super::trace::Event;
+use super::Inner;
+use crate::error::{Error, Result};
+use std::cell::Cell;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WorkerKind {
+    Cpu,
+    /// Runs CPU implementations on its own (simulated device) memory node.
+    Sim,
+}
+
+impl WorkerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkerKind::Cpu => "cpu",
+            WorkerKind::Sim => "sim",
+        }
+    }
+    pub fn parse(s: &str) -> Option<WorkerKind> {
+        match s {
+            "cpu" => Some(WorkerKind::Cpu),
+            "sim" => Some(WorkerKind::Sim),
+            _ => None,
+        }
+    }
+    pub fn mask(self) -> Where {
+        match self {
+            WorkerKind::Cpu => Where::CPU,
+            WorkerKind::Sim => Where::SIM,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerInfo {
+    pub id: usize,
+    pub name: String,
+    pub kind: WorkerKind,
+    pub node: usize,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct WorkerStats {
+    pub id: usize,
+    pub name: String,
+    pub kind: String,
+    pub node: usize,
+    pub tasks: u64,
+    pub failed: u64,
+    pub busy_s: f64,
+    pub flops: f64,
+}
+
+pub(crate) fn run(inner: Arc<Inner>, wid: usize) {
+    while let Some(task) = inner.sched.pop(wid) {
+        execute(&inner, wid, task);
+    }
+}
+
+/// The distinct handles of a task, with one mode each (two reads stay a read).
+pub(crate) fn distinct(accesses: &[(super::handle::DataHandle, Access)]) -> Vec<(Arc<HandleInner>, Access)> {
+    let mut out: Vec<(Arc<HandleInner>, Access)> = Vec::with_capacity(accesses.len());
+    for (h, m) in accesses {
+        if !out.iter().any(|(o, _)| o.id == h.0.id) {
+            out.push((h.0.clone(), *m));
+        }
+    }
+    out
+}
+
+/// Tries to take the ACC locks of a task, in handle order. On failure, parks
+/// the task on the busy handle (it is pushed again when that lock is freed).
+fn lock_acc(inner: &Inner, task: &Arc<TaskInner>, acc: &[Arc<HandleInner>]) -> bool {
+    for (i, h) in acc.iter().enumerate() {
+        let mut l = h.acc.lock().unwrap();
+        if l.busy {
+            l.waiters.push(task.clone());
+            drop(l);
+            unlock_acc(inner, &acc[..i]);
+            return false;
+        }
+        l.busy = true;
+    }
+    true
+}
+
+fn unlock_acc(inner: &Inner, acc: &[Arc<HandleInner>]) {
+    for h in acc {
+        let waiters = {
+            let mut l = h.acc.lock().unwrap();
+            l.busy = false;
+            std::mem::take(&mut l.waiters)
+        };
+        for t in waiters {
+            inner.sched.push(t);
+        }
+    }
+}
+
+fn execute(inner: &Arc<Inner>, wid: usize, task: Arc<TaskInner>) {
+    if let Some(cause) = task.cancel.lock().unwrap().clone() {
+        task.body.lock().unwrap().take();
+        let label = task.label();
+        inner.complete(&task, Err(Error::Cancelled { task: label, cause }));
+        return;
+    }
+    let info = &inner.workers[wid];
+    let ops = {
+        let b = task.body.lock().unwrap();
+        distinct(&b.as_ref().expect("task executed twice").accesses)
+    };
+    let mut acc: Vec<Arc<HandleInner>> = ops
+        .iter()
+        .filter(|(_, m)| *m == Access::ACC)
+        .map(|(h, _)| h.clone())
+        .collect();
+    acc.sort_by_key(|h| h.id);
+    if !acc.is_empty() && !lock_acc(inner, &task, &acc) {
+        return;
+    }
+    let body = task.body.lock().unwrap().take().expect("task executed twice");
+    let label = task.label();
+    let res = match inner.mem.acquire(info.node, &ops, &label) {
+        Err(e) => Err(e),
+        Ok(()) => {
+            let res = run_codelet(inner, wid, &task, &body);
+            for (h, _) in &ops {
+                inner.mem.unpin(h, info.node);
+            }
+            res
+        }
+    };
+    unlock_acc(inner, &acc);
+    drop(ops);
+    drop(body);
+    let res = res.map_err(|e| match e {
+        e @ (Error::Task { .. } | Error::OutOfMemory { .. }) => e,
+        e => Error::Task {
+            task: label.clone(),
+            reason: e.to_string(),
+        },
+    });
+    inner.complete(&task, res);
+}
+
+fn run_codelet(inner: &Inner, wid: usize, task: &TaskInner, body: &super::task::TaskBody) -> Result<()> {
+    let info = &inner.workers[wid];
+    let items: Vec<BufRef> = body
+        .accesses
+        .iter()
+        .map(|(h, mode)| {
+            let coh = h.0.coh.lock().unwrap();
+            let r = coh.replicas[info.node].as_ref().expect("operand pinned on this node");
+            BufRef {
+                ptr: r.buf.as_ptr(),
+                len: h.len(),
+                dtype: h.dtype(),
+                mode: *mode,
+            }
+        })
+        .collect();
+    let bufs = Buffers {
+        items: &items,
+        borrowed: Cell::new(0),
+    };
+    let t0 = Instant::now();
+    // A kernel that panics must become an error for whoever waits, not take
+    // the worker (and the process) down.
+    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body.codelet.cpu(&bufs)))
+        .unwrap_or_else(|p| {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(Error::Task {
+                task: task.label(),
+                reason: format!("kernel panicked: {msg}"),
+            })
+        });
+    let dt = t0.elapsed().as_secs_f64();
+    {
+        let mut s = inner.wstats[wid].lock().unwrap();
+        s.tasks += 1;
+        s.busy_s += dt;
+        if res.is_ok() {
+            s.flops += task.flops;
+        } else {
+            s.failed += 1;
+        }
+    }
+    if res.is_ok() {
+        inner.perf.record(task.name, task.footprint, info.kind, dt);
+    }
+    inner.mem.trace.push(Event::Task {
+        worker: wid,
+        name: task.name,
+        id: task.id,
+        start_us: inner.mem.trace.us(t0),
+        dur_us: dt * 1e6,
+        flops: task.flops,
+        ok: res.is_ok(),
+    });
+    res
+}
+
+pub(crate) type StatsCell = Mutex<WorkerStats>;

@@ -201,6 +201,12 @@ impl TaskInner {
 #[derive(Clone)]
 pub struct Task(pub(crate) Arc<TaskInner>);
 
+impl std::fmt::Debug for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Task({})", self.label())
+    }
+}
+
 impl Task {
     pub fn wait(&self) -> Result<()> {
         self.0.wait()

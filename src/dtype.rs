@@ -67,7 +67,9 @@ impl fmt::Display for DType {
 }
 
 /// A storage element. `Acc` is the type kernels compute in.
-pub trait Element: Copy + Send + Sync + Default + bytemuck::Pod + PartialEq + fmt::Debug + 'static {
+pub trait Element:
+    Copy + Send + Sync + Default + bytemuck::Pod + PartialEq + fmt::Debug + 'static
+{
     const DTYPE: DType;
     type Acc: Accum;
     fn to_acc(self) -> Self::Acc;

@@ -35,7 +35,11 @@ pub enum Error {
     Cancelled { task: String, cause: String },
 
     #[error("memory node {node}: limit of {limit} bytes is too small: {msg}")]
-    OutOfMemory { node: String, limit: u64, msg: String },
+    OutOfMemory {
+        node: String,
+        limit: u64,
+        msg: String,
+    },
 
     #[error("the runtime has shut down")]
     Shutdown,

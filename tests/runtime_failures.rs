@@ -55,9 +55,15 @@ fn failing_task_is_an_error_for_its_waiters_and_dependents() {
         .unwrap();
     ops::scale(&x, 2.0).unwrap(); // depends on the failed task for tile 0
     let e = bad.wait().unwrap_err().to_string();
-    assert!(e.contains("always_fails#") && e.contains("injected failure"), "{e}");
+    assert!(
+        e.contains("always_fails#") && e.contains("injected failure"),
+        "{e}"
+    );
     let e = rt.wait_all().unwrap_err().to_string();
-    assert!(e.contains("always_fails#"), "wait_all names the failed task: {e}");
+    assert!(
+        e.contains("always_fails#"),
+        "wait_all names the failed task: {e}"
+    );
     // Reading the tile the failed task wrote reports the failure, not stale data.
     let e = x.to_bytes().unwrap_err().to_string();
     assert!(e.contains("always_fails") || e.contains("cancelled"), "{e}");
@@ -96,7 +102,10 @@ fn memory_limit_too_small_for_one_task() {
     let y = ones(&rt, 16, 16);
     rt.submit_with(
         Box::new(AddTo),
-        vec![(x.tiles[0].clone(), Access::R), (y.tiles[0].clone(), Access::RW)],
+        vec![
+            (x.tiles[0].clone(), Access::R),
+            (y.tiles[0].clone(), Access::RW),
+        ],
         Where::SIM,
         0,
     )
@@ -104,13 +113,21 @@ fn memory_limit_too_small_for_one_task() {
     let e = rt.wait_all().unwrap_err();
     assert!(matches!(e, Error::OutOfMemory { .. }), "{e:?}");
     let msg = e.to_string();
-    assert!(msg.contains("sim0") && msg.contains("add_to#") && msg.contains("128 bytes"), "{msg}");
+    assert!(
+        msg.contains("sim0") && msg.contains("add_to#") && msg.contains("128 bytes"),
+        "{msg}"
+    );
     // The tile the failed task should have written is invalid until rewritten.
     assert!(y.to_bytes().is_err());
     // Still usable, and a single-operand task fits on the device.
     ops::fill(&y, 1.0).unwrap();
-    rt.submit_with(Box::new(Double), vec![(y.tiles[0].clone(), Access::RW)], Where::SIM, 0)
-        .unwrap();
+    rt.submit_with(
+        Box::new(Double),
+        vec![(y.tiles[0].clone(), Access::RW)],
+        Where::SIM,
+        0,
+    )
+    .unwrap();
     rt.wait_all().unwrap();
     assert_eq!(values(&y), vec![2.0; 16]);
 }
@@ -157,8 +174,13 @@ fn device_eviction_writes_dirty_tiles_back() {
     let x = ones(&rt, 16 * 64, 64);
     for _ in 0..3 {
         for h in &x.tiles {
-            rt.submit_with(Box::new(Double), vec![(h.clone(), Access::RW)], Where::SIM, 0)
-                .unwrap();
+            rt.submit_with(
+                Box::new(Double),
+                vec![(h.clone(), Access::RW)],
+                Where::SIM,
+                0,
+            )
+            .unwrap();
         }
     }
     rt.wait_all().unwrap();
@@ -169,7 +191,11 @@ fn device_eviction_writes_dirty_tiles_back() {
     assert!(sim.evictions > 0 && sim.writebacks > 0, "{sim:?}");
     let to_dev = st.buses.iter().find(|b| b.src == 0 && b.dst == 1).unwrap();
     let to_host = st.buses.iter().find(|b| b.src == 1 && b.dst == 0).unwrap();
-    assert!(to_dev.bytes >= 16 * 256 && to_host.bytes >= 16 * 256, "{:?}", st.buses);
+    assert!(
+        to_dev.bytes >= 16 * 256 && to_host.bytes >= 16 * 256,
+        "{:?}",
+        st.buses
+    );
     // The trace holds tasks, transfers and memory counters, as Chrome JSON.
     let dir = std::env::temp_dir().join(format!("gpt2rs-trace-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -194,8 +220,14 @@ fn acc_tasks_never_overlap() {
     let x = ones(&rt, 1000, 1000);
     let y = Tensor::zeros(&rt, &[1000], &[1000], DType::F32).unwrap();
     for _ in 0..200 {
-        rt.submit(Box::new(AddTo), vec![(x.tiles[0].clone(), Access::R), (y.tiles[0].clone(), Access::ACC)])
-            .unwrap();
+        rt.submit(
+            Box::new(AddTo),
+            vec![
+                (x.tiles[0].clone(), Access::R),
+                (y.tiles[0].clone(), Access::ACC),
+            ],
+        )
+        .unwrap();
     }
     rt.wait_all().unwrap();
     assert_eq!(values(&y), vec![200.0; 1000]);
@@ -209,11 +241,22 @@ fn bad_submissions_and_shutdown() {
     });
     let x = ones(&rt, 4, 4);
     let e = rt
-        .submit(Box::new(AddTo), vec![(x.tiles[0].clone(), Access::R), (x.tiles[0].clone(), Access::RW)])
+        .submit(
+            Box::new(AddTo),
+            vec![
+                (x.tiles[0].clone(), Access::R),
+                (x.tiles[0].clone(), Access::RW),
+            ],
+        )
         .unwrap_err();
     assert!(e.to_string().contains("twice"), "{e}");
     let e = rt
-        .submit_with(Box::new(Double), vec![(x.tiles[0].clone(), Access::RW)], Where::SIM, 0)
+        .submit_with(
+            Box::new(Double),
+            vec![(x.tiles[0].clone(), Access::RW)],
+            Where::SIM,
+            0,
+        )
         .unwrap_err();
     assert!(e.to_string().contains("no worker"), "{e}");
     let other = Runtime::new(RuntimeConfig {
@@ -247,7 +290,11 @@ fn dmda_learns_and_persists_performance_models() {
         }
         rt.wait_all().unwrap();
         let st = rt.stats();
-        assert!(st.workers.iter().filter(|w| w.tasks > 0).count() >= 2, "{:?}", st.workers);
+        assert!(
+            st.workers.iter().filter(|w| w.tasks > 0).count() >= 2,
+            "{:?}",
+            st.workers
+        );
         rt.shutdown().unwrap();
     }
     let text = std::fs::read_to_string(dir.join("gpt2rs-perfmodels.json")).unwrap();

@@ -62,18 +62,20 @@ fn program() -> impl Strategy<Value = Program> {
             (t.clone(), -1i8..3).prop_map(|(a, v)| Op::Scale(a, v)),
             (t.clone(), t.clone(), -2i8..3).prop_map(|(a, b, v)| Op::Axpy(a, b, v)),
             (t.clone(), t.clone(), -2i8..3, -1i8..2).prop_map(|(a, b, x, y)| Op::Add(a, b, x, y)),
-            (t.clone(), t.clone(), t.clone(), 1usize..5).prop_map(|(a, b, c, k)| Op::Gemm(a, b, c, k)),
+            (t.clone(), t.clone(), t.clone(), 1usize..5)
+                .prop_map(|(a, b, c, k)| Op::Gemm(a, b, c, k)),
             (t.clone(), t.clone()).prop_map(|(a, b)| Op::AccSum(a, b)),
             (t.clone(), t.clone()).prop_map(|(a, b)| Op::Retile(a, b)),
             (t.clone(), t.clone()).prop_map(|(a, b)| Op::SumRows(a, b)),
         ];
-        (
-            Just(n),
-            tiles,
-            init,
-            prop::collection::vec(op, 1..14),
+        (Just(n), tiles, init, prop::collection::vec(op, 1..14)).prop_map(
+            |(n, tiles, init, ops)| Program {
+                n,
+                tiles,
+                init,
+                ops,
+            },
         )
-            .prop_map(|(n, tiles, init, ops)| Program { n, tiles, init, ops })
     })
 }
 
@@ -87,7 +89,14 @@ fn run(p: &Program, rt: &Runtime, step: bool) -> Vec<Vec<u8>> {
     let ts: Vec<Tensor> = (0..NT)
         .map(|i| {
             let v: Vec<f64> = p.init[i].iter().map(|&x| x as f64).collect();
-            Tensor::from_bytes(rt, &[n, n], &tile(p.tiles[i]), DType::F64, bytemuck::cast_slice(&v)).unwrap()
+            Tensor::from_bytes(
+                rt,
+                &[n, n],
+                &tile(p.tiles[i]),
+                DType::F64,
+                bytemuck::cast_slice(&v),
+            )
+            .unwrap()
         })
         .collect();
     // A copy of x cut like y.
@@ -101,24 +110,40 @@ fn run(p: &Program, rt: &Runtime, step: bool) -> Vec<Vec<u8>> {
             Op::Fill(a, v) => ops::fill(&ts[a], v as f64).unwrap(),
             Op::Scale(a, v) => ops::scale(&ts[a], v as f64).unwrap(),
             Op::Axpy(a, b, v) if a != b => ops::axpy(v as f64, &like(a, b), &ts[b]).unwrap(),
-            Op::Add(a, b, x, y) if a != b => ops::add(x as f64, &like(a, b), y as f64, &ts[b]).unwrap(),
+            Op::Add(a, b, x, y) if a != b => {
+                ops::add(x as f64, &like(a, b), y as f64, &ts[b]).unwrap()
+            }
             Op::Gemm(a, b, c, k) if a != c && b != c => {
                 let (tm, tn) = p.tiles[c];
-                let ta = Tensor::zeros(rt, &[n, n], &[tm as isize, k as isize], DType::F64).unwrap();
-                let tb = Tensor::zeros(rt, &[n, n], &[k as isize, tn as isize], DType::F64).unwrap();
+                let ta =
+                    Tensor::zeros(rt, &[n, n], &[tm as isize, k as isize], DType::F64).unwrap();
+                let tb =
+                    Tensor::zeros(rt, &[n, n], &[k as isize, tn as isize], DType::F64).unwrap();
                 ops::copy(&ts[a], &ta).unwrap();
                 ops::copy(&ts[b], &tb).unwrap();
                 // A of ones keeps values small integers (ACC sums stay exact)
                 // while C's tiling, B's and the K cut still vary.
                 ops::fill(&ta, 1.0).unwrap();
-                ops::gemm(&GemmSpec { beta: -2.0, ..Default::default() }, &ta, &tb, &ts[c]).unwrap();
+                ops::gemm(
+                    &GemmSpec {
+                        beta: -2.0,
+                        ..Default::default()
+                    },
+                    &ta,
+                    &tb,
+                    &ts[c],
+                )
+                .unwrap();
             }
             Op::AccSum(a, b) if a != b => {
                 let x = like(a, b);
                 for _ in 0..3 {
                     for (hx, hy) in x.tiles.iter().zip(&ts[b].tiles) {
-                        rt.submit(Box::new(AccAdd), vec![(hx.clone(), Access::R), (hy.clone(), Access::ACC)])
-                            .unwrap();
+                        rt.submit(
+                            Box::new(AccAdd),
+                            vec![(hx.clone(), Access::R), (hy.clone(), Access::ACC)],
+                        )
+                        .unwrap();
                     }
                 }
                 ops::scale(&ts[b], 0.25).unwrap();
@@ -131,16 +156,35 @@ fn run(p: &Program, rt: &Runtime, step: bool) -> Vec<Vec<u8>> {
                 ops::sum(&ts[a], 0, 1.0, 0.0, &s).unwrap();
                 let nrm = Tensor::zeros(rt, &[], &[], DType::F64).unwrap();
                 ops::norm(&ts[a], 1.0, 0.0, &nrm).unwrap();
-                let col = Tensor::zeros(rt, &[n, 1], &[p.tiles[b].0 as isize, 1], DType::F64).unwrap();
+                let col =
+                    Tensor::zeros(rt, &[n, 1], &[p.tiles[b].0 as isize, 1], DType::F64).unwrap();
                 ops::fill(&col, 1.0).unwrap();
-                let row = Tensor::zeros(rt, &[1, n], &[1, p.tiles[b].1 as isize], DType::F64).unwrap();
+                let row =
+                    Tensor::zeros(rt, &[1, n], &[1, p.tiles[b].1 as isize], DType::F64).unwrap();
                 let s2 = Tensor::zeros(rt, &[n], &[p.tiles[b].1 as isize], DType::F64).unwrap();
                 ops::copy(&s, &s2).unwrap();
                 // row = s2 viewed as [1, n]: go through host (exercises read-back mid-program).
                 let bytes = s2.to_bytes().unwrap();
-                let row_src = Tensor::from_bytes(rt, &[1, n], &[1, p.tiles[b].1 as isize], DType::F64, &bytes).unwrap();
+                let row_src = Tensor::from_bytes(
+                    rt,
+                    &[1, n],
+                    &[1, p.tiles[b].1 as isize],
+                    DType::F64,
+                    &bytes,
+                )
+                .unwrap();
                 ops::copy(&row_src, &row).unwrap();
-                ops::gemm(&GemmSpec { alpha: 0.5, beta: 1.0, ..Default::default() }, &col, &row, &ts[b]).unwrap();
+                ops::gemm(
+                    &GemmSpec {
+                        alpha: 0.5,
+                        beta: 1.0,
+                        ..Default::default()
+                    },
+                    &col,
+                    &row,
+                    &ts[b],
+                )
+                .unwrap();
                 ops::scale(&ts[b], 0.5).unwrap();
             }
             _ => {}
@@ -160,7 +204,11 @@ fn runtime(ncpu: usize, sched: SchedKind, sim: bool) -> Runtime {
         scheduler: sched,
         // Room for the largest task (a re-tiling copy of a whole 10x10 f64
         // tensor plus its destination) but far less than the program's data.
-        memory_limits: if sim { vec![None, Some(2 * 10 * 10 * 8 + 64)] } else { vec![] },
+        memory_limits: if sim {
+            vec![None, Some(2 * 10 * 10 * 8 + 64)]
+        } else {
+            vec![]
+        },
         ..Default::default()
     })
     .unwrap()

@@ -9,7 +9,10 @@ fn f32s(v: &[f32]) -> Vec<u8> {
 
 #[test]
 fn gemm_tiled_matches_naive() {
-    for (sched, nsim, lim) in [(SchedKind::Eager, 0, None), (SchedKind::Dmda, 1, Some(3000u64))] {
+    for (sched, nsim, lim) in [
+        (SchedKind::Eager, 0, None),
+        (SchedKind::Dmda, 1, Some(3000u64)),
+    ] {
         let rt = Runtime::new(RuntimeConfig {
             ncpu: Some(2),
             nsim,

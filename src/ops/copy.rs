@@ -35,7 +35,10 @@ impl Codelet for CopyCl {
         }
     }
     fn footprint(&self) -> u64 {
-        footprint(&[self.pieces.len() as u64, self.dst_shape.iter().product::<usize>() as u64])
+        footprint(&[
+            self.pieces.len() as u64,
+            self.dst_shape.iter().product::<usize>() as u64,
+        ])
     }
     fn cpu(&self, b: &Buffers) -> Result<()> {
         let n = self.pieces.len();
@@ -46,9 +49,25 @@ impl Codelet for CopyCl {
                     let src = b.r::<S>(i)?;
                     if S::DTYPE == D::DTYPE {
                         let src: &[D] = bytemuck::cast_slice(src);
-                        copy_block(src, &p.src_shape, &p.src_off, dst, &self.dst_shape, &p.dst_off, &p.block);
+                        copy_block(
+                            src,
+                            &p.src_shape,
+                            &p.src_off,
+                            dst,
+                            &self.dst_shape,
+                            &p.dst_off,
+                            &p.block,
+                        );
                     } else {
-                        cast_block(src, &p.src_shape, &p.src_off, dst, &self.dst_shape, &p.dst_off, &p.block);
+                        cast_block(
+                            src,
+                            &p.src_shape,
+                            &p.src_off,
+                            dst,
+                            &self.dst_shape,
+                            &p.dst_off,
+                            &p.block,
+                        );
                     }
                 }
             })
@@ -77,7 +96,10 @@ pub fn cast(src: &Tensor, dst: &Tensor) -> Result<()> {
     if src.grid.shape != dst.grid.shape {
         return Err(shape_err(
             "copy",
-            format!("shapes {:?} and {:?} differ", src.grid.shape, dst.grid.shape),
+            format!(
+                "shapes {:?} and {:?} differ",
+                src.grid.shape, dst.grid.shape
+            ),
         ));
     }
     let (sg, dg) = (&src.grid, &dst.grid);

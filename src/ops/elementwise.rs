@@ -76,8 +76,10 @@ fn binary(op: &str, x: &Tensor, y: &Tensor, kind: impl Fn() -> Kind, ymode: Acce
             dtype: x.dtype,
             len: hx.len(),
         };
-        x.runtime()
-            .submit(Box::new(cl), vec![(hx.clone(), Access::R), (hy.clone(), ymode)])?;
+        x.runtime().submit(
+            Box::new(cl),
+            vec![(hx.clone(), Access::R), (hy.clone(), ymode)],
+        )?;
     }
     Ok(())
 }

@@ -121,7 +121,11 @@ fn axes(s: &GemmSpec, a: &Tensor, b: &Tensor, c: &Tensor) -> Result<Axes> {
     if c.ndim() != bn + mdim + ndim_n {
         return Err(shape_err(
             "gemm",
-            format!("C {:?} must have {} axes (batch, M, N)", c.shape(), bn + mdim + ndim_n),
+            format!(
+                "C {:?} must have {} axes (batch, M, N)",
+                c.shape(),
+                bn + mdim + ndim_n
+            ),
         ));
     }
     let r = |lo: usize, n: usize| (lo..lo + n).collect::<Vec<_>>();
@@ -153,13 +157,26 @@ pub fn gemm_output_grid(s: &GemmSpec, a: &Tensor, b: &Tensor) -> Result<(Vec<usi
     if a.ndim() < bn + nd || b.ndim() < bn + nd {
         return Err(shape_err(
             "gemm",
-            format!("A {:?} and B {:?} need at least batch_ndim + ndim = {} axes", a.shape(), b.shape(), bn + nd),
+            format!(
+                "A {:?} and B {:?} need at least batch_ndim + ndim = {} axes",
+                a.shape(),
+                b.shape(),
+                bn + nd
+            ),
         ));
     }
     let mdim = a.ndim() - bn - nd;
     let ndim_n = b.ndim() - bn - nd;
-    let a_m: Vec<usize> = if s.trans_a { (bn + nd..bn + nd + mdim).collect() } else { (bn..bn + mdim).collect() };
-    let b_n: Vec<usize> = if s.trans_b { (bn..bn + ndim_n).collect() } else { (bn + nd..bn + nd + ndim_n).collect() };
+    let a_m: Vec<usize> = if s.trans_a {
+        (bn + nd..bn + nd + mdim).collect()
+    } else {
+        (bn..bn + mdim).collect()
+    };
+    let b_n: Vec<usize> = if s.trans_b {
+        (bn..bn + ndim_n).collect()
+    } else {
+        (bn + nd..bn + nd + ndim_n).collect()
+    };
     let mut shape = Vec::new();
     let mut tile = Vec::new();
     for ax in 0..bn {
@@ -207,7 +224,16 @@ pub fn gemm(s: &GemmSpec, a: &Tensor, b: &Tensor, c: &Tensor) -> Result<()> {
                 format!(
                     "{what} differ in shape or tiling: A {:?}/{:?}, B {:?}/{:?}, C {:?}/{:?} \
                      (trans_a={}, trans_b={}, ndim={}, batch_ndim={})",
-                    ag.shape, ag.tile, bg.shape, bg.tile, cg.shape, cg.tile, s.trans_a, s.trans_b, s.ndim, s.batch_ndim
+                    ag.shape,
+                    ag.tile,
+                    bg.shape,
+                    bg.tile,
+                    cg.shape,
+                    cg.tile,
+                    s.trans_a,
+                    s.trans_b,
+                    s.ndim,
+                    s.batch_ndim
                 ),
             ));
         }
@@ -282,7 +308,13 @@ pub fn gemm(s: &GemmSpec, a: &Tensor, b: &Tensor, c: &Tensor) -> Result<()> {
 
 /// Submits `h = beta * h` (zeros when beta is 0): the result of an empty
 /// contraction or reduction.
-pub(crate) fn scale_tile(rt: &crate::runtime::Runtime, h: &crate::runtime::DataHandle, dtype: DType, beta: f64, mode: Access) -> Result<()> {
+pub(crate) fn scale_tile(
+    rt: &crate::runtime::Runtime,
+    h: &crate::runtime::DataHandle,
+    dtype: DType,
+    beta: f64,
+    mode: Access,
+) -> Result<()> {
     rt.submit(Box::new(ScaleTile { dtype, beta }), vec![(h.clone(), mode)])?;
     Ok(())
 }

@@ -17,9 +17,9 @@ use crate::tensor::Tensor;
 
 /// Hashes a codelet's shape arguments into a performance-model footprint.
 pub(crate) fn footprint(parts: &[u64]) -> u64 {
-    parts
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, &p| (h ^ p).wrapping_mul(0x1000_0000_01b3))
+    parts.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &p| {
+        (h ^ p).wrapping_mul(0x1000_0000_01b3)
+    })
 }
 
 /// Both tensors live on one runtime, have one shape and one tiling.
@@ -28,7 +28,10 @@ pub(crate) fn same_layout(op: &str, x: &Tensor, y: &Tensor) -> Result<()> {
         return Err(arg_err(op, "tensors belong to different runtimes"));
     }
     if x.grid.shape != y.grid.shape {
-        return Err(shape_err(op, format!("shapes {:?} and {:?} differ", x.grid.shape, y.grid.shape)));
+        return Err(shape_err(
+            op,
+            format!("shapes {:?} and {:?} differ", x.grid.shape, y.grid.shape),
+        ));
     }
     if x.grid.tile != y.grid.tile {
         return Err(shape_err(

@@ -11,7 +11,11 @@ use crate::{with_dtype, DType};
 
 enum Kind {
     /// x viewed as [outer, len, inner] summed over len.
-    Axis { outer: usize, len: usize, inner: usize },
+    Axis {
+        outer: usize,
+        len: usize,
+        inner: usize,
+    },
     All,
     SsqInit,
     SsqUpdate,
@@ -44,7 +48,9 @@ impl Codelet for ReduceCl {
     }
     fn footprint(&self) -> u64 {
         match self.kind {
-            Kind::Axis { outer, len, inner } => footprint(&[outer as u64, len as u64, inner as u64]),
+            Kind::Axis { outer, len, inner } => {
+                footprint(&[outer as u64, len as u64, inner as u64])
+            }
             _ => footprint(&[self.n as u64]),
         }
     }
@@ -92,7 +98,10 @@ pub fn sum(x: &Tensor, axis: usize, alpha: f64, beta: f64, y: &Tensor) -> Result
     check("sum", x, y)?;
     let (xg, yg) = (&x.grid, &y.grid);
     if axis >= xg.ndim() {
-        return Err(arg_err("sum", format!("axis {axis} out of range for {} axes", xg.ndim())));
+        return Err(arg_err(
+            "sum",
+            format!("axis {axis} out of range for {} axes", xg.ndim()),
+        ));
     }
     let others: Vec<usize> = (0..xg.ndim()).filter(|&a| a != axis).collect();
     let yaxes: Vec<usize> = (0..yg.ndim()).collect();
@@ -142,7 +151,10 @@ pub fn sum(x: &Tensor, axis: usize, alpha: f64, beta: f64, y: &Tensor) -> Result
 fn scalar_out(op: &str, x: &Tensor, y: &Tensor) -> Result<()> {
     check(op, x, y)?;
     if y.grid.numel() != 1 || y.tiles.len() != 1 {
-        return Err(shape_err(op, format!("y must hold one element, got shape {:?}", y.grid.shape)));
+        return Err(shape_err(
+            op,
+            format!("y must hold one element, got shape {:?}", y.grid.shape),
+        ));
     }
     Ok(())
 }
@@ -164,8 +176,10 @@ pub fn sum_all(x: &Tensor, alpha: f64, beta: f64, y: &Tensor) -> Result<()> {
             beta: b,
             n: xh.len(),
         };
-        x.runtime()
-            .submit(Box::new(cl), vec![(xh.clone(), Access::R), (yh.clone(), mode)])?;
+        x.runtime().submit(
+            Box::new(cl),
+            vec![(xh.clone(), Access::R), (yh.clone(), mode)],
+        )?;
     }
     Ok(())
 }
@@ -184,7 +198,10 @@ pub fn norm(x: &Tensor, alpha: f64, beta: f64, y: &Tensor) -> Result<()> {
         beta,
         n,
     };
-    rt.submit(Box::new(cl(Kind::SsqInit, 0)), vec![(acc.clone(), Access::W)])?;
+    rt.submit(
+        Box::new(cl(Kind::SsqInit, 0)),
+        vec![(acc.clone(), Access::W)],
+    )?;
     for xh in &x.tiles {
         rt.submit(
             Box::new(cl(Kind::SsqUpdate, xh.len())),

@@ -198,7 +198,12 @@ impl Memory {
     /// node with a limit, reserves all the bytes at once (evicting if needed),
     /// waiting while other tasks hold pins, failing only if this task alone
     /// cannot fit.
-    pub fn acquire(&self, node: usize, ops: &[(Arc<HandleInner>, Access)], who: &str) -> Result<()> {
+    pub fn acquire(
+        &self,
+        node: usize,
+        ops: &[(Arc<HandleInner>, Access)],
+        who: &str,
+    ) -> Result<()> {
         let nd = &self.nodes[node];
         let Some(limit) = nd.limit else {
             for (h, mode) in ops {
@@ -251,7 +256,10 @@ impl Memory {
             }
             if m.pinned > my_pinned && Instant::now() < deadline {
                 // Other running tasks hold pins: wait for them to finish.
-                let _ = nd.unpinned.wait_timeout(m, Duration::from_millis(50)).unwrap();
+                let _ = nd
+                    .unpinned
+                    .wait_timeout(m, Duration::from_millis(50))
+                    .unwrap();
                 continue;
             }
             let used = m.used;
@@ -279,7 +287,14 @@ impl Memory {
 
     /// Frees at least `need` bytes on `node` if it can; returns the bytes freed.
     pub fn evict(&self, node: usize, need: u64) -> u64 {
-        let weak: Vec<_> = self.nodes[node].mem.lock().unwrap().resident.values().cloned().collect();
+        let weak: Vec<_> = self.nodes[node]
+            .mem
+            .lock()
+            .unwrap()
+            .resident
+            .values()
+            .cloned()
+            .collect();
         let mut cands: Vec<(bool, u64, Arc<HandleInner>)> = Vec::new();
         for w in weak {
             let Some(h) = w.upgrade() else { continue };
@@ -301,16 +316,18 @@ impl Memory {
             if freed >= need {
                 break;
             }
-            let Ok(mut coh) = h.coh.try_lock() else { continue };
+            let Ok(mut coh) = h.coh.try_lock() else {
+                continue;
+            };
             match &coh.replicas[node] {
                 Some(r) if r.pins == 0 => {}
                 _ => continue,
             }
             let bytes = h.bytes() as u64;
-            if coh.valid_count() == 1 {
-                if node == 0 || !self.write_back(h, &mut coh, node) {
-                    continue;
-                }
+            // The only valid copy: written back to host first (a dirty host
+            // replica has nowhere to go).
+            if coh.valid_count() == 1 && (node == 0 || !self.write_back(h, &mut coh, node)) {
+                continue;
             }
             coh.replicas[node] = None;
             self.release_bytes(node, h.id, bytes);

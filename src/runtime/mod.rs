@@ -106,13 +106,19 @@ impl Runtime {
         let ncpu = match cfg.ncpu {
             Some(0) => return Err(arg_err("Runtime", "ncpu must be >= 1")),
             Some(n) => n,
-            None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            None => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
         };
         let nnodes = 1 + cfg.nsim;
         if cfg.memory_limits.len() > nnodes {
             return Err(arg_err(
                 "Runtime",
-                format!("{} memory limits given for {} memory nodes", cfg.memory_limits.len(), nnodes),
+                format!(
+                    "{} memory limits given for {} memory nodes",
+                    cfg.memory_limits.len(),
+                    nnodes
+                ),
             ));
         }
         let limit = |i: usize| cfg.memory_limits.get(i).copied().flatten();
@@ -221,7 +227,12 @@ impl Runtime {
 
     /// A new handle with a host replica filled by `fill` (registered, like
     /// `starpu_data_register` of user memory).
-    pub fn handle_from_fn(&self, dtype: DType, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<DataHandle> {
+    pub fn handle_from_fn(
+        &self,
+        dtype: DType,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<DataHandle> {
         self.check_alive()?;
         let h = DataHandle::new(&self.inner().mem, dtype, len);
         self.inner().mem.register_host(&h.0, fill);
@@ -230,7 +241,11 @@ impl Runtime {
 
     /// Submits a task. Returns at once; the task runs when its dependencies
     /// (implied by submission order) are satisfied.
-    pub fn submit(&self, codelet: Box<dyn Codelet>, accesses: Vec<(DataHandle, Access)>) -> Result<Task> {
+    pub fn submit(
+        &self,
+        codelet: Box<dyn Codelet>,
+        accesses: Vec<(DataHandle, Access)>,
+    ) -> Result<Task> {
         self.submit_with(codelet, accesses, Where::ANY_CPU, 0)
     }
 
@@ -253,12 +268,19 @@ impl Runtime {
             }
             for (h2, m2) in &accesses[..i] {
                 if h2.0.id == h.0.id && (m.writes() || m2.writes()) {
-                    return Err(arg_err(name, "the same data handle is written and used twice by one task"));
+                    return Err(arg_err(
+                        name,
+                        "the same data handle is written and used twice by one task",
+                    ));
                 }
             }
         }
         let t = Arc::new(TaskInner::new(codelet, accesses, restrict, priority));
-        if !inner.workers.iter().any(|w| t.where_.and(w.kind.mask()).0 != 0) {
+        if !inner
+            .workers
+            .iter()
+            .any(|w| t.where_.and(w.kind.mask()).0 != 0)
+        {
             return Err(arg_err(name, "no worker of this runtime can run this task"));
         }
         {
@@ -324,7 +346,11 @@ impl Runtime {
             scheduler: inner.kind.name().into(),
             wall_s: inner.mem.trace.t0.elapsed().as_secs_f64(),
             tasks_submitted: *inner.submitted.lock().unwrap(),
-            workers: inner.wstats.iter().map(|s| s.lock().unwrap().clone()).collect(),
+            workers: inner
+                .wstats
+                .iter()
+                .map(|s| s.lock().unwrap().clone())
+                .collect(),
             buses: inner.mem.bus_stats(),
             nodes: inner.mem.nodes.iter().map(|n| n.stats()).collect(),
         }
@@ -333,7 +359,10 @@ impl Runtime {
     pub fn save_trace(&self, path: &std::path::Path) -> Result<()> {
         let inner = self.inner();
         if !inner.mem.trace.enabled {
-            return Err(arg_err("save_trace", "tracing is off: create the runtime with trace=True"));
+            return Err(arg_err(
+                "save_trace",
+                "tracing is off: create the runtime with trace=True",
+            ));
         }
         let workers: Vec<String> = inner.workers.iter().map(|w| w.name.clone()).collect();
         let nodes: Vec<String> = inner.mem.nodes.iter().map(|n| n.name.clone()).collect();

@@ -27,8 +27,9 @@ pub(crate) struct PerfModels {
 const FILE: &str = "gpt2rs-perfmodels.json";
 
 fn name_hash(s: &str) -> u64 {
-    s.bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x1000_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x1000_0000_01b3)
+    })
 }
 
 impl PerfModels {
@@ -88,7 +89,9 @@ impl PerfModels {
         let Some(d) = &self.dir else { return Ok(()) };
         std::fs::create_dir_all(d)?;
         let mut entries: Vec<Entry> = self.map.lock().unwrap().values().cloned().collect();
-        entries.sort_by(|a, b| (&a.codelet, a.footprint, &a.arch).cmp(&(&b.codelet, b.footprint, &b.arch)));
+        entries.sort_by(|a, b| {
+            (&a.codelet, a.footprint, &a.arch).cmp(&(&b.codelet, b.footprint, &b.arch))
+        });
         let tmp = d.join(format!("{FILE}.tmp{}", std::process::id()));
         std::fs::write(&tmp, serde_json::to_vec_pretty(&entries)?)?;
         std::fs::rename(tmp, d.join(FILE))

@@ -165,7 +165,10 @@ pub(crate) struct Dmda {
 impl Dmda {
     pub fn new(workers: &[WorkerInfo], perf: Arc<PerfModels>, mem: Arc<Memory>) -> Dmda {
         Dmda {
-            queues: workers.iter().map(|_| (Mutex::new(Queue::default()), Condvar::new())).collect(),
+            queues: workers
+                .iter()
+                .map(|_| (Mutex::new(Queue::default()), Condvar::new()))
+                .collect(),
             workers: workers.to_vec(),
             perf,
             mem,
@@ -175,7 +178,9 @@ impl Dmda {
     /// Seconds to bring the task's inputs to `node`.
     fn transfer_cost(&self, task: &TaskInner, node: usize) -> f64 {
         let body = task.body.lock().unwrap();
-        let Some(body) = body.as_ref() else { return 0.0 };
+        let Some(body) = body.as_ref() else {
+            return 0.0;
+        };
         let mut cost = 0.0;
         for (h, mode) in &body.accesses {
             if !mode.reads() {
@@ -202,7 +207,8 @@ impl Scheduler for Dmda {
                 continue;
             }
             let est = self.perf.estimate(task.name, task.footprint, info.kind);
-            let xfer = *xfer_by_node[info.node].get_or_insert_with(|| self.transfer_cost(&task, info.node));
+            let xfer = *xfer_by_node[info.node]
+                .get_or_insert_with(|| self.transfer_cost(&task, info.node));
             let (queued, qlen) = {
                 let q = self.queues[w].0.lock().unwrap();
                 (q.queued_s, q.heap.len())
@@ -240,7 +246,8 @@ impl Scheduler for Dmda {
         let mut q = m.lock().unwrap();
         loop {
             if let Some(e) = q.heap.pop() {
-                q.queued_s = (q.queued_s - f64::from_bits(e.task.est.load(Ordering::Relaxed))).max(0.0);
+                q.queued_s =
+                    (q.queued_s - f64::from_bits(e.task.est.load(Ordering::Relaxed))).max(0.0);
                 return Some(e.task);
             }
             if q.shut {

@@ -79,7 +79,11 @@ impl Trace {
         for s in 0..n {
             for d in 0..n {
                 if s != d {
-                    out.push(meta(1, s * n + d, &format!("{}->{}", node_names[s], node_names[d])));
+                    out.push(meta(
+                        1,
+                        s * n + d,
+                        &format!("{}->{}", node_names[s], node_names[d]),
+                    ));
                 }
             }
         }

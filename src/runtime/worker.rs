@@ -67,7 +67,9 @@ pub(crate) fn run(inner: Arc<Inner>, wid: usize) {
 }
 
 /// The distinct handles of a task, with one mode each (two reads stay a read).
-pub(crate) fn distinct(accesses: &[(super::handle::DataHandle, Access)]) -> Vec<(Arc<HandleInner>, Access)> {
+pub(crate) fn distinct(
+    accesses: &[(super::handle::DataHandle, Access)],
+) -> Vec<(Arc<HandleInner>, Access)> {
     let mut out: Vec<(Arc<HandleInner>, Access)> = Vec::with_capacity(accesses.len());
     for (h, m) in accesses {
         if !out.iter().any(|(o, _)| o.id == h.0.id) {
@@ -127,7 +129,12 @@ fn execute(inner: &Arc<Inner>, wid: usize, task: Arc<TaskInner>) {
     if !acc.is_empty() && !lock_acc(inner, &task, &acc) {
         return;
     }
-    let body = task.body.lock().unwrap().take().expect("task executed twice");
+    let body = task
+        .body
+        .lock()
+        .unwrap()
+        .take()
+        .expect("task executed twice");
     let label = task.label();
     let res = match inner.mem.acquire(info.node, &ops, &label) {
         Err(e) => Err(e),
@@ -152,14 +159,21 @@ fn execute(inner: &Arc<Inner>, wid: usize, task: Arc<TaskInner>) {
     inner.complete(&task, res);
 }
 
-fn run_codelet(inner: &Inner, wid: usize, task: &TaskInner, body: &super::task::TaskBody) -> Result<()> {
+fn run_codelet(
+    inner: &Inner,
+    wid: usize,
+    task: &TaskInner,
+    body: &super::task::TaskBody,
+) -> Result<()> {
     let info = &inner.workers[wid];
     let items: Vec<BufRef> = body
         .accesses
         .iter()
         .map(|(h, mode)| {
             let coh = h.0.coh.lock().unwrap();
-            let r = coh.replicas[info.node].as_ref().expect("operand pinned on this node");
+            let r = coh.replicas[info.node]
+                .as_ref()
+                .expect("operand pinned on this node");
             BufRef {
                 ptr: r.buf.as_ptr(),
                 len: h.len(),

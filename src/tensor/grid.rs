@@ -30,7 +30,11 @@ impl TileGrid {
             .zip(tile)
             .map(|(&s, &t)| (t as usize).min(s.max(1)))
             .collect();
-        let grid = shape.iter().zip(&tile).map(|(&s, &t)| s.div_ceil(t)).collect();
+        let grid = shape
+            .iter()
+            .zip(&tile)
+            .map(|(&s, &t)| s.div_ceil(t))
+            .collect();
         Ok(TileGrid {
             shape: shape.to_vec(),
             tile,
@@ -71,7 +75,11 @@ impl TileGrid {
     }
 
     pub fn tile_offset(&self, coords: &[usize]) -> Vec<usize> {
-        coords.iter().zip(&self.tile).map(|(&c, &t)| c * t).collect()
+        coords
+            .iter()
+            .zip(&self.tile)
+            .map(|(&c, &t)| c * t)
+            .collect()
     }
 
     pub fn tile_shape(&self, coords: &[usize]) -> Vec<usize> {
@@ -94,14 +102,15 @@ impl TileGrid {
     pub fn same_cut(&self, self_axes: &[usize], other: &TileGrid, other_axes: &[usize]) -> bool {
         self_axes.len() == other_axes.len()
             && self_axes.iter().zip(other_axes).all(|(&a, &b)| {
-                self.shape[a] == other.shape[b] && (self.tile[a] == other.tile[b] || self.grid[a] <= 1 && other.grid[b] <= 1)
+                self.shape[a] == other.shape[b]
+                    && (self.tile[a] == other.tile[b] || self.grid[a] <= 1 && other.grid[b] <= 1)
             })
     }
 }
 
 /// Iterates all coordinates of a grid of extents `dims`, row-major.
 pub fn for_each_index(dims: &[usize], mut f: impl FnMut(&[usize])) {
-    if dims.iter().any(|&d| d == 0) {
+    if dims.contains(&0) {
         return;
     }
     let mut idx = vec![0; dims.len()];

@@ -50,12 +50,23 @@ impl Tensor {
     }
 
     /// Cuts a row-major array (raw bytes of `dtype`) into tiles.
-    pub fn from_bytes(rt: &Runtime, shape: &[usize], tile: &[isize], dtype: DType, data: &[u8]) -> Result<Tensor> {
+    pub fn from_bytes(
+        rt: &Runtime,
+        shape: &[usize],
+        tile: &[isize],
+        dtype: DType,
+        data: &[u8],
+    ) -> Result<Tensor> {
         let grid = TileGrid::new(shape, tile)?;
         if data.len() != grid.numel() * dtype.size() {
             return Err(arg_err(
                 "Tensor.from_bytes",
-                format!("{} bytes given for shape {:?} of {}", data.len(), shape, dtype),
+                format!(
+                    "{} bytes given for shape {:?} of {}",
+                    data.len(),
+                    shape,
+                    dtype
+                ),
             ));
         }
         let full = byte_dims(shape, dtype.size());
@@ -93,7 +104,10 @@ impl Tensor {
     pub fn read_into(&self, out: &mut [u8]) -> Result<()> {
         let size = self.dtype.size();
         if out.len() != self.grid.numel() * size {
-            return Err(arg_err("Tensor.read_into", "output buffer has the wrong size"));
+            return Err(arg_err(
+                "Tensor.read_into",
+                "output buffer has the wrong size",
+            ));
         }
         let full = byte_dims(&self.grid.shape, size);
         for (i, h) in self.tiles.iter().enumerate() {
@@ -105,7 +119,8 @@ impl Tensor {
                 with_last_scaled(&self.grid.tile_offset(&c), size)
             };
             let zero = vec![0; tb.len()];
-            self.rt.read_handle(h, |src| copy_block(src, &tb, &zero, out, &full, &off, &tb))?;
+            self.rt
+                .read_handle(h, |src| copy_block(src, &tb, &zero, out, &full, &off, &tb))?;
         }
         Ok(())
     }

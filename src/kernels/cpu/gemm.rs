@@ -181,8 +181,7 @@ fn gemm_widened<T: Element>(
 ) {
     let Shape { m, n, k, .. } = s;
     SCRATCH.with_borrow_mut(|[a32, b32, c32]| {
-        for buf_len in [(&mut *a32, m * k), (&mut *b32, k * n), (&mut *c32, m * n)] {
-            let (buf, len) = buf_len;
+        for (buf, len) in [(&mut *a32, m * k), (&mut *b32, k * n), (&mut *c32, m * n)] {
             if buf.len() < len {
                 buf.resize(len, 0.0);
             }

@@ -34,8 +34,11 @@ use crate::dtype::{Accum, Element};
 
 /// Terms summed in `T::Acc` before a partial sum is flushed into f64.
 const BLOCK: usize = 1024;
-/// Width of the column strip `sum_axis` keeps in registers/L1 at once.
-const STRIP: usize = 256;
+/// Widest column strip `sum_axis` accumulates at once. Covering whole rows
+/// (GPT-2's 768..3072) lets x stream contiguously, which measured twice as
+/// fast as narrow strips hopping between rows; the partial sums (12 bytes a
+/// column) still fit in L2.
+const STRIP: usize = 4096;
 
 /// `y[o, i] = alpha * sum_a x[o, a, i] + beta * y[o, i]` with x viewed as
 /// `[outer, len, inner]` and y as `[outer, inner]`, both row-major.
@@ -58,13 +61,13 @@ pub fn sum_axis<T: Element>(
         }
         return;
     }
-    let mut part = [T::Acc::ZERO; STRIP];
-    let mut total = [0.0f64; STRIP];
+    let mut part = vec![T::Acc::ZERO; STRIP.min(inner)];
+    let mut total = vec![0.0f64; STRIP.min(inner)];
     for o in 0..outer {
         let xo = &x[o * len * inner..][..len * inner];
         let yo = &mut y[o * inner..][..inner];
         // A strip of columns at a time: rows of the strip are contiguous and
-        // the partial sums stay in L1.
+        // the partial sums stay in cache.
         for i0 in (0..inner).step_by(STRIP) {
             let w = STRIP.min(inner - i0);
             let total = &mut total[..w];

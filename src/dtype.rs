@@ -71,7 +71,7 @@ pub trait Element:
     Copy + Send + Sync + Default + bytemuck::Pod + PartialEq + fmt::Debug + 'static
 {
     const DTYPE: DType;
-    type Acc: Accum;
+    type Acc: Accum + Element;
     fn to_acc(self) -> Self::Acc;
     fn from_acc(v: Self::Acc) -> Self;
     fn to_f64(self) -> f64;
@@ -242,6 +242,80 @@ macro_rules! with_dtype {
             }
             $crate::dtype::DType::F16 => {
                 type $T = half::f16;
+                $body
+            }
+        }
+    };
+}
+
+/// A model's precision mode (the CLI's `--dtype`): storage dtype plus how
+/// GEMMs compute. On the CPU, tf32 and the fast modes compute in f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    Fp32,
+    Fp64,
+    Tf32,
+    Bf16,
+    Fp32FastFp16,
+    Fp32FastBf16,
+    Fp32FastTf32,
+}
+
+impl Precision {
+    pub const NAMES: [&'static str; 7] = [
+        "fp32",
+        "fp64",
+        "tf32",
+        "bf16",
+        "fp32_fast_fp16",
+        "fp32_fast_bf16",
+        "fp32_fast_tf32",
+    ];
+
+    pub fn parse(s: &str) -> Result<Precision> {
+        Ok(match s {
+            "fp32" => Precision::Fp32,
+            "fp64" => Precision::Fp64,
+            "tf32" => Precision::Tf32,
+            "bf16" => Precision::Bf16,
+            "fp32_fast_fp16" => Precision::Fp32FastFp16,
+            "fp32_fast_bf16" => Precision::Fp32FastBf16,
+            "fp32_fast_tf32" => Precision::Fp32FastTf32,
+            _ => {
+                return Err(Error::Argument {
+                    op: "dtype".into(),
+                    msg: format!("unknown precision {s:?} (expected one of {})", Precision::NAMES.join(", ")),
+                })
+            }
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        Precision::NAMES[self as usize]
+    }
+
+    /// The dtype of weights and activations.
+    pub fn storage(self) -> DType {
+        match self {
+            Precision::Fp64 => DType::F64,
+            Precision::Bf16 => DType::BF16,
+            _ => DType::F32,
+        }
+    }
+}
+
+/// Like `with_dtype!` for an accumulation dtype (f32 or f64; anything else is
+/// treated as f32, which is what accumulators of 16-bit tiles are).
+#[macro_export]
+macro_rules! with_acc_dtype {
+    ($dtype:expr, $A:ident, $body:block) => {
+        match $dtype {
+            $crate::dtype::DType::F64 => {
+                type $A = f64;
+                $body
+            }
+            _ => {
+                type $A = f32;
                 $body
             }
         }

@@ -8,6 +8,8 @@ pub mod kernels;
 
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
+pub mod ops;
 pub mod runtime;
 pub mod tensor;
-pub mod ops;
+#[cfg(feature = "python")]
+pub mod py;

@@ -24,7 +24,7 @@ pub use handle::{Access, DataHandle};
 pub use memory::BusStats;
 pub use node::{NodeKind, NodeStats};
 pub use sched::SchedKind;
-pub use task::{Buffers, Codelet, Task, Where};
+pub use task::{codelet, Buffers, Codelet, Task, Where};
 pub use worker::{WorkerKind, WorkerStats};
 
 use crate::dtype::DType;

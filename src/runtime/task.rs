@@ -218,3 +218,40 @@ impl Task {
         self.0.label()
     }
 }
+
+/// A codelet from a closure: the op layer's usual way to submit a task whose
+/// arguments are captured values.
+pub struct FnCodelet<F> {
+    name: &'static str,
+    flops: f64,
+    footprint: u64,
+    f: F,
+}
+
+impl<F: Fn(&Buffers) -> Result<()> + Send + Sync> Codelet for FnCodelet<F> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn flops(&self) -> f64 {
+        self.flops
+    }
+    fn footprint(&self) -> u64 {
+        self.footprint
+    }
+    fn cpu(&self, bufs: &Buffers) -> Result<()> {
+        (self.f)(bufs)
+    }
+}
+
+/// Boxes `f` as a codelet named `name` costing `flops`, keyed by `footprint`.
+pub fn codelet<F>(name: &'static str, flops: f64, footprint: u64, f: F) -> Box<dyn Codelet>
+where
+    F: Fn(&Buffers) -> Result<()> + Send + Sync + 'static,
+{
+    Box::new(FnCodelet {
+        name,
+        flops,
+        footprint,
+        f,
+    })
+}

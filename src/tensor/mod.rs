@@ -6,7 +6,7 @@ pub use grid::{for_each_index, TileGrid};
 use crate::dtype::DType;
 use crate::error::{arg_err, Result};
 use crate::kernels::cpu::copy::copy_block;
-use crate::runtime::{DataHandle, Runtime};
+use crate::runtime::{codelet, Access, DataHandle, Runtime};
 
 #[derive(Clone)]
 pub struct Tensor {
@@ -47,6 +47,12 @@ impl Tensor {
     pub fn zeros_like(&self) -> Result<Tensor> {
         let tile: Vec<isize> = self.grid.tile.iter().map(|&t| t as isize).collect();
         Tensor::zeros(&self.rt, &self.grid.shape, &tile, self.dtype)
+    }
+
+    /// Zeros with the grid of `self` in another dtype.
+    pub fn zeros_like_dtype(&self, dtype: DType) -> Result<Tensor> {
+        let tile: Vec<isize> = self.grid.tile.iter().map(|&t| t as isize).collect();
+        Tensor::zeros(&self.rt, &self.grid.shape, &tile, dtype)
     }
 
     /// Cuts a row-major array (raw bytes of `dtype`) into tiles.
@@ -121,6 +127,43 @@ impl Tensor {
             let zero = vec![0; tb.len()];
             self.rt
                 .read_handle(h, |src| copy_block(src, &tb, &zero, out, &full, &off, &tb))?;
+        }
+        Ok(())
+    }
+
+    /// Overwrites the tensor with a row-major array of its dtype, through one
+    /// W task per tile, so the write is ordered after every earlier use.
+    pub fn write_bytes(&self, data: Vec<u8>) -> Result<()> {
+        let size = self.dtype.size();
+        if data.len() != self.grid.numel() * size {
+            return Err(arg_err(
+                "Tensor.write",
+                format!("{} bytes given for shape {:?} of {}", data.len(), self.grid.shape, self.dtype),
+            ));
+        }
+        let data = std::sync::Arc::new(data);
+        let full = byte_dims(&self.grid.shape, size);
+        let dt = self.dtype;
+        for (i, h) in self.tiles.iter().enumerate() {
+            let c = self.grid.coords(i);
+            let tb = byte_dims(&self.grid.tile_shape(&c), size);
+            let off = if self.grid.shape.is_empty() {
+                vec![0]
+            } else {
+                with_last_scaled(&self.grid.tile_offset(&c), size)
+            };
+            let (data, full) = (data.clone(), full.clone());
+            self.rt.submit(
+                codelet("write_host", 0.0, 0, move |b| {
+                    crate::with_dtype!(dt, T, {
+                        let dst: &mut [u8] = bytemuck::cast_slice_mut(b.w::<T>(0)?);
+                        let zero = vec![0; tb.len()];
+                        copy_block(&data, &full, &off, dst, &tb, &zero, &tb);
+                    });
+                    Ok(())
+                }),
+                vec![(h.clone(), Access::W)],
+            )?;
         }
         Ok(())
     }

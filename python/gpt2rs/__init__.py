@@ -1,0 +1,47 @@
+"""gpt2rs: tiled tensors and a task runtime in Rust, NNTile-style, driven from Python.
+
+Tensors are cut into tiles, every operation is a set of tile tasks, and a
+runtime schedules those tasks over CPU workers (and simulated device nodes),
+moving tiles between memory nodes. Operations in `gpt2rs.ops` are
+asynchronous; `Tensor.to_numpy` and `Runtime.wait_all` wait for them.
+
+    >>> import numpy as np, gpt2rs
+    >>> from gpt2rs import ops
+    >>> a = gpt2rs.Tensor.from_numpy(np.ones((4, 6), np.float32), (2, 4))
+    >>> ops.gemm(a, a, trans_b=True).to_numpy()[0, 0]
+    np.float32(6.0)
+"""
+
+from __future__ import annotations
+
+import atexit
+
+from gpt2rs import ops
+from gpt2rs._gpt2rs import (
+    DTypeError,
+    Runtime,
+    RuntimeShutdownError,
+    ShapeError,
+    TaskError,
+    Tensor,
+    __version__,
+    _shutdown_default_runtime,
+    default_runtime,
+    set_default_runtime,
+)
+
+__all__ = [
+    "DTypeError",
+    "Runtime",
+    "RuntimeShutdownError",
+    "ShapeError",
+    "TaskError",
+    "Tensor",
+    "__version__",
+    "default_runtime",
+    "ops",
+    "set_default_runtime",
+]
+
+# Finish the default runtime's tasks and save its performance models at exit.
+atexit.register(_shutdown_default_runtime)

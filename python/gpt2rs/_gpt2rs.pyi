@@ -1,0 +1,141 @@
+# Type stubs of the compiled module gpt2rs._gpt2rs (src/py/). Checked with
+# `python -m mypy.stubtest gpt2rs._gpt2rs`.
+
+import os
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Literal, final
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "DTypeError",
+    "RuntimeShutdownError",
+    "ShapeError",
+    "TaskError",
+    "op_add",
+    "op_axpy",
+    "op_cast",
+    "op_copy",
+    "op_fill",
+    "op_gemm",
+    "op_norm",
+    "op_scale",
+    "op_sum",
+    "_shutdown_default_runtime",
+    "default_runtime",
+    "set_default_runtime",
+    "Runtime",
+    "Tensor",
+    "__version__",
+]
+
+__version__: str
+
+_DType = str | type | np.dtype[Any]
+_TileShape = Sequence[int] | int | None
+_Path = str | os.PathLike[str]
+
+class ShapeError(ValueError):
+    """Shapes or tilings of the operands do not fit together, or a tile shape is invalid."""
+
+class DTypeError(TypeError):
+    """An unsupported dtype, or operands whose dtypes differ."""
+
+class TaskError(RuntimeError):
+    """A task failed (or was cancelled because one it depends on failed)."""
+
+class RuntimeShutdownError(RuntimeError):
+    """The runtime the operation needs has been shut down."""
+
+@final
+class Runtime:
+    def __new__(
+        cls,
+        ncpu: int | None = None,
+        scheduler: str = "eager",
+        memory_limits: Sequence[int | None] | dict[int | str, int | None] | None = None,
+        perf_model_dir: _Path | None = None,
+        nsim: int = 0,
+        trace: bool = False,
+    ) -> Runtime: ...
+    def wait_all(self) -> None: ...
+    def stats(self) -> dict[str, Any]: ...
+    def save_trace(self, path: _Path) -> None: ...
+    def save_perf_models(self) -> None: ...
+    def shutdown(self) -> None: ...
+    @property
+    def nworkers(self) -> int: ...
+    @property
+    def nnodes(self) -> int: ...
+    @property
+    def scheduler(self) -> Literal["eager", "dmda"]: ...
+    @property
+    def is_shut_down(self) -> bool: ...
+    def __enter__(self) -> Runtime: ...
+    def __exit__(
+        self,
+        *_args: type[BaseException] | BaseException | TracebackType | None,
+    ) -> bool: ...
+
+@final
+class Tensor:
+    @staticmethod
+    def from_numpy(
+        array: npt.ArrayLike,
+        tile_shape: _TileShape,
+        dtype: _DType | None = None,
+        runtime: Runtime | None = None,
+    ) -> Tensor: ...
+    @staticmethod
+    def zeros(
+        shape: Sequence[int] | int,
+        tile_shape: _TileShape,
+        dtype: _DType = "fp32",
+        runtime: Runtime | None = None,
+    ) -> Tensor: ...
+    def to_numpy(self) -> np.ndarray[Any, np.dtype[Any]]: ...
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray[Any, np.dtype[Any]]: ...
+    def retile(self, tile_shape: _TileShape) -> Tensor: ...
+    def astype(self, dtype: _DType, tile_shape: _TileShape = None) -> Tensor: ...
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+    @property
+    def tile_shape(self) -> tuple[int, ...]: ...
+    @property
+    def grid_shape(self) -> tuple[int, ...]: ...
+    @property
+    def ntiles(self) -> int: ...
+    @property
+    def ndim(self) -> int: ...
+    @property
+    def dtype(self) -> Literal["fp32", "fp64", "bf16", "fp16"]: ...
+    @property
+    def runtime(self) -> Runtime: ...
+
+def default_runtime() -> Runtime: ...
+def set_default_runtime(runtime: Runtime) -> None: ...
+def _shutdown_default_runtime() -> None: ...
+def op_gemm(
+    a: Tensor,
+    b: Tensor,
+    c: Tensor | None = None,
+    *,
+    trans_a: bool = False,
+    trans_b: bool = False,
+    alpha: float = 1.0,
+    beta: float = 0.0,
+    ndim: int = 1,
+    batch_ndim: int = 0,
+) -> Tensor: ...
+def op_add(x: Tensor, y: Tensor, *, alpha: float = 1.0, beta: float = 1.0) -> Tensor: ...
+def op_axpy(alpha: float, x: Tensor, y: Tensor) -> Tensor: ...
+def op_scale(x: Tensor, alpha: float) -> Tensor: ...
+def op_fill(x: Tensor, value: float) -> Tensor: ...
+def op_copy(src: Tensor, dst: Tensor) -> Tensor: ...
+def op_cast(src: Tensor, dst: Tensor) -> Tensor: ...
+def op_sum(
+    x: Tensor, axis: int | None = None, *, alpha: float = 1.0, out: Tensor | None = None, beta: float = 0.0
+) -> Tensor: ...
+def op_norm(x: Tensor, *, alpha: float = 1.0, out: Tensor | None = None, beta: float = 0.0) -> Tensor: ...

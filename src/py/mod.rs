@@ -1,0 +1,34 @@
+//! The Python extension module `gpt2rs._gpt2rs` (built with the `python`
+//! cargo feature; the core never depends on this module). Thin on purpose:
+//! every class is a newtype around a core type and every function converts
+//! its arguments, releases the GIL around the core call, and converts back.
+//! The Python package `gpt2rs` re-exports what is defined here.
+
+pub mod error;
+pub mod ops;
+pub mod runtime;
+pub mod tensor;
+
+/// Tiled tensors and a task runtime (the compiled core of gpt2rs).
+#[pyo3::pymodule(name = "_gpt2rs")]
+mod gpt2rs_ext {
+    use pyo3::prelude::*;
+
+    #[pymodule_export]
+    use super::error::{DTypeError, RuntimeShutdownError, ShapeError, TaskError};
+    #[pymodule_export]
+    use super::ops::{
+        op_add, op_axpy, op_cast, op_copy, op_fill, op_gemm, op_norm, op_scale, op_sum,
+    };
+    #[pymodule_export]
+    use super::runtime::{
+        _shutdown_default_runtime, default_runtime, set_default_runtime, PyRuntime,
+    };
+    #[pymodule_export]
+    use super::tensor::PyTensor;
+
+    #[pymodule_init]
+    fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.add("__version__", env!("CARGO_PKG_VERSION"))
+    }
+}

@@ -284,7 +284,10 @@ impl Precision {
             _ => {
                 return Err(Error::Argument {
                     op: "dtype".into(),
-                    msg: format!("unknown precision {s:?} (expected one of {})", Precision::NAMES.join(", ")),
+                    msg: format!(
+                        "unknown precision {s:?} (expected one of {})",
+                        Precision::NAMES.join(", ")
+                    ),
                 })
             }
         })

@@ -9,7 +9,7 @@ pub mod kernels;
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub mod ops;
-pub mod runtime;
-pub mod tensor;
 #[cfg(feature = "python")]
 pub mod py;
+pub mod runtime;
+pub mod tensor;

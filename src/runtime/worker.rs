@@ -137,7 +137,11 @@ fn execute(inner: &Arc<Inner>, wid: usize, task: Arc<TaskInner>) {
         .expect("task executed twice");
     let label = task.label();
     let res = match inner.mem.acquire(info.node, &ops, &label) {
-        Err(e) => Err(e),
+        Err(e) => {
+            let mut s = inner.wstats[wid].lock().unwrap();
+            s.failed += 1;
+            Err(e)
+        }
         Ok(()) => {
             let res = run_codelet(inner, wid, &task, &body);
             for (h, _) in &ops {

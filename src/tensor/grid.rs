@@ -4,6 +4,10 @@
 
 use crate::error::{Error, Result};
 
+/// More tiles than this in one tensor is a mistake (a tile of 1 on a huge
+/// axis), not a workload: each tile is a data handle.
+const MAX_TILES: usize = 1 << 26;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TileGrid {
     pub shape: Vec<usize>,
@@ -22,19 +26,43 @@ impl TileGrid {
             shape: shape.to_vec(),
             tile: tile.to_vec(),
         };
-        if tile.len() != shape.len() || tile.iter().any(|&t| t < 1) {
+        if tile.len() != shape.len() {
+            return Err(Error::Shape {
+                op: "TileGrid".into(),
+                msg: format!(
+                    "tile shape {tile:?} has {} entries but the tensor has {} axes (shape {shape:?})",
+                    tile.len(),
+                    shape.len()
+                ),
+            });
+        }
+        if tile.iter().any(|&t| t < 1) {
             return Err(bad());
         }
+        // Element and tile counts must be addressable (and allocatable as a
+        // list of handles): refuse what would overflow instead of aborting.
+        let too_big = |what: &str| Error::Shape {
+            op: "TileGrid".into(),
+            msg: format!("shape {shape:?} with tiles {tile:?} has too many {what}"),
+        };
+        shape
+            .iter()
+            .try_fold(1usize, |a, &s| a.checked_mul(s))
+            .filter(|&n| n <= isize::MAX as usize / 8)
+            .ok_or_else(|| too_big("elements"))?;
         let tile: Vec<usize> = shape
             .iter()
             .zip(tile)
             .map(|(&s, &t)| (t as usize).min(s.max(1)))
             .collect();
-        let grid = shape
+        let grid: Vec<usize> = shape
             .iter()
             .zip(&tile)
             .map(|(&s, &t)| s.div_ceil(t))
             .collect();
+        if grid.iter().product::<usize>() > MAX_TILES {
+            return Err(too_big("tiles"));
+        }
         Ok(TileGrid {
             shape: shape.to_vec(),
             tile,

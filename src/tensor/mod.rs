@@ -138,7 +138,12 @@ impl Tensor {
         if data.len() != self.grid.numel() * size {
             return Err(arg_err(
                 "Tensor.write",
-                format!("{} bytes given for shape {:?} of {}", data.len(), self.grid.shape, self.dtype),
+                format!(
+                    "{} bytes given for shape {:?} of {}",
+                    data.len(),
+                    self.grid.shape,
+                    self.dtype
+                ),
             ));
         }
         let data = std::sync::Arc::new(data);

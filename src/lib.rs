@@ -8,7 +8,9 @@ pub mod kernels;
 
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
+pub mod model;
 pub mod ops;
+pub mod optim;
 #[cfg(feature = "python")]
 pub mod py;
 pub mod runtime;

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import atexit
 
-from gpt2rs import ops
+from gpt2rs import ops, optim
 from gpt2rs._gpt2rs import (
     DTypeError,
     Runtime,
@@ -29,9 +29,21 @@ from gpt2rs._gpt2rs import (
     default_runtime,
     set_default_runtime,
 )
+from gpt2rs.config import GPT2Config
+from gpt2rs.hub import WeightsError
+from gpt2rs.model import GPT2LMHead
+from gpt2rs.optim import SGD, Adam, AdamW, clip_grad_norm
 
 __all__ = [
+    "SGD",
+    "Adam",
+    "AdamW",
     "DTypeError",
+    "GPT2Config",
+    "GPT2LMHead",
+    "WeightsError",
+    "clip_grad_norm",
+    "optim",
     "Runtime",
     "RuntimeShutdownError",
     "ShapeError",

@@ -2,9 +2,14 @@
 //! (or per tile pair) to the runtime. Every op returns as soon as its tasks
 //! are submitted; results are read back through `Tensor::to_bytes`.
 
+pub mod activation;
+pub mod attention;
 pub mod copy;
+pub mod crossentropy;
 pub mod elementwise;
+pub mod embedding;
 pub mod gemm;
+pub mod layernorm;
 pub mod reduce;
 
 pub use copy::{cast, copy};

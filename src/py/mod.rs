@@ -5,6 +5,7 @@
 //! The Python package `gpt2rs` re-exports what is defined here.
 
 pub mod error;
+pub mod model;
 pub mod ops;
 pub mod runtime;
 pub mod tensor;
@@ -16,6 +17,8 @@ mod gpt2rs_ext {
 
     #[pymodule_export]
     use super::error::{DTypeError, RuntimeShutdownError, ShapeError, TaskError};
+    #[pymodule_export]
+    use super::model::{PyGpt2Core, PyOptimizerCore};
     #[pymodule_export]
     use super::ops::{
         op_add, op_axpy, op_cast, op_copy, op_fill, op_gemm, op_norm, op_scale, op_sum,

@@ -3,7 +3,15 @@
 //! Each call is single-threaded: one task runs on one worker thread, and the
 //! runtime, not the kernel, owns the parallelism.
 
+pub mod activation;
+pub mod attention;
+pub mod bias;
 pub mod copy;
+pub mod crossentropy;
+pub mod dropout;
 pub mod elementwise;
+pub mod embedding;
 pub mod gemm;
+pub mod layernorm;
+pub mod optim;
 pub mod reduce;

@@ -1,0 +1,266 @@
+"""GPT2LMHead: HF's GPT2LMHeadModel on the tiled runtime.
+
+The compiled core (`_gpt2rs.Gpt2Core`) owns every tensor; this class checks
+inputs, maps HF names and shapes, and moves numpy arrays in and out.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from . import hub
+from ._gpt2rs import Gpt2Core, Runtime, default_runtime
+from .config import GPT2Config
+
+DTYPES = ("fp32", "fp64", "tf32", "bf16", "fp32_fast_fp16", "fp32_fast_bf16", "fp32_fast_tf32")
+IGNORE_INDEX = -100
+
+
+def _tile(name: str, v: int | None) -> int | None:
+    if v is None or v == -1:  # -1 is NNTile's "untiled"
+        return None
+    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"{name} must be an int >= 1, -1 or None, got {v!r}")
+    return int(v)
+
+
+def _ids(name: str, a: Any) -> np.ndarray:
+    arr = np.asarray(a)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array [batch, seq_len] of token ids, got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {arr.shape})")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+class GPT2LMHead:
+    """GPT-2 with its LM head tied to the token embedding, as HF's GPT2LMHeadModel.
+
+    Args:
+        config: a GPT2Config, a dict of HF config fields, or a config.json path.
+        dtype: one of fp32, fp64, tf32, bf16, fp32_fast_fp16, fp32_fast_bf16,
+            fp32_fast_tf32 (on the CPU, tf32 and the fast modes compute in fp32).
+        seq_len_tile, minibatch_size_tile, hidden_size_tile,
+        intermediate_size_tile, n_head_tile, vocab_tile: tile size per axis;
+            None (or -1) leaves that axis whole.
+        runtime: the gpt2rs.Runtime to run on; None uses the default one.
+        recompute: recompute LayerNorm outputs and activations in backward
+            instead of keeping them (less memory, a little more compute).
+        deterministic: accumulate the embedding gradient in a fixed order, so
+            that runs repeat bit for bit.
+
+    The parameters start at zero; use `from_pretrained`, `from_config` or
+    `load_state_dict`.
+    """
+
+    def __init__(
+        self,
+        config: GPT2Config | dict[str, Any] | str | os.PathLike[str],
+        *,
+        dtype: str = "fp32",
+        seq_len_tile: int | None = None,
+        minibatch_size_tile: int | None = None,
+        hidden_size_tile: int | None = None,
+        intermediate_size_tile: int | None = None,
+        n_head_tile: int | None = None,
+        vocab_tile: int | None = None,
+        runtime: Runtime | None = None,
+        recompute: bool = False,
+        deterministic: bool = False,
+    ) -> None:
+        self._config = GPT2Config.coerce(config)
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r} (expected one of {', '.join(DTYPES)})")
+        self.dtype = dtype
+        tiles = {
+            "seq_len_tile": _tile("seq_len_tile", seq_len_tile),
+            "minibatch_size_tile": _tile("minibatch_size_tile", minibatch_size_tile),
+            "hidden_size_tile": _tile("hidden_size_tile", hidden_size_tile),
+            "intermediate_size_tile": _tile("intermediate_size_tile", intermediate_size_tile),
+            "n_head_tile": _tile("n_head_tile", n_head_tile),
+            "vocab_tile": _tile("vocab_tile", vocab_tile),
+        }
+        self.tiles = tiles
+        self._runtime = runtime if runtime is not None else default_runtime()
+        self._core = Gpt2Core(
+            self._config.core_dict(), tiles, dtype, self._runtime, recompute=recompute, deterministic=deterministic
+        )
+        self._names = list(self._core.param_names())
+        self._shapes = {n: tuple(self._core.param_shape(n)) for n in self._names}
+        self._np_dtype = np.dtype(self._core.export_dtype)
+
+    # -- construction -------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        dtype: str = "fp32",
+        seq_len_tile: int | None = None,
+        minibatch_size_tile: int | None = None,
+        hidden_size_tile: int | None = None,
+        intermediate_size_tile: int | None = None,
+        n_head_tile: int | None = None,
+        runtime: Runtime | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        **kwargs: Any,
+    ) -> GPT2LMHead:
+        """A model from an HF repo id (downloaded with huggingface_hub) or a
+        local HF-format directory (config.json + model.safetensors, or shards
+        with an index)."""
+        directory = hub.resolve(name_or_path, cache_dir)
+        config = GPT2Config.from_json_file(directory / "config.json")
+        state = hub.read_state(directory)
+        model = cls(
+            config,
+            dtype=dtype,
+            seq_len_tile=seq_len_tile,
+            minibatch_size_tile=minibatch_size_tile,
+            hidden_size_tile=hidden_size_tile,
+            intermediate_size_tile=intermediate_size_tile,
+            n_head_tile=n_head_tile,
+            runtime=runtime,
+            **kwargs,
+        )
+        model._load(state, source=str(directory))
+        return model
+
+    @classmethod
+    def from_config(
+        cls, config: GPT2Config | dict[str, Any] | str | os.PathLike[str], seed: int = 0, dtype: str = "fp32", **kwargs: Any
+    ) -> GPT2LMHead:
+        """A randomly initialised model, as HF initialises GPT-2: weights
+        ~ N(0, initializer_range), the residual projections scaled by
+        1/sqrt(2 n_layer), biases 0, LayerNorm weights 1."""
+        model = cls(config, dtype=dtype, **kwargs)
+        cfg = model.config
+        rng = np.random.default_rng(seed)
+        std = cfg.initializer_range
+        state = {}
+        for name in model._names:
+            shape = model._shapes[name]
+            if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+                v = np.ones(shape)
+            elif name.endswith(".bias"):
+                v = np.zeros(shape)
+            elif name.endswith("c_proj.weight"):
+                v = rng.normal(0.0, std / np.sqrt(2 * cfg.n_layer), shape)
+            else:
+                v = rng.normal(0.0, std, shape)
+            state[name] = v
+        model._load(state, source="random init")
+        return model
+
+    @property
+    def config(self) -> GPT2Config:
+        return self._config
+
+    @property
+    def runtime(self) -> Runtime:
+        return self._runtime
+
+    def num_parameters(self) -> int:
+        return int(sum(np.prod(s) for s in self._shapes.values()))
+
+    # -- compute ------------------------------------------------------------
+
+    def forward(self, input_ids: Any) -> np.ndarray:
+        """Logits [B, T, vocab_size] (float64 for fp64, else float32), dropout off."""
+        ids = self._check_ids(_ids("input_ids", input_ids))
+        flat = self._core.forward(ids)
+        return flat.reshape(ids.shape[0], ids.shape[1], self._config.vocab_size)
+
+    __call__ = forward
+
+    def forward_backward(
+        self,
+        input_ids: Any,
+        targets: Any = None,
+        labels: Any = None,
+        grad_scale: float = 1.0,
+        dropout_seed: int | None = None,
+    ) -> float:
+        """Mean cross-entropy of one minibatch; adds grad_scale * d(loss)/d(param)
+        into the gradients.
+
+        targets: next-token ids aligned with input_ids (position t predicts
+        targets[t]); labels: HF semantics (shifted inside); neither: labels =
+        input_ids. -100 is ignored. dropout_seed: apply the config's dropout
+        with masks drawn from this seed (None: dropout off)."""
+        ids = self._check_ids(_ids("input_ids", input_ids))
+        if targets is not None and labels is not None:
+            raise ValueError("give targets or labels, not both")
+        if targets is not None:
+            tg = _ids("targets", targets)
+        else:
+            lab = ids if labels is None else _ids("labels", labels)
+            if lab.shape != ids.shape:
+                raise ValueError(f"labels shape {lab.shape} differs from input_ids shape {ids.shape}")
+            tg = np.full_like(lab, IGNORE_INDEX)
+            tg[:, :-1] = lab[:, 1:]
+        if tg.shape != ids.shape:
+            raise ValueError(f"targets shape {tg.shape} differs from input_ids shape {ids.shape}")
+        bad = (tg != IGNORE_INDEX) & ((tg < 0) | (tg >= self._config.vocab_size))
+        if bad.any():
+            raise ValueError(
+                f"target id {int(tg[bad][0])} is outside the vocabulary [0, {self._config.vocab_size}) (and not -100)"
+            )
+        if dropout_seed is not None and (not isinstance(dropout_seed, (int, np.integer)) or dropout_seed < 0):
+            raise ValueError(f"dropout_seed must be an int >= 0 or None, got {dropout_seed!r}")
+        return float(self._core.forward_backward(ids, tg, float(grad_scale), dropout_seed))
+
+    def _check_ids(self, ids: np.ndarray) -> np.ndarray:
+        v = self._config.vocab_size
+        if ids.min() < 0 or ids.max() >= v:
+            bad = ids[(ids < 0) | (ids >= v)][0]
+            raise ValueError(f"token id {int(bad)} is outside the vocabulary [0, {v})")
+        if ids.shape[1] > self._config.n_positions:
+            raise ValueError(f"sequence length {ids.shape[1]} exceeds n_positions = {self._config.n_positions}")
+        return ids
+
+    def zero_grad(self) -> None:
+        self._core.zero_grad()
+
+    # -- parameters ---------------------------------------------------------
+
+    def _get(self, fn: Any, name: str) -> np.ndarray:
+        return np.asarray(fn(name)).reshape(self._shapes[name])
+
+    def gradients(self) -> dict[str, np.ndarray]:
+        """HF parameter name -> gradient (HF shape; float64 for fp64, else float32)."""
+        return {hub.PREFIX + n: self._get(self._core.get_grad, n) for n in self._names}
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """HF parameter name -> weights (the fp32 master copy for bf16)."""
+        return {hub.PREFIX + n: self._get(self._core.get_param, n) for n in self._names}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Loads weights named as HF names them (with or without `transformer.`)."""
+        self._load({k: np.asarray(v) for k, v in state.items()}, source="state dict")
+
+    def _load(self, state: dict[str, np.ndarray], source: str) -> None:
+        st = hub.normalize(state)
+        hub.check(st, self._shapes, source)
+        for name in self._names:
+            a = np.ascontiguousarray(st[name], dtype=self._np_dtype).reshape(-1)
+            self._core.set_param(name, a.view(np.uint8))
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
+        """Writes config.json and model.safetensors; transformers loads them."""
+        state = {n: v for n, v in ((k[len(hub.PREFIX):], v) for k, v in self.state_dict().items())}
+        hub.write_pretrained(directory, self._config.to_dict(), state)
+
+    def clip_grad_norm(self, max_norm: float) -> float:
+        return float(self._core.clip_grad_norm(float(max_norm)))
+
+    def __repr__(self) -> str:
+        c = self._config
+        return (
+            f"GPT2LMHead(n_layer={c.n_layer}, n_embd={c.n_embd}, n_head={c.n_head}, "
+            f"vocab_size={c.vocab_size}, dtype={self.dtype!r}, params={self.num_parameters():,})"
+        )

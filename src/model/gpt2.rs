@@ -1,0 +1,636 @@
+//! Forward and backward of GPT-2 on the tile ops.
+//!
+//! ```text
+//! x0 = wte[ids] + wpe[pos]                      (dropout embd_pdrop)
+//! per block:  h1 = LN1(x);  qkv = h1 Wqkv + b
+//!             o  = causal attention(qkv)         (dropout attn_pdrop on probabilities)
+//!             xm = x + drop(o Wproj + b)         (resid_pdrop)
+//!             h2 = LN2(xm); f = h2 Wfc + b; g = act(f)
+//!             x' = xm + drop(g Wfc_proj + b)
+//! hf = LNf(x_L);  logits = hf wte^T (the LM head is tied to wte)
+//! loss = mean cross-entropy over targets != -100
+//! ```
+//!
+//! Backward walks the blocks in reverse. Parameter gradients accumulate
+//! (+=, so gradient accumulation over minibatches is k calls); activation
+//! gradients overwrite, except the residual stream `dx`, into which each
+//! LayerNorm backward adds. Activations of a block are dropped as soon as
+//! its backward is submitted, so the runtime frees them when those tasks end.
+
+use super::config::{tile_of, Gpt2Config, Tiling};
+use super::params::Params;
+use crate::dtype::{DType, Precision};
+use crate::error::{arg_err, Result};
+use crate::ops::activation::{activation_bwd, activation_fwd, bias_fill, bias_grad, dropout};
+use crate::ops::attention::{attention_bwd, attention_fwd};
+use crate::ops::crossentropy::{cross_entropy_bwd, cross_entropy_fwd};
+use crate::ops::embedding::{embedding_bwd, embedding_fwd, sinusoidal_fill};
+use crate::ops::layernorm::{acc_dtype, layernorm_apply, layernorm_bwd, layernorm_fwd};
+use crate::ops::{add, copy, gemm, GemmSpec};
+use crate::runtime::{Access, Runtime};
+use crate::tensor::Tensor;
+
+pub struct Gpt2 {
+    pub cfg: Gpt2Config,
+    pub tiles: Tiling,
+    pub precision: Precision,
+    pub params: Params,
+    /// The fixed sinusoidal table [P, C] when the config asks for it.
+    pos_table: Option<Tensor>,
+    /// Recompute LayerNorm outputs and activations in backward instead of
+    /// keeping them.
+    pub recompute: bool,
+    /// Scatter-add the embedding gradient in submission order (RW) instead
+    /// of commutatively (ACC), so that runs repeat bit for bit.
+    pub deterministic: bool,
+    rt: Runtime,
+}
+
+/// Options of one training step.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StepOptions {
+    /// Multiplies the gradients added by this step.
+    pub grad_scale: f64,
+    /// Seed of the dropout masks; None = dropout off.
+    pub dropout_seed: Option<u64>,
+}
+
+struct BlockActs {
+    x: Tensor,
+    stats1: Tensor,
+    h1: Option<Tensor>,
+    qkv: Tensor,
+    o: Tensor,
+    lse: Tensor,
+    xm: Tensor,
+    stats2: Tensor,
+    h2: Option<Tensor>,
+    f: Tensor,
+    g: Option<Tensor>,
+}
+
+struct Acts {
+    blocks: Vec<BlockActs>,
+    xl: Tensor,
+    statsf: Tensor,
+    hf: Tensor,
+}
+
+/// Tile sizes of one call's activations.
+#[derive(Clone, Copy)]
+struct Dims {
+    b: usize,
+    t: usize,
+    tb: isize,
+    tt: isize,
+}
+
+const GEMM: GemmSpec = GemmSpec {
+    trans_a: false,
+    trans_b: false,
+    alpha: 1.0,
+    beta: 0.0,
+    ndim: 1,
+    batch_ndim: 0,
+};
+
+impl Gpt2 {
+    pub fn new(rt: &Runtime, cfg: Gpt2Config, tiles: Tiling, precision: Precision) -> Result<Gpt2> {
+        cfg.validate()?;
+        tiles.validate()?;
+        let params = Params::new(rt, &cfg, &tiles, precision.storage())?;
+        let pos_table = if cfg.sinusoidal {
+            let (p, c) = (cfg.n_positions, cfg.n_embd);
+            let t = Tensor::zeros(
+                rt,
+                &[p, c],
+                &[tile_of(tiles.seq, p), tile_of(tiles.hidden, c)],
+                precision.storage(),
+            )?;
+            sinusoidal_fill(&t)?;
+            Some(t)
+        } else {
+            None
+        };
+        Ok(Gpt2 {
+            cfg,
+            tiles,
+            precision,
+            params,
+            pos_table,
+            recompute: false,
+            deterministic: false,
+            rt: rt.clone(),
+        })
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.rt
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.precision.storage()
+    }
+
+    fn dims(&self, ids: &[i64], b: usize, t: usize) -> Result<Dims> {
+        let op = "GPT2LMHead";
+        if b == 0 || t == 0 || ids.len() != b * t {
+            return Err(arg_err(
+                op,
+                format!(
+                    "input ids must be a non-empty [B, T] array, got {} ids for B={b}, T={t}",
+                    ids.len()
+                ),
+            ));
+        }
+        if t > self.cfg.n_positions {
+            return Err(arg_err(
+                op,
+                format!(
+                    "sequence length {t} exceeds n_positions = {}",
+                    self.cfg.n_positions
+                ),
+            ));
+        }
+        let v = self.cfg.vocab_size as i64;
+        if let Some(bad) = ids.iter().find(|&&i| i < 0 || i >= v) {
+            return Err(arg_err(
+                op,
+                format!("token id {bad} is outside the vocabulary [0, {v})"),
+            ));
+        }
+        let tt = match self.tiles.seq {
+            // Position-table tiles are cut like sequence tiles; untiled
+            // sequences use one table tile.
+            Some(s) => s.min(t) as isize,
+            None => t as isize,
+        };
+        Ok(Dims {
+            b,
+            t,
+            tb: tile_of(self.tiles.batch, b),
+            tt,
+        })
+    }
+
+    fn act(&self, d: Dims, rest: &[usize], rest_tiles: &[isize]) -> Result<Tensor> {
+        self.act_dtype(d, rest, rest_tiles, self.dtype())
+    }
+
+    fn act_dtype(
+        &self,
+        d: Dims,
+        rest: &[usize],
+        rest_tiles: &[isize],
+        dtype: DType,
+    ) -> Result<Tensor> {
+        let mut shape = vec![d.b, d.t];
+        shape.extend_from_slice(rest);
+        let mut tile = vec![d.tb, d.tt];
+        tile.extend_from_slice(rest_tiles);
+        Tensor::zeros(&self.rt, &shape, &tile, dtype)
+    }
+
+    fn tc(&self) -> isize {
+        tile_of(self.tiles.hidden, self.cfg.n_embd)
+    }
+    fn tf(&self) -> isize {
+        tile_of(self.tiles.inner, self.cfg.n_inner)
+    }
+    fn th(&self) -> isize {
+        tile_of(self.tiles.heads, self.cfg.n_head)
+    }
+    fn tv(&self) -> isize {
+        tile_of(self.tiles.vocab, self.cfg.vocab_size)
+    }
+
+    fn hidden(&self, d: Dims) -> Result<Tensor> {
+        self.act(d, &[self.cfg.n_embd], &[self.tc()])
+    }
+
+    fn pos(&self) -> Option<&Tensor> {
+        match self.params.wpe {
+            Some(i) => Some(self.params.v(i)),
+            None => self.pos_table.as_ref(),
+        }
+    }
+
+    /// y = x W + b through a bias broadcast and a GEMM that accumulates.
+    fn linear(&self, x: &Tensor, w: usize, b: usize, ndim: usize, y: &Tensor) -> Result<()> {
+        bias_fill(self.params.v(b), y)?;
+        gemm(
+            &GemmSpec {
+                beta: 1.0,
+                ndim,
+                ..GEMM
+            },
+            x,
+            self.params.v(w),
+            y,
+        )
+    }
+
+    /// Submits the forward pass; keeps what backward needs when `train`.
+    fn forward_graph(
+        &self,
+        ids: &[i64],
+        d: Dims,
+        seed: Option<u64>,
+        train: bool,
+    ) -> Result<(Tensor, Option<Acts>)> {
+        let cfg = &self.cfg;
+        let p = &self.params;
+        let (nh, hs, f) = (cfg.n_head, cfg.head_size(), cfg.n_inner);
+        let (tf, th, hs_t) = (self.tf(), self.th(), hs as isize);
+        let drop = |t: &Tensor, stream: u64, prob: f64| -> Result<()> {
+            match seed {
+                Some(s) if prob > 0.0 => dropout(t, s, stream, prob),
+                _ => Ok(()),
+            }
+        };
+        let mut x = self.hidden(d)?;
+        embedding_fwd(ids, p.v(p.wte), self.pos(), &x)?;
+        drop(&x, 0, cfg.embd_pdrop)?;
+        let mut blocks = Vec::new();
+        for (l, bp) in p.blocks.iter().enumerate() {
+            let stream = 1 + 3 * l as u64;
+            let h1 = self.hidden(d)?;
+            let stats1 = layernorm_fwd(
+                &x,
+                p.v(bp.ln1_g),
+                p.v(bp.ln1_b),
+                cfg.layer_norm_epsilon,
+                &h1,
+            )?;
+            let qkv = self.act(d, &[3, nh, hs], &[1, th, hs_t])?;
+            self.linear(&h1, bp.attn_w, bp.attn_b, 1, &qkv)?;
+            let o = self.act(d, &[nh, hs], &[th, hs_t])?;
+            let lse = self.act_dtype(d, &[nh], &[th], acc_dtype(self.dtype()))?;
+            let attn_drop = seed
+                .filter(|_| cfg.attn_pdrop > 0.0)
+                .map(|s| (s, stream, cfg.attn_pdrop));
+            attention_fwd(&qkv, &o, &lse, attn_drop)?;
+            let xm = self.hidden(d)?;
+            self.linear(&o, bp.proj_w, bp.proj_b, 2, &xm)?;
+            drop(&xm, stream + 1, cfg.resid_pdrop)?;
+            add(1.0, &x, 1.0, &xm)?;
+            let h2 = self.hidden(d)?;
+            let stats2 = layernorm_fwd(
+                &xm,
+                p.v(bp.ln2_g),
+                p.v(bp.ln2_b),
+                cfg.layer_norm_epsilon,
+                &h2,
+            )?;
+            let fpre = self.act(d, &[f], &[tf])?;
+            self.linear(&h2, bp.fc_w, bp.fc_b, 1, &fpre)?;
+            let g = self.act(d, &[f], &[tf])?;
+            activation_fwd(cfg.activation, &fpre, &g)?;
+            let xn = self.hidden(d)?;
+            self.linear(&g, bp.fc_proj_w, bp.fc_proj_b, 1, &xn)?;
+            drop(&xn, stream + 2, cfg.resid_pdrop)?;
+            add(1.0, &xm, 1.0, &xn)?;
+            if train {
+                let keep = !self.recompute;
+                blocks.push(BlockActs {
+                    x,
+                    stats1,
+                    h1: keep.then_some(h1),
+                    qkv,
+                    o,
+                    lse,
+                    xm,
+                    stats2,
+                    h2: keep.then_some(h2),
+                    f: fpre,
+                    g: keep.then_some(g),
+                });
+            }
+            x = xn;
+        }
+        let hf = self.hidden(d)?;
+        let statsf = layernorm_fwd(&x, p.v(p.lnf_g), p.v(p.lnf_b), cfg.layer_norm_epsilon, &hf)?;
+        let logits = self.act(d, &[cfg.vocab_size], &[self.tv()])?;
+        gemm(
+            &GemmSpec {
+                trans_b: true,
+                ..GEMM
+            },
+            &hf,
+            p.v(p.wte),
+            &logits,
+        )?;
+        let acts = train.then_some(Acts {
+            blocks,
+            xl: x,
+            statsf,
+            hf,
+        });
+        Ok((logits, acts))
+    }
+
+    /// Logits [B, T, V] of `ids` (row-major [B, T]), dropout off.
+    pub fn forward(&self, ids: &[i64], b: usize, t: usize) -> Result<Tensor> {
+        let d = self.dims(ids, b, t)?;
+        Ok(self.forward_graph(ids, d, None, false)?.0)
+    }
+
+    /// Submits forward and backward for next-token `targets` (row-major
+    /// [B, T], -100 ignored), adds `grad_scale` times the gradient of the mean
+    /// loss into the gradients, and returns the loss.
+    pub fn forward_backward(
+        &self,
+        ids: &[i64],
+        targets: &[i64],
+        b: usize,
+        t: usize,
+        opt: StepOptions,
+    ) -> Result<f64> {
+        let d = self.dims(ids, b, t)?;
+        if targets.len() != ids.len() {
+            return Err(arg_err(
+                "GPT2LMHead",
+                "targets must have the shape of input_ids",
+            ));
+        }
+        let (logits, acts) = self.forward_graph(ids, d, opt.dropout_seed, true)?;
+        let acts = acts.expect("training forward keeps activations");
+        let loss = self.rt.new_handle(DType::F64, 1)?;
+        let ce_stats = cross_entropy_fwd(&logits, targets, &loss)?;
+        let n_valid = targets.iter().filter(|&&t| t >= 0).count();
+        let scale = if n_valid > 0 {
+            opt.grad_scale / n_valid as f64
+        } else {
+            0.0
+        };
+        cross_entropy_bwd(&logits, &ce_stats, targets, scale)?;
+        drop(ce_stats);
+        self.backward_graph(ids, d, opt.dropout_seed, logits, acts)?;
+        let sum = self
+            .rt
+            .read_handle(&loss, |b| f64::from_le_bytes(b[..8].try_into().unwrap()))?;
+        Ok(if n_valid > 0 {
+            sum / n_valid as f64
+        } else {
+            f64::NAN
+        })
+    }
+
+    fn backward_graph(
+        &self,
+        ids: &[i64],
+        d: Dims,
+        seed: Option<u64>,
+        dlogits: Tensor,
+        acts: Acts,
+    ) -> Result<()> {
+        let cfg = &self.cfg;
+        let p = &self.params;
+        let (nh, hs, f) = (cfg.n_head, cfg.head_size(), cfg.n_inner);
+        let (tf, th, hs_t) = (self.tf(), self.th(), hs as isize);
+        let grad_w = |ndim: usize| GemmSpec {
+            trans_a: true,
+            beta: 1.0,
+            ndim,
+            ..GEMM
+        };
+        let back = GemmSpec {
+            trans_b: true,
+            ..GEMM
+        };
+        // Dropout backward applies the forward's mask (same seed and stream) to a copy.
+        let dropped = |dx: &Tensor, stream: u64, prob: f64| -> Result<Tensor> {
+            match seed {
+                Some(s) if prob > 0.0 => {
+                    let t = dx.zeros_like()?;
+                    copy(dx, &t)?;
+                    dropout(&t, s, stream, prob)?;
+                    Ok(t)
+                }
+                _ => Ok(dx.clone()),
+            }
+        };
+        let Acts {
+            mut blocks,
+            xl,
+            statsf,
+            hf,
+        } = acts;
+        let dhf = self.hidden(d)?;
+        gemm(&GEMM, &dlogits, p.v(p.wte), &dhf)?;
+        gemm(&grad_w(2), &dlogits, &hf, p.g(p.wte))?;
+        drop((dlogits, hf));
+        let dx = self.hidden(d)?;
+        layernorm_bwd(
+            &xl,
+            &dhf,
+            &statsf,
+            p.v(p.lnf_g),
+            &dx,
+            false,
+            p.g(p.lnf_g),
+            p.g(p.lnf_b),
+        )?;
+        drop((xl, dhf, statsf));
+        for (l, bp) in p.blocks.iter().enumerate().rev() {
+            let a = blocks.pop().expect("one set of activations per block");
+            let stream = 1 + 3 * l as u64;
+            // MLP: x' = xm + drop(act(LN2(xm) Wfc + b) Wfc_proj + b)
+            let dmo = dropped(&dx, stream + 2, cfg.resid_pdrop)?;
+            bias_grad(&dmo, p.g(bp.fc_proj_b))?;
+            let g = match a.g {
+                Some(g) => g,
+                None => {
+                    let g = self.act(d, &[f], &[tf])?;
+                    activation_fwd(cfg.activation, &a.f, &g)?;
+                    g
+                }
+            };
+            gemm(&grad_w(2), &g, &dmo, p.g(bp.fc_proj_w))?;
+            drop(g);
+            let dg = self.act(d, &[f], &[tf])?;
+            gemm(&back, &dmo, p.v(bp.fc_proj_w), &dg)?;
+            drop(dmo);
+            activation_bwd(cfg.activation, &a.f, &dg, &dg)?;
+            bias_grad(&dg, p.g(bp.fc_b))?;
+            let h2 = match a.h2 {
+                Some(h) => h,
+                None => {
+                    let h = self.hidden(d)?;
+                    layernorm_apply(&a.xm, &a.stats2, p.v(bp.ln2_g), p.v(bp.ln2_b), &h)?;
+                    h
+                }
+            };
+            gemm(&grad_w(2), &h2, &dg, p.g(bp.fc_w))?;
+            drop(h2);
+            let dh2 = self.hidden(d)?;
+            gemm(&back, &dg, p.v(bp.fc_w), &dh2)?;
+            drop(dg);
+            layernorm_bwd(
+                &a.xm,
+                &dh2,
+                &a.stats2,
+                p.v(bp.ln2_g),
+                &dx,
+                true,
+                p.g(bp.ln2_g),
+                p.g(bp.ln2_b),
+            )?;
+            drop(dh2);
+            // Attention: xm = x + drop(attn(LN1(x)) Wproj + b)
+            let da = dropped(&dx, stream + 1, cfg.resid_pdrop)?;
+            bias_grad(&da, p.g(bp.proj_b))?;
+            gemm(&grad_w(2), &a.o, &da, p.g(bp.proj_w))?;
+            let d_o = self.act(d, &[nh, hs], &[th, hs_t])?;
+            gemm(&back, &da, p.v(bp.proj_w), &d_o)?;
+            drop(da);
+            let dqkv = self.act(d, &[3, nh, hs], &[1, th, hs_t])?;
+            let attn_drop = seed
+                .filter(|_| cfg.attn_pdrop > 0.0)
+                .map(|s| (s, stream, cfg.attn_pdrop));
+            attention_bwd(&a.qkv, &a.o, &d_o, &a.lse, &dqkv, attn_drop)?;
+            drop(d_o);
+            bias_grad(&dqkv, p.g(bp.attn_b))?;
+            let h1 = match a.h1 {
+                Some(h) => h,
+                None => {
+                    let h = self.hidden(d)?;
+                    layernorm_apply(&a.x, &a.stats1, p.v(bp.ln1_g), p.v(bp.ln1_b), &h)?;
+                    h
+                }
+            };
+            gemm(&grad_w(2), &h1, &dqkv, p.g(bp.attn_w))?;
+            drop(h1);
+            let dh1 = self.hidden(d)?;
+            gemm(&GemmSpec { ndim: 3, ..back }, &dqkv, p.v(bp.attn_w), &dh1)?;
+            drop(dqkv);
+            layernorm_bwd(
+                &a.x,
+                &dh1,
+                &a.stats1,
+                p.v(bp.ln1_g),
+                &dx,
+                true,
+                p.g(bp.ln1_g),
+                p.g(bp.ln1_b),
+            )?;
+        }
+        if let Some(s) = seed.filter(|_| cfg.embd_pdrop > 0.0) {
+            dropout(&dx, s, 0, cfg.embd_pdrop)?;
+        }
+        let mode = if self.deterministic {
+            Access::RW
+        } else {
+            Access::ACC
+        };
+        embedding_bwd(ids, &dx, p.g(p.wte), p.wpe.map(|i| p.g(i)), mode)
+    }
+
+    /// Zeroes every gradient.
+    pub fn zero_grad(&self) -> Result<()> {
+        for prm in &self.params.list {
+            crate::ops::fill(&prm.grad, 0.0)?;
+        }
+        Ok(())
+    }
+}
+
+/// Parameter import and export in HF shapes, and gradient clipping.
+impl Gpt2 {
+    fn param(&self, name: &str) -> Result<&super::params::Param> {
+        self.params
+            .find(name)
+            .ok_or_else(|| arg_err("GPT2LMHead", format!("no parameter named {name:?}")))
+    }
+
+    /// The dtype parameters, gradients and state are exported in: f64 for
+    /// fp64 models, f32 otherwise (bf16 models export their f32 masters).
+    pub fn export_dtype(&self) -> DType {
+        acc_dtype(self.dtype())
+    }
+
+    /// Overwrites parameter `name` with `data` (row-major, HF shape) given in
+    /// the export dtype's bytes; bf16 models set the master and round it.
+    pub fn set_param_bytes(&self, name: &str, data: Vec<u8>) -> Result<()> {
+        let p = self.param(name)?;
+        match &p.master {
+            Some(m) => {
+                m.write_bytes(data)?;
+                crate::ops::cast(m, &p.value)
+            }
+            None => p.value.write_bytes(data),
+        }
+    }
+
+    /// Parameter `name` in the export dtype's bytes (waits for its writers).
+    pub fn param_bytes(&self, name: &str) -> Result<Vec<u8>> {
+        self.export(self.param(name)?.updated())
+    }
+
+    /// The gradient of parameter `name` in the export dtype's bytes.
+    pub fn grad_bytes(&self, name: &str) -> Result<Vec<u8>> {
+        self.export(&self.param(name)?.grad)
+    }
+
+    fn export(&self, t: &Tensor) -> Result<Vec<u8>> {
+        let want = self.export_dtype();
+        if t.dtype == want {
+            return t.to_bytes();
+        }
+        let tile: Vec<isize> = t.grid.tile.iter().map(|&x| x as isize).collect();
+        let wide = Tensor::zeros(&self.rt, &t.grid.shape, &tile, want)?;
+        crate::ops::cast(t, &wide)?;
+        wide.to_bytes()
+    }
+
+    /// The global 2-norm of all gradients (f64, scaled so it cannot overflow);
+    /// when it exceeds `max_norm`, scales every gradient by
+    /// max_norm / (norm + 1e-6), as torch.nn.utils.clip_grad_norm_.
+    pub fn clip_grad_norm(&self, max_norm: f64) -> Result<f64> {
+        use crate::kernels::cpu::reduce::{ssq_init, ssq_update};
+        if max_norm.is_nan() || max_norm < 0.0 {
+            return Err(arg_err(
+                "clip_grad_norm",
+                format!("max_norm must be >= 0, got {max_norm}"),
+            ));
+        }
+        let acc = self.rt.new_handle(DType::F64, 2)?;
+        self.rt.submit(
+            crate::runtime::codelet("ssq_init", 0.0, 0, |b| {
+                ssq_init(b.w::<f64>(0)?);
+                Ok(())
+            }),
+            vec![(acc.clone(), Access::W)],
+        )?;
+        for p in &self.params.list {
+            let dt = p.grad.dtype;
+            for h in &p.grad.tiles {
+                let n = h.len();
+                self.rt.submit(
+                    crate::runtime::codelet(
+                        "ssq_update",
+                        2.0 * n as f64,
+                        crate::ops::footprint(&[n as u64]),
+                        move |b| {
+                            crate::with_dtype!(dt, T, { ssq_update::<T>(b.r(0)?, b.w::<f64>(1)?) });
+                            Ok(())
+                        },
+                    ),
+                    vec![(h.clone(), Access::R), (acc.clone(), Access::RW)],
+                )?;
+            }
+        }
+        let (scale, ssq) = self.rt.read_handle(&acc, |b| {
+            let v: &[f64] = bytemuck::cast_slice(b);
+            (v[0], v[1])
+        })?;
+        let norm = scale * ssq.sqrt();
+        let coef = max_norm / (norm + 1e-6);
+        if coef < 1.0 {
+            for p in &self.params.list {
+                crate::ops::scale(&p.grad, coef)?;
+            }
+        }
+        Ok(norm)
+    }
+}

@@ -1,0 +1,11 @@
+//! GPT-2 (HF's `GPT2LMHeadModel`) on tiles, with an explicit forward and
+//! backward per layer as in llm.c and NNTile: no autograd, every step a
+//! graph of tile tasks submitted in program order.
+
+pub mod config;
+mod gpt2;
+pub mod params;
+
+pub use config::{Gpt2Config, Tiling};
+pub use gpt2::{Gpt2, StepOptions};
+pub use params::{Param, Params};

@@ -1,0 +1,248 @@
+//! SGD, Adam and AdamW with torch.optim's semantics. The state of each
+//! parameter (momentum buffer, or first and second moments) lives in tiles
+//! cut exactly like the parameter, so a step is one task per parameter tile
+//! (a flat loop, as in llm.c). With bf16 storage, the step updates the f32
+//! master copy and writes the bf16 weights from it in the same task.
+
+use crate::dtype::DType;
+use crate::error::{arg_err, Result};
+use crate::kernels::cpu::elementwise::cast;
+use crate::kernels::cpu::optim as k;
+use crate::model::Gpt2;
+use crate::runtime::{codelet, Access, DataHandle};
+use crate::tensor::Tensor;
+use crate::{with_acc_dtype, with_dtype};
+
+/// x >= 0 and not NaN.
+fn non_negative(x: f64) -> bool {
+    x >= 0.0
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OptimizerKind {
+    Sgd {
+        momentum: f64,
+        dampening: f64,
+        nesterov: bool,
+    },
+    Adam {
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        /// AdamW: weight decay applied to the weights, not added to the gradient.
+        decoupled: bool,
+    },
+}
+
+impl OptimizerKind {
+    /// Names of the state tensors per parameter, as torch's state_dict has them.
+    pub fn state_names(&self) -> &'static [&'static str] {
+        match self {
+            OptimizerKind::Sgd { momentum, .. } if *momentum != 0.0 => &["momentum_buffer"],
+            OptimizerKind::Sgd { .. } => &[],
+            OptimizerKind::Adam { .. } => &["exp_avg", "exp_avg_sq"],
+        }
+    }
+
+    fn validate(&self, lr: f64, wd: f64) -> Result<()> {
+        let op = "optimizer";
+        if !non_negative(lr) {
+            return Err(arg_err(op, format!("invalid learning rate {lr}")));
+        }
+        if !non_negative(wd) {
+            return Err(arg_err(op, format!("invalid weight_decay {wd}")));
+        }
+        match *self {
+            OptimizerKind::Sgd {
+                momentum,
+                dampening,
+                nesterov,
+            } => {
+                if !non_negative(momentum) {
+                    return Err(arg_err(op, format!("invalid momentum {momentum}")));
+                }
+                if nesterov && (momentum <= 0.0 || dampening != 0.0) {
+                    return Err(arg_err(
+                        op,
+                        "nesterov momentum requires a momentum and zero dampening",
+                    ));
+                }
+            }
+            OptimizerKind::Adam {
+                beta1, beta2, eps, ..
+            } => {
+                if !(0.0..1.0).contains(&beta1) || !(0.0..1.0).contains(&beta2) {
+                    return Err(arg_err(op, format!("invalid betas ({beta1}, {beta2})")));
+                }
+                if !non_negative(eps) {
+                    return Err(arg_err(op, format!("invalid eps {eps}")));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Slot {
+    name: String,
+    /// The tensor updated: f32 master weights, or the weights themselves.
+    target: Tensor,
+    /// bf16 weights written from the master copy after each step.
+    value: Option<Tensor>,
+    grad: Tensor,
+    state: Vec<Tensor>,
+}
+
+pub struct Optimizer {
+    pub kind: OptimizerKind,
+    pub lr: f64,
+    pub weight_decay: f64,
+    /// Steps taken (torch's `state[p]["step"]`).
+    pub step: u64,
+    slots: Vec<Slot>,
+}
+
+impl Optimizer {
+    pub fn new(model: &Gpt2, kind: OptimizerKind, lr: f64, weight_decay: f64) -> Result<Optimizer> {
+        kind.validate(lr, weight_decay)?;
+        let mut slots = Vec::new();
+        for p in &model.params.list {
+            let target = p.updated().clone();
+            let state = kind
+                .state_names()
+                .iter()
+                .map(|_| target.zeros_like())
+                .collect::<Result<Vec<_>>>()?;
+            slots.push(Slot {
+                name: p.name.clone(),
+                value: p.master.as_ref().map(|_| p.value.clone()),
+                target,
+                grad: p.grad.clone(),
+                state,
+            });
+        }
+        Ok(Optimizer {
+            kind,
+            lr,
+            weight_decay,
+            step: 0,
+            slots,
+        })
+    }
+
+    /// Submits one step over every parameter tile.
+    pub fn step(&mut self) -> Result<()> {
+        if !non_negative(self.lr) {
+            return Err(arg_err(
+                "optimizer",
+                format!("invalid learning rate {}", self.lr),
+            ));
+        }
+        self.step += 1;
+        let (kind, lr, wd, step) = (self.kind, self.lr, self.weight_decay, self.step);
+        for s in &self.slots {
+            let (pt, gt) = (s.target.dtype, s.grad.dtype);
+            let vt = s.value.as_ref().map(|v| v.dtype);
+            for (i, ph) in s.target.tiles.iter().enumerate() {
+                let mut ops: Vec<(DataHandle, Access)> = vec![
+                    (ph.clone(), Access::RW),
+                    (s.grad.tiles[i].clone(), Access::R),
+                ];
+                ops.extend(s.state.iter().map(|t| (t.tiles[i].clone(), Access::RW)));
+                let nstate = s.state.len();
+                if let Some(v) = &s.value {
+                    ops.push((v.tiles[i].clone(), Access::W));
+                }
+                let n = ph.len();
+                let flops = match kind {
+                    OptimizerKind::Sgd { .. } => 4.0,
+                    OptimizerKind::Adam { .. } => 12.0,
+                } * n as f64;
+                s.target.runtime().submit(
+                    codelet(
+                        "optimizer_step",
+                        flops,
+                        crate::ops::footprint(&[n as u64]),
+                        move |b| {
+                            with_acc_dtype!(pt, P, {
+                                with_dtype!(gt, G, {
+                                    let p = b.w::<P>(0)?;
+                                    let g = b.r::<G>(1)?;
+                                    match kind {
+                                        OptimizerKind::Sgd {
+                                            momentum,
+                                            dampening,
+                                            nesterov,
+                                        } => {
+                                            let mut empty: [P; 0] = [];
+                                            let buf = if nstate > 0 {
+                                                b.w::<P>(2)?
+                                            } else {
+                                                &mut empty[..]
+                                            };
+                                            k::sgd_step::<P, G>(
+                                                p,
+                                                g,
+                                                buf,
+                                                lr,
+                                                momentum,
+                                                dampening,
+                                                nesterov,
+                                                wd,
+                                                step == 1,
+                                            )
+                                        }
+                                        OptimizerKind::Adam {
+                                            beta1,
+                                            beta2,
+                                            eps,
+                                            decoupled,
+                                        } => k::adam_step::<P, G>(
+                                            p,
+                                            g,
+                                            b.w::<P>(2)?,
+                                            b.w::<P>(3)?,
+                                            step,
+                                            lr,
+                                            beta1,
+                                            beta2,
+                                            eps,
+                                            wd,
+                                            decoupled,
+                                        ),
+                                    }
+                                    if let Some(vt) = vt {
+                                        with_dtype!(vt, V, {
+                                            cast::<P, V>(p, b.w::<V>(2 + nstate)?)
+                                        });
+                                    }
+                                })
+                            });
+                            Ok(())
+                        },
+                    ),
+                    ops,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// (parameter name, state name, tensor) for every state tensor.
+    pub fn state_tensors(&self) -> Vec<(&str, &'static str, &Tensor)> {
+        let names = self.kind.state_names();
+        self.slots
+            .iter()
+            .flat_map(|s| {
+                s.state
+                    .iter()
+                    .zip(names)
+                    .map(move |(t, n)| (s.name.as_str(), *n, t))
+            })
+            .collect()
+    }
+
+    pub fn state_dtype(&self) -> Option<DType> {
+        self.slots.first().map(|s| s.target.dtype)
+    }
+}

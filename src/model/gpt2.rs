@@ -36,14 +36,14 @@ pub struct Gpt2 {
     pub precision: Precision,
     pub params: Params,
     /// The fixed sinusoidal table [P, C] when the config asks for it.
-    pos_table: Option<Tensor>,
+    pub(crate) pos_table: Option<Tensor>,
     /// Recompute LayerNorm outputs and activations in backward instead of
     /// keeping them.
     pub recompute: bool,
     /// Scatter-add the embedding gradient in submission order (RW) instead
     /// of commutatively (ACC), so that runs repeat bit for bit.
     pub deterministic: bool,
-    rt: Runtime,
+    pub(crate) rt: Runtime,
 }
 
 /// Options of one training step.
@@ -78,14 +78,14 @@ struct Acts {
 
 /// Tile sizes of one call's activations.
 #[derive(Clone, Copy)]
-struct Dims {
-    b: usize,
-    t: usize,
-    tb: isize,
-    tt: isize,
+pub(crate) struct Dims {
+    pub b: usize,
+    pub t: usize,
+    pub tb: isize,
+    pub tt: isize,
 }
 
-const GEMM: GemmSpec = GemmSpec {
+pub(crate) const GEMM: GemmSpec = GemmSpec {
     trans_a: false,
     trans_b: false,
     alpha: 1.0,
@@ -132,7 +132,7 @@ impl Gpt2 {
         self.precision.storage()
     }
 
-    fn dims(&self, ids: &[i64], b: usize, t: usize) -> Result<Dims> {
+    pub(crate) fn dims(&self, ids: &[i64], b: usize, t: usize) -> Result<Dims> {
         let op = "GPT2LMHead";
         if b == 0 || t == 0 || ids.len() != b * t {
             return Err(arg_err(
@@ -173,11 +173,11 @@ impl Gpt2 {
         })
     }
 
-    fn act(&self, d: Dims, rest: &[usize], rest_tiles: &[isize]) -> Result<Tensor> {
+    pub(crate) fn act(&self, d: Dims, rest: &[usize], rest_tiles: &[isize]) -> Result<Tensor> {
         self.act_dtype(d, rest, rest_tiles, self.dtype())
     }
 
-    fn act_dtype(
+    pub(crate) fn act_dtype(
         &self,
         d: Dims,
         rest: &[usize],
@@ -191,24 +191,24 @@ impl Gpt2 {
         Tensor::zeros(&self.rt, &shape, &tile, dtype)
     }
 
-    fn tc(&self) -> isize {
+    pub(crate) fn tc(&self) -> isize {
         tile_of(self.tiles.hidden, self.cfg.n_embd)
     }
-    fn tf(&self) -> isize {
+    pub(crate) fn tf(&self) -> isize {
         tile_of(self.tiles.inner, self.cfg.n_inner)
     }
-    fn th(&self) -> isize {
+    pub(crate) fn th(&self) -> isize {
         tile_of(self.tiles.heads, self.cfg.n_head)
     }
-    fn tv(&self) -> isize {
+    pub(crate) fn tv(&self) -> isize {
         tile_of(self.tiles.vocab, self.cfg.vocab_size)
     }
 
-    fn hidden(&self, d: Dims) -> Result<Tensor> {
+    pub(crate) fn hidden(&self, d: Dims) -> Result<Tensor> {
         self.act(d, &[self.cfg.n_embd], &[self.tc()])
     }
 
-    fn pos(&self) -> Option<&Tensor> {
+    pub(crate) fn pos(&self) -> Option<&Tensor> {
         match self.params.wpe {
             Some(i) => Some(self.params.v(i)),
             None => self.pos_table.as_ref(),
@@ -216,7 +216,7 @@ impl Gpt2 {
     }
 
     /// y = x W + b through a bias broadcast and a GEMM that accumulates.
-    fn linear(&self, x: &Tensor, w: usize, b: usize, ndim: usize, y: &Tensor) -> Result<()> {
+    pub(crate) fn linear(&self, x: &Tensor, w: usize, b: usize, ndim: usize, y: &Tensor) -> Result<()> {
         bias_fill(self.params.v(b), y)?;
         gemm(
             &GemmSpec {

@@ -3,7 +3,7 @@
 //! graph of tile tasks submitted in program order.
 
 pub mod config;
-mod gpt2;
+pub(crate) mod gpt2;
 pub mod params;
 
 pub use config::{Gpt2Config, Tiling};

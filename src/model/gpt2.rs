@@ -216,7 +216,14 @@ impl Gpt2 {
     }
 
     /// y = x W + b through a bias broadcast and a GEMM that accumulates.
-    pub(crate) fn linear(&self, x: &Tensor, w: usize, b: usize, ndim: usize, y: &Tensor) -> Result<()> {
+    pub(crate) fn linear(
+        &self,
+        x: &Tensor,
+        w: usize,
+        b: usize,
+        ndim: usize,
+        y: &Tensor,
+    ) -> Result<()> {
         bias_fill(self.params.v(b), y)?;
         gemm(
             &GemmSpec {

@@ -68,20 +68,7 @@ pub fn layernorm_fwd(
     for (li, (sh, ah)) in stats.tiles.iter().zip(&acc.tiles).enumerate() {
         let mut c = stats.grid.coords(li);
         let rows: usize = stats.grid.tile_shape(&c)[..nd - 1].iter().product();
-        rt.submit(
-            codelet(
-                "layernorm_acc_init",
-                0.0,
-                footprint(&[rows as u64]),
-                move |b| {
-                    with_acc_dtype!(ad, A, {
-                        crate::kernels::cpu::elementwise::fill::<A>(0.0, b.w(0)?)
-                    });
-                    Ok(())
-                },
-            ),
-            vec![(ah.clone(), Access::W)],
-        )?;
+        super::zero_tile(rt, ah, ad)?;
         for j in 0..ncol {
             c[nd - 1] = j;
             let xh = x.tile(&c).clone();
@@ -153,20 +140,7 @@ pub fn layernorm_bwd(
     for (li, (sh, sumh)) in stats.tiles.iter().zip(&sums.tiles).enumerate() {
         let mut c = stats.grid.coords(li);
         let rows: usize = stats.grid.tile_shape(&c)[..nd - 1].iter().product();
-        rt.submit(
-            codelet(
-                "layernorm_acc_init",
-                0.0,
-                footprint(&[rows as u64]),
-                move |b| {
-                    with_acc_dtype!(ad, A, {
-                        crate::kernels::cpu::elementwise::fill::<A>(0.0, b.w(0)?)
-                    });
-                    Ok(())
-                },
-            ),
-            vec![(sumh.clone(), Access::W)],
-        )?;
+        super::zero_tile(rt, sumh, ad)?;
         for j in 0..ncol {
             c[nd - 1] = j;
             let cols = x.grid.tile_shape(&c)[nd - 1];

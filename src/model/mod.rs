@@ -4,6 +4,7 @@
 
 pub mod config;
 pub(crate) mod gpt2;
+pub mod kvcache;
 pub mod params;
 
 pub use config::{Gpt2Config, Tiling};

@@ -297,3 +297,174 @@ pub fn attention_bwd(
     }
     Ok(())
 }
+
+/// Causal attention of new queries over a key/value cache (incremental
+/// decoding, no dropout): `qkv` [B, n, 3, NH, HS] holds the new positions
+/// `q0..q0 + n` (only its q part is read), `kv` [B, P, 2, NH, HS] the keys
+/// (index 0) and values (index 1) of positions `0..q0 + n`, the new ones
+/// included. Writes `o` [B, n, NH, HS] and `lse` [B, n, NH] as
+/// [`attention_fwd`] does.
+///
+/// Only the valid rows of each cache tile are handed to the kernel, one
+/// batch row at a time (a prefix of the rows of one batch row is
+/// contiguous), so a step costs time linear in `q0 + n` whatever the cache
+/// tiling, and cache rows not yet written are never read.
+pub fn attention_fwd_cached(
+    qkv: &Tensor,
+    kv: &Tensor,
+    q0: usize,
+    o: &Tensor,
+    lse: &Tensor,
+) -> Result<()> {
+    let dm = dims(qkv, o)?;
+    let (s, kg) = (&qkv.grid.shape, &kv.grid);
+    let ok = kv.ndim() == 5
+        && kg.shape == [s[0], kg.shape[1], 2, s[3], s[4]]
+        && kg.tile == [qkv.grid.tile[0], kg.tile[1], 1, qkv.grid.tile[3], s[4]]
+        && kv.dtype == qkv.dtype;
+    if !ok {
+        return Err(shape_err(
+            "attention_cached",
+            format!(
+                "cache {:?} (tiles {:?}, {}) must be [B, P, 2, NH, HS] cut like qkv {:?} \
+                 (tiles {:?}, {}) on B, NH and HS, and by 1 on the 2",
+                kg.shape, kg.tile, kv.dtype, s, qkv.grid.tile, qkv.dtype
+            ),
+        ));
+    }
+    let total = q0 + dm.t;
+    if total > kg.shape[1] {
+        return Err(shape_err(
+            "attention_cached",
+            format!(
+                "positions up to {total} do not fit a cache of {} positions",
+                kg.shape[1]
+            ),
+        ));
+    }
+    let rt = qkv.runtime();
+    let (dt, ad) = (qkv.dtype, acc_dtype(qkv.dtype));
+    let scale = 1.0 / (dm.hs as f64).sqrt();
+    let pt = kg.tile[1];
+    for (oi, oh) in o.tiles.iter().enumerate() {
+        let c = o.grid.coords(oi); // [bi, ti, hi, 0]
+        let ts = o.grid.tile_shape(&c);
+        let off = o.grid.tile_offset(&c);
+        let (b, tq, h, hs) = (ts[0], ts[1], ts[2], ts[3]);
+        let qa = q0 + off[1];
+        let stat = [b as isize, tq as isize, h as isize];
+        let m = Tensor::zeros(rt, &[b, tq, h], &stat, ad)?;
+        let l = Tensor::zeros(rt, &[b, tq, h], &stat, ad)?;
+        let acc = Tensor::zeros(
+            rt,
+            &[b, tq, h, hs],
+            &[b as isize, tq as isize, h as isize, hs as isize],
+            ad,
+        )?;
+        let (mh, lh, ah) = (m.tiles[0].clone(), l.tiles[0].clone(), acc.tiles[0].clone());
+        rt.submit(
+            codelet(
+                "attn_init",
+                0.0,
+                footprint(&[(b * tq * h) as u64]),
+                move |bf| {
+                    with_acc_dtype!(ad, A, {
+                        k::attn_fwd_init::<A>(bf.w(0)?, bf.w(1)?, bf.w(2)?)
+                    });
+                    Ok(())
+                },
+            ),
+            vec![
+                (mh.clone(), Access::W),
+                (lh.clone(), Access::W),
+                (ah.clone(), Access::W),
+            ],
+        )?;
+        // Key tiles up to the last query of this tile; every one holds at
+        // least one key at or before that query.
+        for kj in 0..(qa + tq).div_ceil(pt) {
+            let k0 = kj * pt;
+            let rows = kg.tile_shape(&[c[0], kj, 0, c[2], 0])[1];
+            let tk = rows.min(qa + tq - k0);
+            let q = qkv.tile(&[c[0], c[1], 0, c[2], 0]).clone();
+            let kk = kv.tile(&[c[0], kj, 0, c[2], 0]).clone();
+            let v = kv.tile(&[c[0], kj, 1, c[2], 0]).clone();
+            let flops = 4.0 * (b * h * tq * tk * hs) as f64;
+            rt.submit(
+                codelet(
+                    "attn_fwd_cached",
+                    flops,
+                    footprint(&[b as u64, tq as u64, tk as u64, h as u64, hs as u64]),
+                    move |bf| {
+                        with_dtype!(dt, T, {
+                            let (q, kk, v) = (bf.r::<T>(0)?, bf.r::<T>(1)?, bf.r::<T>(2)?);
+                            let (m, l, acc) = (bf.w(3)?, bf.w(4)?, bf.w(5)?);
+                            // One batch row at a time: q, m, l, acc are cut
+                            // evenly; k and v keep their first tk of `rows`.
+                            let (qn, sn, kn) = (tq * h * hs, tq * h, rows * h * hs);
+                            for r in 0..b {
+                                k::attn_fwd_update::<T>(
+                                    &q[r * qn..][..qn],
+                                    &kk[r * kn..][..tk * h * hs],
+                                    &v[r * kn..][..tk * h * hs],
+                                    1,
+                                    tq,
+                                    tk,
+                                    h,
+                                    hs,
+                                    qa,
+                                    k0,
+                                    scale,
+                                    None,
+                                    &mut m[r * sn..][..sn],
+                                    &mut l[r * sn..][..sn],
+                                    &mut acc[r * qn..][..qn],
+                                );
+                            }
+                        });
+                        Ok(())
+                    },
+                ),
+                vec![
+                    (q, Access::R),
+                    (kk, Access::R),
+                    (v, Access::R),
+                    (mh.clone(), Access::RW),
+                    (lh.clone(), Access::RW),
+                    (ah.clone(), Access::RW),
+                ],
+            )?;
+        }
+        rt.submit(
+            codelet(
+                "attn_finalize",
+                (b * tq * h * hs) as f64,
+                footprint(&[(b * tq * h) as u64, hs as u64]),
+                move |bf| {
+                    with_dtype!(dt, T, {
+                        k::attn_fwd_finalize::<T>(
+                            bf.r(0)?,
+                            bf.r(1)?,
+                            bf.r(2)?,
+                            b,
+                            tq,
+                            h,
+                            hs,
+                            bf.w(3)?,
+                            bf.w(4)?,
+                        )
+                    });
+                    Ok(())
+                },
+            ),
+            vec![
+                (mh, Access::R),
+                (lh, Access::R),
+                (ah, Access::R),
+                (oh.clone(), Access::W),
+                (lse.tile(&c[..3]).clone(), Access::W),
+            ],
+        )?;
+    }
+    Ok(())
+}

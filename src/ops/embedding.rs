@@ -139,6 +139,53 @@ pub fn embedding_fwd(ids: &[i64], wte: &Tensor, pos: Option<&Tensor>, y: &Tensor
     Ok(())
 }
 
+/// y = wte[ids] (+ pos[pos0 + t] when given), y: [B, T, C]: the positions
+/// start at `pos0` instead of 0 (incremental decoding). The rows
+/// `pos0..pos0 + T` of the table are first copied into a [T, C] table cut
+/// like y, so that every sequence tile of y meets one tile of it.
+pub fn embedding_fwd_at(
+    ids: &[i64],
+    wte: &Tensor,
+    pos: Option<&Tensor>,
+    pos0: usize,
+    y: &Tensor,
+) -> Result<()> {
+    let Some(p) = pos else {
+        return embedding_fwd(ids, wte, None, y);
+    };
+    if pos0 == 0 {
+        return embedding_fwd(ids, wte, pos, y);
+    }
+    let (t, c) = (y.grid.shape.get(1).copied(), p.grid.shape.get(1).copied());
+    let (Some(t), Some(c)) = (t, c) else {
+        return Err(shape_err(
+            "embedding",
+            format!(
+                "y {:?} must be [B, T, C] and the position table {:?} [P, C]",
+                y.grid.shape, p.grid.shape
+            ),
+        ));
+    };
+    if p.ndim() != 2 || pos0 + t > p.grid.shape[0] {
+        return Err(arg_err(
+            "embedding",
+            format!(
+                "positions {pos0}..{} are outside the position table of {} rows",
+                pos0 + t,
+                p.grid.shape[0]
+            ),
+        ));
+    }
+    let rows = Tensor::zeros(
+        y.runtime(),
+        &[t, c],
+        &[y.grid.tile[1] as isize, p.grid.tile[1] as isize],
+        p.dtype,
+    )?;
+    super::slice::copy_region(p, &[pos0, 0], &rows, &[0, 0], &[t, c])?;
+    embedding_fwd(ids, wte, Some(&rows), y)
+}
+
 fn acc_len(nv: usize, add_pos: bool) -> usize {
     nv + add_pos as usize
 }

@@ -11,6 +11,7 @@ pub mod embedding;
 pub mod gemm;
 pub mod layernorm;
 pub mod reduce;
+pub mod slice;
 
 pub use copy::{cast, copy};
 pub use elementwise::{add, axpy, fill, scale};

@@ -5,10 +5,12 @@
 //! The Python package `gpt2rs` re-exports what is defined here.
 
 pub mod error;
+pub mod generate;
 pub mod model;
 pub mod ops;
 pub mod runtime;
 pub mod tensor;
+pub mod tokenizer;
 
 /// Tiled tensors and a task runtime (the compiled core of gpt2rs).
 #[pyo3::pymodule(name = "_gpt2rs")]
@@ -17,6 +19,8 @@ mod gpt2rs_ext {
 
     #[pymodule_export]
     use super::error::{DTypeError, RuntimeShutdownError, ShapeError, TaskError};
+    #[pymodule_export]
+    use super::generate::PyKvCache;
     #[pymodule_export]
     use super::model::{PyGpt2Core, PyOptimizerCore};
     #[pymodule_export]
@@ -29,6 +33,8 @@ mod gpt2rs_ext {
     };
     #[pymodule_export]
     use super::tensor::PyTensor;
+    #[pymodule_export]
+    use super::tokenizer::{gpt2_decode_bytes, gpt2_encode_batch, gpt2_encode_reference};
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {

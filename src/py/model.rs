@@ -198,6 +198,47 @@ impl PyGpt2Core {
     fn clip_grad_norm(&self, py: Python<'_>, max_norm: f64) -> PyResult<f64> {
         py.detach(|| guard(|| self.m.clip_grad_norm(max_norm)))
     }
+
+    /// An empty key/value cache for batches of `batch` rows.
+    #[pyo3(text_signature = "($self, batch)")]
+    fn new_cache(&self, py: Python<'_>, batch: usize) -> PyResult<super::generate::PyKvCache> {
+        let c = py.detach(|| guard(|| self.m.new_cache(batch)))?;
+        Ok(super::generate::PyKvCache::new(c))
+    }
+
+    /// Logits of the new positions int64 ids [B, n] that follow the cached
+    /// ones, as a flat array of B*n*V (of B*V with `last_only`); appends
+    /// their keys and values to `cache`.
+    #[pyo3(signature = (cache, ids, last_only=false), text_signature = "($self, cache, ids, last_only=False)")]
+    fn forward_cached<'py>(
+        &self,
+        py: Python<'py>,
+        cache: &super::generate::PyKvCache,
+        ids: PyReadonlyArray2<'_, i64>,
+        last_only: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (b, n) = (ids.shape()[0], ids.shape()[1]);
+        let v = ids.as_slice()?.to_vec();
+        let bytes = py.detach(|| {
+            guard(|| {
+                let mut c = cache.c.lock().unwrap();
+                let logits = if last_only {
+                    self.m.forward_cached_last(&mut c, &v, b, n)?
+                } else {
+                    self.m.forward_cached(&mut c, &v, b, n)?
+                };
+                drop(c);
+                if logits.dtype == self.m.export_dtype() {
+                    logits.to_bytes()
+                } else {
+                    let wide = logits.zeros_like_dtype(self.m.export_dtype())?;
+                    crate::ops::cast(&logits, &wide)?;
+                    wide.to_bytes()
+                }
+            })
+        })?;
+        to_numpy(py, bytes, self.m.export_dtype())
+    }
 }
 
 /// The compiled optimizer; use `gpt2rs.AdamW`, `gpt2rs.Adam`, `gpt2rs.SGD`.

@@ -1,0 +1,349 @@
+"""Training checkpoints: written atomically, resumed exactly, loadable as HF models.
+
+Layout of a checkpoint root (`gpt2rs-train --save-checkpoint-path`)::
+
+    <root>/
+      latest                  one line: the name of the newest complete checkpoint
+      checkpoint-<step>/      one directory per saved step (the last `keep` are kept)
+        config.json           \\ HF GPT2LMHeadModel (GPT2LMHead.from_pretrained,
+        model.safetensors     /  transformers and gpt2rs-generate load this directory)
+        optimizer.safetensors optimizer state arrays, keys "<param>/<state>"
+        optimizer.json        optimizer kind, step count, lr, weight decay, hyper-parameters
+        trainer_state.json    step, epoch, position in the epoch's order, the numpy
+                              RNG state, the LR schedule, the run's options, and the
+                              size and SHA-256 of every other file (written last)
+
+Atomicity: a checkpoint is built in a hidden temporary directory beside its
+target (`<root>/.tmp-checkpoint-<step>-<pid>`), every file and the directory are
+fsynced, and the directory is renamed into place; then `latest` is replaced
+atomically (write `.latest.tmp`, fsync, rename, fsync the root). Older
+checkpoints are pruned only after that. A kill at any moment therefore leaves
+the previous checkpoint, complete, named by `latest` (or, in the one window
+where a checkpoint of the same step is being replaced, found by the fallback
+below). Leftover temporary directories of dead processes are removed by the
+next save.
+
+Resolution (`resolve`): a directory holding trainer_state.json is a
+checkpoint; a root is resolved through `latest`, falling back to the most recently saved
+complete `checkpoint-<step>` when `latest` is missing or names a directory
+that is gone. `keep` prunes by save time too, so a root reused by a new run
+ends up holding only the new run's checkpoints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import hub
+from .config import GPT2Config
+
+FORMAT = "gpt2rs-train-checkpoint"
+VERSION = 1
+STATE_FILE = "trainer_state.json"
+LATEST = "latest"
+PREFIX = "checkpoint-"
+DATA_FILES = ("config.json", "model.safetensors", "optimizer.safetensors", "optimizer.json")
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+_TMP = re.compile(r"^\.(?:tmp|trash)-checkpoint-\d+-(\d+)$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, incomplete, corrupt, or does not fit this run."""
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read back from disk, checked against its recorded checksums."""
+
+    path: Path
+    config: GPT2Config
+    model_state: dict[str, np.ndarray]
+    optimizer_state: dict[str, Any]
+    trainer_state: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        return int(self.trainer_state["step"])
+
+
+# -- writing -----------------------------------------------------------------
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    # Directory fsync makes a rename durable; some file systems refuse it.
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _clean_leftovers(root: Path) -> None:
+    """Removes temporary directories left by processes that died mid-save."""
+    for p in root.iterdir():
+        m = _TMP.match(p.name)
+        if m and p.is_dir() and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_latest(root: Path, name: str) -> None:
+    """Points `root/latest` at `name`, atomically."""
+    tmp = root / f".{LATEST}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            f.write(name + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, root / LATEST)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(root)
+
+
+def save(
+    root: str | os.PathLike[str],
+    step: int,
+    model: Any,
+    optimizer: Any,
+    trainer_state: dict[str, Any],
+    keep: int = 2,
+) -> Path:
+    """Writes `root/checkpoint-<step>` atomically, points `latest` at it and
+    prunes all but the newest `keep` checkpoints (0 keeps all). Returns the
+    checkpoint directory."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"{PREFIX}{step}"
+    target = root / name
+    tmp = root / f".tmp-{name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        model.save_pretrained(tmp)
+        opt = optimizer.state_dict()
+        arrays = {f"{p}/{s}": np.ascontiguousarray(v) for p, d in opt["state"].items() for s, v in d.items()}
+        from safetensors.numpy import save_file
+
+        save_file(arrays, str(tmp / "optimizer.safetensors"), metadata={"format": "gpt2rs-optimizer"})
+        scalars = {k: v for k, v in opt.items() if k != "state"}
+        _write_json(tmp / "optimizer.json", scalars)
+        files = {}
+        for fname in DATA_FILES:
+            _fsync_file(tmp / fname)
+            files[fname] = {"bytes": (tmp / fname).stat().st_size, "sha256": _sha256(tmp / fname)}
+        state = dict(trainer_state)
+        state.update(format=FORMAT, version=VERSION, step=int(step), files=files, saved_at=time.time())
+        # trainer_state.json is written last: its presence marks a complete checkpoint.
+        _write_json(tmp / STATE_FILE, state)
+        _fsync_file(tmp / STATE_FILE)
+        _fsync_dir(tmp)
+        if target.exists():
+            # Replacing a checkpoint of the same step (a run restarted into an
+            # old root): move the old one aside first; `resolve` falls back to
+            # the highest complete step if a kill lands between the renames.
+            trash = root / f".trash-{name}-{os.getpid()}"
+            os.replace(target, trash)
+            os.replace(tmp, target)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    write_latest(root, name)
+    _clean_leftovers(root)
+    if keep > 0:
+        for _, old in list_checkpoints(root)[:-keep]:
+            if old != target:
+                shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+# -- reading -----------------------------------------------------------------
+
+
+def _saved_at(d: Path) -> float:
+    try:
+        return float(json.loads((d / STATE_FILE).read_text())["saved_at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return (d / STATE_FILE).stat().st_mtime if (d / STATE_FILE).exists() else 0.0
+
+
+def list_checkpoints(root: str | os.PathLike[str], hidden: bool = False) -> list[tuple[int, Path]]:
+    """(step, directory) of every complete-looking checkpoint in root, oldest
+    save first (a root reused by a new run orders its checkpoints after the
+    old run's). hidden: also the temporary and set-aside directories of an
+    interrupted save."""
+    root = Path(root)
+    out = []
+    if root.is_dir():
+        for p in root.iterdir():
+            m = _NAME.match(p.name)
+            if m is None and hidden and _TMP.match(p.name):
+                m = re.match(r"^\.(?:tmp|trash)-checkpoint-(\d+)-", p.name)
+            if m and (p / STATE_FILE).is_file():
+                out.append((_saved_at(p), int(m.group(1)), p))
+    return [(step, p) for _, step, p in sorted(out)]
+
+
+def resolve(path: str | os.PathLike[str]) -> Path:
+    """The checkpoint directory that `path` names: itself, or through `latest`."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    if not p.is_dir():
+        raise CheckpointError(f"checkpoint {p} is a file; give a checkpoint directory (or the root holding `latest`)")
+    if (p / STATE_FILE).exists():
+        return p
+    latest = p / LATEST
+    if latest.is_file():
+        name = latest.read_text().strip()
+        if not name or "/" in name or name.startswith("."):
+            raise CheckpointError(f"{latest} is corrupt: it names {name!r}")
+        if (p / name / STATE_FILE).is_file():
+            return p / name
+    found = list_checkpoints(p) or list_checkpoints(p, hidden=True)
+    if found:
+        return found[-1][1]
+    if (p / "config.json").is_file():
+        raise CheckpointError(
+            f"{p} is a model directory, not a gpt2rs-train checkpoint (no {STATE_FILE}); "
+            "start from its weights with --pretrained remote --remote-model-name " + str(p)
+        )
+    raise CheckpointError(f"no gpt2rs-train checkpoint in {p} (no {STATE_FILE}, no `latest`, no checkpoint-<step>)")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path.parent} is incomplete: {path.name} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"checkpoint {path.parent} is corrupt: {path.name} is not valid JSON ({e})") from None
+
+
+def load(path: str | os.PathLike[str], verify: bool = True) -> Checkpoint:
+    """Reads a checkpoint (a checkpoint directory or a root) and checks the
+    size and SHA-256 of every file against trainer_state.json."""
+    d = resolve(path)
+    state = _read_json(d / STATE_FILE)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{d / STATE_FILE} is not a gpt2rs-train checkpoint state")
+    if state.get("version") != VERSION:
+        raise CheckpointError(f"checkpoint {d} has format version {state.get('version')}, this gpt2rs reads {VERSION}")
+    for key in ("step", "epoch", "position", "rng_state", "files"):
+        if key not in state:
+            raise CheckpointError(f"checkpoint {d} is corrupt: {STATE_FILE} has no {key!r}")
+    files = state["files"]
+    for fname in DATA_FILES:
+        f = d / fname
+        if not f.is_file():
+            raise CheckpointError(f"checkpoint {d} is incomplete: {fname} is missing")
+        rec = files.get(fname) if isinstance(files, dict) else None
+        if not isinstance(rec, dict):
+            raise CheckpointError(f"checkpoint {d} is corrupt: no checksum recorded for {fname}")
+        if f.stat().st_size != rec.get("bytes"):
+            raise CheckpointError(
+                f"checkpoint {d} is corrupt: {fname} has {f.stat().st_size} bytes, {rec.get('bytes')} were written"
+            )
+        if verify and _sha256(f) != rec.get("sha256"):
+            raise CheckpointError(f"checkpoint {d} is corrupt: {fname} does not match its SHA-256")
+    try:
+        config = GPT2Config.from_json_file(d / "config.json")
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {d}: {e}") from None
+    try:
+        model_state = hub.read_state(d)
+    except hub.WeightsError as e:
+        raise CheckpointError(str(e)) from None
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        arrays = load_file(str(d / "optimizer.safetensors"))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {d} is corrupt: optimizer.safetensors is unreadable ({e})") from None
+    opt = _read_json(d / "optimizer.json")
+    if not isinstance(opt, dict) or "kind" not in opt or "step" not in opt:
+        raise CheckpointError(f"checkpoint {d} is corrupt: optimizer.json lacks kind/step")
+    nested: dict[str, dict[str, np.ndarray]] = {}
+    for k, v in arrays.items():
+        p, _, s = k.rpartition("/")
+        nested.setdefault(p, {})[s] = v
+    opt = dict(opt, state=nested)
+    return Checkpoint(path=d, config=config, model_state=model_state, optimizer_state=opt, trainer_state=state)
+
+
+def check_writable(root: str | os.PathLike[str]) -> None:
+    """Creates root if needed and proves a file can be written there; raises
+    OSError with a message naming the directory otherwise."""
+    p = Path(root)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise OSError(f"cannot write to {p}: {e.strerror or e}") from None
+
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "check_writable",
+    "list_checkpoints",
+    "load",
+    "resolve",
+    "save",
+    "write_latest",
+]

@@ -1,0 +1,558 @@
+"""gpt2rs-train: train or fine-tune GPT-2 on a uint16 token file (NNTile's
+gpt2_lmhead_training.py, same options and defaults).
+
+    gpt2rs-train --restrict=cpu --pretrained=local --optimizer=adam --lr=1e-4 \\
+        --nepochs=1 --batch-size=16 --minibatch-size=8 --dataset-file=tinystories/train.bin
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any, NoReturn
+
+from ..metrics import DEFAULT_SERVER_PORT
+from ..model import DTYPES
+from ..train import LR_SCHEDULES, OPTIMIZERS, SCHEDULERS, TrainOptions
+
+PROG = "gpt2rs-train"
+
+EPILOG = """\
+Every --dashed-option is also accepted as --underscore_option (NNTile's spelling).
+
+Environment (flags win over it):
+  STARPU_NCPU            --ncpu            STARPU_NCUDA          --ncuda
+  STARPU_SCHED           --scheduler       STARPU_PERF_MODEL_DIR --perf-model-dir
+  STARPU_SILENT=1        --quiet           STARPU_FXT_TRACE=1    --trace $STARPU_FXT_PREFIX/gpt2rs.trace.json
+  NNTILE_LOGGER=1        --logger          NNTILE_LOGGER_SERVER_ADDR / _PORT  --logger-server-addr / -port
+  CUDA_VISIBLE_DEVICES   devices the CUDA backend may use (no CUDA backend yet)
+
+Checkpoints: <save-checkpoint-path>/checkpoint-<step>/ (config.json + model.safetensors,
+an HF model directory; optimizer.safetensors + optimizer.json; trainer_state.json) and
+<save-checkpoint-path>/latest naming the newest. Resume with --checkpoint-path <dir>.
+Ctrl-C (or SIGTERM) saves a checkpoint and exits with status 130.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line on stderr, no usage dump."""
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.help and "default:" in action.help:  # says its default itself (from the environment)
+            return action.help
+        if action.default == "" and action.help and "%(default)" not in action.help:
+            return action.help + " (default: '')"
+        return super()._get_help_string(action)
+
+
+def _restrict(v: str) -> str | None:
+    if v.lower() in ("none", ""):
+        return None
+    if v not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"invalid choice: {v!r} (choose from cpu, cuda, None)")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = TrainOptions()
+    ap = _Parser(prog=PROG, description=__doc__.split("\n\n")[0], epilog=EPILOG, formatter_class=_Formatter)
+
+    g = ap.add_argument_group("model (NNTile's options)")
+    g.add_argument(
+        "--remote-model-name",
+        default=d.remote_model_name,
+        help="HF hub id or local HF directory to start from with --pretrained remote",
+    )
+    g.add_argument(
+        "--pretrained",
+        choices=("local", "remote"),
+        default=d.pretrained,
+        help="remote: start from --remote-model-name's weights; local: random init from "
+        "--config-path (or resume from --checkpoint-path)",
+    )
+    g.add_argument(
+        "--checkpoint-path",
+        default=d.checkpoint_path,
+        help="resume from this checkpoint directory (or the root holding `latest`)",
+    )
+    g.add_argument(
+        "--config-path",
+        default=d.config_path,
+        help="HF config.json for --pretrained local ('': the shipped GPT-2 small config)",
+    )
+    g.add_argument("--save-checkpoint-path", default=d.save_checkpoint_path, help="directory for checkpoints")
+    g.add_argument("--model-path", default=d.model_path, help="cache directory for models from the HF hub")
+    g.add_argument(
+        "--dtype", choices=DTYPES, default=d.dtype, help="precision mode (on the CPU the fast modes compute in fp32)"
+    )
+    g.add_argument(
+        "--restrict",
+        type=_restrict,
+        default=d.restrict,
+        metavar="{cpu,cuda,None}",
+        help="worker kinds to use (None: all available)",
+    )
+    g.add_argument("--recompute", action="store_true", help="recompute activations in backward (less memory)")
+    g.add_argument(
+        "--dropout",
+        type=float,
+        default=d.dropout,
+        help="dropout for all three of the config's pdrops (-1: the config's values; 0: off)",
+    )
+
+    g = ap.add_argument_group("tiling (-1 = untiled)")
+    for name in (
+        "seq_len_tile",
+        "minibatch_size_tile",
+        "hidden_size_tile",
+        "intermediate_size_tile",
+        "n_head_tile",
+        "vocab_tile",
+    ):
+        g.add_argument("--" + name.replace("_", "-"), type=int, default=-1, help=f"tile size along {name[:-5]}")
+
+    g = ap.add_argument_group("data")
+    g.add_argument("--dataset-path", default=d.dataset_path, help="directory of the prepared datasets")
+    g.add_argument(
+        "--dataset-file", default=d.dataset_file, help="training .bin (uint16 token ids), relative to --dataset-path"
+    )
+    g.add_argument("--val-file", default=d.val_file, help="validation .bin, relative to --dataset-path ('': none)")
+    g.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per sequence")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="sequences per optimizer step")
+    g.add_argument(
+        "--minibatch-size",
+        type=int,
+        default=d.minibatch_size,
+        help="sequences per forward/backward (-1: --batch-size); must divide --batch-size",
+    )
+    g.add_argument("--seed", type=int, default=d.seed, help="seed of the init, the data order and dropout")
+
+    g = ap.add_argument_group("optimization")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer, help="optimizer")
+    g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
+    g.add_argument("--nepochs", type=int, default=d.nepochs, help="passes over the training data")
+    g.add_argument(
+        "--max-steps",
+        type=int,
+        default=d.max_steps,
+        help="optimizer steps in all, overriding --nepochs (-1: --nepochs epochs)",
+    )
+    g.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        default=d.lr_schedule,
+        help="after warmup: constant, or cosine decay to 0.1 * --lr at the last step",
+    )
+    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear warmup steps")
+    g.add_argument(
+        "--weight-decay",
+        type=float,
+        default=d.weight_decay,
+        help="weight decay (None: 0.01 for adamw, 0 for adam and sgd)",
+    )
+    g.add_argument("--beta1", type=float, default=d.beta1, help="Adam beta1")
+    g.add_argument("--beta2", type=float, default=d.beta2, help="Adam beta2")
+    g.add_argument("--eps", type=float, default=d.eps, help="Adam epsilon")
+    g.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
+    g.add_argument(
+        "--grad-clip", type=float, default=d.grad_clip, help="clip the global gradient norm to this (0: off)"
+    )
+
+    g = ap.add_argument_group("checkpoints and evaluation")
+    g.add_argument(
+        "--save-every", type=int, default=d.save_every, help="save a checkpoint every N steps (0: at the end only)"
+    )
+    g.add_argument(
+        "--keep-checkpoints", type=int, default=d.keep_checkpoints, help="newest checkpoints to keep (0: all)"
+    )
+    g.add_argument(
+        "--eval-every", type=int, default=d.eval_every, help="evaluate on --val-file every N steps (0: at the end only)"
+    )
+    g.add_argument("--eval-batches", type=int, default=d.eval_batches, help="minibatches per evaluation")
+
+    g = ap.add_argument_group("runtime (StarPU's environment maps onto these)")
+    g.add_argument(
+        "--scheduler",
+        default=None,
+        help=f"scheduling policy: eager or dmda, or a StarPU name ({', '.join(sorted(SCHEDULERS))}); "
+        "default: $STARPU_SCHED or eager",
+    )
+    g.add_argument("--ncpu", type=int, default=None, help="CPU workers; default: $STARPU_NCPU or every core")
+    g.add_argument(
+        "--ncuda", type=int, default=None, help="CUDA workers; default: $STARPU_NCUDA or 0 (no CUDA backend yet)"
+    )
+    g.add_argument(
+        "--perf-model-dir", default=None, help="performance models directory; default: $STARPU_PERF_MODEL_DIR or none"
+    )
+    g.add_argument(
+        "--trace", default=None, help="write a Chrome trace of every task here (open in Perfetto); default: none"
+    )
+
+    g = ap.add_argument_group("logging")
+    g.add_argument(
+        "--logger",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write TensorBoard logs (to --logger-server-addr if given, else --log-dir); default: $NNTILE_LOGGER",
+    )
+    g.add_argument(
+        "--logger-server-addr",
+        default=None,
+        help="gpt2rs-logger server host; default: $NNTILE_LOGGER_SERVER_ADDR or none",
+    )
+    g.add_argument(
+        "--logger-server-port",
+        type=int,
+        default=None,
+        help=f"gpt2rs-logger server port; default: $NNTILE_LOGGER_SERVER_PORT or {DEFAULT_SERVER_PORT}",
+    )
+    g.add_argument(
+        "--log-dir", default=d.log_dir, help="local TensorBoard directory ('': runs/<run name> when there is no server)"
+    )
+    g.add_argument("--run-name", default=d.run_name, help="run name in TensorBoard ('': <time>-<host>-<pid>)")
+    g.add_argument("--metrics-file", default=d.metrics_file, help="append one JSON line per step here ('': none)")
+    g.add_argument(
+        "--log-every",
+        type=int,
+        default=0,
+        help="print a progress line every N steps when stderr is not a terminal (0: every 10 s)",
+    )
+    g.add_argument(
+        "--quiet",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="print nothing but errors; default: $STARPU_SILENT",
+    )
+    return ap
+
+
+def _normalize(argv: Sequence[str], ap: argparse.ArgumentParser) -> list[str]:
+    """--foo_bar -> --foo-bar for every known option (NNTile's spelling)."""
+    known = set(ap._option_string_actions)
+    out: list[str] = []
+    for i, tok in enumerate(argv):
+        if tok == "--":
+            return out + list(argv[i:])
+        if tok.startswith("--") and "_" in tok:
+            name, eq, val = tok.partition("=")
+            dashed = name.replace("_", "-")
+            if dashed in known:
+                tok = dashed + eq + val
+        out.append(tok)
+    return out
+
+
+def _env_int(name: str) -> int | None:
+    v = os.environ.get(name, "").strip()
+    if not v:
+        return None
+    try:
+        return int(v)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={v!r} is not an integer") from None
+
+
+def _env_flag(name: str) -> bool | None:
+    v = os.environ.get(name)
+    if v is None or v.strip() == "":
+        return None
+    return v.strip().lower() not in ("0", "false", "no", "off")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainOptions, dict[str, Any]]:
+    """TrainOptions from the command line and the environment (flags win),
+    plus the UI settings (quiet, log_every, notes about ignored variables)."""
+    ap = build_parser()
+    ns = ap.parse_args(_normalize(sys.argv[1:] if argv is None else argv, ap))
+    notes: list[str] = []
+    try:
+        if ns.ncpu is None:
+            ns.ncpu = _env_int("STARPU_NCPU")
+        if ns.ncuda is None:
+            env_ncuda = _env_int("STARPU_NCUDA")
+            if env_ncuda and ns.restrict != "cuda":
+                notes.append(f"STARPU_NCUDA={env_ncuda} ignored: gpt2rs has no CUDA backend yet, training on the CPU")
+            ns.ncuda = 0
+        if ns.logger_server_port is None:
+            ns.logger_server_port = _env_int("NNTILE_LOGGER_SERVER_PORT") or DEFAULT_SERVER_PORT
+    except ValueError as e:
+        ap.error(str(e))
+    if ns.scheduler is None:
+        ns.scheduler = os.environ.get("STARPU_SCHED", "").strip() or "eager"
+    if ns.scheduler not in SCHEDULERS:
+        ap.error(f"unknown scheduler {ns.scheduler!r} (expected one of {', '.join(sorted(SCHEDULERS))})")
+    if ns.perf_model_dir is None:
+        ns.perf_model_dir = os.environ.get("STARPU_PERF_MODEL_DIR", "")
+    if ns.trace is None:
+        ns.trace = ""
+        if _env_flag("STARPU_FXT_TRACE"):
+            ns.trace = os.path.join(os.environ.get("STARPU_FXT_PREFIX", "") or ".", "gpt2rs.trace.json")
+    if ns.logger is None:
+        ns.logger = bool(_env_flag("NNTILE_LOGGER"))
+    if ns.logger_server_addr is None:
+        ns.logger_server_addr = os.environ.get("NNTILE_LOGGER_SERVER_ADDR", "").strip()
+    if ns.quiet is None:
+        ns.quiet = bool(_env_flag("STARPU_SILENT"))
+    ui = {"quiet": ns.quiet, "log_every": ns.log_every, "notes": notes}
+    fields = {f.name for f in dataclasses.fields(TrainOptions)}
+    opts = TrainOptions(**{k: v for k, v in vars(ns).items() if k in fields})
+    return opts, ui
+
+
+# -- progress and summary ---------------------------------------------------------
+
+
+def _fmt_time(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _mib(b: float) -> str:
+    return f"{b / 2**20:,.1f} MiB"
+
+
+class _Base:
+    def __init__(self, err: Any) -> None:
+        self.err = err  # a rich Console on stderr
+        self.info: dict[str, Any] = {}
+        self.t0 = time.perf_counter()
+
+    def _header(self, info: dict[str, Any]) -> str:
+        c = info["config"]
+        what = "resuming at step {start_step}".format(**info) if info["start_step"] else "training"
+        return (
+            f"{what}: GPT-2 with {info['n_params']:,} parameters (n_layer {c.n_layer}, n_embd {c.n_embd}, "
+            f"n_head {c.n_head}, vocab {c.vocab_size}), {info['dtype']}, "
+            f"{info['workers']} workers ({info['scheduler']}); "
+            f"{info['dataset']}: {info['windows']:,} windows, {info['steps_per_epoch']:,} steps/epoch, "
+            f"{info['total_steps']:,} steps of {info['tokens_per_step']:,} tokens"
+        )
+
+    def message(self, text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    def _eta(self, step: int) -> str:
+        done = step - self.info["start_step"]
+        left = self.info["total_steps"] - step
+        if done <= 0:
+            return "?"
+        return _fmt_time((time.perf_counter() - self.t0) / done * left)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        from rich.console import Console
+
+        out = Console()
+        if not out.is_terminal:
+            out = Console(width=200)  # a log file: no need to fold paths
+        print_summary(out, summary, self.info)
+
+
+class RichReporter(_Base):
+    """A progress bar (step, epoch, loss, tokens/s, ETA) on a terminal."""
+
+    def start(self, info: dict[str, Any]) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.info = info
+        self.err.print(self._header(info), markup=False, highlight=False, soft_wrap=True)
+        self.progress = Progress(
+            TextColumn("epoch {task.fields[epoch]}/{task.fields[nepochs]}"),
+            BarColumn(),
+            TextColumn("step"),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[tps]} tok/s"),
+            TimeRemainingColumn(),
+            console=self.err,
+            transient=False,
+        )
+        self.progress.start()
+        epoch = info["start_step"] // info["steps_per_epoch"] + 1
+        self.task = self.progress.add_task(
+            "train",
+            total=info["total_steps"],
+            completed=info["start_step"],
+            epoch=epoch,
+            nepochs=info["nepochs"],
+            loss="-",
+            tps="-",
+        )
+        self.t0 = time.perf_counter()
+
+    def step(self, r: dict[str, Any]) -> None:
+        loss = f"{r['loss']:.4f}" + (f" (val {r['eval_loss']:.4f})" if "eval_loss" in r else "")
+        self.progress.update(
+            self.task, completed=r["step"], epoch=r["epoch"], loss=loss, tps=f"{r['tokens_per_s']:,.0f}"
+        )
+
+    def message(self, text: str) -> None:
+        self.progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        if hasattr(self, "progress"):
+            self.progress.stop()
+        super().finish(summary)
+
+
+class PlainReporter(_Base):
+    """Periodic plain lines when stderr is not a terminal."""
+
+    def __init__(self, err: Any, every: int) -> None:
+        super().__init__(err)
+        self.every = every
+        self.last = 0.0
+
+    def start(self, info: dict[str, Any]) -> None:
+        self.info = info
+        self.message(self._header(info))
+        self.t0 = self.last = time.perf_counter()
+
+    def step(self, r: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        first = r["step"] == self.info["start_step"] + 1
+        last = r["step"] == self.info["total_steps"]
+        due = r["step"] % self.every == 0 if self.every > 0 else now - self.last >= 10.0
+        if not (first or last or due or "eval_loss" in r):
+            return
+        self.last = now
+        gn = f" | grad norm {r['grad_norm']:.3g}" if r.get("grad_norm") is not None else ""
+        ev = f" | val loss {r['eval_loss']:.4f}" if "eval_loss" in r else ""
+        self.message(
+            f"step {r['step']}/{self.info['total_steps']} | epoch {r['epoch']}/{self.info['nepochs']} | "
+            f"loss {r['loss']:.4f}{ev} | lr {r['lr']:.3g}{gn} | {r['tokens_per_s']:,.0f} tok/s | "
+            f"ETA {self._eta(r['step'])}"
+        )
+
+
+class QuietReporter:
+    def start(self, info: dict[str, Any]) -> None:
+        pass
+
+    def step(self, record: dict[str, Any]) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        pass
+
+
+def print_summary(console: Any, s: dict[str, Any], info: dict[str, Any]) -> None:
+    """The end-of-run table: throughput, FLOP/s, MFU, memory, time per phase."""
+    from rich.table import Table
+
+    t = Table(title="gpt2rs-train summary", show_header=False, title_justify="left")
+    t.add_column("what", style="bold")
+    t.add_column("value", overflow="fold")
+    t.add_row("steps", f"{s['steps']:,} this run (at step {s['step']:,} of {s['total_steps']:,})")
+    t.add_row("tokens", f"{s['tokens']:,}")
+    t.add_row("wall time", _fmt_time(s["seconds"]))
+    t.add_row("tokens/s", f"{s['tokens_per_s']:,.0f}")
+    t.add_row("model TFLOP/s", f"{s['tflops']:.4f}  (6 N + 12 n_layer n_embd seq_len per token)")
+    t.add_row("MFU", "n/a (CPU: peak unknown)" if s["mfu"] is None else f"{100 * s['mfu']:.1f} %")
+    if s["final_loss"] is not None:
+        t.add_row("final loss", f"{s['final_loss']:.4f}")
+    if s.get("eval_loss") is not None:
+        t.add_row("validation loss", f"{s['eval_loss']:.4f}")
+    for n in s["nodes"]:
+        lim = "" if n["limit"] is None else f" of {_mib(n['limit'])}"
+        t.add_row(f"peak memory {n['name']}", _mib(n["peak_bytes"]) + lim)
+    total = sum(s["phases"].values()) or 1.0
+    for k, v in s["phases"].items():
+        t.add_row(f"time {k.replace('_', '-')}", f"{v:,.2f} s ({100 * v / total:.0f} %)")
+    if s.get("checkpoint"):
+        t.add_row("checkpoint", str(s["checkpoint"]))
+    if info.get("log_dir"):
+        t.add_row("TensorBoard logs", str(info["log_dir"]))
+    if s.get("dropped_metrics"):
+        t.add_row("metrics dropped", f"{s['dropped_metrics']:,} (logger server away)")
+    console.print(t)
+
+
+# -- main ----------------------------------------------------------------------
+
+
+def _one_line(e: BaseException) -> str:
+    msg = str(e).strip() or type(e).__name__
+    if isinstance(e, OSError) and e.filename and str(e.filename) not in msg:
+        msg = f"{msg}: {e.filename}"
+    return " ".join(line.strip() for line in msg.splitlines() if line.strip())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from rich.console import Console
+
+    from ..checkpoint import CheckpointError
+    from ..hub import WeightsError
+    from ..train import DataError, Trainer, TrainError
+
+    opts, ui = parse_args(argv)
+    err = Console(stderr=True)
+    logging.basicConfig(
+        level=logging.ERROR if ui["quiet"] else logging.WARNING,
+        format=f"{PROG}: %(levelname)s: %(message)s",
+    )
+    if ui["quiet"]:
+        reporter: Any = QuietReporter()
+    elif err.is_terminal:
+        reporter = RichReporter(err)
+    else:
+        reporter = PlainReporter(err, ui["log_every"])
+    if not ui["quiet"]:
+        for n in ui["notes"]:
+            print(f"{PROG}: note: {n}", file=sys.stderr, flush=True)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        if err.is_terminal and not ui["quiet"]:
+            reporter.message(
+                "stopping: finishing this minibatch, then saving a checkpoint (Ctrl-C again: quit without saving)"
+            )
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    trainer = Trainer(opts, reporter, stop)
+    try:
+        trainer.setup()
+        res = trainer.run()
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted; not saved (the last checkpoint is kept)\n")
+        return 130
+    except (TrainError, DataError, WeightsError, CheckpointError, ValueError, OSError, RuntimeError, MemoryError) as e:
+        sys.stderr.write(f"{PROG}: error: {_one_line(e)}\n")
+        return 1
+    finally:
+        if hasattr(reporter, "progress"):
+            reporter.progress.stop()
+        trainer.shutdown()
+        for s, h in old.items():
+            signal.signal(s, h)
+    if res.interrupted:
+        if res.checkpoint:
+            where = f"saved checkpoint {res.checkpoint} (resume with --checkpoint-path {opts.save_checkpoint_path})"
+        else:
+            where = "nothing to save"
+        sys.stderr.write(f"{PROG}: interrupted at step {trainer.step}; {where}\n")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

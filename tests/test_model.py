@@ -51,6 +51,8 @@ def check_case(model: gpt2rs.GPT2LMHead, ref: dict[str, Any], dtype: str) -> Non
     logits = model.forward(ref["input_ids"])
     assert logits.dtype == (np.float64 if dtype == "fp64" else np.float32)
     assert rel_err(logits, ref["logits"]) <= tol_out, rel_err(logits, ref["logits"])
+    eval_loss = model.loss(ref["input_ids"], labels=ref["labels"])
+    assert abs(eval_loss - float(ref["loss"])) <= tol_out * abs(float(ref["loss"]))
     model.zero_grad()
     loss = model.forward_backward(ref["input_ids"], labels=ref["labels"])
     assert abs(loss - float(ref["loss"])) <= tol_out * abs(float(ref["loss"]))

@@ -192,6 +192,18 @@ class GPT2LMHead:
         targets[t]); labels: HF semantics (shifted inside); neither: labels =
         input_ids. -100 is ignored. dropout_seed: apply the config's dropout
         with masks drawn from this seed (None: dropout off)."""
+        ids, tg = self._targets(input_ids, targets, labels)
+        if dropout_seed is not None and (not isinstance(dropout_seed, (int, np.integer)) or dropout_seed < 0):
+            raise ValueError(f"dropout_seed must be an int >= 0 or None, got {dropout_seed!r}")
+        return float(self._core.forward_backward(ids, tg, float(grad_scale), dropout_seed))
+
+    def loss(self, input_ids: Any, targets: Any = None, labels: Any = None) -> float:
+        """Mean cross-entropy of one minibatch without backward (evaluation);
+        targets and labels as in forward_backward."""
+        ids, tg = self._targets(input_ids, targets, labels)
+        return float(self._core.loss(ids, tg))
+
+    def _targets(self, input_ids: Any, targets: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
         ids = self._check_ids(_ids("input_ids", input_ids))
         if targets is not None and labels is not None:
             raise ValueError("give targets or labels, not both")
@@ -210,9 +222,7 @@ class GPT2LMHead:
             raise ValueError(
                 f"target id {int(tg[bad][0])} is outside the vocabulary [0, {self._config.vocab_size}) (and not -100)"
             )
-        if dropout_seed is not None and (not isinstance(dropout_seed, (int, np.integer)) or dropout_seed < 0):
-            raise ValueError(f"dropout_seed must be an int >= 0 or None, got {dropout_seed!r}")
-        return float(self._core.forward_backward(ids, tg, float(grad_scale), dropout_seed))
+        return ids, tg
 
     def _check_ids(self, ids: np.ndarray) -> np.ndarray:
         v = self._config.vocab_size

@@ -512,8 +512,7 @@ class Trainer:
 
     def evaluate(self) -> float:
         """Mean loss over the first eval_batches minibatches of the validation
-        file, in file order, dropout off (the gradients it leaves are zeroed
-        by the next step)."""
+        file, in file order, dropout off, no backward."""
         assert self.val is not None
         t = time.perf_counter()
         o = self.opts
@@ -522,9 +521,8 @@ class Trainer:
         for start in range(0, n, o.minibatch):
             idx = np.arange(start, min(start + o.minibatch, n))
             ids, tg = self._batch(idx, self.val)
-            total += self.model.forward_backward(ids, targets=tg, grad_scale=0.0) * len(idx)
+            total += self.model.loss(ids, targets=tg) * len(idx)
             count += len(idx)
-        self.model.zero_grad()
         self.phases.eval += time.perf_counter() - t
         return total / count
 

@@ -342,6 +342,31 @@ impl Gpt2 {
         Ok(self.forward_graph(ids, d, None, false)?.0)
     }
 
+    /// Mean cross-entropy of next-token `targets` (-100 ignored) without
+    /// backward and without keeping activations (evaluation).
+    pub fn loss(&self, ids: &[i64], targets: &[i64], b: usize, t: usize) -> Result<f64> {
+        let d = self.dims(ids, b, t)?;
+        if targets.len() != ids.len() {
+            return Err(arg_err(
+                "GPT2LMHead",
+                "targets must have the shape of input_ids",
+            ));
+        }
+        let (logits, _) = self.forward_graph(ids, d, None, false)?;
+        let loss = self.rt.new_handle(DType::F64, 1)?;
+        cross_entropy_fwd(&logits, targets, &loss)?;
+        drop(logits);
+        let n_valid = targets.iter().filter(|&&t| t >= 0).count();
+        let sum = self
+            .rt
+            .read_handle(&loss, |b| f64::from_le_bytes(b[..8].try_into().unwrap()))?;
+        Ok(if n_valid > 0 {
+            sum / n_valid as f64
+        } else {
+            f64::NAN
+        })
+    }
+
     /// Submits forward and backward for next-token `targets` (row-major
     /// [B, T], -100 ignored), adds `grad_scale` times the gradient of the mean
     /// loss into the gradients, and returns the loss.

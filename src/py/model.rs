@@ -191,6 +191,18 @@ impl PyGpt2Core {
         py.detach(|| guard(|| self.m.forward_backward(&v, &tg, b, t, opt)))
     }
 
+    /// Mean loss of one minibatch, no backward.
+    fn loss(
+        &self,
+        py: Python<'_>,
+        ids: PyReadonlyArray2<'_, i64>,
+        targets: PyReadonlyArray2<'_, i64>,
+    ) -> PyResult<f64> {
+        let (b, t) = (ids.shape()[0], ids.shape()[1]);
+        let (v, tg) = (ids.as_slice()?.to_vec(), targets.as_slice()?.to_vec());
+        py.detach(|| guard(|| self.m.loss(&v, &tg, b, t)))
+    }
+
     fn zero_grad(&self, py: Python<'_>) -> PyResult<()> {
         py.detach(|| guard(|| self.m.zero_grad()))
     }

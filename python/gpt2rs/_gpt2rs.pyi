@@ -226,3 +226,32 @@ def gpt2_encode_reference(text: str) -> list[int]:
 
 def gpt2_decode_bytes(ids: Sequence[int]) -> bytes:
     """The bytes GPT-2 ids stand for."""
+
+# -- CUDA: NVRTC compilation and probes (src/py/cuda.rs) --
+
+class CudaError(RuntimeError):
+    """CUDA is unavailable or failed (e.g. a kernel did not compile)."""
+
+def cuda_compile_all(arch: str) -> list[tuple[str, int]]:
+    """Compile every kernel module for an architecture: (file, PTX bytes)."""
+
+def cuda_compile_source(name: str, source: str, arch: str) -> tuple[int, bool]:
+    """Compile one source with the kernel prelude: (PTX bytes, from cache)."""
+
+def cuda_compile_module(module: str, arch: str) -> tuple[str, bool]:
+    """The PTX of one module and whether it came from the cache."""
+
+def cuda_modules() -> list[str]:
+    """The kernel module file names."""
+
+def cuda_nvrtc_status() -> str | None:
+    """Why NVRTC cannot be used, or None."""
+
+def cuda_driver_status() -> str | None:
+    """Why the CUDA driver cannot be used, or None."""
+
+def cuda_nvrtc_version() -> tuple[int, int]:
+    """The NVRTC version (major, minor)."""
+
+def cuda_cache_dir() -> str | None:
+    """The compile cache directory, or None."""

@@ -2,3 +2,4 @@
 //! (the runtime owns the parallelism).
 
 pub mod cpu;
+pub mod cuda;

@@ -4,6 +4,7 @@
 //! its arguments, releases the GIL around the core call, and converts back.
 //! The Python package `gpt2rs` re-exports what is defined here.
 
+pub mod cuda;
 pub mod error;
 pub mod generate;
 pub mod model;
@@ -17,6 +18,11 @@ pub mod tokenizer;
 mod gpt2rs_ext {
     use pyo3::prelude::*;
 
+    #[pymodule_export]
+    use super::cuda::{
+        cuda_cache_dir, cuda_compile_all, cuda_compile_module, cuda_compile_source,
+        cuda_driver_status, cuda_modules, cuda_nvrtc_status, cuda_nvrtc_version, CudaError,
+    };
     #[pymodule_export]
     use super::error::{DTypeError, RuntimeShutdownError, ShapeError, TaskError};
     #[pymodule_export]

@@ -1,0 +1,143 @@
+// Prelude prepended (by src/kernels/cuda/mod.rs) to every kernel module.
+//
+// No CUDA headers: NVRTC then needs no include path (the pip wheel
+// nvidia-cuda-nvrtc alone compiles every module). bf16 and f16 are 16-bit
+// storage structs; loads widen to f32 exactly (bf16 by a shift, f16 by
+// `cvt.f32.f16`), stores round to nearest-even once (`cvt.rn.bf16.f32`,
+// sm_80+, and `cvt.rn.f16.f32`). Arithmetic is in the accumulator type
+// `acc_t<T>`: f32 for f32/bf16/f16, f64 for f64, as `T::Acc` on the CPU.
+//
+// Kernels are `extern "C"` with dtype-suffixed names (`fill_f32`, ...),
+// generated per dtype by macros in each module; sizes are `usize` (64-bit).
+
+typedef unsigned long long usize;
+typedef long long i64;
+
+struct bf16 { unsigned short x; };
+struct f16 { unsigned short x; };
+
+template <typename T> struct AccOf { typedef float type; };
+template <> struct AccOf<double> { typedef double type; };
+#define ACC(T) typename AccOf<T>::type
+
+__device__ __forceinline__ float ld(float v) { return v; }
+__device__ __forceinline__ double ld(double v) { return v; }
+__device__ __forceinline__ float ld(bf16 v) { return __uint_as_float(((unsigned)v.x) << 16); }
+__device__ __forceinline__ float ld(f16 v) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v.x));
+    return f;
+}
+
+// Round an f32 or f64 value to T (f64 -> bf16/f16 goes through f32: the
+// f64 paths below only ever store f64).
+template <typename T> __device__ __forceinline__ T st(double v);
+template <> __device__ __forceinline__ double st<double>(double v) { return v; }
+template <> __device__ __forceinline__ float st<float>(double v) { return (float)v; }
+template <> __device__ __forceinline__ bf16 st<bf16>(double v) {
+    bf16 r;
+    float f = (float)v;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r.x) : "f"(f));
+    return r;
+}
+template <> __device__ __forceinline__ f16 st<f16>(double v) {
+    f16 r;
+    float f = (float)v;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.x) : "f"(f));
+    return r;
+}
+// Float overloads, so f32 arithmetic does not detour through f64.
+template <typename T> __device__ __forceinline__ T stf(float v) { return st<T>((double)v); }
+template <> __device__ __forceinline__ float stf<float>(float v) { return v; }
+template <> __device__ __forceinline__ bf16 stf<bf16>(float v) {
+    bf16 r;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r.x) : "f"(v));
+    return r;
+}
+template <> __device__ __forceinline__ f16 stf<f16>(float v) {
+    f16 r;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.x) : "f"(v));
+    return r;
+}
+template <typename T> __device__ __forceinline__ T sto(float v) { return stf<T>(v); }
+template <typename T> __device__ __forceinline__ T sto(double v) { return st<T>(v); }
+
+__device__ __forceinline__ float xexp(float x) { return expf(x); }
+__device__ __forceinline__ double xexp(double x) { return exp(x); }
+__device__ __forceinline__ float xlog(float x) { return logf(x); }
+__device__ __forceinline__ double xlog(double x) { return log(x); }
+__device__ __forceinline__ float xsqrt(float x) { return sqrtf(x); }
+__device__ __forceinline__ double xsqrt(double x) { return sqrt(x); }
+__device__ __forceinline__ float xtanh(float x) { return tanhf(x); }
+__device__ __forceinline__ double xtanh(double x) { return tanh(x); }
+__device__ __forceinline__ float xerf(float x) { return erff(x); }
+__device__ __forceinline__ double xerf(double x) { return erf(x); }
+__device__ __forceinline__ float xmax(float a, float b) { return fmaxf(a, b); }
+__device__ __forceinline__ double xmax(double a, double b) { return fmax(a, b); }
+
+// Atomic `*p += v` for every storage type (16-bit ones by a CAS loop on the
+// aligned 32-bit word that holds them).
+__device__ __forceinline__ void atomic_add(float* p, float v) { atomicAdd(p, v); }
+__device__ __forceinline__ void atomic_add(double* p, double v) { atomicAdd(p, v); }
+template <typename H>
+__device__ __forceinline__ void atomic_add_16(H* p, float v) {
+    unsigned* word = (unsigned*)((usize)p & ~(usize)3);
+    unsigned shift = ((usize)p & 2) ? 16 : 0;
+    unsigned old = *word, assumed;
+    do {
+        assumed = old;
+        H h;
+        h.x = (unsigned short)((assumed >> shift) & 0xffffu);
+        H n = stf<H>(ld(h) + v);
+        unsigned updated = (assumed & ~(0xffffu << shift)) | ((unsigned)n.x << shift);
+        old = atomicCAS(word, assumed, updated);
+    } while (assumed != old);
+}
+__device__ __forceinline__ void atomic_add(bf16* p, float v) { atomic_add_16(p, v); }
+__device__ __forceinline__ void atomic_add(f16* p, float v) { atomic_add_16(p, v); }
+
+// Grid-stride loop over [0, n).
+#define GRID_LOOP(i, n) \
+    for (usize i = (usize)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (usize)blockDim.x * gridDim.x)
+
+#define WARP_SIZE 32
+
+template <typename A> __device__ __forceinline__ A warp_sum(A v) {
+    for (int o = WARP_SIZE / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+template <typename A> __device__ __forceinline__ A warp_max(A v) {
+    for (int o = WARP_SIZE / 2; o > 0; o /= 2) v = xmax(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every
+// thread gets the total. `shared` holds 32 values of A.
+template <typename A> __device__ A block_sum(A v, A* shared) {
+    int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    int nw = blockDim.x / WARP_SIZE;
+    A t = lane < nw ? shared[lane] : (A)0;
+    return warp_sum(t);
+}
+template <typename A> __device__ A block_max(A v, A* shared) {
+    int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    int nw = blockDim.x / WARP_SIZE;
+    A t = lane < nw ? shared[lane] : (A)(-1.0 / 0.0);
+    return warp_max(t);
+}
+
+// Instantiate MACRO(T, suffix) for every storage dtype.
+#define FOR_ALL_DTYPES(M) M(float, f32) M(double, f64) M(bf16, bf16) M(f16, f16)
+// Storage dtype with its gradient/accumulator dtype: same type, or f32
+// gradients for 16-bit activations (mixed precision).
+#define FOR_GRAD_PAIRS(M) \
+    M(float, f32, float, f32) M(double, f64, double, f64) M(bf16, bf16, bf16, bf16) \
+    M(f16, f16, f16, f16) M(bf16, bf16, float, f32) M(f16, f16, float, f32)

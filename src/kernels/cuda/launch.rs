@@ -1,0 +1,831 @@
+//! Thin launchers: one per kernel, taking device views and shapes, picking
+//! the dtype-suffixed kernel and the launch geometry, and launching on the
+//! stream (asynchronously). They mirror the CPU kernels' signatures in
+//! `src/kernels/cpu`; the semantics are documented in the `.cu` headers.
+//! None of this runs without a GPU; it is compiled (and its kernels are
+//! compiled by NVRTC) in the ordinary test suite.
+
+use super::{
+    compile_module, cuda_err, grid_for, kernel_name, Module, ATTN_BLOCK, ELEMENTWISE_BLOCK,
+    ROW_BLOCK, WARP_SIZE,
+};
+use crate::dtype::Element;
+use crate::error::Result;
+use cudarc::driver::{
+    CudaFunction, CudaModule, CudaStream, CudaView, CudaViewMut, DeviceRepr, LaunchConfig,
+    PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
+use std::sync::{Arc, Mutex};
+
+fn drv(e: cudarc::driver::DriverError) -> crate::error::Error {
+    cuda_err(format!("driver: {e}"))
+}
+
+/// The kernels of one device: its stream, its architecture, and each module
+/// loaded once (cached by module index).
+pub struct CudaKernels {
+    stream: Arc<CudaStream>,
+    arch: String,
+    modules: Mutex<Vec<Option<Arc<CudaModule>>>>,
+}
+
+/// A storage dtype usable on the device (its accumulator too).
+pub trait DevElement: Element + DeviceRepr
+where
+    Self::Acc: DeviceRepr,
+{
+}
+impl<T: Element + DeviceRepr> DevElement for T where T::Acc: DeviceRepr {}
+
+fn elementwise(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (grid_for(n, ELEMENTWISE_BLOCK), 1, 1),
+        block_dim: (ELEMENTWISE_BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn per_row(rows: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows.max(1) as u32, 1, 1),
+        block_dim: (ROW_BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn warp_per_row(rows: usize) -> LaunchConfig {
+    let rows_per_block = (ATTN_BLOCK / WARP_SIZE) as usize;
+    LaunchConfig {
+        grid_dim: (super::ceil_div(rows.max(1), rows_per_block) as u32, 1, 1),
+        block_dim: (ATTN_BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+impl CudaKernels {
+    /// Kernels for the device of `stream`, compiled for its compute capability.
+    pub fn new(stream: Arc<CudaStream>) -> Result<Self> {
+        let (major, minor) = stream.context().compute_capability().map_err(drv)?;
+        Ok(Self {
+            stream,
+            arch: format!("sm_{major}{minor}"),
+            modules: Mutex::new(vec![None; Module::ALL.len()]),
+        })
+    }
+
+    /// The architecture the modules are compiled for.
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+
+    /// The stream launches go to.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// The function `name` of `module`, compiling and loading the module once.
+    pub fn func(&self, module: Module, name: &str) -> Result<CudaFunction> {
+        let idx = Module::ALL.iter().position(|m| *m == module).unwrap_or(0);
+        let mut mods = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+        if mods[idx].is_none() {
+            let ptx = compile_module(module, &self.arch)?.ptx;
+            let m = self
+                .stream
+                .context()
+                .load_module(Ptx::from_src(ptx))
+                .map_err(drv)?;
+            mods[idx] = Some(m);
+        }
+        let m = mods[idx].as_ref().expect("loaded above");
+        m.load_function(name)
+            .map_err(|e| cuda_err(format!("kernel {name} in {}: {e}", module.file())))
+    }
+
+    /// `y = value`.
+    pub fn fill<T: DevElement>(&self, value: f64, y: &mut CudaViewMut<T>) -> Result<()>
+    where
+        T::Acc: DeviceRepr,
+    {
+        let f = self.func(Module::Elementwise, &kernel_name("fill", &[T::DTYPE]))?;
+        let n = y.len();
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&n).arg(&value).arg(y);
+        // SAFETY: the argument list matches `fill_<T>(usize, double, T*)`.
+        unsafe { b.launch(elementwise(n)) }.map_err(drv)?;
+        Ok(())
+    }
+
+    /// `y = alpha * y`.
+    pub fn scale<T: DevElement>(&self, alpha: f64, y: &mut CudaViewMut<T>) -> Result<()>
+    where
+        T::Acc: DeviceRepr,
+    {
+        let f = self.func(Module::Elementwise, &kernel_name("scale", &[T::DTYPE]))?;
+        let n = y.len();
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&n).arg(&alpha).arg(y);
+        // SAFETY: matches `scale_<T>(usize, double, T*)`.
+        unsafe { b.launch(elementwise(n)) }.map_err(drv)?;
+        Ok(())
+    }
+
+    /// `y = alpha * x + y`.
+    pub fn axpy<T: DevElement>(
+        &self,
+        alpha: f64,
+        x: &CudaView<T>,
+        y: &mut CudaViewMut<T>,
+    ) -> Result<()>
+    where
+        T::Acc: DeviceRepr,
+    {
+        check_len("axpy", x.len(), y.len())?;
+        let f = self.func(Module::Elementwise, &kernel_name("axpy", &[T::DTYPE]))?;
+        let n = y.len();
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&n).arg(&alpha).arg(x).arg(y);
+        // SAFETY: matches `axpy_<T>(usize, double, const T*, T*)`.
+        unsafe { b.launch(elementwise(n)) }.map_err(drv)?;
+        Ok(())
+    }
+
+    /// `y = alpha * x + beta * y` (y not read when `beta == 0`).
+    pub fn add<T: DevElement>(
+        &self,
+        alpha: f64,
+        x: &CudaView<T>,
+        beta: f64,
+        y: &mut CudaViewMut<T>,
+    ) -> Result<()>
+    where
+        T::Acc: DeviceRepr,
+    {
+        check_len("add", x.len(), y.len())?;
+        let f = self.func(Module::Elementwise, &kernel_name("add", &[T::DTYPE]))?;
+        let n = y.len();
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&n).arg(&alpha).arg(x).arg(&beta).arg(y);
+        // SAFETY: matches `add_<T>(usize, double, const T*, double, T*)`.
+        unsafe { b.launch(elementwise(n)) }.map_err(drv)?;
+        Ok(())
+    }
+
+    /// `y = x` converted to `D`.
+    pub fn cast<S: DevElement, D: DevElement>(
+        &self,
+        x: &CudaView<S>,
+        y: &mut CudaViewMut<D>,
+    ) -> Result<()>
+    where
+        S::Acc: DeviceRepr,
+        D::Acc: DeviceRepr,
+    {
+        check_len("cast", x.len(), y.len())?;
+        let f = self.func(
+            Module::Elementwise,
+            &kernel_name("cast", &[S::DTYPE, D::DTYPE]),
+        )?;
+        let n = y.len();
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&n).arg(x).arg(y);
+        // SAFETY: matches `cast_<S>_<D>(usize, const S*, D*)`.
+        unsafe { b.launch(elementwise(n)) }.map_err(drv)?;
+        Ok(())
+    }
+
+    /// `y = act(x)` (`act` one of `gelu`, `gelu_exact`, `relu`).
+    pub fn activation_fwd<T: DevElement>(
+        &self,
+        act: &str,
+        x: &CudaView<T>,
+        y: &mut CudaViewMut<T>,
+    ) -> Result<()>
+    where
+        T::Acc: DeviceRepr,
+    {
+        check_len("activation_fwd", x.len(), y.len())?;
+        let f = self.func(
+            Module::Activation,
+            &kernel_name(&format!("{act}_fwd"), &[T::DTYPE]),
+        )?;
+        let n = y.len();
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&n).arg(x).arg(y);
+        // SAFETY: matches `<act>_fwd_<T>(usize, const T*, T*)`.
+        unsafe { b.launch(elementwise(n)) }.map_err(drv)?;
+        Ok(())
+    }
+
+    /// `dx = dy * act'(x)`.
+    pub fn activation_bwd<T: DevElement>(
+        &self,
+        act: &str,
+        x: &CudaView<T>,
+        dy: &CudaView<T>,
+        dx: &mut CudaViewMut<T>,
+    ) -> Result<()>
+    where
+        T::Acc: DeviceRepr,
+    {
+        check_len("activation_bwd", x.len(), dx.len())?;
+        check_len("activation_bwd", dy.len(), dx.len())?;
+        let f = self.func(
+            Module::Activation,
+            &kernel_name(&format!("{act}_bwd"), &[T::DTYPE]),
+        )?;
+        let n = dx.len();
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&n).arg(x).arg(dy).arg(dx);
+        // SAFETY: matches `<act>_bwd_<T>(usize, const T*, const T*, T*)`.
+        unsafe { b.launch(elementwise(n)) }.map_err(drv)?;
+        Ok(())
+    }
+
+    /// `y[r, c] (= | +=) bias[c]` (`add` selects `+=`).
+    pub fn bias<T: DevElement>(
+        &self,
+        add: bool,
+        bias: &CudaView<T>,
+        rows: usize,
+        cols: usize,
+        y: &mut CudaViewMut<T>,
+    ) -> Result<()>
+    where
+        T::Acc: DeviceRepr,
+    {
+        check_len("bias", rows * cols, y.len())?;
+        check_len("bias", cols, bias.len())?;
+        let base = if add { "bias_add" } else { "bias_fill" };
+        let f = self.func(Module::Bias, &kernel_name(base, &[T::DTYPE]))?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(bias).arg(&rows).arg(&cols).arg(y);
+        // SAFETY: matches `bias_{fill,add}_<T>(const T*, usize, usize, T*)`.
+        unsafe { b.launch(elementwise(rows * cols)) }.map_err(drv)?;
+        Ok(())
+    }
+
+    /// `db[c] += sum_r dy[r, c]`.
+    pub fn bias_grad<T: DevElement, G: DevElement>(
+        &self,
+        dy: &CudaView<T>,
+        rows: usize,
+        cols: usize,
+        db: &mut CudaViewMut<G>,
+    ) -> Result<()>
+    where
+        T::Acc: DeviceRepr,
+        G::Acc: DeviceRepr,
+    {
+        check_len("bias_grad", rows * cols, dy.len())?;
+        check_len("bias_grad", cols, db.len())?;
+        let f = self.func(
+            Module::Bias,
+            &kernel_name("bias_grad", &[T::DTYPE, G::DTYPE]),
+        )?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(dy).arg(&rows).arg(&cols).arg(db);
+        // SAFETY: matches `bias_grad_<T>_<G>(const T*, usize, usize, G*)`.
+        unsafe { b.launch(elementwise(cols)) }.map_err(drv)?;
+        Ok(())
+    }
+
+    /// `acc [rows, 3] = (count, mean, M2)` merged with this tile's rows.
+    pub fn layernorm_stats_update<T: DevElement>(
+        &self,
+        x: &CudaView<T>,
+        rows: usize,
+        cols: usize,
+        acc: &mut CudaViewMut<T::Acc>,
+    ) -> Result<()>
+    where
+        T::Acc: DeviceRepr,
+    {
+        check_len("layernorm_stats_update", rows * cols, x.len())?;
+        check_len("layernorm_stats_update", rows * 3, acc.len())?;
+        let f = self.func(
+            Module::LayerNorm,
+            &kernel_name("layernorm_stats_update", &[T::DTYPE]),
+        )?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(x).arg(&rows).arg(&cols).arg(acc);
+        // SAFETY: matches `layernorm_stats_update_<T>(const T*, usize, usize, Acc*)`.
+        unsafe { b.launch(per_row(rows)) }.map_err(drv)?;
+        Ok(())
+    }
+
+    /// `stats [rows, 2] = (mean, rstd)` from `acc [rows, 3]`.
+    pub fn layernorm_stats_finalize<T: DevElement>(
+        &self,
+        acc: &CudaView<T::Acc>,
+        rows: usize,
+        eps: f64,
+        stats: &mut CudaViewMut<T::Acc>,
+    ) -> Result<()>
+    where
+        T::Acc: DeviceRepr,
+    {
+        check_len("layernorm_stats_finalize", rows * 3, acc.len())?;
+        check_len("layernorm_stats_finalize", rows * 2, stats.len())?;
+        let acc_dtype = <T::Acc as Element>::DTYPE;
+        let f = self.func(
+            Module::LayerNorm,
+            &kernel_name("layernorm_stats_finalize", &[acc_dtype]),
+        )?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(acc).arg(&rows).arg(&eps).arg(stats);
+        // SAFETY: matches `layernorm_stats_finalize_<A>(const A*, usize, double, A*)`.
+        unsafe { b.launch(elementwise(rows)) }.map_err(drv)?;
+        Ok(())
+    }
+
+    /// `y = (x - mean) * rstd * gamma + beta`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn layernorm_fwd<T: DevElement>(
+        &self,
+        x: &CudaView<T>,
+        stats: &CudaView<T::Acc>,
+        gamma: &CudaView<T>,
+        beta: &CudaView<T>,
+        rows: usize,
+        cols: usize,
+        y: &mut CudaViewMut<T>,
+    ) -> Result<()>
+    where
+        T::Acc: DeviceRepr,
+    {
+        check_len("layernorm_fwd", rows * cols, x.len())?;
+        check_len("layernorm_fwd", rows * cols, y.len())?;
+        let f = self.func(
+            Module::LayerNorm,
+            &kernel_name("layernorm_fwd", &[T::DTYPE]),
+        )?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(x)
+            .arg(stats)
+            .arg(gamma)
+            .arg(beta)
+            .arg(&rows)
+            .arg(&cols)
+            .arg(y);
+        // SAFETY: matches `layernorm_fwd_<T>(const T*, const A*, const T*, const T*, usize, usize, T*)`.
+        unsafe { b.launch(elementwise(rows * cols)) }.map_err(drv)?;
+        Ok(())
+    }
+
+    /// `sums[r] += (sum_c dy*gamma, sum_c dy*gamma*xhat)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn layernorm_bwd_reduce<T: DevElement>(
+        &self,
+        x: &CudaView<T>,
+        dy: &CudaView<T>,
+        stats: &CudaView<T::Acc>,
+        gamma: &CudaView<T>,
+        rows: usize,
+        cols: usize,
+        sums: &mut CudaViewMut<T::Acc>,
+    ) -> Result<()>
+    where
+        T::Acc: DeviceRepr,
+    {
+        check_len("layernorm_bwd_reduce", rows * cols, x.len())?;
+        check_len("layernorm_bwd_reduce", rows * 2, sums.len())?;
+        let f = self.func(
+            Module::LayerNorm,
+            &kernel_name("layernorm_bwd_reduce", &[T::DTYPE]),
+        )?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(x)
+            .arg(dy)
+            .arg(stats)
+            .arg(gamma)
+            .arg(&rows)
+            .arg(&cols)
+            .arg(sums);
+        // SAFETY: matches `layernorm_bwd_reduce_<T>(...)` in layernorm.cu.
+        unsafe { b.launch(per_row(rows)) }.map_err(drv)?;
+        Ok(())
+    }
+
+    /// `dx (=|+=) rstd * (dy*gamma - sums0/N - xhat*sums1/N)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn layernorm_bwd<T: DevElement>(
+        &self,
+        x: &CudaView<T>,
+        dy: &CudaView<T>,
+        stats: &CudaView<T::Acc>,
+        gamma: &CudaView<T>,
+        sums: &CudaView<T::Acc>,
+        total_cols: usize,
+        rows: usize,
+        cols: usize,
+        accumulate: bool,
+        dx: &mut CudaViewMut<T>,
+    ) -> Result<()>
+    where
+        T::Acc: DeviceRepr,
+    {
+        check_len("layernorm_bwd", rows * cols, dx.len())?;
+        let f = self.func(
+            Module::LayerNorm,
+            &kernel_name("layernorm_bwd", &[T::DTYPE]),
+        )?;
+        let acc_flag = accumulate as i32;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(x)
+            .arg(dy)
+            .arg(stats)
+            .arg(gamma)
+            .arg(sums)
+            .arg(&total_cols)
+            .arg(&rows)
+            .arg(&cols)
+            .arg(&acc_flag)
+            .arg(dx);
+        // SAFETY: matches `layernorm_bwd_<T>(...)` in layernorm.cu.
+        unsafe { b.launch(elementwise(rows * cols)) }.map_err(drv)?;
+        Ok(())
+    }
+
+    /// `dgamma[c] += sum_r dy*xhat`, `dbeta[c] += sum_r dy`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn layernorm_param_grad<T: DevElement, G: DevElement>(
+        &self,
+        x: &CudaView<T>,
+        dy: &CudaView<T>,
+        stats: &CudaView<T::Acc>,
+        rows: usize,
+        cols: usize,
+        dgamma: &mut CudaViewMut<G>,
+        dbeta: &mut CudaViewMut<G>,
+    ) -> Result<()>
+    where
+        T::Acc: DeviceRepr,
+        G::Acc: DeviceRepr,
+    {
+        check_len("layernorm_param_grad", cols, dgamma.len())?;
+        check_len("layernorm_param_grad", cols, dbeta.len())?;
+        let f = self.func(
+            Module::LayerNorm,
+            &kernel_name("layernorm_param_grad", &[T::DTYPE, G::DTYPE]),
+        )?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(x)
+            .arg(dy)
+            .arg(stats)
+            .arg(&rows)
+            .arg(&cols)
+            .arg(dgamma)
+            .arg(dbeta);
+        // SAFETY: matches `layernorm_param_grad_<T>_<G>(...)` in layernorm.cu.
+        unsafe { b.launch(elementwise(cols)) }.map_err(drv)?;
+        Ok(())
+    }
+
+    /// `acc [rows, 2] = (max, sumexp)` merged with this logits tile.
+    pub fn maxsumexp_update<T: DevElement>(
+        &self,
+        logits: &CudaView<T>,
+        rows: usize,
+        vt: usize,
+        acc: &mut CudaViewMut<T::Acc>,
+    ) -> Result<()>
+    where
+        T::Acc: DeviceRepr,
+    {
+        check_len("maxsumexp_update", rows * vt, logits.len())?;
+        check_len("maxsumexp_update", rows * 2, acc.len())?;
+        let f = self.func(
+            Module::CrossEntropy,
+            &kernel_name("maxsumexp_update", &[T::DTYPE]),
+        )?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(logits).arg(&rows).arg(&vt).arg(acc);
+        // SAFETY: matches `maxsumexp_update_<T>(const T*, usize, usize, A*)`.
+        unsafe { b.launch(per_row(rows)) }.map_err(drv)?;
+        Ok(())
+    }
+
+    /// `loss[0] -= z[r, t_r]` for targets in this tile, then (with `acc`)
+    /// `loss[0] += max + ln sumexp`: pass `acc` once, for one tile.
+    #[allow(clippy::too_many_arguments)]
+    pub fn ce_loss<T: DevElement>(
+        &self,
+        logits: &CudaView<T>,
+        acc: Option<&CudaView<T::Acc>>,
+        rows: usize,
+        vt: usize,
+        vocab_lo: usize,
+        targets: &CudaView<i64>,
+        loss: &mut CudaViewMut<f64>,
+    ) -> Result<()>
+    where
+        T::Acc: DeviceRepr,
+    {
+        check_len("ce_loss", rows, targets.len())?;
+        let f = self.func(
+            Module::CrossEntropy,
+            &kernel_name("ce_loss_target", &[T::DTYPE]),
+        )?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(logits)
+            .arg(&rows)
+            .arg(&vt)
+            .arg(&vocab_lo)
+            .arg(targets)
+            .arg(&mut *loss);
+        // SAFETY: matches `ce_loss_target_<T>(const T*, usize, usize, usize, const i64*, double*)`.
+        unsafe { b.launch(elementwise(rows)) }.map_err(drv)?;
+        if let Some(acc) = acc {
+            let acc_dtype = <T::Acc as Element>::DTYPE;
+            let f = self.func(
+                Module::CrossEntropy,
+                &kernel_name("ce_loss_lse", &[acc_dtype]),
+            )?;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(acc).arg(&rows).arg(targets).arg(loss);
+            // SAFETY: matches `ce_loss_lse_<A>(const A*, usize, const i64*, double*)`.
+            unsafe { b.launch(elementwise(rows)) }.map_err(drv)?;
+        }
+        Ok(())
+    }
+
+    /// In place: logits become `scale * (softmax - onehot)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn ce_bwd<T: DevElement>(
+        &self,
+        acc: &CudaView<T::Acc>,
+        rows: usize,
+        vt: usize,
+        vocab_lo: usize,
+        targets: &CudaView<i64>,
+        scale: f64,
+        logits: &mut CudaViewMut<T>,
+    ) -> Result<()>
+    where
+        T::Acc: DeviceRepr,
+    {
+        check_len("ce_bwd", rows * vt, logits.len())?;
+        let f = self.func(Module::CrossEntropy, &kernel_name("ce_bwd", &[T::DTYPE]))?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(acc)
+            .arg(&rows)
+            .arg(&vt)
+            .arg(&vocab_lo)
+            .arg(targets)
+            .arg(&scale)
+            .arg(logits);
+        // SAFETY: matches `ce_bwd_<T>(const A*, usize, usize, usize, const i64*, double, T*)`.
+        unsafe { b.launch(elementwise(rows * vt)) }.map_err(drv)?;
+        Ok(())
+    }
+
+    /// `y[r, :] = wte[ids[r] - vocab_lo, :]` for ids in this vocabulary tile.
+    pub fn embedding_fwd<T: DevElement>(
+        &self,
+        ids: &CudaView<i64>,
+        vocab_lo: usize,
+        wte: &CudaView<T>,
+        vt: usize,
+        cols: usize,
+        y: &mut CudaViewMut<T>,
+    ) -> Result<()>
+    where
+        T::Acc: DeviceRepr,
+    {
+        let rows = ids.len();
+        check_len("embedding_fwd", rows * cols, y.len())?;
+        check_len("embedding_fwd", vt * cols, wte.len())?;
+        let f = self.func(
+            Module::Embedding,
+            &kernel_name("embedding_fwd", &[T::DTYPE]),
+        )?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&rows)
+            .arg(ids)
+            .arg(&vocab_lo)
+            .arg(wte)
+            .arg(&vt)
+            .arg(&cols)
+            .arg(y);
+        // SAFETY: matches `embedding_fwd_<T>(usize, const i64*, usize, const T*, usize, usize, T*)`.
+        unsafe { b.launch(elementwise(rows * cols)) }.map_err(drv)?;
+        Ok(())
+    }
+
+    /// `dwte[ids[r] - vocab_lo, :] += dy[r, :]` (atomic).
+    pub fn embedding_bwd<T: DevElement, G: DevElement>(
+        &self,
+        ids: &CudaView<i64>,
+        vocab_lo: usize,
+        dy: &CudaView<T>,
+        vt: usize,
+        cols: usize,
+        dwte: &mut CudaViewMut<G>,
+    ) -> Result<()>
+    where
+        T::Acc: DeviceRepr,
+        G::Acc: DeviceRepr,
+    {
+        let rows = ids.len();
+        check_len("embedding_bwd", rows * cols, dy.len())?;
+        check_len("embedding_bwd", vt * cols, dwte.len())?;
+        let f = self.func(
+            Module::Embedding,
+            &kernel_name("embedding_bwd", &[T::DTYPE, G::DTYPE]),
+        )?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&rows)
+            .arg(ids)
+            .arg(&vocab_lo)
+            .arg(dy)
+            .arg(&vt)
+            .arg(&cols)
+            .arg(dwte);
+        // SAFETY: matches `embedding_bwd_<T>_<G>(usize, const i64*, usize, const T*, usize, usize, G*)`.
+        unsafe { b.launch(elementwise(rows * cols)) }.map_err(drv)?;
+        Ok(())
+    }
+
+    /// `m = -inf, l = 0, acc = 0` for `rows = b*tq*h` rows of head size `hs`.
+    pub fn attn_fwd_init<T: DevElement>(
+        &self,
+        rows: usize,
+        hs: usize,
+        m: &mut CudaViewMut<T::Acc>,
+        l: &mut CudaViewMut<T::Acc>,
+        acc: &mut CudaViewMut<T::Acc>,
+    ) -> Result<()>
+    where
+        T::Acc: DeviceRepr,
+    {
+        check_len("attn_fwd_init", rows * hs, acc.len())?;
+        let f = self.func(
+            Module::Attention,
+            &kernel_name("attn_fwd_init", &[T::DTYPE]),
+        )?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&rows).arg(&hs).arg(m).arg(l).arg(acc);
+        // SAFETY: matches `attn_fwd_init_<T>(usize, usize, A*, A*, A*)`.
+        unsafe { b.launch(elementwise(rows * hs.max(1))) }.map_err(drv)?;
+        Ok(())
+    }
+
+    /// Merge one key tile into the running softmax statistics (`dims` =
+    /// `[b, tq, tk, h, hs]`, `pos` = `[q0, k0]`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attn_fwd_update<T: DevElement>(
+        &self,
+        q: &CudaView<T>,
+        k: &CudaView<T>,
+        v: &CudaView<T>,
+        dims: [usize; 5],
+        pos: [usize; 2],
+        scale: f64,
+        m: &mut CudaViewMut<T::Acc>,
+        l: &mut CudaViewMut<T::Acc>,
+        acc: &mut CudaViewMut<T::Acc>,
+    ) -> Result<()>
+    where
+        T::Acc: DeviceRepr,
+    {
+        let [bb, tq, tk, h, hs] = dims;
+        check_len("attn_fwd_update", bb * tq * h * hs, q.len())?;
+        check_len("attn_fwd_update", bb * tk * h * hs, k.len())?;
+        check_len("attn_fwd_update", bb * tk * h * hs, v.len())?;
+        let f = self.func(
+            Module::Attention,
+            &kernel_name("attn_fwd_update", &[T::DTYPE]),
+        )?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(q)
+            .arg(k)
+            .arg(v)
+            .arg(&bb)
+            .arg(&tq)
+            .arg(&tk)
+            .arg(&h)
+            .arg(&hs)
+            .arg(&pos[0])
+            .arg(&pos[1])
+            .arg(&scale)
+            .arg(m)
+            .arg(l)
+            .arg(acc);
+        // SAFETY: matches `attn_fwd_update_<T>(...)` in attention.cu.
+        unsafe { b.launch(warp_per_row(bb * tq * h)) }.map_err(drv)?;
+        Ok(())
+    }
+
+    /// `o = acc / l`, `lse = m + ln l`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attn_fwd_finalize<T: DevElement>(
+        &self,
+        m: &CudaView<T::Acc>,
+        l: &CudaView<T::Acc>,
+        acc: &CudaView<T::Acc>,
+        rows: usize,
+        hs: usize,
+        o: &mut CudaViewMut<T>,
+        lse: &mut CudaViewMut<T::Acc>,
+    ) -> Result<()>
+    where
+        T::Acc: DeviceRepr,
+    {
+        check_len("attn_fwd_finalize", rows * hs, o.len())?;
+        let f = self.func(
+            Module::Attention,
+            &kernel_name("attn_fwd_finalize", &[T::DTYPE]),
+        )?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(m).arg(l).arg(acc).arg(&rows).arg(&hs).arg(o).arg(lse);
+        // SAFETY: matches `attn_fwd_finalize_<T>(...)` in attention.cu.
+        unsafe { b.launch(elementwise(rows * hs)) }.map_err(drv)?;
+        Ok(())
+    }
+
+    /// `delta = rowsum(dO o O)`.
+    pub fn attn_bwd_delta<T: DevElement>(
+        &self,
+        o: &CudaView<T>,
+        d_o: &CudaView<T>,
+        rows: usize,
+        hs: usize,
+        delta: &mut CudaViewMut<T::Acc>,
+    ) -> Result<()>
+    where
+        T::Acc: DeviceRepr,
+    {
+        check_len("attn_bwd_delta", rows * hs, o.len())?;
+        check_len("attn_bwd_delta", rows, delta.len())?;
+        let f = self.func(
+            Module::Attention,
+            &kernel_name("attn_bwd_delta", &[T::DTYPE]),
+        )?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(o).arg(d_o).arg(&rows).arg(&hs).arg(delta);
+        // SAFETY: matches `attn_bwd_delta_<T>(const T*, const T*, usize, usize, A*)`.
+        unsafe { b.launch(warp_per_row(rows)) }.map_err(drv)?;
+        Ok(())
+    }
+
+    /// `dq, dk, dv +=` the terms of one (query tile, key tile) pair.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attn_bwd_update<T: DevElement>(
+        &self,
+        qkv: [&CudaView<T>; 3],
+        d_o: &CudaView<T>,
+        lse: &CudaView<T::Acc>,
+        delta: &CudaView<T::Acc>,
+        dims: [usize; 5],
+        pos: [usize; 2],
+        scale: f64,
+        dq: &mut CudaViewMut<T>,
+        dk: &mut CudaViewMut<T>,
+        dv: &mut CudaViewMut<T>,
+    ) -> Result<()>
+    where
+        T::Acc: DeviceRepr,
+    {
+        let [bb, tq, tk, h, hs] = dims;
+        check_len("attn_bwd_update", bb * tq * h * hs, dq.len())?;
+        check_len("attn_bwd_update", bb * tk * h * hs, dk.len())?;
+        check_len("attn_bwd_update", bb * tk * h * hs, dv.len())?;
+        let f = self.func(
+            Module::Attention,
+            &kernel_name("attn_bwd_update", &[T::DTYPE]),
+        )?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(qkv[0])
+            .arg(qkv[1])
+            .arg(qkv[2])
+            .arg(d_o)
+            .arg(lse)
+            .arg(delta)
+            .arg(&bb)
+            .arg(&tq)
+            .arg(&tk)
+            .arg(&h)
+            .arg(&hs)
+            .arg(&pos[0])
+            .arg(&pos[1])
+            .arg(&scale)
+            .arg(dq)
+            .arg(dk)
+            .arg(dv);
+        // SAFETY: matches `attn_bwd_update_<T>(...)` in attention.cu.
+        unsafe { b.launch(warp_per_row(bb * tq * h)) }.map_err(drv)?;
+        Ok(())
+    }
+}
+
+fn check_len(op: &str, want: usize, got: usize) -> Result<()> {
+    if want == got {
+        Ok(())
+    } else {
+        Err(crate::error::shape_err(
+            &format!("cuda.{op}"),
+            format!("expected {want} elements, got {got}"),
+        ))
+    }
+}

@@ -14,9 +14,9 @@ use super::footprint;
 use super::layernorm::acc_dtype;
 use crate::error::{shape_err, Result};
 use crate::kernels::cpu::attention as k;
-use crate::runtime::{codelet, Access};
+use crate::runtime::{codelet, Access, DataHandle, Runtime};
 use crate::tensor::Tensor;
-use crate::{with_acc_dtype, with_dtype};
+use crate::{with_acc_dtype, with_dtype, DType};
 
 /// Dropout of attention probabilities: (seed, stream, p).
 pub type AttnDropout = Option<(u64, u64, f64)>;
@@ -81,33 +81,8 @@ pub fn attention_fwd(qkv: &Tensor, o: &Tensor, lse: &Tensor, dropout: AttnDropou
         let off = o.grid.tile_offset(&c);
         let (b, tq, h, hs) = (ts[0], ts[1], ts[2], ts[3]);
         let q0 = off[1];
-        let m = Tensor::zeros(rt, &[b, tq, h], &[b as isize, tq as isize, h as isize], ad)?;
-        let l = Tensor::zeros(rt, &[b, tq, h], &[b as isize, tq as isize, h as isize], ad)?;
-        let acc = Tensor::zeros(
-            rt,
-            &[b, tq, h, hs],
-            &[b as isize, tq as isize, h as isize, hs as isize],
-            ad,
-        )?;
-        let (mh, lh, ah) = (m.tiles[0].clone(), l.tiles[0].clone(), acc.tiles[0].clone());
-        rt.submit(
-            codelet(
-                "attn_init",
-                0.0,
-                footprint(&[(b * tq * h) as u64]),
-                move |bf| {
-                    with_acc_dtype!(ad, A, {
-                        k::attn_fwd_init::<A>(bf.w(0)?, bf.w(1)?, bf.w(2)?)
-                    });
-                    Ok(())
-                },
-            ),
-            vec![
-                (mh.clone(), Access::W),
-                (lh.clone(), Access::W),
-                (ah.clone(), Access::W),
-            ],
-        )?;
+        let st = OnlineSoftmax::start(rt, b, tq, h, hs, ad)?;
+        let (mh, lh, ah) = (st.m.clone(), st.l.clone(), st.acc.clone());
         let drop = drop_arg(dropout, &dm, off[0], off[2]);
         for kj in 0..=c[1] {
             let k0 = kj * tt;
@@ -154,36 +129,7 @@ pub fn attention_fwd(qkv: &Tensor, o: &Tensor, lse: &Tensor, dropout: AttnDropou
                 ],
             )?;
         }
-        rt.submit(
-            codelet(
-                "attn_finalize",
-                (b * tq * h * hs) as f64,
-                footprint(&[(b * tq * h) as u64, hs as u64]),
-                move |bf| {
-                    with_dtype!(dt, T, {
-                        k::attn_fwd_finalize::<T>(
-                            bf.r(0)?,
-                            bf.r(1)?,
-                            bf.r(2)?,
-                            b,
-                            tq,
-                            h,
-                            hs,
-                            bf.w(3)?,
-                            bf.w(4)?,
-                        )
-                    });
-                    Ok(())
-                },
-            ),
-            vec![
-                (mh, Access::R),
-                (lh, Access::R),
-                (ah, Access::R),
-                (oh.clone(), Access::W),
-                (lse.tile(&c[..3]).clone(), Access::W),
-            ],
-        )?;
+        st.finish(rt, dt, (b, tq, h, hs), oh, lse.tile(&c[..3]))?;
     }
     Ok(())
 }
@@ -352,34 +298,8 @@ pub fn attention_fwd_cached(
         let off = o.grid.tile_offset(&c);
         let (b, tq, h, hs) = (ts[0], ts[1], ts[2], ts[3]);
         let qa = q0 + off[1];
-        let stat = [b as isize, tq as isize, h as isize];
-        let m = Tensor::zeros(rt, &[b, tq, h], &stat, ad)?;
-        let l = Tensor::zeros(rt, &[b, tq, h], &stat, ad)?;
-        let acc = Tensor::zeros(
-            rt,
-            &[b, tq, h, hs],
-            &[b as isize, tq as isize, h as isize, hs as isize],
-            ad,
-        )?;
-        let (mh, lh, ah) = (m.tiles[0].clone(), l.tiles[0].clone(), acc.tiles[0].clone());
-        rt.submit(
-            codelet(
-                "attn_init",
-                0.0,
-                footprint(&[(b * tq * h) as u64]),
-                move |bf| {
-                    with_acc_dtype!(ad, A, {
-                        k::attn_fwd_init::<A>(bf.w(0)?, bf.w(1)?, bf.w(2)?)
-                    });
-                    Ok(())
-                },
-            ),
-            vec![
-                (mh.clone(), Access::W),
-                (lh.clone(), Access::W),
-                (ah.clone(), Access::W),
-            ],
-        )?;
+        let st = OnlineSoftmax::start(rt, b, tq, h, hs, ad)?;
+        let (mh, lh, ah) = (st.m.clone(), st.l.clone(), st.acc.clone());
         // Key tiles up to the last query of this tile; every one holds at
         // least one key at or before that query.
         for kj in 0..(qa + tq).div_ceil(pt) {
@@ -435,6 +355,64 @@ pub fn attention_fwd_cached(
                 ],
             )?;
         }
+        st.finish(rt, dt, (b, tq, h, hs), oh, lse.tile(&c[..3]))?;
+    }
+    Ok(())
+}
+
+/// The running state of an online softmax over key tiles for one output
+/// tile: row max m, row sum l and the unnormalised output acc.
+struct OnlineSoftmax {
+    m: DataHandle,
+    l: DataHandle,
+    acc: DataHandle,
+}
+
+impl OnlineSoftmax {
+    /// Fresh state (m = -inf, l = 0, acc = 0) for [b, tq, h] rows of hs.
+    fn start(
+        rt: &Runtime,
+        b: usize,
+        tq: usize,
+        h: usize,
+        hs: usize,
+        ad: DType,
+    ) -> Result<OnlineSoftmax> {
+        let st = OnlineSoftmax {
+            m: rt.new_handle(ad, b * tq * h)?,
+            l: rt.new_handle(ad, b * tq * h)?,
+            acc: rt.new_handle(ad, b * tq * h * hs)?,
+        };
+        rt.submit(
+            codelet(
+                "attn_init",
+                0.0,
+                footprint(&[(b * tq * h) as u64]),
+                move |bf| {
+                    with_acc_dtype!(ad, A, {
+                        k::attn_fwd_init::<A>(bf.w(0)?, bf.w(1)?, bf.w(2)?)
+                    });
+                    Ok(())
+                },
+            ),
+            vec![
+                (st.m.clone(), Access::W),
+                (st.l.clone(), Access::W),
+                (st.acc.clone(), Access::W),
+            ],
+        )?;
+        Ok(st)
+    }
+
+    /// o = acc / l and lse = m + ln l.
+    fn finish(
+        self,
+        rt: &Runtime,
+        dt: DType,
+        (b, tq, h, hs): (usize, usize, usize, usize),
+        o: &DataHandle,
+        lse: &DataHandle,
+    ) -> Result<()> {
         rt.submit(
             codelet(
                 "attn_finalize",
@@ -458,13 +436,13 @@ pub fn attention_fwd_cached(
                 },
             ),
             vec![
-                (mh, Access::R),
-                (lh, Access::R),
-                (ah, Access::R),
-                (oh.clone(), Access::W),
-                (lse.tile(&c[..3]).clone(), Access::W),
+                (self.m, Access::R),
+                (self.l, Access::R),
+                (self.acc, Access::R),
+                (o.clone(), Access::W),
+                (lse.clone(), Access::W),
             ],
         )?;
+        Ok(())
     }
-    Ok(())
 }

@@ -485,14 +485,7 @@ impl Gpt2 {
             drop(dmo);
             activation_bwd(cfg.activation, &a.f, &dg, &dg)?;
             bias_grad(&dg, p.g(bp.fc_b))?;
-            let h2 = match a.h2 {
-                Some(h) => h,
-                None => {
-                    let h = self.hidden(d)?;
-                    layernorm_apply(&a.xm, &a.stats2, p.v(bp.ln2_g), p.v(bp.ln2_b), &h)?;
-                    h
-                }
-            };
+            let h2 = self.ln_output(d, a.h2, &a.xm, &a.stats2, bp.ln2_g, bp.ln2_b)?;
             gemm(&grad_w(2), &h2, &dg, p.g(bp.fc_w))?;
             drop(h2);
             let dh2 = self.hidden(d)?;
@@ -523,14 +516,7 @@ impl Gpt2 {
             attention_bwd(&a.qkv, &a.o, &d_o, &a.lse, &dqkv, attn_drop)?;
             drop(d_o);
             bias_grad(&dqkv, p.g(bp.attn_b))?;
-            let h1 = match a.h1 {
-                Some(h) => h,
-                None => {
-                    let h = self.hidden(d)?;
-                    layernorm_apply(&a.x, &a.stats1, p.v(bp.ln1_g), p.v(bp.ln1_b), &h)?;
-                    h
-                }
-            };
+            let h1 = self.ln_output(d, a.h1, &a.x, &a.stats1, bp.ln1_g, bp.ln1_b)?;
             gemm(&grad_w(2), &h1, &dqkv, p.g(bp.attn_w))?;
             drop(h1);
             let dh1 = self.hidden(d)?;
@@ -556,6 +542,27 @@ impl Gpt2 {
             Access::ACC
         };
         embedding_bwd(ids, &dx, p.g(p.wte), p.wpe.map(|i| p.g(i)), mode)
+    }
+
+    /// A LayerNorm output kept from forward, or recomputed from its input and
+    /// statistics when forward did not keep it.
+    fn ln_output(
+        &self,
+        d: Dims,
+        kept: Option<Tensor>,
+        x: &Tensor,
+        stats: &Tensor,
+        g: usize,
+        b: usize,
+    ) -> Result<Tensor> {
+        match kept {
+            Some(h) => Ok(h),
+            None => {
+                let h = self.hidden(d)?;
+                layernorm_apply(x, stats, self.params.v(g), self.params.v(b), &h)?;
+                Ok(h)
+            }
+        }
     }
 
     /// Zeroes every gradient.

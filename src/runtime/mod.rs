@@ -11,6 +11,7 @@
 //! ```
 
 pub mod buffer;
+pub mod cuda;
 pub mod handle;
 pub mod memory;
 pub mod node;

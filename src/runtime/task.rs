@@ -2,6 +2,7 @@
 //! worker kind and a cost model; a task is a codelet (carrying its scalar
 //! arguments) plus the data handles it touches, each with an access mode.
 
+use super::cuda::DevBuffers;
 use super::handle::{Access, DataHandle};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
@@ -16,8 +17,11 @@ pub struct Where(pub u8);
 impl Where {
     pub const CPU: Where = Where(1);
     pub const SIM: Where = Where(2);
+    pub const CUDA: Where = Where(4);
     /// Every worker that runs the CPU implementation (CPU cores and the simulated device).
     pub const ANY_CPU: Where = Where(3);
+    /// Every worker kind: for codelets with a CUDA implementation too.
+    pub const ANY: Where = Where(7);
     pub fn contains(self, o: Where) -> bool {
         self.0 & o.0 == o.0
     }
@@ -44,6 +48,16 @@ pub trait Codelet: Send + Sync {
     }
     /// The CPU implementation, run on host-memory replicas.
     fn cpu(&self, bufs: &Buffers) -> Result<()>;
+    /// The CUDA implementation: enqueues the work on the device's stream and
+    /// returns without waiting for it (the worker tracks completion with an
+    /// event). Only called when `where_` includes [`Where::CUDA`].
+    fn cuda(&self, bufs: &DevBuffers) -> Result<()> {
+        let _ = bufs;
+        Err(Error::Argument {
+            op: self.name().into(),
+            msg: "this codelet has no CUDA implementation".into(),
+        })
+    }
 }
 
 pub(crate) struct BufRef {

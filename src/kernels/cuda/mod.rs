@@ -18,7 +18,12 @@
 //! NVRTC needs no include path and the `nvidia-cuda-nvrtc` wheel alone
 //! compiles every module.
 
+pub mod blas;
 pub mod launch;
+pub mod launch_attn;
+pub mod launch_copy;
+pub mod launch_layers;
+pub mod launch_optim;
 
 use crate::error::{Error, Result};
 use cudarc::nvrtc::{self, CompileError, CompileOptions};

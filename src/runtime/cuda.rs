@@ -1,0 +1,319 @@
+//! CUDA devices as memory nodes: one context and one stream per GPU, device
+//! replicas (`CudaSlice<u8>`), host<->device transfers (host->device through
+//! a ring of pinned staging chunks, so the copy is asynchronous), and the
+//! typed views a codelet's CUDA implementation gets ([`DevBuffers`]).
+//!
+//! Everything of one device goes to its one stream: transfers into a replica
+//! are ordered before the kernels that read it, and a replica freed with
+//! `cuMemFreeAsync` (cudarc's drop) is freed after every kernel queued before.
+//! The runtime, not cudarc, orders work across devices and the host: a task
+//! completes only when its event has completed, so data read by another node
+//! is final. That is why cudarc's per-slice event tracking is turned off.
+
+use crate::dtype::{DType, Element};
+use crate::error::{Error, Result};
+use crate::kernels::cuda::launch::CudaKernels;
+use crate::kernels::cuda::{cuda_err, driver_available};
+use cudarc::cublas::CudaBlas;
+use cudarc::cublaslt::CudaBlasLT;
+use cudarc::driver::{
+    CudaContext, CudaEvent, CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr,
+    PinnedHostSlice,
+};
+use std::cell::Cell;
+use std::sync::{Arc, Mutex, OnceLock};
+
+pub(crate) fn drv(e: cudarc::driver::DriverError) -> Error {
+    cuda_err(format!("driver: {e}"))
+}
+
+/// Size of one pinned staging chunk for host->device copies.
+const STAGING_CHUNK: usize = 8 << 20;
+/// Chunks in the ring: while one is being filled, the others are in flight.
+const STAGING_CHUNKS: usize = 4;
+
+struct StagingChunk {
+    buf: PinnedHostSlice<u8>,
+    /// Recorded after the copy out of this chunk was enqueued.
+    done: CudaEvent,
+}
+
+#[derive(Default)]
+struct Staging {
+    chunks: Vec<StagingChunk>,
+    next: usize,
+}
+
+/// One GPU: its context, its stream, its kernels and BLAS handles.
+pub struct CudaDevice {
+    pub ordinal: usize,
+    pub name: String,
+    pub arch: String,
+    pub total_mem: usize,
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    pub kernels: CudaKernels,
+    blas: OnceLock<std::result::Result<CudaBlas, String>>,
+    blaslt: OnceLock<std::result::Result<CudaBlasLT, String>>,
+    staging: Mutex<Staging>,
+}
+
+/// Runs a call into cudarc, turning its panic (a missing library or symbol)
+/// into an error.
+pub(crate) fn guard<R>(what: &str, f: impl FnOnce() -> Result<R>) -> Result<R> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "panic".into());
+        Err(cuda_err(format!("{what}: {msg}")))
+    })
+}
+
+/// GPUs visible to this process (0 when there is no driver).
+pub fn device_count() -> usize {
+    if driver_available().is_err() {
+        return 0;
+    }
+    guard("counting devices", || {
+        cudarc::driver::result::init().map_err(drv)?;
+        CudaContext::device_count().map_err(drv)
+    })
+    .map(|n| n.max(0) as usize)
+    .unwrap_or(0)
+}
+
+impl CudaDevice {
+    /// Opens GPU `ordinal` (its primary context) with a stream of its own.
+    pub fn open(ordinal: usize) -> Result<Arc<CudaDevice>> {
+        driver_available()?;
+        guard("opening a CUDA device", || {
+            let n = device_count();
+            if ordinal >= n {
+                return Err(cuda_err(format!(
+                    "GPU {ordinal} requested but {n} visible (CUDA_VISIBLE_DEVICES?)"
+                )));
+            }
+            let ctx = CudaContext::new(ordinal).map_err(drv)?;
+            // SAFETY: set before any slice of this context exists; the runtime
+            // orders cross-stream work itself (see the module doc).
+            unsafe { ctx.disable_event_tracking() };
+            let stream = ctx.new_stream().map_err(drv)?;
+            let (major, minor) = ctx.compute_capability().map_err(drv)?;
+            if major < 8 {
+                return Err(cuda_err(format!(
+                    "GPU {ordinal} has compute capability {major}.{minor}; gpt2rs needs 8.0 (Ampere) or newer"
+                )));
+            }
+            let kernels = CudaKernels::new(stream.clone())?;
+            Ok(Arc::new(CudaDevice {
+                ordinal,
+                name: ctx.name().map_err(drv)?,
+                arch: format!("sm_{major}{minor}"),
+                total_mem: ctx.total_mem().map_err(drv)?,
+                ctx,
+                stream,
+                kernels,
+                blas: OnceLock::new(),
+                blaslt: OnceLock::new(),
+                staging: Mutex::new(Staging::default()),
+            }))
+        })
+    }
+
+    /// The cuBLAS handle of this device's stream (created on first use).
+    pub fn blas(&self) -> Result<&CudaBlas> {
+        self.blas
+            .get_or_init(|| {
+                guard("loading cuBLAS", || {
+                    CudaBlas::new(self.stream.clone()).map_err(|e| cuda_err(format!("cuBLAS: {e}")))
+                })
+                .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| Error::Io(e.clone()))
+    }
+
+    /// The cuBLASLt handle of this device's stream (created on first use).
+    pub fn blaslt(&self) -> Result<&CudaBlasLT> {
+        self.blaslt
+            .get_or_init(|| {
+                guard("loading cuBLASLt", || {
+                    CudaBlasLT::new(self.stream.clone())
+                        .map_err(|e| cuda_err(format!("cuBLASLt: {e}")))
+                })
+                .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| Error::Io(e.clone()))
+    }
+
+    /// (free, total) device memory in bytes.
+    pub fn mem_info(&self) -> Result<(usize, usize)> {
+        self.ctx.bind_to_thread().map_err(drv)?;
+        self.ctx.mem_get_info().map_err(drv)
+    }
+
+    /// A zeroed device buffer of `bytes` (stream-ordered allocation).
+    pub(crate) fn alloc(&self, bytes: usize) -> Result<CudaSlice<u8>> {
+        self.ctx.bind_to_thread().map_err(drv)?;
+        // cuMemAlloc refuses 0 bytes; empty tiles get a token allocation.
+        self.stream.alloc_zeros::<u8>(bytes.max(16)).map_err(|e| {
+            if matches!(
+                e.0,
+                cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY
+            ) {
+                Error::OutOfMemory {
+                    node: format!("cuda{}", self.ordinal),
+                    limit: self.total_mem as u64,
+                    msg: format!("cudaMalloc of {bytes} bytes failed (set a lower memory limit for this node)"),
+                }
+            } else {
+                drv(e)
+            }
+        })
+    }
+
+    /// Enqueues host->device: `src` is staged through pinned chunks, so the
+    /// copy proceeds asynchronously and `src` may be dropped on return.
+    pub(crate) fn htod(&self, src: &[u8], dst: &mut CudaSlice<u8>) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(drv)?;
+        let mut st = self.staging.lock().unwrap();
+        while st.chunks.len() < STAGING_CHUNKS {
+            // SAFETY: the chunk is written before any copy reads it.
+            let buf = unsafe { self.ctx.alloc_pinned::<u8>(STAGING_CHUNK) }.map_err(drv)?;
+            let done = self.ctx.new_event(None).map_err(drv)?;
+            done.record(&self.stream).map_err(drv)?;
+            st.chunks.push(StagingChunk { buf, done });
+        }
+        let mut off = 0;
+        while off < src.len() {
+            let n = (src.len() - off).min(STAGING_CHUNK);
+            let i = st.next;
+            st.next = (i + 1) % STAGING_CHUNKS;
+            let c = &mut st.chunks[i];
+            // The previous copy out of this chunk must be done before refilling it.
+            c.done.synchronize().map_err(drv)?;
+            c.buf.as_mut_slice().map_err(drv)?[..n].copy_from_slice(&src[off..off + n]);
+            // SAFETY: the chunk holds n initialised bytes and is not written
+            // again before `done` says this copy has finished.
+            let host = unsafe { std::slice::from_raw_parts(c.buf.as_ptr().map_err(drv)?, n) };
+            self.stream
+                .memcpy_htod(host, &mut dst.slice_mut(off..off + n))
+                .map_err(drv)?;
+            c.done.record(&self.stream).map_err(drv)?;
+            off += n;
+        }
+        Ok(())
+    }
+
+    /// Device->host, waiting for it (and for everything queued on the stream
+    /// before it) to finish.
+    pub(crate) fn dtoh(&self, src: &CudaSlice<u8>, dst: &mut [u8]) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(drv)?;
+        let n = dst.len();
+        self.stream
+            .memcpy_dtoh(&src.slice(0..n), dst)
+            .map_err(drv)?;
+        self.stream.synchronize().map_err(drv)
+    }
+
+    /// Device->device within this device (stream-ordered).
+    pub(crate) fn dtod(&self, src: &CudaSlice<u8>, dst: &mut CudaSlice<u8>, n: usize) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(drv)?;
+        self.stream
+            .memcpy_dtod(&src.slice(0..n), &mut dst.slice_mut(0..n))
+            .map_err(drv)
+    }
+
+    /// A timing-capable event (for completion tracking and kernel times).
+    pub(crate) fn event(&self) -> Result<CudaEvent> {
+        self.ctx
+            .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(drv)
+    }
+}
+
+/// A device operand of a running task.
+pub(crate) struct DevRef {
+    pub slice: *mut CudaSlice<u8>,
+    pub len: usize,
+    pub dtype: DType,
+    pub mode: super::handle::Access,
+}
+
+/// The operands of a task running on a GPU, in submission order, as typed
+/// device views. Mirrors [`super::task::Buffers`].
+pub struct DevBuffers<'a> {
+    pub(crate) dev: &'a CudaDevice,
+    pub(crate) items: &'a [DevRef],
+    pub(crate) borrowed: Cell<u64>,
+}
+
+impl<'a> DevBuffers<'a> {
+    /// The device (stream, kernels, BLAS handles).
+    pub fn dev(&self) -> &'a CudaDevice {
+        self.dev
+    }
+    /// The kernels of the device.
+    pub fn k(&self) -> &'a CudaKernels {
+        &self.dev.kernels
+    }
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+    pub fn dtype(&self, i: usize) -> DType {
+        self.items[i].dtype
+    }
+
+    fn check<T: Element>(&self, i: usize) -> Result<&DevRef> {
+        let b = self.items.get(i).ok_or_else(|| Error::Argument {
+            op: "codelet".into(),
+            msg: format!("operand {i} does not exist"),
+        })?;
+        if b.dtype != T::DTYPE {
+            return Err(Error::DType {
+                op: format!("operand {i}"),
+                expected: b.dtype,
+                got: T::DTYPE,
+            });
+        }
+        Ok(b)
+    }
+
+    /// Operand `i` for reading.
+    pub fn r<T: Element + DeviceRepr>(&self, i: usize) -> Result<CudaView<'a, T>> {
+        let b = self.check::<T>(i)?;
+        if self.borrowed.get() & (1 << i) != 0 {
+            return Err(Error::Argument {
+                op: "codelet".into(),
+                msg: format!("operand {i} is borrowed for writing"),
+            });
+        }
+        // SAFETY: the replica is pinned (it neither moves nor is freed) for
+        // the task's duration and nobody writes it concurrently; its byte
+        // size is len * size_of::<T>() (at least).
+        let s: &'a CudaSlice<u8> = unsafe { &*b.slice };
+        unsafe { s.transmute::<T>(b.len) }.ok_or_else(|| cuda_err("operand smaller than its handle"))
+    }
+
+    /// Operand `i` for writing (its access mode must be W, RW or ACC).
+    pub fn w<T: Element + DeviceRepr>(&self, i: usize) -> Result<CudaViewMut<'a, T>> {
+        let b = self.check::<T>(i)?;
+        if !b.mode.writes() || self.borrowed.get() & (1 << i) != 0 {
+            return Err(Error::Argument {
+                op: "codelet".into(),
+                msg: format!("operand {i} is not writable here (mode {:?})", b.mode),
+            });
+        }
+        self.borrowed.set(self.borrowed.get() | (1 << i));
+        // SAFETY: as in `r`, plus this task is the only one accessing a handle
+        // it writes, and the borrow mask forbids a second view of it.
+        let s: &'a mut CudaSlice<u8> = unsafe { &mut *b.slice };
+        unsafe { s.transmute_mut::<T>(b.len) }.ok_or_else(|| cuda_err("operand smaller than its handle"))
+    }
+}

@@ -307,6 +307,35 @@ impl Precision {
     }
 }
 
+/// How a GEMM computes on a GPU. The CPU ignores it and computes in the
+/// storage's accumulator type (f32, or f64), as DESIGN.md says of the fast
+/// modes. Only f32 storage has fast modes: f64 computes in f64, and bf16/f16
+/// multiply in tensor cores with f32 accumulation, whatever the mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum GemmCompute {
+    /// The accumulator type throughout (true fp32 or fp64).
+    #[default]
+    Default,
+    /// Inputs rounded to TF32 (10-bit mantissa), fp32 accumulation.
+    Tf32,
+    /// Inputs rounded to fp16, fp32 accumulation.
+    Fp16,
+    /// Inputs rounded to bf16, fp32 accumulation.
+    Bf16,
+}
+
+impl Precision {
+    /// The compute mode of this precision's GEMMs.
+    pub fn gemm_compute(self) -> GemmCompute {
+        match self {
+            Precision::Fp32 | Precision::Fp64 | Precision::Bf16 => GemmCompute::Default,
+            Precision::Tf32 | Precision::Fp32FastTf32 => GemmCompute::Tf32,
+            Precision::Fp32FastFp16 => GemmCompute::Fp16,
+            Precision::Fp32FastBf16 => GemmCompute::Bf16,
+        }
+    }
+}
+
 /// Like `with_dtype!` for an accumulation dtype (f32 or f64; anything else is
 /// treated as f32, which is what accumulators of 16-bit tiles are).
 #[macro_export]

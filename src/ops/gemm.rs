@@ -11,11 +11,25 @@
 //! tile gets one task per K tile, chained in K order through RW access (the
 //! first applies beta, the rest accumulate with beta = 1), so the result is
 //! the same whatever the worker count or schedule.
+//!
+//! On a GPU the tasks run cuBLAS (`kernels::cuda::blas`) in the compute mode
+//! given to [`gemm_with`] (the model passes its precision's); the CPU
+//! ignores the mode and computes in f32 (or f64), as DESIGN.md says.
+//!
+//! [`gemm_bias_act`] computes `C = act(op(A) @ op(B) + bias)` in one task
+//! per C tile (a cuBLASLt epilogue on a GPU), for a contraction that is one
+//! tile; its spec is the composition `bias_fill`, `gemm` with beta = 1,
+//! `activation_fwd`, which its CPU path runs kernel by kernel.
 
 use super::footprint;
+pub use crate::dtype::GemmCompute;
 use crate::error::{arg_err, shape_err, Error, Result};
+use crate::kernels::cpu::activation::{self as ka, Activation};
+use crate::kernels::cpu::bias as kb;
 use crate::kernels::cpu::gemm as k;
-use crate::runtime::{Access, Buffers, Codelet};
+use crate::kernels::cuda::blas::{self, BiasAct};
+use crate::runtime::cuda::DevBuffers;
+use crate::runtime::{Access, Buffers, Codelet, Where};
 use crate::tensor::{for_each_index, Tensor};
 use crate::{with_dtype, DType};
 
@@ -46,6 +60,8 @@ impl Default for GemmSpec {
 
 struct GemmCl {
     dtype: DType,
+    /// GPU only: the CPU computes in the accumulator type.
+    compute: GemmCompute,
     trans_a: bool,
     trans_b: bool,
     m: usize,
@@ -70,7 +86,35 @@ impl Codelet for GemmCl {
             self.k as u64,
             self.batch as u64,
             self.trans_a as u64 * 2 + self.trans_b as u64,
+            self.compute as u64,
         ])
+    }
+    fn where_(&self) -> Where {
+        // Every dtype has a cuBLAS path; sizes must fit its 32-bit ints.
+        if fits_i32(&[self.m, self.n, self.k, self.batch]) {
+            Where::ANY
+        } else {
+            Where::ANY_CPU
+        }
+    }
+    fn cuda(&self, b: &DevBuffers) -> Result<()> {
+        with_dtype!(self.dtype, T, {
+            blas::gemm::<T>(
+                b.dev(),
+                self.compute,
+                self.trans_a,
+                self.trans_b,
+                self.m,
+                self.n,
+                self.k,
+                self.batch,
+                self.alpha,
+                &b.r(0)?,
+                &b.r(1)?,
+                self.beta,
+                &mut b.w(2)?,
+            )
+        })
     }
     fn cpu(&self, b: &Buffers) -> Result<()> {
         with_dtype!(self.dtype, T, {
@@ -194,18 +238,19 @@ pub fn gemm_output_grid(s: &GemmSpec, a: &Tensor, b: &Tensor) -> Result<(Vec<usi
     Ok((shape, tile))
 }
 
-/// Submits C = alpha * op(A) @ op(B) + beta * C.
-pub fn gemm(s: &GemmSpec, a: &Tensor, b: &Tensor, c: &Tensor) -> Result<()> {
+/// Checks dtypes, runtimes, shapes and cuts of `op(a) @ op(b) -> c`, and
+/// returns the axis lists.
+fn checked_axes(op: &str, s: &GemmSpec, a: &Tensor, b: &Tensor, c: &Tensor) -> Result<Axes> {
     for t in [b, c] {
         if t.dtype != a.dtype {
             return Err(Error::DType {
-                op: "gemm".into(),
+                op: op.into(),
                 expected: a.dtype,
                 got: t.dtype,
             });
         }
         if !t.runtime().same(a.runtime()) {
-            return Err(arg_err("gemm", "tensors belong to different runtimes"));
+            return Err(arg_err(op, "tensors belong to different runtimes"));
         }
     }
     let x = axes(s, a, b, c)?;
@@ -220,7 +265,7 @@ pub fn gemm(s: &GemmSpec, a: &Tensor, b: &Tensor, c: &Tensor) -> Result<()> {
     for (what, ok) in checks {
         if !ok {
             return Err(shape_err(
-                "gemm",
+                op,
                 format!(
                     "{what} differ in shape or tiling: A {:?}/{:?}, B {:?}/{:?}, C {:?}/{:?} \
                      (trans_a={}, trans_b={}, ndim={}, batch_ndim={})",
@@ -238,6 +283,59 @@ pub fn gemm(s: &GemmSpec, a: &Tensor, b: &Tensor, c: &Tensor) -> Result<()> {
             ));
         }
     }
+    Ok(x)
+}
+
+impl Axes {
+    /// Tile coordinates of A and B for C tile `cc` and K tile `kc`.
+    fn operand_coords(
+        &self,
+        cc: &[usize],
+        kc: &[usize],
+        a_ndim: usize,
+        b_ndim: usize,
+    ) -> (Vec<usize>, Vec<usize>) {
+        let mut acoord = vec![0; a_ndim];
+        let mut bcoord = vec![0; b_ndim];
+        for &ax in &self.batch {
+            acoord[ax] = cc[ax];
+            bcoord[ax] = cc[ax];
+        }
+        for (i, &ax) in self.a_m.iter().enumerate() {
+            acoord[ax] = cc[self.c_m[i]];
+        }
+        for (i, &ax) in self.b_n.iter().enumerate() {
+            bcoord[ax] = cc[self.c_n[i]];
+        }
+        for (i, &ax) in self.a_k.iter().enumerate() {
+            acoord[ax] = kc[i];
+            bcoord[self.b_k[i]] = kc[i];
+        }
+        (acoord, bcoord)
+    }
+}
+
+/// Whether every size fits cuBLAS's `int`.
+fn fits_i32(v: &[usize]) -> bool {
+    v.iter().all(|&x| i32::try_from(x).is_ok())
+}
+
+/// Submits C = alpha * op(A) @ op(B) + beta * C (full-precision compute).
+pub fn gemm(s: &GemmSpec, a: &Tensor, b: &Tensor, c: &Tensor) -> Result<()> {
+    gemm_with(s, GemmCompute::Default, a, b, c)
+}
+
+/// [`gemm`] with the GPU compute mode of its tasks (tf32, fp16, bf16 inputs
+/// for f32 storage; see [`GemmCompute`]).
+pub fn gemm_with(
+    s: &GemmSpec,
+    compute: GemmCompute,
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+) -> Result<()> {
+    let x = checked_axes("gemm", s, a, b, c)?;
+    let (ag, bg, cg) = (&a.grid, &b.grid, &c.grid);
     let k_grid: Vec<usize> = x.a_k.iter().map(|&ax| ag.grid[ax]).collect();
     let k_total: usize = x.a_k.iter().map(|&ax| ag.shape[ax]).product();
     let rt = a.runtime();
@@ -258,22 +356,7 @@ pub fn gemm(s: &GemmSpec, a: &Tensor, b: &Tensor, c: &Tensor) -> Result<()> {
             if err.is_err() {
                 return;
             }
-            let mut acoord = vec![0; ag.ndim()];
-            let mut bcoord = vec![0; bg.ndim()];
-            for (i, &ax) in x.batch.iter().enumerate() {
-                acoord[ax] = cc[x.batch[i]];
-                bcoord[ax] = cc[x.batch[i]];
-            }
-            for (i, &ax) in x.a_m.iter().enumerate() {
-                acoord[ax] = cc[x.c_m[i]];
-            }
-            for (i, &ax) in x.b_n.iter().enumerate() {
-                bcoord[ax] = cc[x.c_n[i]];
-            }
-            for (i, &ax) in x.a_k.iter().enumerate() {
-                acoord[ax] = kc[i];
-                bcoord[x.b_k[i]] = kc[i];
-            }
+            let (acoord, bcoord) = x.operand_coords(&cc, kc, ag.ndim(), bg.ndim());
             let ashape = ag.tile_shape(&acoord);
             let ktile = x.a_k.iter().map(|&ax| ashape[ax]).product();
             let beta = if first { s.beta } else { 1.0 };
@@ -281,6 +364,7 @@ pub fn gemm(s: &GemmSpec, a: &Tensor, b: &Tensor, c: &Tensor) -> Result<()> {
             first = false;
             let cl = GemmCl {
                 dtype: a.dtype,
+                compute,
                 trans_a: s.trans_a,
                 trans_b: s.trans_b,
                 m,
@@ -328,6 +412,19 @@ impl Codelet for ScaleTile {
     fn name(&self) -> &'static str {
         "scale"
     }
+    fn where_(&self) -> Where {
+        Where::ANY
+    }
+    fn cuda(&self, b: &DevBuffers) -> Result<()> {
+        with_dtype!(self.dtype, T, {
+            let mut y = b.w::<T>(0)?;
+            if self.beta == 0.0 {
+                b.k().fill::<T>(0.0, &mut y)
+            } else {
+                b.k().scale::<T>(self.beta, &mut y)
+            }
+        })
+    }
     fn cpu(&self, b: &Buffers) -> Result<()> {
         with_dtype!(self.dtype, T, {
             if self.beta == 0.0 {
@@ -338,4 +435,212 @@ impl Codelet for ScaleTile {
         });
         Ok(())
     }
+}
+
+/// The epilogue cuBLASLt runs for `act` (None where it has none: exact GELU).
+fn bias_act(act: Option<Activation>) -> Option<BiasAct> {
+    match act {
+        None => Some(BiasAct::Bias),
+        Some(Activation::GeluTanh) => Some(BiasAct::BiasGeluTanh),
+        Some(Activation::Relu) => Some(BiasAct::BiasRelu),
+        Some(Activation::Gelu) => None,
+    }
+}
+
+/// One C tile of [`gemm_bias_act`]. Operands: A (R), B (R), bias (R), C (W).
+struct GemmBiasActCl {
+    dtype: DType,
+    compute: GemmCompute,
+    act: Option<Activation>,
+    trans_a: bool,
+    trans_b: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    batch: usize,
+    alpha: f64,
+}
+
+impl Codelet for GemmBiasActCl {
+    fn name(&self) -> &'static str {
+        "gemm_bias_act"
+    }
+    fn flops(&self) -> f64 {
+        k::gemm_flops(self.m, self.n, self.k, self.batch)
+    }
+    fn footprint(&self) -> u64 {
+        footprint(&[
+            self.m as u64,
+            self.n as u64,
+            self.k as u64,
+            self.batch as u64,
+            self.trans_a as u64 * 2 + self.trans_b as u64,
+            self.compute as u64,
+            self.act.map_or(0, |a| 1 + a as u64),
+        ])
+    }
+    fn where_(&self) -> Where {
+        // cuBLASLt: no f64 here (its epilogues are not promised for
+        // COMPUTE_64F), no exact-GELU epilogue, and no empty contraction.
+        let gpu = self.dtype != DType::F64
+            && bias_act(self.act).is_some()
+            && self.k > 0
+            && self.alpha != 0.0
+            && fits_i32(&[self.m, self.n, self.k, self.batch]);
+        if gpu {
+            Where::ANY
+        } else {
+            Where::ANY_CPU
+        }
+    }
+    fn cpu(&self, b: &Buffers) -> Result<()> {
+        with_dtype!(self.dtype, T, {
+            let c = b.w::<T>(3)?;
+            // The spec, kernel by kernel: bias_fill, gemm with beta = 1, act.
+            kb::bias_fill::<T>(b.r(2)?, self.batch * self.m, self.n, c);
+            k::gemm::<T>(
+                self.trans_a,
+                self.trans_b,
+                self.m,
+                self.n,
+                self.k,
+                self.batch,
+                self.alpha,
+                b.r(0)?,
+                b.r(1)?,
+                1.0,
+                c,
+            );
+            if let Some(act) = self.act {
+                let x = c.to_vec();
+                ka::activation_fwd::<T>(act, &x, c);
+            }
+        });
+        Ok(())
+    }
+    fn cuda(&self, b: &DevBuffers) -> Result<()> {
+        let act = bias_act(self.act)
+            .ok_or_else(|| arg_err("gemm_bias_act", "exact GELU has no cuBLASLt epilogue"))?;
+        with_dtype!(self.dtype, T, {
+            blas::gemm_bias_act::<T>(
+                b.dev(),
+                self.compute,
+                self.trans_a,
+                self.trans_b,
+                self.m,
+                self.n,
+                self.k,
+                self.batch,
+                self.alpha,
+                &b.r(0)?,
+                &b.r(1)?,
+                &b.r(2)?,
+                act,
+                &mut b.w(3)?,
+            )
+        })
+    }
+}
+
+/// Submits `C = act(alpha * op(A) @ op(B) + bias)` (`act = None`: no
+/// activation), one task per C tile. `bias` has the N axes of C, cut like
+/// them. `s.beta` must be 0 (C is overwritten), and the contracted axes of A
+/// must be one tile: otherwise use [`gemm`] with beta = 1 on a C filled by
+/// `bias_fill`, then `activation_fwd`. On a GPU this is one cuBLASLt matmul
+/// with a bias (+ GELU tanh / ReLU) epilogue per tile, which rounds to the
+/// storage type once where the CPU path rounds after the GEMM and again
+/// after the activation (a difference for bf16 only).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_bias_act(
+    s: &GemmSpec,
+    compute: GemmCompute,
+    act: Option<Activation>,
+    a: &Tensor,
+    b: &Tensor,
+    bias: &Tensor,
+    c: &Tensor,
+) -> Result<()> {
+    let op = "gemm_bias_act";
+    if s.beta != 0.0 {
+        return Err(arg_err(
+            op,
+            format!(
+                "beta = {} but gemm_bias_act overwrites C: use gemm + bias + activation",
+                s.beta
+            ),
+        ));
+    }
+    let x = checked_axes(op, s, a, b, c)?;
+    if bias.dtype != a.dtype {
+        return Err(Error::DType {
+            op: op.into(),
+            expected: a.dtype,
+            got: bias.dtype,
+        });
+    }
+    if !bias.runtime().same(a.runtime()) {
+        return Err(arg_err(op, "tensors belong to different runtimes"));
+    }
+    let (ag, bg, cg) = (&a.grid, &b.grid, &c.grid);
+    let n_shape: Vec<usize> = x.c_n.iter().map(|&ax| cg.shape[ax]).collect();
+    let n_tile: Vec<usize> = x.c_n.iter().map(|&ax| cg.tile[ax]).collect();
+    if bias.grid.shape != n_shape || bias.grid.tile != n_tile {
+        return Err(shape_err(
+            op,
+            format!(
+                "bias {:?} (tiles {:?}) must be the N axes of C: {:?} (tiles {:?})",
+                bias.grid.shape, bias.grid.tile, n_shape, n_tile
+            ),
+        ));
+    }
+    if x.a_k.iter().any(|&ax| ag.shape[ax] == 0) {
+        return Err(arg_err(
+            op,
+            "empty contraction (a K axis of length 0): use bias_fill + activation_fwd",
+        ));
+    }
+    let k_grid: Vec<usize> = x.a_k.iter().map(|&ax| ag.grid[ax]).collect();
+    if k_grid.iter().any(|&g| g > 1) {
+        return Err(arg_err(
+            op,
+            format!(
+                "the contraction is cut into {k_grid:?} tiles; gemm_bias_act needs it whole \
+                 (one K tile): use gemm (beta = 1 on a bias_fill'ed C) + activation_fwd instead"
+            ),
+        ));
+    }
+    let kc = vec![0; x.a_k.len()];
+    let rt = a.runtime();
+    for (ci, ch) in c.tiles.iter().enumerate() {
+        let cc = cg.coords(ci);
+        let cshape = cg.tile_shape(&cc);
+        let prod = |axes: &[usize]| axes.iter().map(|&ax| cshape[ax]).product::<usize>();
+        let (batch, m, n) = (prod(&x.batch), prod(&x.c_m), prod(&x.c_n));
+        let (acoord, bcoord) = x.operand_coords(&cc, &kc, ag.ndim(), bg.ndim());
+        let ashape = ag.tile_shape(&acoord);
+        let ktile = x.a_k.iter().map(|&ax| ashape[ax]).product();
+        let bias_coord: Vec<usize> = x.c_n.iter().map(|&ax| cc[ax]).collect();
+        let cl = GemmBiasActCl {
+            dtype: a.dtype,
+            compute,
+            act,
+            trans_a: s.trans_a,
+            trans_b: s.trans_b,
+            m,
+            n,
+            k: ktile,
+            batch,
+            alpha: s.alpha,
+        };
+        rt.submit(
+            Box::new(cl),
+            vec![
+                (a.tiles[ag.linear(&acoord)].clone(), Access::R),
+                (b.tiles[bg.linear(&bcoord)].clone(), Access::R),
+                (bias.tile(&bias_coord).clone(), Access::R),
+                (ch.clone(), Access::W),
+            ],
+        )?;
+    }
+    Ok(())
 }

@@ -1,57 +1,137 @@
-// Activations, elementwise (one thread per element), in acc_t<T>:
-//   gelu (tanh): y = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3)
-//     dy/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
-//   gelu_exact: y = 0.5 x (1 + erf(x / sqrt 2)),  dy/dx = Phi(x) + x phi(x)
-//   relu: y = max(x, 0),  dy/dx = [x > 0]
-// Backward kernels overwrite dx = dy * act'(x), as the CPU kernels.
+// Activations and dropout, elementwise (grid-stride, one thread per element),
+// in acc_t<T>, written as src/kernels/cpu/activation.rs computes them:
+//   gelu (tanh): y = x / (1 + exp(-2u)) = 0.5 x (1 + tanh u),
+//                u = sqrt(2/pi) (x + 0.044715 x^3)
+//     dy/dx = s + 2 x s (1 - s) u',  s = 1 / (1 + exp(-2u)),
+//             u' = sqrt(2/pi) + 3 * 0.044715 * sqrt(2/pi) x^2
+//   gelu_exact: y = 0.5 x erfc(-x / sqrt 2),  dy/dx = Phi(x) + x phi(x)
+//   relu: y = max(x, 0) (NaN kept: y = x unless x <= 0),  dy/dx = [x > 0]
+// The sigmoid and erfc forms keep full relative precision for very negative
+// x, where 1 + tanh u and 1 + erf cancel. Backward kernels overwrite
+// dx = dy * act'(x); the `_inplace` ones take dy from dx (dx aliases dy).
+//
+// Dropout: a bit-for-bit port of src/kernels/cpu/dropout.rs. Element i of a
+// tile has the row-major index g(i) in the GLOBAL tensor; it is kept iff
+//   draw = mix32(mix32(lo ^ ka) ^ kb) >= threshold,  lo = g mod 2^32,
+//   (ka, kb) = halves of mix64(key ^ (g / 2^32 + 1) * PHI),
+//   key = mix64(seed ^ mix64(stream + PHI)),  threshold = min(ceil(p 2^32), 2^32 - 1),
+// and nothing is kept for p >= 1. Kept: x * scale (scale = 1/(1-p) from the
+// host, rounded to acc_t); dropped: exactly 0. All integer arithmetic wraps.
+// The tile geometry comes as its shape and the global strides (rank <= 8).
 
-#define GELU_C 0.7978845608028654   /* sqrt(2/pi) */
-#define INV_SQRT2 0.7071067811865476
+#define SQRT_2_OVER_PI 0.7978845608028654
+#define GELU_K 0.044715
+#define FRAC_1_SQRT_2 0.7071067811865476
 #define INV_SQRT_2PI 0.3989422804014327
 
-#define ACTIVATION(T, S)                                                                    \
-    extern "C" __global__ void gelu_fwd_##S(usize n, const T* x, T* y) {                    \
+__device__ __forceinline__ float xerfc(float x) { return erfcf(x); }
+__device__ __forceinline__ double xerfc(double x) { return erfc(x); }
+
+template <typename A> __device__ __forceinline__ A gelu_tanh(A x) {
+    A u = (A)SQRT_2_OVER_PI * (x + (A)GELU_K * x * x * x);
+    return x / ((A)1 + xexp((A)(-2.0) * u));
+}
+template <typename A> __device__ __forceinline__ A gelu_tanh_grad(A x) {
+    A x2 = x * x;
+    A u = (A)SQRT_2_OVER_PI * (x + (A)GELU_K * x2 * x);
+    A du = (A)SQRT_2_OVER_PI + (A)(3.0 * GELU_K * SQRT_2_OVER_PI) * x2;
+    A s = (A)1 / ((A)1 + xexp((A)(-2.0) * u));
+    return s + (A)2 * x * s * ((A)1 - s) * du;
+}
+template <typename A> __device__ __forceinline__ A gelu_exact(A x) {
+    return (A)0.5 * x * xerfc(x * (A)(-FRAC_1_SQRT_2));
+}
+template <typename A> __device__ __forceinline__ A gelu_exact_grad(A x) {
+    A cdf = (A)0.5 * xerfc(x * (A)(-FRAC_1_SQRT_2));
+    A pdf = (A)INV_SQRT_2PI * xexp((A)(-0.5) * x * x);
+    return cdf + x * pdf;
+}
+
+// One activation `NAME`: fwd, bwd and bwd_inplace kernels. FWD(v) is the
+// forward value in A, GRAD(v, g) the gradient given dy = g, both of A = acc_t<T>.
+#define ACT_KERNELS(T, S, NAME, FWD, GRAD)                                                  \
+    extern "C" __global__ void NAME##_fwd_##S(usize n, const T* x, T* y) {                  \
         typedef ACC(T) A;                                                                   \
         GRID_LOOP(i, n) {                                                                   \
             A v = ld(x[i]);                                                                 \
-            A u = (A)GELU_C * (v + (A)0.044715 * v * v * v);                                \
-            y[i] = sto<T>((A)0.5 * v * ((A)1 + xtanh(u)));                                  \
+            y[i] = sto<T>(FWD);                                                             \
         }                                                                                   \
     }                                                                                       \
-    extern "C" __global__ void gelu_bwd_##S(usize n, const T* x, const T* dy, T* dx) {      \
+    extern "C" __global__ void NAME##_bwd_##S(usize n, const T* x, const T* dy, T* dx) {    \
         typedef ACC(T) A;                                                                   \
         GRID_LOOP(i, n) {                                                                   \
-            A v = ld(x[i]);                                                                 \
-            A u = (A)GELU_C * (v + (A)0.044715 * v * v * v);                                \
-            A t = xtanh(u);                                                                 \
-            A d = (A)0.5 * ((A)1 + t) +                                                     \
-                  (A)0.5 * v * ((A)1 - t * t) * (A)GELU_C * ((A)1 + (A)(3 * 0.044715) * v * v); \
-            dx[i] = sto<T>(ld(dy[i]) * d);                                                  \
+            A v = ld(x[i]), g = ld(dy[i]);                                                  \
+            dx[i] = sto<T>(GRAD);                                                           \
         }                                                                                   \
     }                                                                                       \
-    extern "C" __global__ void gelu_exact_fwd_##S(usize n, const T* x, T* y) {              \
+    extern "C" __global__ void NAME##_bwd_inplace_##S(usize n, const T* x, T* dxy) {        \
         typedef ACC(T) A;                                                                   \
         GRID_LOOP(i, n) {                                                                   \
-            A v = ld(x[i]);                                                                 \
-            y[i] = sto<T>((A)0.5 * v * ((A)1 + xerf(v * (A)INV_SQRT2)));                    \
+            A v = ld(x[i]), g = ld(dxy[i]);                                                 \
+            dxy[i] = sto<T>(GRAD);                                                          \
         }                                                                                   \
-    }                                                                                       \
-    extern "C" __global__ void gelu_exact_bwd_##S(usize n, const T* x, const T* dy, T* dx) { \
-        typedef ACC(T) A;                                                                   \
-        GRID_LOOP(i, n) {                                                                   \
-            A v = ld(x[i]);                                                                 \
-            A cdf = (A)0.5 * ((A)1 + xerf(v * (A)INV_SQRT2));                               \
-            A pdf = (A)INV_SQRT_2PI * xexp((A)-0.5 * v * v);                                \
-            dx[i] = sto<T>(ld(dy[i]) * (cdf + v * pdf));                                    \
-        }                                                                                   \
-    }                                                                                       \
-    extern "C" __global__ void relu_fwd_##S(usize n, const T* x, T* y) {                    \
-        GRID_LOOP(i, n) {                                                                   \
-            ACC(T) v = ld(x[i]);                                                            \
-            y[i] = v > 0 ? x[i] : st<T>(0.0);                                               \
-        }                                                                                   \
-    }                                                                                       \
-    extern "C" __global__ void relu_bwd_##S(usize n, const T* x, const T* dy, T* dx) {      \
-        GRID_LOOP(i, n) dx[i] = ld(x[i]) > 0 ? dy[i] : st<T>(0.0);                          \
     }
+
+#define ACTIVATION(T, S)                                                                    \
+    ACT_KERNELS(T, S, gelu, gelu_tanh(v), g * gelu_tanh_grad(v))                            \
+    ACT_KERNELS(T, S, gelu_exact, gelu_exact(v), g * gelu_exact_grad(v))                    \
+    ACT_KERNELS(T, S, relu, (v <= (A)0 ? (A)0 : v), (v > (A)0 ? g : (A)0))
 FOR_ALL_DTYPES(ACTIVATION)
+
+// ---------------------------------------------------------------- dropout
+
+#define DROP_PHI 0x9e3779b97f4a7c15ULL
+
+__device__ __forceinline__ unsigned long long drop_mix64(unsigned long long z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+__device__ __forceinline__ unsigned drop_mix32(unsigned x) {
+    x ^= x >> 16;
+    x *= 0x7feb352du;
+    x ^= x >> 15;
+    x *= 0x846ca68bu;
+    return x ^ (x >> 16);
+}
+// Keep threshold: DropoutMask::new's `ceil(p * 2^32).min(u32::MAX) as u32`
+// (fmin returns the non-NaN operand, as Rust's f64::min).
+__device__ __forceinline__ unsigned drop_threshold(double p) {
+    if (p <= 0.0) return 0u;
+    return (unsigned)fmin(ceil(p * 4294967296.0), 4294967295.0);
+}
+__device__ __forceinline__ bool drop_keep(unsigned long long key, unsigned thr, bool none,
+                                          unsigned long long g) {
+    unsigned long long k = drop_mix64(key ^ (((g >> 32) + 1ULL) * DROP_PHI));
+    unsigned ka = (unsigned)k, kb = (unsigned)(k >> 32);
+    unsigned draw = drop_mix32(drop_mix32((unsigned)g ^ ka) ^ kb);
+    return !none && draw >= thr;
+}
+
+// Shape / strides of a tile of rank <= 8, by value (same layout as [u64; 8]).
+struct Dims8 {
+    usize v[8];
+};
+
+#define DROPOUT(T, S)                                                                       \
+    extern "C" __global__ void dropout_##S(usize n, unsigned long long seed,                \
+                                           unsigned long long stream, double p, double scale, \
+                                           usize rank, Dims8 tshape, Dims8 gstride, usize base, \
+                                           T* x) {                                          \
+        typedef ACC(T) A;                                                                   \
+        unsigned long long key = drop_mix64(seed ^ drop_mix64(stream + DROP_PHI));          \
+        unsigned thr = drop_threshold(p);                                                   \
+        bool none = p >= 1.0;                                                               \
+        if (thr == 0u && !none) return; /* p <= 0: the identity, x untouched */             \
+        A sc = (A)scale;                                                                    \
+        GRID_LOOP(i, n) {                                                                   \
+            usize rem = i, g = base;                                                        \
+            for (int d = (int)rank - 1; d >= 0; d--) {                                      \
+                g += (rem % tshape.v[d]) * gstride.v[d];                                    \
+                rem /= tshape.v[d];                                                         \
+            }                                                                               \
+            A v = ld(x[i]);                                                                 \
+            x[i] = sto<T>(drop_keep(key, thr, none, g) ? v * sc : (A)0);                    \
+        }                                                                                   \
+    }
+FOR_ALL_DTYPES(DROPOUT)

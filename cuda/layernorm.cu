@@ -4,13 +4,63 @@
 //   stats_update:   acc[r] = (count, mean, M2) merged with this tile's row
 //                   (one block per row: mean first, then M2 from deviations,
 //                   block reductions; then Chan's merge by thread 0)
-//   stats_finalize: stats[r] = (mean, 1/sqrt(M2/count + eps)) (thread per row)
+//   stats_finalize: stats[r] = (mean, 1/sqrt(M2/count + eps)) (thread per row;
+//                   the variance in f64 as the CPU, so rstd is rounded once)
 //   fwd:            y = (x - mean) * rstd * gamma + beta (thread per element)
 //   bwd_reduce:     sums[r] += (sum_c dy*gamma, sum_c dy*gamma*xhat) (block per row)
 //   bwd:            dx (=|+=) rstd * (dy*gamma - sums0/N - xhat*sums1/N), N = total_cols
 //   param_grad:     dgamma[c] += sum_r dy*xhat, dbeta[c] += sum_r dy (thread per
-//                   column walking the rows, f64 totals; deterministic)
+//                   column walking the rows: partial sums in acc_t over blocks of
+//                   LN_ROW_BLOCK rows flushed into f64 totals, as the CPU; deterministic)
+// Fused residual + LayerNorm (ops::layernorm::add_layernorm), s = x + r rounded
+// to T and stored, then the statistics of the STORED s, so the result is that
+// of an add followed by a LayerNorm. `r` may be null: then `sum` holds r on
+// entry (the residual stream updated in place).
+//   add_stats_update: sum = x + r, acc[r] merged with the row (C cut in tiles)
+//   add_fwd:          sum = x + r, stats and y in one pass (C in one tile)
+// Each thread re-reads only the elements of `sum` it wrote itself (same
+// strided loop), so no barrier is needed between the store and the reads.
 // Launch: row kernels with blockDim a multiple of 32 (ROW_BLOCK).
+
+#define LN_ROW_BLOCK 256
+
+// (mean, M2) of the row `xr` (cols > 0), by block reductions; every thread
+// gets both.
+template <typename T, typename A>
+__device__ void row_mean_m2(const T* xr, usize cols, A* sh, A* mean_out, A* m2_out) {
+    A s = 0;
+    for (usize c = threadIdx.x; c < cols; c += blockDim.x) s += ld(xr[c]);
+    A mean = block_sum(s, sh) / (A)cols;
+    A m2 = 0;
+    for (usize c = threadIdx.x; c < cols; c += blockDim.x) {
+        A d = ld(xr[c]) - mean;
+        m2 += d * d;
+    }
+    *mean_out = mean;
+    *m2_out = block_sum(m2, sh);
+}
+
+// Chan's merge of (cols, mean, m2) into a = (count, mean, M2), by one thread.
+template <typename A> __device__ void chan_merge(A* a, usize cols, A mean, A m2) {
+    A na = a[0], nb = (A)cols;
+    if (na == (A)0) {
+        a[0] = nb;
+        a[1] = mean;
+        a[2] = m2;
+    } else {
+        A n = na + nb;
+        A delta = mean - a[1];
+        a[1] += delta * (nb / n);
+        a[2] += m2 + delta * delta * (na * nb / n);
+        a[0] = n;
+    }
+}
+
+// rstd from (count, M2) in f64, as layernorm_stats_finalize on the CPU.
+template <typename A> __device__ A ln_rstd(A count, A m2, double eps) {
+    double var = (double)m2 / (double)count;
+    return (A)(1.0 / sqrt(var + eps));
+}
 
 #define LAYERNORM(T, S)                                                                     \
     extern "C" __global__ void layernorm_stats_update_##S(const T* x, usize rows, usize cols, \
@@ -19,24 +69,9 @@
         __shared__ A sh[32];                                                                \
         usize r = blockIdx.x;                                                               \
         if (r >= rows || cols == 0) return;                                                 \
-        const T* xr = x + r * cols;                                                         \
-        A s = 0;                                                                            \
-        for (usize c = threadIdx.x; c < cols; c += blockDim.x) s += ld(xr[c]);              \
-        A mean = block_sum(s, sh) / (A)cols;                                                \
-        A m2 = 0;                                                                           \
-        for (usize c = threadIdx.x; c < cols; c += blockDim.x) {                            \
-            A d = ld(xr[c]) - mean;                                                         \
-            m2 += d * d;                                                                    \
-        }                                                                                   \
-        m2 = block_sum(m2, sh);                                                             \
-        if (threadIdx.x == 0) {                                                             \
-            A* a = acc + r * 3;                                                             \
-            A na = a[0], nb = (A)cols, n = na + nb;                                         \
-            A delta = mean - a[1];                                                          \
-            a[1] = na == 0 ? mean : a[1] + delta * (nb / n);                                \
-            a[2] = na == 0 ? m2 : a[2] + m2 + delta * delta * (na * nb / n);                \
-            a[0] = n;                                                                       \
-        }                                                                                   \
+        A mean, m2;                                                                         \
+        row_mean_m2(x + r * cols, cols, sh, &mean, &m2);                                    \
+        if (threadIdx.x == 0) chan_merge(acc + r * 3, cols, mean, m2);                      \
     }                                                                                       \
     extern "C" __global__ void layernorm_fwd_##S(const T* x, const ACC(T)* stats, const T* gamma, \
                                                  const T* beta, usize rows, usize cols, T* y) { \
@@ -52,12 +87,12 @@
         typedef ACC(T) A;                                                                   \
         __shared__ A sh[32];                                                                \
         usize r = blockIdx.x;                                                               \
-        if (r >= rows) return;                                                              \
+        if (r >= rows || cols == 0) return;                                                 \
         A mean = stats[2 * r], rstd = stats[2 * r + 1], s0 = 0, s1 = 0;                     \
         for (usize c = threadIdx.x; c < cols; c += blockDim.x) {                            \
             A g = ld(dy[r * cols + c]) * ld(gamma[c]);                                      \
             s0 += g;                                                                        \
-            s1 += g * (ld(x[r * cols + c]) - mean) * rstd;                                  \
+            s1 += g * ((ld(x[r * cols + c]) - mean) * rstd);                                \
         }                                                                                   \
         s0 = block_sum(s0, sh);                                                             \
         s1 = block_sum(s1, sh);                                                             \
@@ -70,14 +105,62 @@
                                                  const T* gamma, const ACC(T)* sums, usize total_cols, \
                                                  usize rows, usize cols, int accumulate, T* dx) { \
         typedef ACC(T) A;                                                                   \
-        A inv_n = (A)1 / (A)total_cols;                                                     \
+        A inv_n = (A)(1.0 / (double)total_cols);                                            \
         GRID_LOOP(i, rows * cols) {                                                         \
             usize r = i / cols, c = i % cols;                                               \
-            A rstd = stats[2 * r + 1];                                                      \
-            A xhat = (ld(x[i]) - stats[2 * r]) * rstd;                                      \
-            A g = ld(dy[i]) * ld(gamma[c]);                                                 \
-            A d = rstd * (g - sums[2 * r] * inv_n - xhat * sums[2 * r + 1] * inv_n);        \
+            A mean = stats[2 * r], rstd = stats[2 * r + 1];                                 \
+            A c0 = sums[2 * r] * inv_n, c1 = sums[2 * r + 1] * inv_n;                       \
+            A xhat = (ld(x[i]) - mean) * rstd;                                              \
+            A d = rstd * (ld(dy[i]) * ld(gamma[c]) - c0 - xhat * c1);                       \
             dx[i] = sto<T>(accumulate ? ld(dx[i]) + d : d);                                 \
+        }                                                                                   \
+    }                                                                                       \
+    extern "C" __global__ void add_layernorm_stats_update_##S(const T* x, const T* r_, usize rows, \
+                                                              usize cols, T* sum, ACC(T)* acc) { \
+        typedef ACC(T) A;                                                                   \
+        __shared__ A sh[32];                                                                \
+        usize r = blockIdx.x;                                                               \
+        if (r >= rows || cols == 0) return;                                                 \
+        const T* rr = r_ ? r_ : sum;                                                        \
+        for (usize c = threadIdx.x; c < cols; c += blockDim.x) {                            \
+            usize i = r * cols + c;                                                         \
+            sum[i] = sto<T>(ld(x[i]) + ld(rr[i]));                                          \
+        }                                                                                   \
+        A mean, m2;                                                                         \
+        row_mean_m2((const T*)sum + r * cols, cols, sh, &mean, &m2);                        \
+        if (threadIdx.x == 0) chan_merge(acc + r * 3, cols, mean, m2);                      \
+    }                                                                                       \
+    extern "C" __global__ void add_layernorm_fwd_##S(const T* x, const T* r_, const T* gamma, \
+                                                     const T* beta, usize rows, usize cols, \
+                                                     double eps, T* sum, ACC(T)* stats, T* y) { \
+        typedef ACC(T) A;                                                                   \
+        __shared__ A sh[32];                                                                \
+        usize r = blockIdx.x;                                                               \
+        if (r >= rows) return;                                                              \
+        if (cols == 0) {                                                                    \
+            /* As the CPU: an empty row leaves count 0, so mean 0 and rstd NaN. */          \
+            if (threadIdx.x == 0) {                                                         \
+                stats[2 * r] = 0;                                                           \
+                stats[2 * r + 1] = ln_rstd((A)0, (A)0, eps);                                \
+            }                                                                               \
+            return;                                                                         \
+        }                                                                                   \
+        const T* rr = r_ ? r_ : sum;                                                        \
+        for (usize c = threadIdx.x; c < cols; c += blockDim.x) {                            \
+            usize i = r * cols + c;                                                         \
+            sum[i] = sto<T>(ld(x[i]) + ld(rr[i]));                                          \
+        }                                                                                   \
+        A mean, m2;                                                                         \
+        row_mean_m2((const T*)sum + r * cols, cols, sh, &mean, &m2);                        \
+        A rstd = ln_rstd((A)cols, m2, eps);                                                 \
+        if (threadIdx.x == 0) {                                                             \
+            stats[2 * r] = mean;                                                            \
+            stats[2 * r + 1] = rstd;                                                        \
+        }                                                                                   \
+        for (usize c = threadIdx.x; c < cols; c += blockDim.x) {                            \
+            usize i = r * cols + c;                                                         \
+            A xhat = (ld(sum[i]) - mean) * rstd;                                            \
+            y[i] = sto<T>(xhat * ld(gamma[c]) + ld(beta[c]));                               \
         }                                                                                   \
     }
 FOR_ALL_DTYPES(LAYERNORM)
@@ -86,9 +169,8 @@ FOR_ALL_DTYPES(LAYERNORM)
     extern "C" __global__ void layernorm_stats_finalize_##S(const A* acc, usize rows, double eps, \
                                                             A* stats) {                     \
         GRID_LOOP(r, rows) {                                                                \
-            A n = acc[3 * r];                                                               \
             stats[2 * r] = acc[3 * r + 1];                                                  \
-            stats[2 * r + 1] = (A)1 / xsqrt(acc[3 * r + 2] / n + (A)eps);                   \
+            stats[2 * r + 1] = ln_rstd(acc[3 * r], acc[3 * r + 2], eps);                    \
         }                                                                                   \
     }
 LN_FINALIZE(float, f32)
@@ -98,16 +180,24 @@ LN_FINALIZE(double, f64)
     extern "C" __global__ void layernorm_param_grad_##S##_##GS(const T* x, const T* dy,     \
                                                               const ACC(T)* stats, usize rows, \
                                                               usize cols, G* dgamma, G* dbeta) { \
+        typedef ACC(T) A;                                                                   \
         GRID_LOOP(c, cols) {                                                                \
-            double sg = 0.0, sb = 0.0;                                                      \
-            for (usize r = 0; r < rows; r++) {                                              \
-                ACC(T) xhat = (ld(x[r * cols + c]) - stats[2 * r]) * stats[2 * r + 1];      \
-                ACC(T) d = ld(dy[r * cols + c]);                                            \
-                sg += (double)(d * xhat);                                                   \
-                sb += (double)d;                                                            \
+            double tg = 0.0, tb = 0.0;                                                      \
+            for (usize r0 = 0; r0 < rows; r0 += LN_ROW_BLOCK) {                             \
+                usize r1 = r0 + LN_ROW_BLOCK < rows ? r0 + LN_ROW_BLOCK : rows;             \
+                A pg = 0, pb = 0;                                                           \
+                for (usize r = r0; r < r1; r++) {                                           \
+                    A d = ld(dy[r * cols + c]);                                             \
+                    pg += d * ((ld(x[r * cols + c]) - stats[2 * r]) * stats[2 * r + 1]);    \
+                    pb += d;                                                                \
+                }                                                                           \
+                tg += (double)pg;                                                           \
+                tb += (double)pb;                                                           \
             }                                                                               \
-            dgamma[c] = st<G>((double)ld(dgamma[c]) + sg);                                  \
-            dbeta[c] = st<G>((double)ld(dbeta[c]) + sb);                                    \
+            if (rows > 0) {                                                                 \
+                dgamma[c] = st<G>((double)ld(dgamma[c]) + tg);                              \
+                dbeta[c] = st<G>((double)ld(dbeta[c]) + tb);                                \
+            }                                                                               \
         }                                                                                   \
     }
 FOR_GRAD_PAIRS(LN_PARAM_GRAD)

@@ -11,6 +11,11 @@
 //   Adam: (AdamW) p *= 1 - lr*wd | (Adam) g += wd*p
 //         m = lerp(m, g, 1-beta1); v = beta2*v + (1-beta2)*g*g
 //         denom = sqrt(v)/sqrt(bc2) + eps; p += (-(lr/bc1)*m)/denom
+// Without momentum the SGD kernel never touches `buf` (the launcher passes
+// null). bf16 weights with f32 masters: the codelet runs cast_f32_bf16 on
+// the updated masters right after, on the same stream (the CPU path casts
+// in the same task too). sqrt and division are IEEE-rounded (NVRTC's
+// defaults, no fast math), as Rust's.
 
 #define OPTIM(P, PS, G, GS)                                                                 \
     extern "C" __global__ void sgd_step_##PS##_##GS(usize n, P* p, const G* g, P* buf,      \

@@ -3,15 +3,24 @@
 //! cut exactly like the parameter, so a step is one task per parameter tile
 //! (a flat loop, as in llm.c). With bf16 storage, the step updates the f32
 //! master copy and writes the bf16 weights from it in the same task.
+//!
+//! On a GPU the task runs `cuda/optim.cu` (the CPU kernel's operations in
+//! the same order, no fused multiply-adds) and then the cast kernel for the
+//! bf16 weights; lr, the step count and the derived scalars are computed on
+//! the host, per task, exactly as on the CPU.
 
 use crate::dtype::DType;
 use crate::error::{arg_err, Result};
 use crate::kernels::cpu::elementwise::cast;
 use crate::kernels::cpu::optim as k;
+use crate::kernels::cuda::launch::DevElement;
+use crate::kernels::cuda::launch_optim::optim_supported;
 use crate::model::Gpt2;
-use crate::runtime::{codelet, Access, DataHandle};
+use crate::runtime::cuda::DevBuffers;
+use crate::runtime::{Access, Buffers, Codelet, DataHandle, Where};
 use crate::tensor::Tensor;
 use crate::{with_acc_dtype, with_dtype};
+use cudarc::driver::DeviceRepr;
 
 /// x >= 0 and not NaN.
 fn non_negative(x: f64) -> bool {
@@ -93,6 +102,171 @@ struct Slot {
     state: Vec<Tensor>,
 }
 
+/// One optimizer step on one parameter tile. Operands: the updated tensor
+/// (RW), its gradient (R), the state tiles (RW, `nstate` of them), then the
+/// bf16 weights written from the f32 master (W) when there is a master.
+/// The step counter and lr travel here, as scalars, never on the device.
+struct OptimStep {
+    kind: OptimizerKind,
+    lr: f64,
+    wd: f64,
+    /// 1-based, already counting this step.
+    step: u64,
+    /// Dtypes of the updated tensor, the gradient, and the weights written
+    /// from a master copy.
+    pt: DType,
+    gt: DType,
+    vt: Option<DType>,
+    nstate: usize,
+    n: usize,
+    flops: f64,
+}
+
+impl Codelet for OptimStep {
+    fn name(&self) -> &'static str {
+        "optimizer_step"
+    }
+    fn flops(&self) -> f64 {
+        self.flops
+    }
+    fn footprint(&self) -> u64 {
+        crate::ops::footprint(&[self.n as u64])
+    }
+    fn where_(&self) -> Where {
+        // The masters must be f32/f64 (the CPU path's `with_acc_dtype!`
+        // would read anything else as f32 and fail); cast kernels exist from
+        // f32/f64 to every dtype, so the weights copy needs no check.
+        let master = matches!(self.pt, DType::F32 | DType::F64);
+        if master && optim_supported(self.pt, self.gt) {
+            Where::ANY
+        } else {
+            Where::ANY_CPU
+        }
+    }
+    fn cpu(&self, b: &Buffers) -> Result<()> {
+        let (lr, wd, step, nstate) = (self.lr, self.wd, self.step, self.nstate);
+        with_acc_dtype!(self.pt, P, {
+            with_dtype!(self.gt, G, {
+                let p = b.w::<P>(0)?;
+                let g = b.r::<G>(1)?;
+                match self.kind {
+                    OptimizerKind::Sgd {
+                        momentum,
+                        dampening,
+                        nesterov,
+                    } => {
+                        let mut empty: [P; 0] = [];
+                        let buf = if nstate > 0 {
+                            b.w::<P>(2)?
+                        } else {
+                            &mut empty[..]
+                        };
+                        k::sgd_step::<P, G>(
+                            p,
+                            g,
+                            buf,
+                            lr,
+                            momentum,
+                            dampening,
+                            nesterov,
+                            wd,
+                            step == 1,
+                        )
+                    }
+                    OptimizerKind::Adam {
+                        beta1,
+                        beta2,
+                        eps,
+                        decoupled,
+                    } => k::adam_step::<P, G>(
+                        p,
+                        g,
+                        b.w::<P>(2)?,
+                        b.w::<P>(3)?,
+                        step,
+                        lr,
+                        beta1,
+                        beta2,
+                        eps,
+                        wd,
+                        decoupled,
+                    ),
+                }
+                if let Some(vt) = self.vt {
+                    with_dtype!(vt, V, { cast::<P, V>(p, b.w::<V>(2 + nstate)?) });
+                }
+            })
+        });
+        Ok(())
+    }
+    fn cuda(&self, b: &DevBuffers) -> Result<()> {
+        with_acc_dtype!(self.pt, P, {
+            with_dtype!(self.gt, G, { self.cuda_typed::<P, G>(b) })
+        })
+    }
+}
+
+impl OptimStep {
+    fn cuda_typed<P: DevElement, G: DevElement>(&self, b: &DevBuffers) -> Result<()>
+    where
+        P::Acc: DeviceRepr,
+        G::Acc: DeviceRepr,
+    {
+        let kern = b.k();
+        let mut p = b.w::<P>(0)?;
+        let g = b.r::<G>(1)?;
+        match self.kind {
+            OptimizerKind::Sgd {
+                momentum,
+                dampening,
+                nesterov,
+            } => {
+                let mut buf = if self.nstate > 0 {
+                    Some(b.w::<P>(2)?)
+                } else {
+                    None
+                };
+                kern.sgd_step::<P, G>(
+                    &mut p,
+                    &g,
+                    buf.as_mut(),
+                    self.lr,
+                    momentum,
+                    dampening,
+                    nesterov,
+                    self.wd,
+                    self.step == 1,
+                )?;
+            }
+            OptimizerKind::Adam {
+                beta1,
+                beta2,
+                eps,
+                decoupled,
+            } => kern.adam_step::<P, G>(
+                &mut p,
+                &g,
+                &mut b.w::<P>(2)?,
+                &mut b.w::<P>(3)?,
+                self.step,
+                self.lr,
+                beta1,
+                beta2,
+                eps,
+                self.wd,
+                decoupled,
+            )?,
+        }
+        if let Some(vt) = self.vt {
+            // Same stream, so the cast reads the updated masters.
+            with_dtype!(vt, V, {
+                kern.cast::<P, V>(&p.as_view(), &mut b.w::<V>(2 + self.nstate)?)?
+            });
+        }
+        Ok(())
+    }
+}
+
 pub struct Optimizer {
     pub kind: OptimizerKind,
     pub lr: f64,
@@ -159,68 +333,18 @@ impl Optimizer {
                     OptimizerKind::Adam { .. } => 12.0,
                 } * n as f64;
                 s.target.runtime().submit(
-                    codelet(
-                        "optimizer_step",
+                    Box::new(OptimStep {
+                        kind,
+                        lr,
+                        wd,
+                        step,
+                        pt,
+                        gt,
+                        vt,
+                        nstate,
+                        n,
                         flops,
-                        crate::ops::footprint(&[n as u64]),
-                        move |b| {
-                            with_acc_dtype!(pt, P, {
-                                with_dtype!(gt, G, {
-                                    let p = b.w::<P>(0)?;
-                                    let g = b.r::<G>(1)?;
-                                    match kind {
-                                        OptimizerKind::Sgd {
-                                            momentum,
-                                            dampening,
-                                            nesterov,
-                                        } => {
-                                            let mut empty: [P; 0] = [];
-                                            let buf = if nstate > 0 {
-                                                b.w::<P>(2)?
-                                            } else {
-                                                &mut empty[..]
-                                            };
-                                            k::sgd_step::<P, G>(
-                                                p,
-                                                g,
-                                                buf,
-                                                lr,
-                                                momentum,
-                                                dampening,
-                                                nesterov,
-                                                wd,
-                                                step == 1,
-                                            )
-                                        }
-                                        OptimizerKind::Adam {
-                                            beta1,
-                                            beta2,
-                                            eps,
-                                            decoupled,
-                                        } => k::adam_step::<P, G>(
-                                            p,
-                                            g,
-                                            b.w::<P>(2)?,
-                                            b.w::<P>(3)?,
-                                            step,
-                                            lr,
-                                            beta1,
-                                            beta2,
-                                            eps,
-                                            wd,
-                                            decoupled,
-                                        ),
-                                    }
-                                    if let Some(vt) = vt {
-                                        with_dtype!(vt, V, {
-                                            cast::<P, V>(p, b.w::<V>(2 + nstate)?)
-                                        });
-                                    }
-                                })
-                            });
-                            Ok(())
-                        },
-                    ),
+                    }),
                     ops,
                 )?;
             }

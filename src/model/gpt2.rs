@@ -25,8 +25,9 @@ use crate::ops::activation::{activation_bwd, activation_fwd, bias_fill, bias_gra
 use crate::ops::attention::{attention_bwd, attention_fwd};
 use crate::ops::crossentropy::{cross_entropy_bwd, cross_entropy_fwd};
 use crate::ops::embedding::{embedding_bwd, embedding_fwd, sinusoidal_fill};
+use crate::ops::gemm::gemm_with;
 use crate::ops::layernorm::{acc_dtype, layernorm_apply, layernorm_bwd, layernorm_fwd};
-use crate::ops::{add, copy, gemm, GemmSpec};
+use crate::ops::{add, copy, GemmSpec};
 use crate::runtime::{Access, Runtime};
 use crate::tensor::Tensor;
 
@@ -215,6 +216,13 @@ impl Gpt2 {
         }
     }
 
+    /// A GEMM in the model's compute mode: on a GPU, tf32 and the
+    /// fp32_fast_* precisions reach cuBLAS as its fast compute types (the
+    /// CPU computes in f32 whatever the mode).
+    pub(crate) fn gemm(&self, s: &GemmSpec, a: &Tensor, b: &Tensor, c: &Tensor) -> Result<()> {
+        gemm_with(s, self.precision.gemm_compute(), a, b, c)
+    }
+
     /// y = x W + b through a bias broadcast and a GEMM that accumulates.
     pub(crate) fn linear(
         &self,
@@ -225,7 +233,7 @@ impl Gpt2 {
         y: &Tensor,
     ) -> Result<()> {
         bias_fill(self.params.v(b), y)?;
-        gemm(
+        self.gemm(
             &GemmSpec {
                 beta: 1.0,
                 ndim,
@@ -318,7 +326,7 @@ impl Gpt2 {
         let hf = self.hidden(d)?;
         let statsf = layernorm_fwd(&x, p.v(p.lnf_g), p.v(p.lnf_b), cfg.layer_norm_epsilon, &hf)?;
         let logits = self.act(d, &[cfg.vocab_size], &[self.tv()])?;
-        gemm(
+        self.gemm(
             &GemmSpec {
                 trans_b: true,
                 ..GEMM
@@ -449,8 +457,8 @@ impl Gpt2 {
             hf,
         } = acts;
         let dhf = self.hidden(d)?;
-        gemm(&GEMM, &dlogits, p.v(p.wte), &dhf)?;
-        gemm(&grad_w(2), &dlogits, &hf, p.g(p.wte))?;
+        self.gemm(&GEMM, &dlogits, p.v(p.wte), &dhf)?;
+        self.gemm(&grad_w(2), &dlogits, &hf, p.g(p.wte))?;
         drop((dlogits, hf));
         let dx = self.hidden(d)?;
         layernorm_bwd(
@@ -478,18 +486,18 @@ impl Gpt2 {
                     g
                 }
             };
-            gemm(&grad_w(2), &g, &dmo, p.g(bp.fc_proj_w))?;
+            self.gemm(&grad_w(2), &g, &dmo, p.g(bp.fc_proj_w))?;
             drop(g);
             let dg = self.act(d, &[f], &[tf])?;
-            gemm(&back, &dmo, p.v(bp.fc_proj_w), &dg)?;
+            self.gemm(&back, &dmo, p.v(bp.fc_proj_w), &dg)?;
             drop(dmo);
             activation_bwd(cfg.activation, &a.f, &dg, &dg)?;
             bias_grad(&dg, p.g(bp.fc_b))?;
             let h2 = self.ln_output(d, a.h2, &a.xm, &a.stats2, bp.ln2_g, bp.ln2_b)?;
-            gemm(&grad_w(2), &h2, &dg, p.g(bp.fc_w))?;
+            self.gemm(&grad_w(2), &h2, &dg, p.g(bp.fc_w))?;
             drop(h2);
             let dh2 = self.hidden(d)?;
-            gemm(&back, &dg, p.v(bp.fc_w), &dh2)?;
+            self.gemm(&back, &dg, p.v(bp.fc_w), &dh2)?;
             drop(dg);
             layernorm_bwd(
                 &a.xm,
@@ -505,9 +513,9 @@ impl Gpt2 {
             // Attention: xm = x + drop(attn(LN1(x)) Wproj + b)
             let da = dropped(&dx, stream + 1, cfg.resid_pdrop)?;
             bias_grad(&da, p.g(bp.proj_b))?;
-            gemm(&grad_w(2), &a.o, &da, p.g(bp.proj_w))?;
+            self.gemm(&grad_w(2), &a.o, &da, p.g(bp.proj_w))?;
             let d_o = self.act(d, &[nh, hs], &[th, hs_t])?;
-            gemm(&back, &da, p.v(bp.proj_w), &d_o)?;
+            self.gemm(&back, &da, p.v(bp.proj_w), &d_o)?;
             drop(da);
             let dqkv = self.act(d, &[3, nh, hs], &[1, th, hs_t])?;
             let attn_drop = seed
@@ -517,10 +525,10 @@ impl Gpt2 {
             drop(d_o);
             bias_grad(&dqkv, p.g(bp.attn_b))?;
             let h1 = self.ln_output(d, a.h1, &a.x, &a.stats1, bp.ln1_g, bp.ln1_b)?;
-            gemm(&grad_w(2), &h1, &dqkv, p.g(bp.attn_w))?;
+            self.gemm(&grad_w(2), &h1, &dqkv, p.g(bp.attn_w))?;
             drop(h1);
             let dh1 = self.hidden(d)?;
-            gemm(&GemmSpec { ndim: 3, ..back }, &dqkv, p.v(bp.attn_w), &dh1)?;
+            self.gemm(&GemmSpec { ndim: 3, ..back }, &dqkv, p.v(bp.attn_w), &dh1)?;
             drop(dqkv);
             layernorm_bwd(
                 &a.x,

@@ -33,7 +33,7 @@ use crate::ops::attention::attention_fwd_cached;
 use crate::ops::embedding::embedding_fwd_at;
 use crate::ops::layernorm::{acc_dtype, layernorm_fwd};
 use crate::ops::slice::copy_region;
-use crate::ops::{add, gemm, GemmSpec};
+use crate::ops::{add, GemmSpec};
 use crate::tensor::Tensor;
 
 /// Keys and values of every position seen so far, per layer.
@@ -229,7 +229,7 @@ impl Gpt2 {
         let hf = self.hidden(d)?;
         layernorm_fwd(&x, p.v(p.lnf_g), p.v(p.lnf_b), cfg.layer_norm_epsilon, &hf)?;
         let logits = self.act(d, &[cfg.vocab_size], &[self.tv()])?;
-        gemm(
+        self.gemm(
             &GemmSpec {
                 trans_b: true,
                 ..GEMM

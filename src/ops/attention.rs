@@ -1,20 +1,28 @@
 //! Causal multi-head attention on tiles, flash-attention style: for each
 //! (batch tile, query tile, head tile) a chain of tasks folds in one key tile
 //! at a time with an online softmax, so no more than one query-tile x
-//! key-tile block of scores exists at once. Key tiles wholly in the future
+//! key-tile block of scores exists at once (on a GPU, not even that: each
+//! warp walks the keys of one query row). Key tiles wholly in the future
 //! of a query tile are skipped.
 //!
 //! Layouts: qkv [B, T, 3, NH, HS] with the "3" axis cut by 1 (so a tile is
 //! [b, t, 1, h, hs]); o [B, T, NH, HS]; lse [B, T, NH] in the accumulation
 //! dtype. Backward recomputes the probabilities from lse; dq is chained over
 //! key tiles and dk, dv over query tiles (RW), so results are the same for
-//! any schedule.
+//! any schedule. Gradient convention: dqkv is overwritten (zeroed here, then
+//! every tile pair accumulates its terms).
+//!
+//! Every task runs on CUDA too (`cuda/attention.cu`, every dtype, attention
+//! dropout included with the CPU's mask) when the head size is at most
+//! [`ATTN_HS_MAX`]; larger heads stay on the CPU.
 
 use super::footprint;
 use super::layernorm::acc_dtype;
 use crate::error::{shape_err, Result};
 use crate::kernels::cpu::attention as k;
-use crate::runtime::{codelet, Access, DataHandle, Runtime};
+use crate::kernels::cuda::launch_attn::{AttnDropArgs, ATTN_HS_MAX};
+use crate::runtime::cuda::DevBuffers;
+use crate::runtime::{Access, Buffers, Codelet, DataHandle, Runtime, Where};
 use crate::tensor::Tensor;
 use crate::{with_acc_dtype, with_dtype, DType};
 
@@ -67,6 +75,284 @@ fn drop_arg(d: AttnDropout, dm: &Dims, b0: usize, h0: usize) -> DropArg {
         .map(|(seed, stream, p)| (seed, stream, p, [dm.bsz, dm.nh, dm.t, dm.t], [b0, h0]))
 }
 
+/// One attention task; operands (in submission order) per variant.
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    /// (m W, l W, acc W), in the accumulation dtype.
+    Init,
+    /// (q R, k R, v R, m RW, l RW, acc RW). `ks` >= `tk`: key/value rows per
+    /// batch row in the k and v tiles (a KV-cache tile: `cached`, whose
+    /// first `tk` rows per batch row are used).
+    Update {
+        tk: usize,
+        ks: usize,
+        q0: usize,
+        k0: usize,
+        scale: f64,
+        drop: DropArg,
+        cached: bool,
+    },
+    /// (m R, l R, acc R, o W, lse W).
+    Finalize,
+    /// (o R, dO R, delta W).
+    Delta,
+    /// (q R, k R, v R, dO R, lse R, delta R, dq RW, dk RW, dv RW).
+    Bwd {
+        tk: usize,
+        q0: usize,
+        k0: usize,
+        scale: f64,
+        drop: DropArg,
+    },
+}
+
+struct AttnTask {
+    op: Op,
+    /// Storage dtype of the q/k/v/o tiles (for `Init`, the accumulation dtype).
+    dt: DType,
+    /// Batch rows, query positions, heads and head size of the query tile.
+    b: usize,
+    tq: usize,
+    h: usize,
+    hs: usize,
+}
+
+impl Codelet for AttnTask {
+    fn name(&self) -> &'static str {
+        match self.op {
+            Op::Init => "attn_init",
+            Op::Update { cached: false, .. } => "attn_fwd",
+            Op::Update { cached: true, .. } => "attn_fwd_cached",
+            Op::Finalize => "attn_finalize",
+            Op::Delta => "attn_bwd_delta",
+            Op::Bwd { .. } => "attn_bwd",
+        }
+    }
+    fn flops(&self) -> f64 {
+        let (b, tq, h, hs) = (self.b, self.tq, self.h, self.hs);
+        match self.op {
+            Op::Init => 0.0,
+            Op::Update { tk, .. } => 4.0 * (b * h * tq * tk * hs) as f64,
+            Op::Finalize => (b * tq * h * hs) as f64,
+            Op::Delta => (2 * b * tq * h * hs) as f64,
+            Op::Bwd { tk, .. } => 10.0 * (b * h * tq * tk * hs) as f64,
+        }
+    }
+    fn footprint(&self) -> u64 {
+        let (b, tq, h, hs) = (self.b as u64, self.tq as u64, self.h as u64, self.hs as u64);
+        match self.op {
+            Op::Init => footprint(&[b * tq * h]),
+            Op::Update { tk, .. } | Op::Bwd { tk, .. } => footprint(&[b, tq, tk as u64, h, hs]),
+            Op::Finalize | Op::Delta => footprint(&[b * tq * h, hs]),
+        }
+    }
+    fn where_(&self) -> Where {
+        match self.op {
+            // The update kernels keep a head row in registers.
+            Op::Update { .. } | Op::Bwd { .. } if self.hs > ATTN_HS_MAX => Where::ANY_CPU,
+            _ => Where::ANY,
+        }
+    }
+    fn cpu(&self, bf: &Buffers) -> Result<()> {
+        let (b, tq, h, hs) = (self.b, self.tq, self.h, self.hs);
+        if let Op::Init = self.op {
+            with_acc_dtype!(self.dt, A, {
+                k::attn_fwd_init::<A>(bf.w(0)?, bf.w(1)?, bf.w(2)?)
+            });
+            return Ok(());
+        }
+        with_dtype!(self.dt, T, {
+            match self.op {
+                Op::Update {
+                    tk,
+                    q0,
+                    k0,
+                    scale,
+                    drop,
+                    cached: false,
+                    ..
+                } => k::attn_fwd_update::<T>(
+                    bf.r(0)?,
+                    bf.r(1)?,
+                    bf.r(2)?,
+                    b,
+                    tq,
+                    tk,
+                    h,
+                    hs,
+                    q0,
+                    k0,
+                    scale,
+                    drop,
+                    bf.w(3)?,
+                    bf.w(4)?,
+                    bf.w(5)?,
+                ),
+                Op::Update {
+                    tk,
+                    ks,
+                    q0,
+                    k0,
+                    scale,
+                    cached: true,
+                    ..
+                } => {
+                    let (q, kk, v) = (bf.r::<T>(0)?, bf.r::<T>(1)?, bf.r::<T>(2)?);
+                    let (m, l, acc) = (bf.w(3)?, bf.w(4)?, bf.w(5)?);
+                    // One batch row at a time: q, m, l, acc are cut
+                    // evenly; k and v keep their first tk of `ks` rows.
+                    let (qn, sn, kn) = (tq * h * hs, tq * h, ks * h * hs);
+                    for r in 0..b {
+                        k::attn_fwd_update::<T>(
+                            &q[r * qn..][..qn],
+                            &kk[r * kn..][..tk * h * hs],
+                            &v[r * kn..][..tk * h * hs],
+                            1,
+                            tq,
+                            tk,
+                            h,
+                            hs,
+                            q0,
+                            k0,
+                            scale,
+                            None,
+                            &mut m[r * sn..][..sn],
+                            &mut l[r * sn..][..sn],
+                            &mut acc[r * qn..][..qn],
+                        );
+                    }
+                }
+                Op::Finalize => k::attn_fwd_finalize::<T>(
+                    bf.r(0)?,
+                    bf.r(1)?,
+                    bf.r(2)?,
+                    b,
+                    tq,
+                    h,
+                    hs,
+                    bf.w(3)?,
+                    bf.w(4)?,
+                ),
+                Op::Delta => k::attn_bwd_delta::<T>(bf.r(0)?, bf.r(1)?, b, tq, h, hs, bf.w(2)?),
+                Op::Bwd {
+                    tk,
+                    q0,
+                    k0,
+                    scale,
+                    drop,
+                } => k::attn_bwd_update::<T>(
+                    bf.r(0)?,
+                    bf.r(1)?,
+                    bf.r(2)?,
+                    bf.r(3)?,
+                    bf.r(4)?,
+                    bf.r(5)?,
+                    b,
+                    tq,
+                    tk,
+                    h,
+                    hs,
+                    q0,
+                    k0,
+                    scale,
+                    drop,
+                    bf.w(6)?,
+                    bf.w(7)?,
+                    bf.w(8)?,
+                ),
+                Op::Init => unreachable!("handled above"),
+            }
+        });
+        Ok(())
+    }
+    fn cuda(&self, bf: &DevBuffers) -> Result<()> {
+        let (b, tq, h, hs, kk) = (self.b, self.tq, self.h, self.hs, bf.k());
+        let rows = b * tq * h;
+        if let Op::Init = self.op {
+            return with_acc_dtype!(self.dt, A, {
+                kk.attn_fwd_init::<A>(rows, hs, &mut bf.w(0)?, &mut bf.w(1)?, &mut bf.w(2)?)
+            });
+        }
+        with_dtype!(self.dt, T, {
+            match self.op {
+                Op::Update {
+                    tk,
+                    ks,
+                    q0,
+                    k0,
+                    scale,
+                    drop,
+                    cached,
+                } => {
+                    // The cached task has no dropout (inference).
+                    let d = AttnDropArgs::new(if cached { None } else { drop });
+                    kk.flash_fwd::<T>(
+                        [&bf.r(0)?, &bf.r(1)?, &bf.r(2)?],
+                        [b, tq, tk, ks, h, hs],
+                        [q0, k0],
+                        scale,
+                        &d,
+                        &mut bf.w(3)?,
+                        &mut bf.w(4)?,
+                        &mut bf.w(5)?,
+                    )
+                }
+                Op::Finalize => kk.attn_fwd_finalize::<T>(
+                    &bf.r(0)?,
+                    &bf.r(1)?,
+                    &bf.r(2)?,
+                    rows,
+                    hs,
+                    &mut bf.w(3)?,
+                    &mut bf.w(4)?,
+                ),
+                Op::Delta => kk.attn_bwd_delta::<T>(&bf.r(0)?, &bf.r(1)?, rows, hs, &mut bf.w(2)?),
+                Op::Bwd {
+                    tk,
+                    q0,
+                    k0,
+                    scale,
+                    drop,
+                } => kk.flash_bwd::<T>(
+                    [&bf.r(0)?, &bf.r(1)?, &bf.r(2)?],
+                    &bf.r(3)?,
+                    &bf.r(4)?,
+                    &bf.r(5)?,
+                    [b, tq, tk, h, hs],
+                    [q0, k0],
+                    scale,
+                    &AttnDropArgs::new(drop),
+                    &mut bf.w(6)?,
+                    &mut bf.w(7)?,
+                    &mut bf.w(8)?,
+                ),
+                Op::Init => unreachable!("handled above"),
+            }
+        })
+    }
+}
+
+fn submit(
+    rt: &Runtime,
+    op: Op,
+    dt: DType,
+    (b, tq, h, hs): (usize, usize, usize, usize),
+    ops: Vec<(DataHandle, Access)>,
+) -> Result<()> {
+    rt.submit(
+        Box::new(AttnTask {
+            op,
+            dt,
+            b,
+            tq,
+            h,
+            hs,
+        }),
+        ops,
+    )?;
+    Ok(())
+}
+
 /// o = softmax(q k^T * scale, causal) v per head; also writes lse.
 pub fn attention_fwd(qkv: &Tensor, o: &Tensor, lse: &Tensor, dropout: AttnDropout) -> Result<()> {
     let dm = dims(qkv, o)?;
@@ -82,52 +368,28 @@ pub fn attention_fwd(qkv: &Tensor, o: &Tensor, lse: &Tensor, dropout: AttnDropou
         let (b, tq, h, hs) = (ts[0], ts[1], ts[2], ts[3]);
         let q0 = off[1];
         let st = OnlineSoftmax::start(rt, b, tq, h, hs, ad)?;
-        let (mh, lh, ah) = (st.m.clone(), st.l.clone(), st.acc.clone());
         let drop = drop_arg(dropout, &dm, off[0], off[2]);
         for kj in 0..=c[1] {
             let k0 = kj * tt;
             let tk = g.tile_shape(&[c[0], kj, 0, c[2], 0])[1];
-            let q = qkv.tile(&[c[0], c[1], 0, c[2], 0]).clone();
-            let kk = qkv.tile(&[c[0], kj, 1, c[2], 0]).clone();
-            let v = qkv.tile(&[c[0], kj, 2, c[2], 0]).clone();
-            let flops = 4.0 * (b * h * tq * tk * hs) as f64;
-            rt.submit(
-                codelet(
-                    "attn_fwd",
-                    flops,
-                    footprint(&[b as u64, tq as u64, tk as u64, h as u64, hs as u64]),
-                    move |bf| {
-                        with_dtype!(dt, T, {
-                            k::attn_fwd_update::<T>(
-                                bf.r(0)?,
-                                bf.r(1)?,
-                                bf.r(2)?,
-                                b,
-                                tq,
-                                tk,
-                                h,
-                                hs,
-                                q0,
-                                k0,
-                                scale,
-                                drop,
-                                bf.w(3)?,
-                                bf.w(4)?,
-                                bf.w(5)?,
-                            )
-                        });
-                        Ok(())
-                    },
-                ),
-                vec![
-                    (q, Access::R),
-                    (kk, Access::R),
-                    (v, Access::R),
-                    (mh.clone(), Access::RW),
-                    (lh.clone(), Access::RW),
-                    (ah.clone(), Access::RW),
-                ],
-            )?;
+            let op = Op::Update {
+                tk,
+                ks: tk,
+                q0,
+                k0,
+                scale,
+                drop,
+                cached: false,
+            };
+            let ops = vec![
+                (qkv.tile(&[c[0], c[1], 0, c[2], 0]).clone(), Access::R),
+                (qkv.tile(&[c[0], kj, 1, c[2], 0]).clone(), Access::R),
+                (qkv.tile(&[c[0], kj, 2, c[2], 0]).clone(), Access::R),
+                (st.m.clone(), Access::RW),
+                (st.l.clone(), Access::RW),
+                (st.acc.clone(), Access::RW),
+            ];
+            submit(rt, op, dt, (b, tq, h, hs), ops)?;
         }
         st.finish(rt, dt, (b, tq, h, hs), oh, lse.tile(&c[..3]))?;
     }
@@ -163,82 +425,43 @@ pub fn attention_bwd(
     for (oi, oh) in o.tiles.iter().enumerate() {
         let c = o.grid.coords(oi);
         let ts = o.grid.tile_shape(&c);
-        let (b, tq, h, hs) = (ts[0], ts[1], ts[2], ts[3]);
-        rt.submit(
-            codelet(
-                "attn_bwd_delta",
-                (2 * b * tq * h * hs) as f64,
-                footprint(&[(b * tq * h) as u64, hs as u64]),
-                move |bf| {
-                    with_dtype!(dt, T, {
-                        k::attn_bwd_delta::<T>(bf.r(0)?, bf.r(1)?, b, tq, h, hs, bf.w(2)?)
-                    });
-                    Ok(())
-                },
-            ),
-            vec![
-                (oh.clone(), Access::R),
-                (d_o.tiles[oi].clone(), Access::R),
-                (delta.tile(&c[..3]).clone(), Access::W),
-            ],
-        )?;
+        let ops = vec![
+            (oh.clone(), Access::R),
+            (d_o.tiles[oi].clone(), Access::R),
+            (delta.tile(&c[..3]).clone(), Access::W),
+        ];
+        submit(rt, Op::Delta, dt, (ts[0], ts[1], ts[2], ts[3]), ops)?;
     }
     for (oi, _) in o.tiles.iter().enumerate() {
         let c = o.grid.coords(oi);
         let ts = o.grid.tile_shape(&c);
         let off = o.grid.tile_offset(&c);
-        let (b, tq, h, hs) = (ts[0], ts[1], ts[2], ts[3]);
         let q0 = off[1];
         let drop = drop_arg(dropout, &dm, off[0], off[2]);
         for kj in 0..=c[1] {
             let k0 = kj * tt;
             let tk = g.tile_shape(&[c[0], kj, 0, c[2], 0])[1];
-            let flops = 10.0 * (b * h * tq * tk * hs) as f64;
             let t = |ti: usize, part: usize| qkv.tile(&[c[0], ti, part, c[2], 0]).clone();
             let dtile = |ti: usize, part: usize| dqkv.tile(&[c[0], ti, part, c[2], 0]).clone();
-            rt.submit(
-                codelet(
-                    "attn_bwd",
-                    flops,
-                    footprint(&[b as u64, tq as u64, tk as u64, h as u64, hs as u64]),
-                    move |bf| {
-                        with_dtype!(dt, T, {
-                            k::attn_bwd_update::<T>(
-                                bf.r(0)?,
-                                bf.r(1)?,
-                                bf.r(2)?,
-                                bf.r(3)?,
-                                bf.r(4)?,
-                                bf.r(5)?,
-                                b,
-                                tq,
-                                tk,
-                                h,
-                                hs,
-                                q0,
-                                k0,
-                                scale,
-                                drop,
-                                bf.w(6)?,
-                                bf.w(7)?,
-                                bf.w(8)?,
-                            )
-                        });
-                        Ok(())
-                    },
-                ),
-                vec![
-                    (t(c[1], 0), Access::R),
-                    (t(kj, 1), Access::R),
-                    (t(kj, 2), Access::R),
-                    (d_o.tiles[oi].clone(), Access::R),
-                    (lse.tile(&c[..3]).clone(), Access::R),
-                    (delta.tile(&c[..3]).clone(), Access::R),
-                    (dtile(c[1], 0), Access::RW),
-                    (dtile(kj, 1), Access::RW),
-                    (dtile(kj, 2), Access::RW),
-                ],
-            )?;
+            let op = Op::Bwd {
+                tk,
+                q0,
+                k0,
+                scale,
+                drop,
+            };
+            let ops = vec![
+                (t(c[1], 0), Access::R),
+                (t(kj, 1), Access::R),
+                (t(kj, 2), Access::R),
+                (d_o.tiles[oi].clone(), Access::R),
+                (lse.tile(&c[..3]).clone(), Access::R),
+                (delta.tile(&c[..3]).clone(), Access::R),
+                (dtile(c[1], 0), Access::RW),
+                (dtile(kj, 1), Access::RW),
+                (dtile(kj, 2), Access::RW),
+            ];
+            submit(rt, op, dt, (ts[0], ts[1], ts[2], ts[3]), ops)?;
         }
     }
     Ok(())
@@ -251,10 +474,11 @@ pub fn attention_bwd(
 /// included. Writes `o` [B, n, NH, HS] and `lse` [B, n, NH] as
 /// [`attention_fwd`] does.
 ///
-/// Only the valid rows of each cache tile are handed to the kernel, one
-/// batch row at a time (a prefix of the rows of one batch row is
-/// contiguous), so a step costs time linear in `q0 + n` whatever the cache
-/// tiling, and cache rows not yet written are never read.
+/// Only the valid rows of each cache tile are read by the kernel (on the
+/// CPU one batch row at a time: a prefix of the rows of one batch row is
+/// contiguous; on a GPU through a batch stride), so a step costs time
+/// linear in `q0 + n` whatever the cache tiling, and cache rows not yet
+/// written are never read.
 pub fn attention_fwd_cached(
     qkv: &Tensor,
     kv: &Tensor,
@@ -299,61 +523,29 @@ pub fn attention_fwd_cached(
         let (b, tq, h, hs) = (ts[0], ts[1], ts[2], ts[3]);
         let qa = q0 + off[1];
         let st = OnlineSoftmax::start(rt, b, tq, h, hs, ad)?;
-        let (mh, lh, ah) = (st.m.clone(), st.l.clone(), st.acc.clone());
         // Key tiles up to the last query of this tile; every one holds at
         // least one key at or before that query.
         for kj in 0..(qa + tq).div_ceil(pt) {
             let k0 = kj * pt;
             let rows = kg.tile_shape(&[c[0], kj, 0, c[2], 0])[1];
-            let tk = rows.min(qa + tq - k0);
-            let q = qkv.tile(&[c[0], c[1], 0, c[2], 0]).clone();
-            let kk = kv.tile(&[c[0], kj, 0, c[2], 0]).clone();
-            let v = kv.tile(&[c[0], kj, 1, c[2], 0]).clone();
-            let flops = 4.0 * (b * h * tq * tk * hs) as f64;
-            rt.submit(
-                codelet(
-                    "attn_fwd_cached",
-                    flops,
-                    footprint(&[b as u64, tq as u64, tk as u64, h as u64, hs as u64]),
-                    move |bf| {
-                        with_dtype!(dt, T, {
-                            let (q, kk, v) = (bf.r::<T>(0)?, bf.r::<T>(1)?, bf.r::<T>(2)?);
-                            let (m, l, acc) = (bf.w(3)?, bf.w(4)?, bf.w(5)?);
-                            // One batch row at a time: q, m, l, acc are cut
-                            // evenly; k and v keep their first tk of `rows`.
-                            let (qn, sn, kn) = (tq * h * hs, tq * h, rows * h * hs);
-                            for r in 0..b {
-                                k::attn_fwd_update::<T>(
-                                    &q[r * qn..][..qn],
-                                    &kk[r * kn..][..tk * h * hs],
-                                    &v[r * kn..][..tk * h * hs],
-                                    1,
-                                    tq,
-                                    tk,
-                                    h,
-                                    hs,
-                                    qa,
-                                    k0,
-                                    scale,
-                                    None,
-                                    &mut m[r * sn..][..sn],
-                                    &mut l[r * sn..][..sn],
-                                    &mut acc[r * qn..][..qn],
-                                );
-                            }
-                        });
-                        Ok(())
-                    },
-                ),
-                vec![
-                    (q, Access::R),
-                    (kk, Access::R),
-                    (v, Access::R),
-                    (mh.clone(), Access::RW),
-                    (lh.clone(), Access::RW),
-                    (ah.clone(), Access::RW),
-                ],
-            )?;
+            let op = Op::Update {
+                tk: rows.min(qa + tq - k0),
+                ks: rows,
+                q0: qa,
+                k0,
+                scale,
+                drop: None,
+                cached: true,
+            };
+            let ops = vec![
+                (qkv.tile(&[c[0], c[1], 0, c[2], 0]).clone(), Access::R),
+                (kv.tile(&[c[0], kj, 0, c[2], 0]).clone(), Access::R),
+                (kv.tile(&[c[0], kj, 1, c[2], 0]).clone(), Access::R),
+                (st.m.clone(), Access::RW),
+                (st.l.clone(), Access::RW),
+                (st.acc.clone(), Access::RW),
+            ];
+            submit(rt, op, dt, (b, tq, h, hs), ops)?;
         }
         st.finish(rt, dt, (b, tq, h, hs), oh, lse.tile(&c[..3]))?;
     }
@@ -383,24 +575,12 @@ impl OnlineSoftmax {
             l: rt.new_handle(ad, b * tq * h)?,
             acc: rt.new_handle(ad, b * tq * h * hs)?,
         };
-        rt.submit(
-            codelet(
-                "attn_init",
-                0.0,
-                footprint(&[(b * tq * h) as u64]),
-                move |bf| {
-                    with_acc_dtype!(ad, A, {
-                        k::attn_fwd_init::<A>(bf.w(0)?, bf.w(1)?, bf.w(2)?)
-                    });
-                    Ok(())
-                },
-            ),
-            vec![
-                (st.m.clone(), Access::W),
-                (st.l.clone(), Access::W),
-                (st.acc.clone(), Access::W),
-            ],
-        )?;
+        let ops = vec![
+            (st.m.clone(), Access::W),
+            (st.l.clone(), Access::W),
+            (st.acc.clone(), Access::W),
+        ];
+        submit(rt, Op::Init, ad, (b, tq, h, hs), ops)?;
         Ok(st)
     }
 
@@ -409,40 +589,17 @@ impl OnlineSoftmax {
         self,
         rt: &Runtime,
         dt: DType,
-        (b, tq, h, hs): (usize, usize, usize, usize),
+        shape: (usize, usize, usize, usize),
         o: &DataHandle,
         lse: &DataHandle,
     ) -> Result<()> {
-        rt.submit(
-            codelet(
-                "attn_finalize",
-                (b * tq * h * hs) as f64,
-                footprint(&[(b * tq * h) as u64, hs as u64]),
-                move |bf| {
-                    with_dtype!(dt, T, {
-                        k::attn_fwd_finalize::<T>(
-                            bf.r(0)?,
-                            bf.r(1)?,
-                            bf.r(2)?,
-                            b,
-                            tq,
-                            h,
-                            hs,
-                            bf.w(3)?,
-                            bf.w(4)?,
-                        )
-                    });
-                    Ok(())
-                },
-            ),
-            vec![
-                (self.m, Access::R),
-                (self.l, Access::R),
-                (self.acc, Access::R),
-                (o.clone(), Access::W),
-                (lse.clone(), Access::W),
-            ],
-        )?;
-        Ok(())
+        let ops = vec![
+            (self.m, Access::R),
+            (self.l, Access::R),
+            (self.acc, Access::R),
+            (o.clone(), Access::W),
+            (lse.clone(), Access::W),
+        ];
+        submit(rt, Op::Finalize, dt, shape, ops)
     }
 }

@@ -263,3 +263,196 @@ fn precision_compute_modes() {
     }
     assert_eq!(Precision::NAMES.len(), want.len());
 }
+
+/// cuBLAS / cuBLASLt against the CPU kernels, on GPU 0 when there is one
+/// (skipped, with a message, otherwise). Inputs in [-1, 1); errors are
+/// relative Frobenius norms against the CPU result in the same storage.
+mod gpu {
+    use super::data;
+    use cudarc::driver::DeviceRepr;
+    use gpt2rs::dtype::GemmCompute;
+    use gpt2rs::kernels::cpu::activation::{activation_fwd, Activation};
+    use gpt2rs::kernels::cpu::bias::bias_fill;
+    use gpt2rs::kernels::cpu::gemm::gemm as cpu_gemm;
+    use gpt2rs::kernels::cuda::blas::{self, BiasAct};
+    use gpt2rs::kernels::cuda::launch::DevElement;
+    use gpt2rs::runtime::cuda::{device_count, CudaDevice};
+    use gpt2rs::Element;
+    use half::{bf16, f16};
+    use std::sync::Arc;
+
+    fn device() -> Option<Arc<CudaDevice>> {
+        if device_count() == 0 {
+            eprintln!("no GPU: skipped");
+            return None;
+        }
+        Some(CudaDevice::open(0).unwrap())
+    }
+
+    fn host<T: Element>(n: usize, seed: u64) -> Vec<T> {
+        bytemuck::cast_slice(&data::<T>(n, seed)).to_vec()
+    }
+
+    fn rel_err<T: Element>(x: &[T], r: &[T]) -> f64 {
+        let (mut d, mut n) = (0.0, 0.0);
+        for (a, b) in x.iter().zip(r) {
+            let (a, b) = (a.to_f64(), b.to_f64());
+            d += (a - b) * (a - b);
+            n += b * b;
+        }
+        if n == 0.0 {
+            d.sqrt()
+        } else {
+            (d / n).sqrt()
+        }
+    }
+
+    /// (trans_a, trans_b, m, n, k, batch): partial-warp sizes, a batch, a
+    /// 1x1, and an empty contraction (our fill/scale path).
+    const SHAPES: [(usize, usize, usize, usize); 5] = [
+        (7, 10, 9, 1),
+        (33, 17, 64, 3),
+        (1, 1, 1, 1),
+        (64, 48, 130, 2),
+        (3, 4, 0, 2),
+    ];
+
+    fn check_gemm<T: DevElement>(dev: &CudaDevice, compute: GemmCompute, tol: f64)
+    where
+        T::Acc: DeviceRepr,
+    {
+        let st = &dev.stream;
+        for (si, &(m, n, k, batch)) in SHAPES.iter().enumerate() {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                for (alpha, beta) in [(1.0, 0.0), (0.5, -2.0), (0.0, 0.5)] {
+                    let seed = 100 * si as u64;
+                    let a = host::<T>(m * k * batch, seed + 1);
+                    let b = host::<T>(k * n * batch, seed + 2);
+                    // beta == 0 must not read C: NaN there would leak.
+                    let c: Vec<T> = if beta == 0.0 {
+                        vec![T::from_f64(f64::NAN); m * n * batch]
+                    } else {
+                        host::<T>(m * n * batch, seed + 3)
+                    };
+                    let mut want = c.clone();
+                    cpu_gemm(ta, tb, m, n, k, batch, alpha, &a, &b, beta, &mut want);
+                    let (da, db) = (st.clone_htod(&a).unwrap(), st.clone_htod(&b).unwrap());
+                    let mut dc = st.clone_htod(&c).unwrap();
+                    blas::gemm::<T>(
+                        dev,
+                        compute,
+                        ta,
+                        tb,
+                        m,
+                        n,
+                        k,
+                        batch,
+                        alpha,
+                        &da.as_view(),
+                        &db.as_view(),
+                        beta,
+                        &mut dc.as_view_mut(),
+                    )
+                    .unwrap();
+                    let got = st.clone_dtoh(&dc).unwrap();
+                    st.synchronize().unwrap();
+                    let e = rel_err(&got, &want);
+                    println!(
+                        "ERR gemm {:?} {compute:?} ta={ta} tb={tb} {m}x{n}x{k}x{batch} \
+                         alpha={alpha} beta={beta}: {e:.2e}",
+                        T::DTYPE
+                    );
+                    assert!(e <= tol, "{e} > {tol}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn cublas_gemm_matches_cpu() {
+        let Some(dev) = device() else { return };
+        check_gemm::<f64>(&dev, GemmCompute::Default, 1e-13);
+        check_gemm::<f32>(&dev, GemmCompute::Default, 1e-6);
+        check_gemm::<f32>(&dev, GemmCompute::Tf32, 3e-3);
+        check_gemm::<f32>(&dev, GemmCompute::Fp16, 3e-3);
+        check_gemm::<f32>(&dev, GemmCompute::Bf16, 2e-2);
+        check_gemm::<bf16>(&dev, GemmCompute::Default, 1e-2);
+        check_gemm::<f16>(&dev, GemmCompute::Default, 2e-3);
+    }
+
+    fn check_bias_act<T: DevElement>(dev: &CudaDevice, compute: GemmCompute, tol: f64)
+    where
+        T::Acc: DeviceRepr,
+    {
+        let st = &dev.stream;
+        let acts = [
+            (BiasAct::Bias, None),
+            (BiasAct::BiasGeluTanh, Some(Activation::GeluTanh)),
+            (BiasAct::BiasRelu, Some(Activation::Relu)),
+        ];
+        for (si, &(m, n, k, batch)) in SHAPES[..4].iter().enumerate() {
+            for (ta, tb) in [(false, false), (false, true), (true, false)] {
+                for (epi, act) in acts {
+                    let seed = 100 * si as u64;
+                    let a = host::<T>(m * k * batch, seed + 1);
+                    let b = host::<T>(k * n * batch, seed + 2);
+                    let bias = host::<T>(n, seed + 3);
+                    // The CPU spec: bias_fill, gemm with beta = 1, act.
+                    let mut want = vec![T::default(); m * n * batch];
+                    bias_fill(&bias, m * batch, n, &mut want);
+                    cpu_gemm(ta, tb, m, n, k, batch, 0.5, &a, &b, 1.0, &mut want);
+                    if let Some(act) = act {
+                        let x = want.clone();
+                        activation_fwd(act, &x, &mut want);
+                    }
+                    let (da, db) = (st.clone_htod(&a).unwrap(), st.clone_htod(&b).unwrap());
+                    let dbias = st.clone_htod(&bias).unwrap();
+                    let nan = vec![T::from_f64(f64::NAN); m * n * batch];
+                    let mut dc = st.clone_htod(&nan).unwrap();
+                    blas::gemm_bias_act::<T>(
+                        dev,
+                        compute,
+                        ta,
+                        tb,
+                        m,
+                        n,
+                        k,
+                        batch,
+                        0.5,
+                        &da.as_view(),
+                        &db.as_view(),
+                        &dbias.as_view(),
+                        epi,
+                        &mut dc.as_view_mut(),
+                    )
+                    .unwrap();
+                    let got = st.clone_dtoh(&dc).unwrap();
+                    st.synchronize().unwrap();
+                    let e = rel_err(&got, &want);
+                    println!(
+                        "ERR gemm_bias_act {:?} {compute:?} {epi:?} ta={ta} tb={tb} \
+                         {m}x{n}x{k}x{batch}: {e:.2e}",
+                        T::DTYPE
+                    );
+                    // cuBLASLt may evaluate tanh with the hardware
+                    // approximation (relative error ~2^-11).
+                    let tol = if epi == BiasAct::BiasGeluTanh {
+                        tol.max(2e-3)
+                    } else {
+                        tol
+                    };
+                    assert!(e <= tol, "{e} > {tol}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn cublaslt_epilogues_match_cpu() {
+        let Some(dev) = device() else { return };
+        check_bias_act::<f32>(&dev, GemmCompute::Default, 1e-6);
+        check_bias_act::<f32>(&dev, GemmCompute::Tf32, 3e-3);
+        check_bias_act::<bf16>(&dev, GemmCompute::Default, 1e-2);
+        check_bias_act::<f16>(&dev, GemmCompute::Default, 2e-3);
+    }
+}

@@ -129,10 +129,13 @@ impl CudaDevice {
                 guard("loading cuBLAS", || {
                     CudaBlas::new(self.stream.clone()).map_err(|e| cuda_err(format!("cuBLAS: {e}")))
                 })
-                .map_err(|e| e.to_string())
+                .map_err(|e| match e {
+                    Error::Cuda(m) => m,
+                    e => e.to_string(),
+                })
             })
             .as_ref()
-            .map_err(|e| Error::Io(e.clone()))
+            .map_err(|e| Error::Cuda(e.clone()))
     }
 
     /// The cuBLASLt handle of this device's stream (created on first use).
@@ -143,10 +146,13 @@ impl CudaDevice {
                     CudaBlasLT::new(self.stream.clone())
                         .map_err(|e| cuda_err(format!("cuBLASLt: {e}")))
                 })
-                .map_err(|e| e.to_string())
+                .map_err(|e| match e {
+                    Error::Cuda(m) => m,
+                    e => e.to_string(),
+                })
             })
             .as_ref()
-            .map_err(|e| Error::Io(e.clone()))
+            .map_err(|e| Error::Cuda(e.clone()))
     }
 
     /// (free, total) device memory in bytes.

@@ -46,6 +46,11 @@ pub enum Error {
 
     #[error("{0}")]
     Io(String),
+
+    /// CUDA is missing (library, driver, GPU) or failed (a launch, a kernel
+    /// that did not compile, a device fault).
+    #[error("CUDA: {0}")]
+    Cuda(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -8,7 +8,7 @@
 //! the bit anyway.
 
 use gpt2rs::ops::{self, GemmSpec};
-use gpt2rs::runtime::{Access, Buffers, Codelet, Runtime, RuntimeConfig, SchedKind};
+use gpt2rs::runtime::{Access, Buffers, Codelet, Runtime, RuntimeConfig, SchedKind, Where};
 use gpt2rs::tensor::Tensor;
 use gpt2rs::{DType, Result};
 use proptest::prelude::*;
@@ -197,11 +197,14 @@ fn run(p: &Program, rt: &Runtime, step: bool) -> Vec<Vec<u8>> {
     ts.iter().map(|t| t.to_bytes().unwrap()).collect()
 }
 
-fn runtime(ncpu: usize, sched: SchedKind, sim: bool) -> Runtime {
+/// `sim_only` sends every task to the simulated device, whose asynchronous
+/// worker then keeps several tasks in flight against its memory limit.
+fn runtime(ncpu: usize, sched: SchedKind, sim: bool, sim_only: bool) -> Runtime {
     Runtime::new(RuntimeConfig {
         ncpu: Some(ncpu),
         nsim: sim as usize,
         scheduler: sched,
+        restrict: if sim_only { Where::SIM } else { Where::ANY },
         // Room for the largest task (a re-tiling copy of a whole 10x10 f64
         // tensor plus its destination) but far less than the program's data.
         memory_limits: if sim {
@@ -219,13 +222,16 @@ proptest! {
 
     #[test]
     fn schedules_give_bit_identical_results(p in program()) {
-        let reference = run(&p, &runtime(1, SchedKind::Eager, false), true);
+        let reference = run(&p, &runtime(1, SchedKind::Eager, false, false), true);
         for ncpu in [1, 2, 4] {
             for sched in [SchedKind::Eager, SchedKind::Dmda] {
-                for sim in [false, true] {
-                    let got = run(&p, &runtime(ncpu, sched, sim), false);
+                for (sim, sim_only) in [(false, false), (true, false), (true, true)] {
+                    let got = run(&p, &runtime(ncpu, sched, sim, sim_only), false);
                     for (i, (g, r)) in got.iter().zip(&reference).enumerate() {
-                        prop_assert!(g == r, "tensor {i} differs: ncpu={ncpu} {sched:?} sim={sim}");
+                        prop_assert!(
+                            g == r,
+                            "tensor {i} differs: ncpu={ncpu} {sched:?} sim={sim} sim_only={sim_only}"
+                        );
                     }
                 }
             }

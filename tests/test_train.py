@@ -100,7 +100,7 @@ CONTRACT = {
     "logger_server_port": 5001,
     "dataset_file": "",
     "scheduler": "eager",
-    "ncuda": 0,
+    "ncuda": None,
 }
 
 
@@ -201,7 +201,7 @@ def test_environment_and_flags_win(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     assert (opts.ncpu, opts.scheduler, opts.perf_model_dir) == (3, "dmdasd", str(tmp_path))
     assert opts.trace == str(tmp_path / "gpt2rs.trace.json") and ui["quiet"] is True
     assert (opts.logger, opts.logger_server_addr, opts.logger_server_port) == (True, "127.0.0.1", 7001)
-    assert opts.ncuda == 0 and any("STARPU_NCUDA" in n for n in ui["notes"])
+    assert opts.ncuda == 1
     opts, ui = cli.parse_args(
         [
             "--ncpu",
@@ -253,7 +253,7 @@ NOTEBOOK = [
 def test_notebook_command_line(ws: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ws)
     rc, out, err = run(capsys, NOTEBOOK)
-    assert rc == 1 and err.startswith("gpt2rs-train: error: CUDA is not available in this build/machine")
+    assert rc == 1 and err.startswith("gpt2rs-train: error: CUDA is not available here")
     assert err.count("\n") == 1 and not (ws / ".model").exists()
     # The same line on the CPU, shrunk: the data under .data/tinystories, a logger server listening.
     (ws / ".data" / "tinystories").mkdir(parents=True)
@@ -519,7 +519,9 @@ def _bad_cases(ws: Path) -> dict[str, tuple[list[str], str]]:
         "seq_len": (["--seq-len", "64"], "n_positions"),
         "minibatch": (["--batch-size", "5"], "not a multiple of --minibatch-size"),
         "cuda": (["--restrict", "cuda"], "CUDA is not available"),
-        "ncuda": (["--ncuda", "1"], "CUDA is not available"),
+        "ncuda": (["--restrict", "None", "--ncuda", "1"], "CUDA is not available"),
+        "cpu_ncuda": (["--ncuda", "1"], "drop one of them"),
+        "cuda0": (["--restrict", "cuda", "--ncuda", "0"], "nothing to run on"),
         "unwritable": (["--save-checkpoint-path", str(ws / "afile" / "ck")], "cannot write to"),
         "hub": (
             f"--pretrained remote --remote-model-name openai-community/gpt2 --model-path {ws / 'c'}".split(),
@@ -532,7 +534,7 @@ def _bad_cases(ws: Path) -> dict[str, tuple[list[str], str]]:
 
 @pytest.mark.parametrize(
     "case",
-    "missing empty odd oov short no_dataset seq_len minibatch cuda ncuda unwritable hub config "
+    "missing empty odd oov short no_dataset seq_len minibatch cuda ncuda cpu_ncuda cuda0 unwritable hub config "
     "checkpoint_missing".split(),
 )
 def test_bad_input_is_one_error_line(ws: Path, capsys: pytest.CaptureFixture[str], case: str) -> None:

@@ -55,5 +55,12 @@ __all__ = [
     "set_default_runtime",
 ]
 
+# The pip wheels' NVRTC/cuBLAS must be loaded before the core dlopen()s them
+# (a Runtime with ncuda > 0); finding them is a few globs, loading is lazy in
+# the sense that absent wheels are simply skipped.
+from gpt2rs import cuda as _cuda  # noqa: E402
+
+_cuda.preload()
+
 # Finish the default runtime's tasks and save its performance models at exit.
 atexit.register(_shutdown_default_runtime)

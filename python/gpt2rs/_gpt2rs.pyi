@@ -59,6 +59,8 @@ class Runtime:
         perf_model_dir: _Path | None = None,
         nsim: int = 0,
         trace: bool = False,
+        ncuda: int = 0,
+        restrict: Literal["cpu", "cuda"] | None = None,
     ) -> Runtime: ...
     def wait_all(self) -> None: ...
     def stats(self) -> dict[str, Any]: ...
@@ -255,3 +257,9 @@ def cuda_nvrtc_version() -> tuple[int, int]:
 
 def cuda_cache_dir() -> str | None:
     """The compile cache directory, or None."""
+
+def cuda_device_count() -> int:
+    """GPUs visible to this process (0 without a driver or GPU)."""
+
+def cuda_device_info(ordinal: int) -> tuple[str, str, int]:
+    """(name, architecture, total memory in bytes) of one GPU."""

@@ -30,6 +30,8 @@ from gpt2rs._gpt2rs import (
     cuda_compile_all,
     cuda_compile_module,
     cuda_compile_source,
+    cuda_device_count,
+    cuda_device_info,
     cuda_driver_status,
     cuda_modules,
     cuda_nvrtc_status,
@@ -42,6 +44,8 @@ __all__ = [
     "compile_all",
     "compile_module",
     "compile_source",
+    "device_count",
+    "device_info",
     "is_available",
     "modules",
     "nvrtc_version",
@@ -113,6 +117,19 @@ def unavailable_reason() -> str | None:
     if nvrtc is not None:
         return nvrtc
     return cuda_driver_status()
+
+
+def device_count() -> int:
+    """GPUs visible to this process: 0 without a driver or GPU (never raises)."""
+    preload()
+    return cuda_device_count()
+
+
+def device_info(ordinal: int = 0) -> dict[str, object]:
+    """Name, architecture (``sm_90``) and total memory of GPU ``ordinal``; CudaError if absent."""
+    preload()
+    name, arch, total = cuda_device_info(ordinal)
+    return {"name": name, "arch": arch, "total_mem": total}
 
 
 def is_available() -> bool:

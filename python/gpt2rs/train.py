@@ -59,7 +59,7 @@ SCHEDULERS = {
     **{n: "eager" for n in ("eager", "prio", "random", "ws", "lws", "peager", "heteroprio")},
     **{n: "dmda" for n in ("dmda", "dm", "dmdar", "dmdas", "dmdasd", "heft", "pheft")},
 }
-NO_CUDA = "CUDA is not available in this build/machine (gpt2rs has no CUDA backend yet); use --restrict cpu"
+NO_CUDA = "CUDA is not available here ({reason}); use --restrict cpu"
 
 
 class TrainError(ValueError):
@@ -115,7 +115,8 @@ class TrainOptions:
     keep_checkpoints: int = 2
     scheduler: str = "eager"
     ncpu: int | None = None
-    ncuda: int = 0
+    #: GPUs to use; None: every visible GPU (none with --restrict cpu).
+    ncuda: int | None = None
     perf_model_dir: str = ""
     trace: str = ""
     recompute: bool = False
@@ -237,12 +238,42 @@ class Trainer:
 
     # -- setup ---------------------------------------------------------------
 
+    def _gpus(self) -> int:
+        """GPUs to train on: --ncuda, else every visible one; none with --restrict cpu."""
+        from gpt2rs import cuda
+
+        o = self.opts
+        if o.restrict == "cpu":
+            return 0
+        wanted = o.ncuda
+        if wanted == 0:
+            return 0
+        reason = cuda.unavailable_reason()
+        visible = 0 if reason else cuda.device_count()
+        if wanted is None:
+            if visible == 0 and o.restrict == "cuda":
+                raise TrainError(NO_CUDA.format(reason=reason or "no GPU visible"))
+            if visible == 0:
+                self.reporter.message(f"note: no GPU ({reason or 'none visible'}): training on the CPU")
+            return visible
+        if wanted > visible:
+            raise TrainError(
+                NO_CUDA.format(reason=f"--ncuda {wanted} but {visible} GPU(s) usable" + (f": {reason}" if reason else ""))
+            )
+        return wanted
+
     def _check_options(self) -> None:
         o = self.opts
         if o.restrict not in (None, "cpu", "cuda"):
             raise TrainError(f"--restrict must be cpu, cuda or None, got {o.restrict!r}")
-        if o.restrict == "cuda" or (o.ncuda or 0) > 0:
-            raise TrainError(NO_CUDA)
+        if o.ncuda is not None and o.ncuda < 0:
+            raise TrainError(f"--ncuda must be >= 0, got {o.ncuda}")
+        if o.restrict == "cuda" and o.ncuda == 0:
+            raise TrainError("--restrict cuda with --ncuda 0: nothing to run on")
+        if o.restrict == "cpu" and o.ncuda:
+            raise TrainError(f"--restrict cpu with --ncuda {o.ncuda}: drop one of them")
+        # Before any data or weights are touched: a GPU run without a GPU fails first.
+        self.ncuda = self._gpus()
         if o.dtype not in DTYPES:
             raise TrainError(f"unknown dtype {o.dtype!r} (expected one of {', '.join(DTYPES)})")
         if o.optimizer not in OPTIMIZERS:
@@ -367,6 +398,8 @@ class Trainer:
         import gpt2rs
 
         self.runtime = gpt2rs.Runtime(
+            ncuda=self.ncuda,
+            restrict=o.restrict if self.ncuda else None,
             ncpu=o.ncpu,
             scheduler=SCHEDULERS[o.scheduler],
             perf_model_dir=o.perf_model_dir or None,

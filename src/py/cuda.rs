@@ -141,3 +141,26 @@ pub fn cuda_nvrtc_version(py: Python<'_>) -> PyResult<(i32, i32)> {
 pub fn cuda_cache_dir() -> Option<String> {
     kc::cache_dir().map(|p| p.to_string_lossy().into_owned())
 }
+
+/// GPUs visible to this process (0 without a driver or GPU; never raises).
+///
+/// Returns:
+///     The number of devices.
+#[pyfunction]
+#[pyo3(text_signature = "()")]
+pub fn cuda_device_count(py: Python<'_>) -> usize {
+    py.detach(crate::runtime::cuda::device_count)
+}
+
+/// Opens GPU `ordinal` and describes it.
+///
+/// Returns:
+///     (name, architecture such as "sm_90", total memory in bytes).
+#[pyfunction]
+#[pyo3(text_signature = "(ordinal)")]
+pub fn cuda_device_info(py: Python<'_>, ordinal: usize) -> PyResult<(String, String, usize)> {
+    run(py, || {
+        let d = crate::runtime::cuda::CudaDevice::open(ordinal)?;
+        Ok((d.name.clone(), d.arch.clone(), d.total_mem))
+    })
+}

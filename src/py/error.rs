@@ -10,6 +10,7 @@
 //! | `Task`, `Cancelled`, `OutOfMemory`     | `TaskError(RuntimeError)`           |
 //! | `Shutdown`                             | `RuntimeShutdownError(RuntimeError)`|
 //! | `Io`                                   | `OSError`                           |
+//! | `Cuda`                                 | `CudaError(RuntimeError)`           |
 //!
 //! A panic inside the core never unwinds into Python: [`guard`] turns it into
 //! a `RuntimeError` that says it is a bug.
@@ -56,6 +57,7 @@ impl From<Error> for PyErr {
             }
             Error::Shutdown => RuntimeShutdownError::new_err(msg),
             Error::Io(_) => PyOSError::new_err(msg),
+            Error::Cuda(_) => super::cuda::CudaError::new_err(msg),
         }
     }
 }

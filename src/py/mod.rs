@@ -21,7 +21,8 @@ mod gpt2rs_ext {
     #[pymodule_export]
     use super::cuda::{
         cuda_cache_dir, cuda_compile_all, cuda_compile_module, cuda_compile_source,
-        cuda_driver_status, cuda_modules, cuda_nvrtc_status, cuda_nvrtc_version, CudaError,
+        cuda_device_count, cuda_device_info, cuda_driver_status, cuda_modules, cuda_nvrtc_status,
+        cuda_nvrtc_version, CudaError,
     };
     #[pymodule_export]
     use super::error::{DTypeError, RuntimeShutdownError, ShapeError, TaskError};

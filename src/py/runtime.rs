@@ -3,7 +3,7 @@
 //! runtime is given.
 
 use super::error::guard;
-use crate::runtime::{Runtime, RuntimeConfig, SchedKind};
+use crate::runtime::{Runtime, RuntimeConfig, SchedKind, Where};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::MutexExt;
@@ -26,6 +26,11 @@ use std::sync::Mutex;
 ///         are loaded from and saved to (at shutdown); None keeps them in memory.
 ///     nsim: simulated device memory nodes, each with one worker.
 ///     trace: record every task and transfer for `save_trace`.
+///     ncuda: GPUs to use (devices 0..ncuda, each a memory node with one
+///         worker); raises CudaError if fewer are visible or CUDA is missing.
+///     restrict: "cpu" or "cuda" to run every task that can on that kind of
+///         worker (ops with no CUDA implementation still run on the CPU);
+///         None lets the scheduler choose.
 ///
 /// Used as a context manager, the runtime shuts down on exit.
 #[pyclass(name = "Runtime", module = "gpt2rs", frozen)]
@@ -49,16 +54,20 @@ fn limit_value(v: &Bound<'_, PyAny>, key: &str) -> PyResult<Option<u64>> {
     }
 }
 
-fn node_index(key: &Bound<'_, PyAny>, nnodes: usize) -> PyResult<usize> {
+fn node_index(key: &Bound<'_, PyAny>, nnodes: usize, nsim: usize) -> PyResult<usize> {
     let idx = if let Ok(i) = key.extract::<i64>() {
         usize::try_from(i).ok()
     } else if let Ok(name) = key.extract::<String>() {
+        let numbered = |prefix: &str| {
+            name.strip_prefix(prefix)
+                .and_then(|n| n.parse::<usize>().ok())
+        };
         match name.as_str() {
             "host" => Some(0),
-            s => s
-                .strip_prefix("sim")
-                .and_then(|n| n.parse::<usize>().ok())
-                .map(|n| n + 1),
+            _ => numbered("sim")
+                .filter(|&n| n < nsim)
+                .map(|n| n + 1)
+                .or_else(|| numbered("cuda").map(|n| 1 + nsim + n)),
         }
     } else {
         None
@@ -67,21 +76,25 @@ fn node_index(key: &Bound<'_, PyAny>, nnodes: usize) -> PyResult<usize> {
         Some(i) if i < nnodes => Ok(i),
         _ => Err(PyValueError::new_err(format!(
             "memory_limits: unknown memory node {} (this runtime has {nnodes}: index 0 or \"host\", \
-             then 1.. or \"sim0\"..)",
+             then the simulated devices \"sim0\".., then the GPUs \"cuda0\"..)",
             key.repr()?
         ))),
     }
 }
 
 impl MemoryLimits {
-    fn extract(obj: Option<&Bound<'_, PyAny>>, nnodes: usize) -> PyResult<MemoryLimits> {
+    fn extract(
+        obj: Option<&Bound<'_, PyAny>>,
+        nnodes: usize,
+        nsim: usize,
+    ) -> PyResult<MemoryLimits> {
         let Some(obj) = obj.filter(|o| !o.is_none()) else {
             return Ok(MemoryLimits(Vec::new()));
         };
         if let Ok(d) = obj.cast::<PyDict>() {
             let mut v = vec![None; nnodes];
             for (k, val) in d.iter() {
-                let i = node_index(&k, nnodes)?;
+                let i = node_index(&k, nnodes, nsim)?;
                 v[i] = limit_value(&val, &k.repr()?.to_string())?;
             }
             return Ok(MemoryLimits(v));
@@ -104,9 +117,10 @@ impl MemoryLimits {
 impl PyRuntime {
     #[new]
     #[pyo3(
-        signature = (ncpu=None, scheduler="eager", memory_limits=None, perf_model_dir=None, nsim=0, trace=false),
-        text_signature = "(ncpu=None, scheduler='eager', memory_limits=None, perf_model_dir=None, nsim=0, trace=False)"
+        signature = (ncpu=None, scheduler="eager", memory_limits=None, perf_model_dir=None, nsim=0, trace=false, ncuda=0, restrict=None),
+        text_signature = "(ncpu=None, scheduler='eager', memory_limits=None, perf_model_dir=None, nsim=0, trace=False, ncuda=0, restrict=None)"
     )]
+    #[allow(clippy::too_many_arguments)] // mirrors the Python signature
     fn new(
         py: Python<'_>,
         ncpu: Option<i64>,
@@ -115,6 +129,8 @@ impl PyRuntime {
         perf_model_dir: Option<PathBuf>,
         nsim: usize,
         trace: bool,
+        ncuda: usize,
+        restrict: Option<&str>,
     ) -> PyResult<PyRuntime> {
         let ncpu = match ncpu {
             None => None,
@@ -127,8 +143,25 @@ impl PyRuntime {
                  \"lws\" or \"dmdas\")"
             ))
         })?;
-        let limits = MemoryLimits::extract(memory_limits, 1 + nsim)?;
+        let restrict = match restrict {
+            None => Where::ANY,
+            Some("cpu") => Where::ANY_CPU,
+            Some("cuda") => Where::CUDA,
+            Some(r) => {
+                return Err(PyValueError::new_err(format!(
+                    "restrict must be \"cpu\", \"cuda\" or None, got {r:?}"
+                )))
+            }
+        };
+        if restrict == Where::CUDA && ncuda == 0 {
+            return Err(PyValueError::new_err(
+                "restrict=\"cuda\" needs ncuda >= 1 (a GPU to run on)",
+            ));
+        }
+        let limits = MemoryLimits::extract(memory_limits, 1 + nsim + ncuda, nsim)?;
         let cfg = RuntimeConfig {
+            ncuda,
+            restrict,
             ncpu,
             nsim,
             scheduler,
@@ -201,7 +234,7 @@ impl PyRuntime {
         self.rt.nworkers()
     }
 
-    /// Memory nodes (host, then one per simulated device).
+    /// Memory nodes (host, then one per simulated device, then one per GPU).
     #[getter]
     fn nnodes(&self) -> usize {
         self.rt.nnodes()

@@ -69,3 +69,18 @@ impl Drop for HostBuffer {
         }
     }
 }
+
+/// A replica's storage: host memory, or memory of one GPU.
+pub(crate) enum Buf {
+    Host(HostBuffer),
+    Cuda(cudarc::driver::CudaSlice<u8>),
+}
+
+impl Buf {
+    pub fn host(&self) -> &HostBuffer {
+        match self {
+            Buf::Host(b) => b,
+            Buf::Cuda(_) => panic!("a device replica used as host memory (a runtime bug)"),
+        }
+    }
+}

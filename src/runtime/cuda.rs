@@ -129,10 +129,13 @@ impl CudaDevice {
                 guard("loading cuBLAS", || {
                     CudaBlas::new(self.stream.clone()).map_err(|e| cuda_err(format!("cuBLAS: {e}")))
                 })
-                .map_err(|e| e.to_string())
+                .map_err(|e| match e {
+                    Error::Cuda(m) => m,
+                    e => e.to_string(),
+                })
             })
             .as_ref()
-            .map_err(|e| Error::Io(e.clone()))
+            .map_err(|e| Error::Cuda(e.clone()))
     }
 
     /// The cuBLASLt handle of this device's stream (created on first use).
@@ -143,10 +146,13 @@ impl CudaDevice {
                     CudaBlasLT::new(self.stream.clone())
                         .map_err(|e| cuda_err(format!("cuBLASLt: {e}")))
                 })
-                .map_err(|e| e.to_string())
+                .map_err(|e| match e {
+                    Error::Cuda(m) => m,
+                    e => e.to_string(),
+                })
             })
             .as_ref()
-            .map_err(|e| Error::Io(e.clone()))
+            .map_err(|e| Error::Cuda(e.clone()))
     }
 
     /// (free, total) device memory in bytes.
@@ -220,7 +226,12 @@ impl CudaDevice {
     }
 
     /// Device->device within this device (stream-ordered).
-    pub(crate) fn dtod(&self, src: &CudaSlice<u8>, dst: &mut CudaSlice<u8>, n: usize) -> Result<()> {
+    pub(crate) fn dtod(
+        &self,
+        src: &CudaSlice<u8>,
+        dst: &mut CudaSlice<u8>,
+        n: usize,
+    ) -> Result<()> {
         self.ctx.bind_to_thread().map_err(drv)?;
         self.stream
             .memcpy_dtod(&src.slice(0..n), &mut dst.slice_mut(0..n))
@@ -298,7 +309,8 @@ impl<'a> DevBuffers<'a> {
         // the task's duration and nobody writes it concurrently; its byte
         // size is len * size_of::<T>() (at least).
         let s: &'a CudaSlice<u8> = unsafe { &*b.slice };
-        unsafe { s.transmute::<T>(b.len) }.ok_or_else(|| cuda_err("operand smaller than its handle"))
+        unsafe { s.transmute::<T>(b.len) }
+            .ok_or_else(|| cuda_err("operand smaller than its handle"))
     }
 
     /// Operand `i` for writing (its access mode must be W, RW or ACC).
@@ -314,6 +326,71 @@ impl<'a> DevBuffers<'a> {
         // SAFETY: as in `r`, plus this task is the only one accessing a handle
         // it writes, and the borrow mask forbids a second view of it.
         let s: &'a mut CudaSlice<u8> = unsafe { &mut *b.slice };
-        unsafe { s.transmute_mut::<T>(b.len) }.ok_or_else(|| cuda_err("operand smaller than its handle"))
+        unsafe { s.transmute_mut::<T>(b.len) }
+            .ok_or_else(|| cuda_err("operand smaller than its handle"))
+    }
+}
+
+/// A GPU's stream as seen by the asynchronous worker.
+pub(crate) struct DeviceStream(pub Arc<CudaDevice>);
+
+impl super::async_worker::Stream for DeviceStream {
+    type Event = CudaEvent;
+
+    fn new_event(&self) -> Result<CudaEvent> {
+        self.0.event()
+    }
+
+    fn record(&self, e: &CudaEvent) -> Result<()> {
+        e.record(&self.0.stream).map_err(drv)
+    }
+
+    fn query(&self, e: &CudaEvent) -> bool {
+        !matches!(e.try_is_complete(), Ok(false))
+    }
+
+    fn wait(&self, e: &CudaEvent) -> Result<()> {
+        e.synchronize().map_err(|e| {
+            cuda_err(format!(
+                "the GPU failed while running this task (the CUDA context is unusable now): {e}"
+            ))
+        })
+    }
+
+    fn elapsed(&self, begin: &CudaEvent, end: &CudaEvent) -> Option<f64> {
+        begin.elapsed_ms(end).ok().map(|ms| ms as f64 / 1e3)
+    }
+
+    fn enqueue(&self, s: &super::worker::Started, node: usize) -> Result<()> {
+        let items: Vec<DevRef> = s
+            .body
+            .accesses
+            .iter()
+            .map(|(h, mode)| {
+                let mut coh = h.0.coh.lock().unwrap();
+                let r = coh.replicas[node]
+                    .as_mut()
+                    .expect("operand pinned on this node");
+                let slice = match &mut r.buf {
+                    super::buffer::Buf::Cuda(c) => c as *mut CudaSlice<u8>,
+                    super::buffer::Buf::Host(_) => {
+                        panic!("a host replica on a CUDA node (a runtime bug)")
+                    }
+                };
+                DevRef {
+                    slice,
+                    len: h.len(),
+                    dtype: h.dtype(),
+                    mode: *mode,
+                }
+            })
+            .collect();
+        let bufs = DevBuffers {
+            dev: &self.0,
+            items: &items,
+            borrowed: Cell::new(0),
+        };
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.body.codelet.cuda(&bufs)))
+            .unwrap_or_else(|p| Err(super::worker::panic_error(&s.task.label(), p)))
     }
 }

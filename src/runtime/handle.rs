@@ -8,7 +8,7 @@
 //! order into dependencies (sequential consistency: RAW, WAR, WAW) and the lock
 //! that keeps commutative ACC tasks from running at the same time.
 
-use super::buffer::HostBuffer;
+use super::buffer::Buf;
 use super::memory::Memory;
 use super::task::TaskInner;
 use crate::dtype::DType;
@@ -36,7 +36,7 @@ impl Access {
 }
 
 pub(crate) struct Replica {
-    pub buf: HostBuffer,
+    pub buf: Buf,
     pub pins: u32,
     pub last_use: u64,
 }

@@ -9,7 +9,7 @@
 //! strong handle reference is never dropped while a `mem` lock is held (the
 //! drop itself takes that lock).
 
-use super::buffer::HostBuffer;
+use super::buffer::{Buf, HostBuffer};
 use super::handle::{Access, Coherence, HandleInner, Replica};
 use super::node::MemoryNode;
 use super::trace::{Event, Trace};
@@ -114,24 +114,78 @@ impl Memory {
         self.note_memory(node, used);
     }
 
-    fn transfer(&self, src: usize, dst: usize, from: &HostBuffer, to: &HostBuffer) {
+    /// A zeroed buffer of `bytes` on `node`. A GPU that refuses the
+    /// allocation (memory taken outside the runtime's accounting: cuBLAS
+    /// workspaces, other processes) gets one round of eviction first.
+    fn alloc(&self, node: usize, bytes: usize) -> Result<Buf> {
+        let Some(dev) = &self.nodes[node].device else {
+            return Ok(Buf::Host(HostBuffer::zeroed(bytes)));
+        };
+        match dev.alloc(bytes) {
+            Err(Error::OutOfMemory { .. }) => {
+                self.evict(node, 2 * bytes as u64 + (64 << 20));
+                dev.alloc(bytes).map(Buf::Cuda)
+            }
+            r => r.map(Buf::Cuda),
+        }
+    }
+
+    /// Copies a replica's contents between nodes. Host->device is enqueued on
+    /// the device's stream (ordered before any kernel that reads it);
+    /// device->host returns when the data has arrived.
+    fn transfer(&self, src: usize, dst: usize, from: &Buf, to: &mut Buf) -> Result<()> {
         let t0 = Instant::now();
-        to.copy_from(from);
+        let dev = |n: usize| {
+            self.nodes[n]
+                .device
+                .as_ref()
+                .expect("a CUDA node has a device")
+        };
+        let bytes = match (from, &mut *to) {
+            (Buf::Host(a), Buf::Host(b)) => {
+                b.copy_from(a);
+                a.len_bytes()
+            }
+            (Buf::Host(a), Buf::Cuda(b)) => {
+                dev(dst).htod(a.bytes(), b)?;
+                a.len_bytes()
+            }
+            (Buf::Cuda(a), Buf::Host(b)) => {
+                // SAFETY: `b` is a fresh replica nobody else can see yet.
+                dev(src).dtoh(a, unsafe { b.bytes_mut() })?;
+                b.len_bytes()
+            }
+            (Buf::Cuda(a), Buf::Cuda(b)) => {
+                let n = a.len().min(b.len());
+                if dev(src).ordinal == dev(dst).ordinal {
+                    dev(src).dtod(a, b, n)?;
+                } else {
+                    // Through host memory: simple and always available (no peer access needed).
+                    let mut tmp = vec![0u8; n];
+                    dev(src).dtoh(a, &mut tmp)?;
+                    dev(dst).htod(&tmp, b)?;
+                }
+                n
+            }
+        };
+        // Host->device copies are asynchronous: this is the enqueue time, so
+        // the bus statistics overstate that bandwidth.
         let dt = t0.elapsed();
         let n = self.nodes.len();
         {
             let mut b = self.buses[src * n + dst].lock().unwrap();
             b.transfers += 1;
-            b.bytes += from.len_bytes() as u64;
+            b.bytes += bytes as u64;
             b.seconds += dt.as_secs_f64();
         }
         self.trace.push(Event::Transfer {
             src,
             dst,
-            bytes: from.len_bytes(),
+            bytes,
             start_us: self.trace.us(t0),
             dur_us: dt.as_secs_f64() * 1e6,
         });
+        Ok(())
     }
 
     /// With the coherence lock held: makes the replica of `h` on `node` valid for
@@ -143,17 +197,31 @@ impl Memory {
         node: usize,
         mode: Access,
         reserved: bool,
-    ) {
+    ) -> Result<()> {
         let bytes = h.bytes() as u64;
         if coh.replicas[node].is_none() {
-            self.account_alloc(node, h, bytes, reserved);
-            let buf = HostBuffer::zeroed(h.bytes());
+            let mut buf = match self.alloc(node, h.bytes()) {
+                Ok(b) => b,
+                Err(e) => {
+                    if reserved {
+                        self.nodes[node].mem.lock().unwrap().used -= bytes;
+                    }
+                    return Err(e);
+                }
+            };
             if mode.reads() {
                 // Prefer the host copy as the source; a handle with no replica holds zeros.
                 if let Some(src) = (0..coh.replicas.len()).find(|&i| coh.replicas[i].is_some()) {
-                    self.transfer(src, node, &coh.replicas[src].as_ref().unwrap().buf, &buf);
+                    let from = &coh.replicas[src].as_ref().unwrap().buf;
+                    if let Err(e) = self.transfer(src, node, from, &mut buf) {
+                        if reserved {
+                            self.nodes[node].mem.lock().unwrap().used -= bytes;
+                        }
+                        return Err(e);
+                    }
                 }
             }
+            self.account_alloc(node, h, bytes, reserved);
             coh.replicas[node] = Some(Replica {
                 buf,
                 pins: 0,
@@ -172,6 +240,7 @@ impl Memory {
             }
         }
         self.pin(coh, node, bytes);
+        Ok(())
     }
 
     fn pin(&self, coh: &mut Coherence, node: usize, bytes: u64) {
@@ -197,18 +266,34 @@ impl Memory {
     /// Makes every distinct handle of a task valid on `node` and pins it. On a
     /// node with a limit, reserves all the bytes at once (evicting if needed),
     /// waiting while other tasks hold pins, failing only if this task alone
-    /// cannot fit.
+    /// cannot fit. `relieve` is asked first when pins block: an asynchronous
+    /// worker finishes one of its own tasks in flight (their pins would
+    /// otherwise never be released while it waits here) and says whether it did.
     pub fn acquire(
         &self,
         node: usize,
         ops: &[(Arc<HandleInner>, Access)],
         who: &str,
+        relieve: &mut dyn FnMut() -> bool,
     ) -> Result<()> {
         let nd = &self.nodes[node];
+        let mut pinned = vec![false; ops.len()];
+        let unpin_all = |pinned: &[bool]| {
+            for (i, (h, _)) in ops.iter().enumerate() {
+                if pinned[i] {
+                    self.unpin(h, node);
+                }
+            }
+        };
         let Some(limit) = nd.limit else {
-            for (h, mode) in ops {
+            for (i, (h, mode)) in ops.iter().enumerate() {
                 let mut coh = h.coh.lock().unwrap();
-                self.make_valid(h, &mut coh, node, *mode, false);
+                if let Err(e) = self.make_valid(h, &mut coh, node, *mode, false) {
+                    drop(coh);
+                    unpin_all(&pinned);
+                    return Err(e);
+                }
+                pinned[i] = true;
             }
             return Ok(());
         };
@@ -221,7 +306,6 @@ impl Memory {
             });
         }
         let _reserve = nd.reserve.lock().unwrap();
-        let mut pinned = vec![false; ops.len()];
         let mut my_pinned = 0u64;
         let deadline = Instant::now() + Duration::from_secs(600);
         let missing_idx = loop {
@@ -233,7 +317,12 @@ impl Memory {
                 }
                 let mut coh = h.coh.lock().unwrap();
                 if coh.replicas[node].is_some() {
-                    self.make_valid(h, &mut coh, node, *mode, false);
+                    // Valid here already: pinning it needs no allocation.
+                    if let Err(e) = self.make_valid(h, &mut coh, node, *mode, false) {
+                        drop(coh);
+                        unpin_all(&pinned);
+                        return Err(e);
+                    }
                     pinned[i] = true;
                     my_pinned += h.bytes() as u64;
                 } else {
@@ -255,7 +344,12 @@ impl Memory {
                 break missing_idx;
             }
             if m.pinned > my_pinned && Instant::now() < deadline {
+                drop(m);
+                if relieve() {
+                    continue;
+                }
                 // Other running tasks hold pins: wait for them to finish.
+                let m = nd.mem.lock().unwrap();
                 let _ = nd
                     .unpinned
                     .wait_timeout(m, Duration::from_millis(50))
@@ -264,11 +358,7 @@ impl Memory {
             }
             let used = m.used;
             drop(m);
-            for (i, (h, _)) in ops.iter().enumerate() {
-                if pinned[i] {
-                    self.unpin(h, node);
-                }
-            }
+            unpin_all(&pinned);
             return Err(Error::OutOfMemory {
                 node: nd.name.clone(),
                 limit,
@@ -277,10 +367,21 @@ impl Memory {
                 ),
             });
         };
-        for i in missing_idx {
+        for (j, &i) in missing_idx.iter().enumerate() {
             let (h, mode) = &ops[i];
             let mut coh = h.coh.lock().unwrap();
-            self.make_valid(h, &mut coh, node, *mode, true);
+            if let Err(e) = self.make_valid(h, &mut coh, node, *mode, true) {
+                drop(coh);
+                // Give back what the rest had reserved (make_valid released its own).
+                let rest: u64 = missing_idx[j + 1..]
+                    .iter()
+                    .map(|&k| ops[k].0.bytes() as u64)
+                    .sum();
+                nd.mem.lock().unwrap().used -= rest;
+                unpin_all(&pinned);
+                return Err(e);
+            }
+            pinned[i] = true;
         }
         Ok(())
     }
@@ -352,9 +453,15 @@ impl Memory {
             m.used += bytes;
             m.peak = m.peak.max(m.used);
         }
+        let mut buf = Buf::Host(HostBuffer::zeroed(h.bytes()));
+        let from = &coh.replicas[node].as_ref().unwrap().buf;
+        if self.transfer(node, 0, from, &mut buf).is_err() {
+            // The device failed (its context is unusable): keep the replica,
+            // the task that needed room fails with out-of-memory instead.
+            self.nodes[0].mem.lock().unwrap().used -= bytes;
+            return false;
+        }
         self.account_alloc(0, h, bytes, true);
-        let buf = HostBuffer::zeroed(h.bytes());
-        self.transfer(node, 0, &coh.replicas[node].as_ref().unwrap().buf, &buf);
         coh.replicas[0] = Some(Replica {
             buf,
             pins: 0,
@@ -374,6 +481,7 @@ impl Memory {
         let buf = HostBuffer::zeroed(h.bytes());
         // SAFETY: the handle is new, nobody else can see the buffer yet.
         fill(unsafe { buf.bytes_mut() });
+        let buf = Buf::Host(buf);
         coh.replicas[0] = Some(Replica {
             buf,
             pins: 0,

@@ -10,6 +10,7 @@
 //! assert_eq!(rt.stats().workers.len(), 2);
 //! ```
 
+mod async_worker;
 pub mod buffer;
 pub mod cuda;
 pub mod handle;
@@ -17,6 +18,7 @@ pub mod memory;
 pub mod node;
 pub mod perfmodel;
 pub mod sched;
+mod sim_stream;
 pub mod task;
 pub mod trace;
 pub mod worker;
@@ -53,6 +55,11 @@ pub struct RuntimeConfig {
     pub memory_limits: Vec<Option<u64>>,
     pub perf_model_dir: Option<PathBuf>,
     pub trace: bool,
+    /// GPUs to use (devices 0..ncuda), each a memory node with one worker.
+    pub ncuda: usize,
+    /// Worker kinds every task prefers (`--restrict`): a task whose codelet
+    /// cannot run on any of them runs where it can instead.
+    pub restrict: Where,
 }
 
 impl Default for RuntimeConfig {
@@ -60,6 +67,8 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             ncpu: None,
             nsim: 0,
+            ncuda: 0,
+            restrict: Where::ANY,
             scheduler: SchedKind::Eager,
             memory_limits: Vec::new(),
             perf_model_dir: None,
@@ -90,6 +99,7 @@ pub(crate) struct Inner {
     submitted: Mutex<u64>,
     shut: AtomicBool,
     kind: SchedKind,
+    restrict: Where,
 }
 
 struct Owner {
@@ -111,7 +121,7 @@ impl Runtime {
                 .map(|n| n.get())
                 .unwrap_or(1),
         };
-        let nnodes = 1 + cfg.nsim;
+        let nnodes = 1 + cfg.nsim + cfg.ncuda;
         if cfg.memory_limits.len() > nnodes {
             return Err(arg_err(
                 "Runtime",
@@ -122,10 +132,31 @@ impl Runtime {
                 ),
             ));
         }
+        if cfg.restrict.0 & Where::ANY.0 == 0 {
+            return Err(arg_err("Runtime", "restrict names no worker kind"));
+        }
         let limit = |i: usize| cfg.memory_limits.get(i).copied().flatten();
-        let mut nodes = vec![MemoryNode::new(0, NodeKind::Host, limit(0))];
+        let mut nodes = vec![MemoryNode::new(0, NodeKind::Host, 0, limit(0), None)];
         for i in 0..cfg.nsim {
-            nodes.push(MemoryNode::new(i + 1, NodeKind::SimDevice, limit(i + 1)));
+            nodes.push(MemoryNode::new(
+                i + 1,
+                NodeKind::SimDevice,
+                i,
+                limit(i + 1),
+                None,
+            ));
+        }
+        for i in 0..cfg.ncuda {
+            let id = 1 + cfg.nsim + i;
+            let dev = cuda::CudaDevice::open(i)?;
+            // Without a limit, the runtime keeps 90 % of what is free now, so
+            // that eviction (not a failed cudaMalloc) handles a full GPU and
+            // cuBLAS workspaces and modules still fit beside the tiles.
+            let lim = match limit(id) {
+                Some(l) => Some(l),
+                None => Some((dev.mem_info()?.0 as f64 * 0.9) as u64),
+            };
+            nodes.push(MemoryNode::new(id, NodeKind::Cuda, i, lim, Some(dev)));
         }
         let trace = Arc::new(Trace::new(cfg.trace));
         let mem = Arc::new(Memory::new(nodes, trace));
@@ -139,10 +170,18 @@ impl Runtime {
             .collect();
         for i in 0..cfg.nsim {
             workers.push(WorkerInfo {
-                id: ncpu + i,
+                id: workers.len(),
                 name: format!("sim{i}"),
                 kind: WorkerKind::Sim,
                 node: i + 1,
+            });
+        }
+        for i in 0..cfg.ncuda {
+            workers.push(WorkerInfo {
+                id: workers.len(),
+                name: format!("cuda{i}"),
+                kind: WorkerKind::Cuda,
+                node: 1 + cfg.nsim + i,
             });
         }
         let perf = Arc::new(PerfModels::load(cfg.perf_model_dir.clone()));
@@ -174,6 +213,7 @@ impl Runtime {
             submitted: Mutex::new(0),
             shut: AtomicBool::new(false),
             kind: cfg.scheduler,
+            restrict: cfg.restrict,
         });
         let mut threads = Vec::new();
         for w in 0..inner.workers.len() {
@@ -216,6 +256,9 @@ impl Runtime {
     pub fn nworkers(&self) -> usize {
         self.inner().workers.len()
     }
+    pub fn restrict(&self) -> Where {
+        self.inner().restrict
+    }
     pub fn scheduler(&self) -> SchedKind {
         self.inner().kind
     }
@@ -247,7 +290,21 @@ impl Runtime {
         codelet: Box<dyn Codelet>,
         accesses: Vec<(DataHandle, Access)>,
     ) -> Result<Task> {
-        self.submit_with(codelet, accesses, Where::ANY_CPU, 0)
+        // The runtime's restriction is a preference: a codelet that cannot
+        // honour it (a CPU-only op in a GPU run) runs wherever it can.
+        let mut restrict = self.inner().restrict;
+        if !self.can_run(codelet.where_().and(restrict)) {
+            restrict = Where::ANY;
+        }
+        self.submit_with(codelet, accesses, restrict, 0)
+    }
+
+    /// Whether some worker of this runtime is of a kind in `w`.
+    fn can_run(&self, w: Where) -> bool {
+        self.inner()
+            .workers
+            .iter()
+            .any(|k| w.and(k.kind.mask()).0 != 0)
     }
 
     pub fn submit_with(
@@ -277,11 +334,7 @@ impl Runtime {
             }
         }
         let t = Arc::new(TaskInner::new(codelet, accesses, restrict, priority));
-        if !inner
-            .workers
-            .iter()
-            .any(|w| t.where_.and(w.kind.mask()).0 != 0)
-        {
+        if !self.can_run(t.where_) {
             return Err(arg_err(name, "no worker of this runtime can run this task"));
         }
         {
@@ -332,10 +385,10 @@ impl Runtime {
         }
         let inner = self.inner();
         let ops = [(h.0.clone(), Access::R)];
-        inner.mem.acquire(0, &ops, "read to host")?;
+        inner.mem.acquire(0, &ops, "read to host", &mut || false)?;
         let r = {
             let coh = h.0.coh.lock().unwrap();
-            f(coh.replicas[0].as_ref().unwrap().buf.bytes())
+            f(coh.replicas[0].as_ref().unwrap().buf.host().bytes())
         };
         inner.mem.unpin(&h.0, 0);
         Ok(r)

@@ -2,9 +2,10 @@
 //! bytes against an optional limit and keeps the list of data handles that have
 //! a replica there, so that the memory manager can evict them.
 
+use super::cuda::CudaDevice;
 use super::handle::HandleInner;
 use std::collections::HashMap;
-use std::sync::{Condvar, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum NodeKind {
@@ -12,6 +13,8 @@ pub enum NodeKind {
     /// Host memory posing as a separate device memory node, served by a worker
     /// of its own: exercises transfers, coherence and eviction without a GPU.
     SimDevice,
+    /// The memory of one GPU.
+    Cuda,
 }
 
 impl NodeKind {
@@ -19,6 +22,7 @@ impl NodeKind {
         match self {
             NodeKind::Host => "host",
             NodeKind::SimDevice => "sim",
+            NodeKind::Cuda => "cuda",
         }
     }
 }
@@ -40,6 +44,8 @@ pub struct MemoryNode {
     pub kind: NodeKind,
     pub name: String,
     pub limit: Option<u64>,
+    /// The GPU behind a `Cuda` node.
+    pub(crate) device: Option<Arc<CudaDevice>>,
     pub(crate) mem: Mutex<NodeMem>,
     /// Signalled when pins are released, for tasks waiting for room.
     pub(crate) unpinned: Condvar,
@@ -49,17 +55,24 @@ pub struct MemoryNode {
 }
 
 impl MemoryNode {
-    pub fn new(id: usize, kind: NodeKind, limit: Option<u64>) -> MemoryNode {
-        let name = if id == 0 {
-            "host".to_string()
-        } else {
-            format!("{}{}", kind.name(), id - 1)
+    /// Node `id`, the `index`-th of its kind (`sim0`, `cuda1`, ...).
+    pub fn new(
+        id: usize,
+        kind: NodeKind,
+        index: usize,
+        limit: Option<u64>,
+        device: Option<Arc<CudaDevice>>,
+    ) -> MemoryNode {
+        let name = match kind {
+            NodeKind::Host => "host".to_string(),
+            _ => format!("{}{}", kind.name(), index),
         };
         MemoryNode {
             id,
             kind,
             name,
             limit,
+            device,
             mem: Mutex::new(NodeMem::default()),
             unpinned: Condvar::new(),
             reserve: Mutex::new(()),

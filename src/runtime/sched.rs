@@ -97,8 +97,9 @@ impl Queue {
 
 pub(crate) trait Scheduler: Send + Sync {
     fn push(&self, task: Arc<TaskInner>);
-    /// Blocks until a task for `worker` is ready; None once shut down.
-    fn pop(&self, worker: usize) -> Option<Arc<TaskInner>>;
+    /// A ready task for `worker`. With `block`, waits for one (None once
+    /// shut down); without, None when there is none right now.
+    fn pop(&self, worker: usize, block: bool) -> Option<Arc<TaskInner>>;
     fn shutdown(&self);
 }
 
@@ -134,13 +135,13 @@ impl Scheduler for Eager {
         }
     }
 
-    fn pop(&self, worker: usize) -> Option<Arc<TaskInner>> {
+    fn pop(&self, worker: usize, block: bool) -> Option<Arc<TaskInner>> {
         let mut q = self.q.lock().unwrap();
         loop {
             if let Some(t) = q.take(self.kinds[worker]) {
                 return Some(t);
             }
-            if q.shut {
+            if q.shut || !block {
                 return None;
             }
             q.sleeping += 1;
@@ -241,7 +242,7 @@ impl Scheduler for Dmda {
         }
     }
 
-    fn pop(&self, worker: usize) -> Option<Arc<TaskInner>> {
+    fn pop(&self, worker: usize, block: bool) -> Option<Arc<TaskInner>> {
         let (m, cv) = &self.queues[worker];
         let mut q = m.lock().unwrap();
         loop {
@@ -250,7 +251,7 @@ impl Scheduler for Dmda {
                     (q.queued_s - f64::from_bits(e.task.est.load(Ordering::Relaxed))).max(0.0);
                 return Some(e.task);
             }
-            if q.shut {
+            if q.shut || !block {
                 return None;
             }
             q.sleeping += 1;

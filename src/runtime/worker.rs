@@ -3,7 +3,7 @@
 //! and records statistics, the performance model and the trace.
 
 use super::handle::{Access, HandleInner};
-use super::task::{BufRef, Buffers, TaskInner, Where};
+use super::task::{BufRef, Buffers, TaskBody, TaskInner, Where};
 use super::trace::Event;
 use super::Inner;
 use crate::error::{Error, Result};
@@ -16,6 +16,8 @@ pub enum WorkerKind {
     Cpu,
     /// Runs CPU implementations on its own (simulated device) memory node.
     Sim,
+    /// Owns one GPU and its stream; launches asynchronously.
+    Cuda,
 }
 
 impl WorkerKind {
@@ -23,12 +25,14 @@ impl WorkerKind {
         match self {
             WorkerKind::Cpu => "cpu",
             WorkerKind::Sim => "sim",
+            WorkerKind::Cuda => "cuda",
         }
     }
     pub fn parse(s: &str) -> Option<WorkerKind> {
         match s {
             "cpu" => Some(WorkerKind::Cpu),
             "sim" => Some(WorkerKind::Sim),
+            "cuda" => Some(WorkerKind::Cuda),
             _ => None,
         }
     }
@@ -36,6 +40,7 @@ impl WorkerKind {
         match self {
             WorkerKind::Cpu => Where::CPU,
             WorkerKind::Sim => Where::SIM,
+            WorkerKind::Cuda => Where::CUDA,
         }
     }
 }
@@ -61,7 +66,10 @@ pub struct WorkerStats {
 }
 
 pub(crate) fn run(inner: Arc<Inner>, wid: usize) {
-    while let Some(task) = inner.sched.pop(wid) {
+    if inner.workers[wid].kind != WorkerKind::Cpu {
+        return super::async_worker::run(inner, wid);
+    }
+    while let Some(task) = inner.sched.pop(wid, true) {
         execute(&inner, wid, task);
     }
 }
@@ -108,14 +116,24 @@ fn unlock_acc(inner: &Inner, acc: &[Arc<HandleInner>]) {
     }
 }
 
-fn execute(inner: &Arc<Inner>, wid: usize, task: Arc<TaskInner>) {
+/// A task taken by a worker: its body, its distinct operands and the ACC
+/// locks it holds.
+pub(crate) struct Started {
+    pub task: Arc<TaskInner>,
+    pub body: TaskBody,
+    pub ops: Vec<(Arc<HandleInner>, Access)>,
+    acc: Vec<Arc<HandleInner>>,
+}
+
+/// Takes a task for running: finishes it at once if a predecessor failed,
+/// parks it if an ACC lock is busy (None in both cases).
+pub(crate) fn start(inner: &Arc<Inner>, task: Arc<TaskInner>) -> Option<Started> {
     if let Some(cause) = task.cancel.lock().unwrap().clone() {
         task.body.lock().unwrap().take();
         let label = task.label();
         inner.complete(&task, Err(Error::Cancelled { task: label, cause }));
-        return;
+        return None;
     }
-    let info = &inner.workers[wid];
     let ops = {
         let b = task.body.lock().unwrap();
         distinct(&b.as_ref().expect("task executed twice").accesses)
@@ -127,7 +145,7 @@ fn execute(inner: &Arc<Inner>, wid: usize, task: Arc<TaskInner>) {
         .collect();
     acc.sort_by_key(|h| h.id);
     if !acc.is_empty() && !lock_acc(inner, &task, &acc) {
-        return;
+        return None;
     }
     let body = task
         .body
@@ -135,40 +153,100 @@ fn execute(inner: &Arc<Inner>, wid: usize, task: Arc<TaskInner>) {
         .unwrap()
         .take()
         .expect("task executed twice");
-    let label = task.label();
-    let res = match inner.mem.acquire(info.node, &ops, &label) {
-        Err(e) => {
-            let mut s = inner.wstats[wid].lock().unwrap();
-            s.failed += 1;
-            Err(e)
+    Some(Started {
+        task,
+        body,
+        ops,
+        acc,
+    })
+}
+
+/// Ends a started task: unpins its operands on `node` (when `pinned`),
+/// releases its ACC locks and completes it with `res`.
+pub(crate) fn finish(inner: &Arc<Inner>, s: Started, node: usize, pinned: bool, res: Result<()>) {
+    if pinned {
+        for (h, _) in &s.ops {
+            inner.mem.unpin(h, node);
         }
-        Ok(()) => {
-            let res = run_codelet(inner, wid, &task, &body);
-            for (h, _) in &ops {
-                inner.mem.unpin(h, info.node);
-            }
-            res
-        }
-    };
-    unlock_acc(inner, &acc);
+    }
+    unlock_acc(inner, &s.acc);
+    let Started {
+        task, body, ops, ..
+    } = s;
     drop(ops);
     drop(body);
+    let label = task.label();
     let res = res.map_err(|e| match e {
         e @ (Error::Task { .. } | Error::OutOfMemory { .. }) => e,
         e => Error::Task {
-            task: label.clone(),
+            task: label,
             reason: e.to_string(),
         },
     });
     inner.complete(&task, res);
 }
 
-fn run_codelet(
-    inner: &Inner,
-    wid: usize,
-    task: &TaskInner,
-    body: &super::task::TaskBody,
-) -> Result<()> {
+/// Records a task's run in the worker statistics, the performance model and
+/// the trace.
+pub(crate) fn record(inner: &Inner, wid: usize, task: &TaskInner, t0: Instant, dt: f64, ok: bool) {
+    {
+        let mut s = inner.wstats[wid].lock().unwrap();
+        s.tasks += 1;
+        s.busy_s += dt;
+        if ok {
+            s.flops += task.flops;
+        } else {
+            s.failed += 1;
+        }
+    }
+    if ok {
+        inner
+            .perf
+            .record(task.name, task.footprint, inner.workers[wid].kind, dt);
+    }
+    inner.mem.trace.push(Event::Task {
+        worker: wid,
+        name: task.name,
+        id: task.id,
+        start_us: inner.mem.trace.us(t0),
+        dur_us: dt * 1e6,
+        flops: task.flops,
+        ok,
+    });
+}
+
+/// Turns a caught panic into the task's error.
+pub(crate) fn panic_error(task: &str, p: Box<dyn std::any::Any + Send>) -> Error {
+    let msg = p
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    Error::Task {
+        task: task.to_string(),
+        reason: format!("kernel panicked: {msg}"),
+    }
+}
+
+fn execute(inner: &Arc<Inner>, wid: usize, task: Arc<TaskInner>) {
+    let Some(s) = start(inner, task) else { return };
+    let node = inner.workers[wid].node;
+    match inner
+        .mem
+        .acquire(node, &s.ops, &s.task.label(), &mut || false)
+    {
+        Err(e) => {
+            inner.wstats[wid].lock().unwrap().failed += 1;
+            finish(inner, s, node, false, Err(e));
+        }
+        Ok(()) => {
+            let res = run_codelet(inner, wid, &s.task, &s.body);
+            finish(inner, s, node, true, res);
+        }
+    }
+}
+
+fn run_codelet(inner: &Inner, wid: usize, task: &TaskInner, body: &TaskBody) -> Result<()> {
     let info = &inner.workers[wid];
     let items: Vec<BufRef> = body
         .accesses
@@ -179,7 +257,7 @@ fn run_codelet(
                 .as_ref()
                 .expect("operand pinned on this node");
             BufRef {
-                ptr: r.buf.as_ptr(),
+                ptr: r.buf.host().as_ptr(),
                 len: h.len(),
                 dtype: h.dtype(),
                 mode: *mode,
@@ -194,40 +272,15 @@ fn run_codelet(
     // A kernel that panics must become an error for whoever waits, not take
     // the worker (and the process) down.
     let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body.codelet.cpu(&bufs)))
-        .unwrap_or_else(|p| {
-            let msg = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(Error::Task {
-                task: task.label(),
-                reason: format!("kernel panicked: {msg}"),
-            })
-        });
-    let dt = t0.elapsed().as_secs_f64();
-    {
-        let mut s = inner.wstats[wid].lock().unwrap();
-        s.tasks += 1;
-        s.busy_s += dt;
-        if res.is_ok() {
-            s.flops += task.flops;
-        } else {
-            s.failed += 1;
-        }
-    }
-    if res.is_ok() {
-        inner.perf.record(task.name, task.footprint, info.kind, dt);
-    }
-    inner.mem.trace.push(Event::Task {
-        worker: wid,
-        name: task.name,
-        id: task.id,
-        start_us: inner.mem.trace.us(t0),
-        dur_us: dt * 1e6,
-        flops: task.flops,
-        ok: res.is_ok(),
-    });
+        .unwrap_or_else(|p| Err(panic_error(&task.label(), p)));
+    record(
+        inner,
+        wid,
+        task,
+        t0,
+        t0.elapsed().as_secs_f64(),
+        res.is_ok(),
+    );
     res
 }
 

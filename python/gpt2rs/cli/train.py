@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--ncpu", type=int, default=None, help="CPU workers; default: $STARPU_NCPU or every core")
     g.add_argument(
-        "--ncuda", type=int, default=None, help="CUDA workers; default: $STARPU_NCUDA or 0 (no CUDA backend yet)"
+        "--ncuda", type=int, default=None, help="GPUs (one CUDA worker each); default: $STARPU_NCUDA or every visible GPU"
     )
     g.add_argument(
         "--perf-model-dir", default=None, help="performance models directory; default: $STARPU_PERF_MODEL_DIR or none"
@@ -282,10 +282,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainOptions, dict[st
         if ns.ncpu is None:
             ns.ncpu = _env_int("STARPU_NCPU")
         if ns.ncuda is None:
-            env_ncuda = _env_int("STARPU_NCUDA")
-            if env_ncuda and ns.restrict != "cuda":
-                notes.append(f"STARPU_NCUDA={env_ncuda} ignored: gpt2rs has no CUDA backend yet, training on the CPU")
-            ns.ncuda = 0
+            ns.ncuda = _env_int("STARPU_NCUDA")
         if ns.logger_server_port is None:
             ns.logger_server_port = _env_int("NNTILE_LOGGER_SERVER_PORT") or DEFAULT_SERVER_PORT
     except ValueError as e:

@@ -7,7 +7,7 @@
 //! installed. cudarc panics on the first call into a library it cannot
 //! load, so every entry point here probes the library first
 //! ([`nvrtc_available`], cudarc's `is_culib_present`) and turns its absence
-//! into [`Error::Cuda`]-style `Error::Io` values; the calls themselves run
+//! into [`Error::Cuda`] values; the calls themselves run
 //! under `catch_unwind` as a second guard (a missing *symbol* also panics in
 //! cudarc). The Python layer preloads `libnvrtc.so.13` from the pip wheel
 //! with `RTLD_GLOBAL`, so cudarc's `dlopen("libnvrtc.so.13")` finds it
@@ -149,7 +149,7 @@ pub fn full_source(module_file: &str, module_src: &str) -> String {
 }
 
 pub(crate) fn cuda_err(msg: impl Into<String>) -> Error {
-    Error::Io(format!("CUDA: {}", msg.into()))
+    Error::Cuda(msg.into())
 }
 
 /// Runs `f` (a call into cudarc) turning a panic (cudarc panics on a missing

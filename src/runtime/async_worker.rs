@@ -1,0 +1,208 @@
+//! Asynchronous workers: one thread per device (a GPU, or a simulated
+//! device). The worker takes a task, makes its operands valid on the device's
+//! memory node (copies enqueued on the device stream), enqueues the task's
+//! implementation between two events and moves on to the next task without
+//! waiting: up to `MAX_IN_FLIGHT` tasks are queued on the stream. A task is
+//! finished (operands unpinned, ACC locks released, successors released) when
+//! its end event has completed, which the worker polls between launches; it
+//! blocks on the oldest event only when it has nothing else to do, when the
+//! window is full, or when the memory manager needs that task's pins back.
+//!
+//! The simulated device runs this very loop over a stream that is a thread
+//! running CPU kernels in order, so the test suite exercises it without a GPU.
+
+use super::task::TaskInner;
+use super::worker::{finish, record, start, Started, WorkerKind};
+use super::Inner;
+use crate::error::{Error, Result};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Tasks queued on one stream at most: enough to hide launch latency,
+/// few enough that pins (device memory) are returned promptly.
+pub(crate) const MAX_IN_FLIGHT: usize = 8;
+
+/// An in-order queue of work with completion events (a CUDA stream).
+pub(crate) trait Stream {
+    type Event;
+    fn new_event(&self) -> Result<Self::Event>;
+    /// Marks the current end of the queue on `e`.
+    fn record(&self, e: &Self::Event) -> Result<()>;
+    /// Whether everything before the last `record` of `e` has run (an error
+    /// counts as done: waiting reports it).
+    fn query(&self, e: &Self::Event) -> bool;
+    /// Waits for `e`; an error when the work before it failed.
+    fn wait(&self, e: &Self::Event) -> Result<()>;
+    /// Seconds between two completed events, if the stream can tell.
+    fn elapsed(&self, begin: &Self::Event, end: &Self::Event) -> Option<f64>;
+    /// Enqueues the task's implementation on its operands (valid and pinned
+    /// on `node`).
+    fn enqueue(&self, s: &Started, node: usize) -> Result<()>;
+}
+
+struct InFlight<E> {
+    started: Started,
+    begin: E,
+    end: E,
+    launched: Instant,
+    /// The launch's own outcome (after a failed launch the worker still
+    /// waits for what was enqueued before the operands are released).
+    res: Result<()>,
+}
+
+struct Worker<S: Stream> {
+    inner: Arc<Inner>,
+    wid: usize,
+    node: usize,
+    stream: S,
+    in_flight: VecDeque<InFlight<S::Event>>,
+    /// Events of retired tasks, for reuse (creating one costs a driver call).
+    spare: Vec<S::Event>,
+}
+
+pub(crate) fn run(inner: Arc<Inner>, wid: usize) {
+    let node = inner.workers[wid].node;
+    match inner.workers[wid].kind {
+        WorkerKind::Cuda => {
+            let dev = inner.mem.nodes[node]
+                .device
+                .clone()
+                .expect("a CUDA worker serves a CUDA memory node");
+            let _ = dev.ctx.bind_to_thread();
+            drive(inner, wid, super::cuda::DeviceStream(dev));
+        }
+        _ => drive(inner, wid, super::sim_stream::SimStream::new()),
+    }
+}
+
+fn drive<S: Stream>(inner: Arc<Inner>, wid: usize, stream: S) {
+    let node = inner.workers[wid].node;
+    let mut w = Worker {
+        inner,
+        wid,
+        node,
+        stream,
+        in_flight: VecDeque::new(),
+        spare: Vec::new(),
+    };
+    loop {
+        w.retire_completed();
+        let idle = w.in_flight.is_empty();
+        match w.inner.sched.pop(wid, idle) {
+            Some(task) => {
+                if w.in_flight.len() >= MAX_IN_FLIGHT {
+                    w.retire_front();
+                }
+                w.launch(task);
+            }
+            None if idle => break,
+            // Nothing ready: the next task most likely waits for one in flight.
+            None => w.retire_front(),
+        }
+    }
+}
+
+impl<S: Stream> Worker<S> {
+    fn event(&mut self) -> Result<S::Event> {
+        match self.spare.pop() {
+            Some(e) => Ok(e),
+            None => self.stream.new_event(),
+        }
+    }
+
+    fn launch(&mut self, task: Arc<TaskInner>) {
+        let inner = self.inner.clone();
+        let Some(s) = start(&inner, task) else {
+            return;
+        };
+        let label = s.task.label();
+        let node = self.node;
+        // While this worker waits for room on its device, only its own tasks
+        // in flight can give pins back: retire them one by one.
+        let acquired = {
+            let mut relieve = || {
+                let any = !self.in_flight.is_empty();
+                self.retire_front();
+                any
+            };
+            inner.mem.acquire(node, &s.ops, &label, &mut relieve)
+        };
+        if let Err(e) = acquired {
+            inner.wstats[self.wid].lock().unwrap().failed += 1;
+            finish(&inner, s, node, false, Err(e));
+            return;
+        }
+        let events = self.event().and_then(|b| Ok((b, self.event()?)));
+        let (begin, end) = match events {
+            Ok(ev) => ev,
+            Err(e) => {
+                finish(&inner, s, node, true, Err(e));
+                return;
+            }
+        };
+        let launched = Instant::now();
+        let res = self
+            .stream
+            .record(&begin)
+            .and_then(|()| self.stream.enqueue(&s, node));
+        // Recorded even after a failed launch: retiring waits for whatever
+        // was enqueued before the operands may be freed.
+        let res = match (res, self.stream.record(&end)) {
+            (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+            (Ok(()), Ok(())) => Ok(()),
+        };
+        self.in_flight.push_back(InFlight {
+            started: s,
+            begin,
+            end,
+            launched,
+            res,
+        });
+    }
+
+    /// Retires the tasks at the front whose work has completed.
+    fn retire_completed(&mut self) {
+        while let Some(f) = self.in_flight.front() {
+            if !self.stream.query(&f.end) {
+                break;
+            }
+            self.retire_front();
+        }
+    }
+
+    /// Waits for the oldest task in flight (if any) and retires it. Tasks
+    /// complete in stream order, so this waits for nothing later.
+    fn retire_front(&mut self) {
+        let Some(f) = self.in_flight.pop_front() else {
+            return;
+        };
+        let waited = self.stream.wait(&f.end);
+        let res = match (f.res, waited) {
+            (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+            (Ok(()), Ok(())) => Ok(()),
+        };
+        let dt = self
+            .stream
+            .elapsed(&f.begin, &f.end)
+            .unwrap_or_else(|| f.launched.elapsed().as_secs_f64());
+        record(
+            &self.inner,
+            self.wid,
+            &f.started.task,
+            f.launched,
+            dt,
+            res.is_ok(),
+        );
+        let res = res.map_err(|e| match e {
+            e @ Error::Task { .. } => e,
+            e => Error::Task {
+                task: f.started.task.label(),
+                reason: e.to_string(),
+            },
+        });
+        finish(&self.inner, f.started, self.node, true, res);
+        self.spare.push(f.begin);
+        self.spare.push(f.end);
+    }
+}

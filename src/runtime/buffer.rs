@@ -84,3 +84,14 @@ impl Buf {
         }
     }
 }
+
+impl Drop for Buf {
+    fn drop(&mut self) {
+        // A replica may be dropped on any thread (a writer elsewhere
+        // invalidates it, a tensor dies in Python): the slice's stream-ordered
+        // free needs its context current there.
+        if let Buf::Cuda(c) = self {
+            let _ = c.context().bind_to_thread();
+        }
+    }
+}

@@ -1,11 +1,16 @@
 //! Copy between tensors of one shape, with any two tilings (re-tiling) and,
 //! for `cast`, any two dtypes. Each destination tile is one task (or a few,
 //! when many source tiles overlap it) reading the source tiles it overlaps.
+//! Every pair of dtypes runs on the CPU and on CUDA (one `copy_block_*`
+//! launch per source piece; a bit copy when the dtypes match, else the
+//! rounding of `cast`).
 
 use super::footprint;
 use crate::error::{arg_err, shape_err, Result};
 use crate::kernels::cpu::copy::{cast_block, copy_block};
-use crate::runtime::{Access, Buffers, Codelet, DataHandle};
+use crate::kernels::cuda::launch_copy::COPY_MAX_DIMS;
+use crate::runtime::cuda::DevBuffers;
+use crate::runtime::{Access, Buffers, Codelet, DataHandle, Where};
 use crate::tensor::{for_each_index, Tensor};
 use crate::{with_dtype, DType, Element};
 
@@ -40,6 +45,15 @@ impl Codelet for CopyCl {
             self.dst_shape.iter().product::<usize>() as u64,
         ])
     }
+    fn where_(&self) -> Where {
+        // The kernel takes at most COPY_MAX_DIMS loop dims; no tensor here
+        // has more axes, but a wider one stays on the CPU.
+        if self.dst_shape.len() <= COPY_MAX_DIMS {
+            Where::ANY
+        } else {
+            Where::ANY_CPU
+        }
+    }
     fn cpu(&self, b: &Buffers) -> Result<()> {
         let n = self.pieces.len();
         with_dtype!(self.src_dtype, S, {
@@ -69,6 +83,26 @@ impl Codelet for CopyCl {
                             &p.block,
                         );
                     }
+                }
+            })
+        });
+        Ok(())
+    }
+    fn cuda(&self, b: &DevBuffers) -> Result<()> {
+        let n = self.pieces.len();
+        with_dtype!(self.src_dtype, S, {
+            with_dtype!(self.dst_dtype, D, {
+                let mut dst = b.w::<D>(n)?;
+                for (i, p) in self.pieces.iter().enumerate() {
+                    b.k().copy_block::<S, D>(
+                        &b.r(i)?,
+                        &p.src_shape,
+                        &p.src_off,
+                        &mut dst,
+                        &self.dst_shape,
+                        &p.dst_off,
+                        &p.block,
+                    )?;
                 }
             })
         });

@@ -1,9 +1,12 @@
-//! Element-wise ops, one task per tile: fill, scale, axpy, add.
+//! Element-wise ops, one task per tile: fill, scale, axpy, add. Every dtype
+//! runs on the CPU and on CUDA (`cuda/elementwise.cu`, the same arithmetic:
+//! scalars rounded to `T::Acc` once, one rounding per store).
 
 use super::{footprint, same_dtype, same_layout};
 use crate::error::Result;
 use crate::kernels::cpu::elementwise as k;
-use crate::runtime::{Access, Buffers, Codelet};
+use crate::runtime::cuda::DevBuffers;
+use crate::runtime::{Access, Buffers, Codelet, Where};
 use crate::tensor::Tensor;
 use crate::with_dtype;
 use crate::DType;
@@ -42,6 +45,9 @@ impl Codelet for Elementwise {
     fn footprint(&self) -> u64 {
         footprint(&[self.len as u64])
     }
+    fn where_(&self) -> Where {
+        Where::ANY
+    }
     fn cpu(&self, b: &Buffers) -> Result<()> {
         with_dtype!(self.dtype, T, {
             match self.kind {
@@ -52,6 +58,17 @@ impl Codelet for Elementwise {
             }
         });
         Ok(())
+    }
+    fn cuda(&self, b: &DevBuffers) -> Result<()> {
+        let k = b.k();
+        with_dtype!(self.dtype, T, {
+            match self.kind {
+                Kind::Fill(v) => k.fill::<T>(v, &mut b.w(0)?),
+                Kind::Scale(a) => k.scale::<T>(a, &mut b.w(0)?),
+                Kind::Axpy(a) => k.axpy::<T>(a, &b.r(0)?, &mut b.w(1)?),
+                Kind::Add(a, bt) => k.add::<T>(a, &b.r(0)?, bt, &mut b.w(1)?),
+            }
+        })
     }
 }
 

@@ -9,14 +9,17 @@
 //! Each destination tile the box touches is one task (or a few, when many
 //! source tiles overlap it) reading the source tiles it needs. A destination
 //! tile wholly inside the box is written (W); one only partly inside keeps
-//! its other elements (RW).
+//! its other elements (RW). Every dtype runs on the CPU and on CUDA (one
+//! `copy_block_*` launch per source piece).
 
 use super::footprint;
 use crate::error::{arg_err, shape_err, Result};
 use crate::kernels::cpu::copy::copy_block;
-use crate::runtime::{codelet, Access, DataHandle};
+use crate::kernels::cuda::launch_copy::COPY_MAX_DIMS;
+use crate::runtime::cuda::DevBuffers;
+use crate::runtime::{Access, Buffers, Codelet, DataHandle, Where};
 use crate::tensor::{for_each_index, Tensor};
-use crate::with_dtype;
+use crate::{with_dtype, DType};
 use std::sync::Arc;
 
 /// Source tiles per task at most (a task takes at most 64 operands).
@@ -29,6 +32,67 @@ struct Piece {
     src_off: Vec<usize>,
     dst_off: Vec<usize>,
     block: Vec<usize>,
+}
+
+/// The pieces of one task: operands `0..n` are the source tiles, operand
+/// `n` the destination tile (of shape `tshape`).
+struct RegionCl {
+    dtype: DType,
+    tshape: Arc<Vec<usize>>,
+    pieces: Vec<Piece>,
+    numel: usize,
+}
+
+impl Codelet for RegionCl {
+    fn name(&self) -> &'static str {
+        "copy_region"
+    }
+    fn footprint(&self) -> u64 {
+        footprint(&[self.pieces.len() as u64, self.numel as u64])
+    }
+    fn where_(&self) -> Where {
+        if self.tshape.len() <= COPY_MAX_DIMS {
+            Where::ANY
+        } else {
+            Where::ANY_CPU
+        }
+    }
+    fn cpu(&self, b: &Buffers) -> Result<()> {
+        let n = self.pieces.len();
+        with_dtype!(self.dtype, T, {
+            let out = b.w::<T>(n)?;
+            for (i, p) in self.pieces.iter().enumerate() {
+                copy_block(
+                    b.r::<T>(i)?,
+                    &p.src_shape,
+                    &p.src_off,
+                    out,
+                    &self.tshape,
+                    &p.dst_off,
+                    &p.block,
+                );
+            }
+        });
+        Ok(())
+    }
+    fn cuda(&self, b: &DevBuffers) -> Result<()> {
+        let n = self.pieces.len();
+        with_dtype!(self.dtype, T, {
+            let mut out = b.w::<T>(n)?;
+            for (i, p) in self.pieces.iter().enumerate() {
+                b.k().copy_block::<T, T>(
+                    &b.r(i)?,
+                    &p.src_shape,
+                    &p.src_off,
+                    &mut out,
+                    &self.tshape,
+                    &p.dst_off,
+                    &p.block,
+                )?;
+            }
+        });
+        Ok(())
+    }
 }
 
 fn check(
@@ -159,7 +223,6 @@ fn copy_into_tile(
             acc.push((h, Access::R));
             pieces.push(p);
         }
-        let n = pieces.len();
         let mode = if first && whole {
             Access::W
         } else {
@@ -171,32 +234,13 @@ fn copy_into_tile(
             .iter()
             .map(|p| p.block.iter().product::<usize>())
             .sum();
-        let tshape = tshape.clone();
-        src.runtime().submit(
-            codelet(
-                "copy_region",
-                0.0,
-                footprint(&[n as u64, numel as u64]),
-                move |b| {
-                    with_dtype!(dt, T, {
-                        let out = b.w::<T>(n)?;
-                        for (i, p) in pieces.iter().enumerate() {
-                            copy_block(
-                                b.r::<T>(i)?,
-                                &p.src_shape,
-                                &p.src_off,
-                                out,
-                                &tshape,
-                                &p.dst_off,
-                                &p.block,
-                            );
-                        }
-                    });
-                    Ok(())
-                },
-            ),
-            acc,
-        )?;
+        let cl = RegionCl {
+            dtype: dt,
+            tshape: tshape.clone(),
+            pieces,
+            numel,
+        };
+        src.runtime().submit(Box::new(cl), acc)?;
     }
     Ok(())
 }

@@ -1,11 +1,17 @@
 //! Reductions: sums over one axis or over everything, and the Frobenius norm.
 //! Each output tile is one chain of tasks over the input tiles it reduces
 //! (RW in tile order), so results do not depend on the schedule.
+//!
+//! Every dtype also runs on CUDA (`cuda/reduce.cu`): the GPU kernels add in
+//! f64 in a fixed order without atomics, so they are deterministic too, and
+//! at least as accurate as the CPU (which adds `T::Acc` block sums in f64),
+//! though not bit-identical to it.
 
 use super::footprint;
 use crate::error::{arg_err, shape_err, Error, Result};
 use crate::kernels::cpu::reduce as k;
-use crate::runtime::{Access, Buffers, Codelet};
+use crate::runtime::cuda::DevBuffers;
+use crate::runtime::{Access, Buffers, Codelet, DataHandle, Runtime, Where};
 use crate::tensor::Tensor;
 use crate::{with_dtype, DType};
 
@@ -54,6 +60,9 @@ impl Codelet for ReduceCl {
             _ => footprint(&[self.n as u64]),
         }
     }
+    fn where_(&self) -> Where {
+        Where::ANY
+    }
     fn cpu(&self, b: &Buffers) -> Result<()> {
         with_dtype!(self.dtype, T, {
             match self.kind {
@@ -67,6 +76,21 @@ impl Codelet for ReduceCl {
             }
         });
         Ok(())
+    }
+    fn cuda(&self, b: &DevBuffers) -> Result<()> {
+        let k = b.k();
+        let (alpha, beta) = (self.alpha, self.beta);
+        with_dtype!(self.dtype, T, {
+            match self.kind {
+                Kind::Axis { outer, len, inner } => {
+                    k.sum_axis::<T>(outer, len, inner, alpha, &b.r(0)?, beta, &mut b.w(1)?)
+                }
+                Kind::All => k.sum_all::<T>(alpha, &b.r(0)?, beta, &mut b.w(1)?),
+                Kind::SsqInit => k.fill::<f64>(0.0, &mut b.w(0)?),
+                Kind::SsqUpdate => k.ssq_update::<T>(&b.r(0)?, &mut b.w(1)?),
+                Kind::Norm => k.norm_from_ssq::<T>(&b.r(0)?, alpha, beta, &mut b.w(1)?),
+            }
+        })
     }
 }
 
@@ -184,6 +208,40 @@ pub fn sum_all(x: &Tensor, alpha: f64, beta: f64, y: &Tensor) -> Result<()> {
     Ok(())
 }
 
+/// Submits `acc = [0, 0]`, the empty scaled sum of squares (`acc`: f64,
+/// two elements).
+pub(crate) fn ssq_init(rt: &Runtime, acc: &DataHandle) -> Result<()> {
+    let cl = ReduceCl {
+        kind: Kind::SsqInit,
+        dtype: DType::F64,
+        alpha: 1.0,
+        beta: 0.0,
+        n: 0,
+    };
+    rt.submit(Box::new(cl), vec![(acc.clone(), Access::W)])?;
+    Ok(())
+}
+
+/// Submits the tasks merging `sum(x^2)` of every tile of `x` into the scaled
+/// sum of squares `acc` (RW, in tile order): a chain that `norm` and
+/// gradient-norm clipping share, on the CPU or the GPU.
+pub(crate) fn ssq_update(x: &Tensor, acc: &DataHandle) -> Result<()> {
+    for xh in &x.tiles {
+        let cl = ReduceCl {
+            kind: Kind::SsqUpdate,
+            dtype: x.dtype,
+            alpha: 1.0,
+            beta: 0.0,
+            n: xh.len(),
+        };
+        x.runtime().submit(
+            Box::new(cl),
+            vec![(xh.clone(), Access::R), (acc.clone(), Access::RW)],
+        )?;
+    }
+    Ok(())
+}
+
 /// y = alpha * ||x||_F + beta * y (y holds one element). The sum of squares
 /// is kept scaled in f64 (LAPACK's dlassq), so it neither overflows nor
 /// underflows.
@@ -191,26 +249,18 @@ pub fn norm(x: &Tensor, alpha: f64, beta: f64, y: &Tensor) -> Result<()> {
     scalar_out("norm", x, y)?;
     let rt = x.runtime();
     let acc = rt.new_handle(DType::F64, 2)?;
-    let cl = |kind, n| ReduceCl {
-        kind,
+    ssq_init(rt, &acc)?;
+    ssq_update(x, &acc)?;
+    let cl = ReduceCl {
+        kind: Kind::Norm,
         dtype: x.dtype,
         alpha,
         beta,
-        n,
+        n: 1,
     };
-    rt.submit(
-        Box::new(cl(Kind::SsqInit, 0)),
-        vec![(acc.clone(), Access::W)],
-    )?;
-    for xh in &x.tiles {
-        rt.submit(
-            Box::new(cl(Kind::SsqUpdate, xh.len())),
-            vec![(xh.clone(), Access::R), (acc.clone(), Access::RW)],
-        )?;
-    }
     let mode = if beta == 0.0 { Access::W } else { Access::RW };
     rt.submit(
-        Box::new(cl(Kind::Norm, 1)),
+        Box::new(cl),
         vec![(acc, Access::R), (y.tiles[0].clone(), mode)],
     )?;
     Ok(())

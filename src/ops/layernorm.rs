@@ -72,11 +72,12 @@ enum Ln {
     /// (x R, dy R, stats R, dgamma RW, dbeta RW).
     ParamGrad,
     /// sum = x + r, then Stats on sum: (x R, r R, sum W, acc RW), or in
-    /// place (x R, sum RW, acc RW) where sum holds r on entry.
+    /// place (a R, sum RW, acc RW) where sum holds the other addend on entry
+    /// (a + b = b + a bit for bit, so which one does not matter).
     AddStats { in_place: bool },
     /// sum = x + r, its stats and y in one task (C in one tile):
-    /// (x R, r R, sum W, gamma R, beta R, stats W, y W), or in place without r
-    /// and with sum RW.
+    /// (x R, r R, sum W, gamma R, beta R, stats W, y W), or in place
+    /// (a R, sum RW, gamma R, beta R, stats W, y W) as `AddStats`.
     AddFwd { eps: f64, in_place: bool },
 }
 

@@ -634,7 +634,6 @@ impl Gpt2 {
     /// when it exceeds `max_norm`, scales every gradient by
     /// max_norm / (norm + 1e-6), as torch.nn.utils.clip_grad_norm_.
     pub fn clip_grad_norm(&self, max_norm: f64) -> Result<f64> {
-        use crate::kernels::cpu::reduce::{ssq_init, ssq_update};
         if max_norm.is_nan() || max_norm < 0.0 {
             return Err(arg_err(
                 "clip_grad_norm",
@@ -642,30 +641,11 @@ impl Gpt2 {
             ));
         }
         let acc = self.rt.new_handle(DType::F64, 2)?;
-        self.rt.submit(
-            crate::runtime::codelet("ssq_init", 0.0, 0, |b| {
-                ssq_init(b.w::<f64>(0)?);
-                Ok(())
-            }),
-            vec![(acc.clone(), Access::W)],
-        )?;
+        // The same scaled sum-of-squares chain as ops::norm, on whichever
+        // worker holds the gradients (no gradient is copied to the host).
+        crate::ops::reduce::ssq_init(&self.rt, &acc)?;
         for p in &self.params.list {
-            let dt = p.grad.dtype;
-            for h in &p.grad.tiles {
-                let n = h.len();
-                self.rt.submit(
-                    crate::runtime::codelet(
-                        "ssq_update",
-                        2.0 * n as f64,
-                        crate::ops::footprint(&[n as u64]),
-                        move |b| {
-                            crate::with_dtype!(dt, T, { ssq_update::<T>(b.r(0)?, b.w::<f64>(1)?) });
-                            Ok(())
-                        },
-                    ),
-                    vec![(h.clone(), Access::R), (acc.clone(), Access::RW)],
-                )?;
-            }
+            crate::ops::reduce::ssq_update(&p.grad, &acc)?;
         }
         let (scale, ssq) = self.rt.read_handle(&acc, |b| {
             let v: &[f64] = bytemuck::cast_slice(b);

@@ -101,6 +101,22 @@ fn binary(op: &str, x: &Tensor, y: &Tensor, kind: impl Fn() -> Kind, ymode: Acce
     Ok(())
 }
 
+/// Fills one tile handle with `value` (a task on any worker kind).
+pub(crate) fn fill_tile(
+    rt: &crate::runtime::Runtime,
+    h: &crate::runtime::DataHandle,
+    dtype: DType,
+    value: f64,
+) -> Result<()> {
+    let cl = Elementwise {
+        kind: Kind::Fill(value),
+        dtype,
+        len: h.len(),
+    };
+    rt.submit(Box::new(cl), vec![(h.clone(), Access::W)])?;
+    Ok(())
+}
+
 /// x = value everywhere.
 pub fn fill(x: &Tensor, value: f64) -> Result<()> {
     unary(x, || Kind::Fill(value), Access::W)

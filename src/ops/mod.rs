@@ -34,17 +34,8 @@ pub(crate) fn zero_tile(
     h: &crate::runtime::DataHandle,
     dtype: crate::DType,
 ) -> Result<()> {
-    rt.submit(
-        crate::runtime::codelet("zero", 0.0, footprint(&[h.len() as u64]), move |b| {
-            crate::with_dtype!(dtype, T, { elementwise_kernels::fill::<T>(0.0, b.w(0)?) });
-            Ok(())
-        }),
-        vec![(h.clone(), crate::runtime::Access::W)],
-    )?;
-    Ok(())
+    elementwise::fill_tile(rt, h, dtype, 0.0)
 }
-
-use crate::kernels::cpu::elementwise as elementwise_kernels;
 
 /// Both tensors live on one runtime, have one shape and one tiling.
 pub(crate) fn same_layout(op: &str, x: &Tensor, y: &Tensor) -> Result<()> {

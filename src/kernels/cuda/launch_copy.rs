@@ -590,9 +590,18 @@ mod tests {
 
     /// The kernel's index arithmetic over the merged dims reproduces the CPU
     /// block copy, for blocks that merge fully, partly and not at all.
+    /// (source shape, source offset, destination shape, destination offset, extent).
+    type Case<'a> = (
+        &'a [usize],
+        &'a [usize],
+        &'a [usize],
+        &'a [usize],
+        &'a [usize],
+    );
+
     #[test]
     fn block_dims_match_the_cpu_copy() {
-        let cases: &[(&[usize], &[usize], &[usize], &[usize], &[usize])] = &[
+        let cases: &[Case] = &[
             (&[3, 3], &[1, 1], &[2, 2], &[0, 0], &[2, 2]),
             (&[4, 5, 6], &[0, 0, 0], &[4, 5, 6], &[0, 0, 0], &[4, 5, 6]),
             (&[4, 5, 6], &[1, 0, 0], &[3, 5, 6], &[0, 0, 0], &[3, 5, 6]),

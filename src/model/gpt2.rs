@@ -26,8 +26,10 @@ use crate::ops::attention::{attention_bwd, attention_fwd};
 use crate::ops::crossentropy::{cross_entropy_bwd, cross_entropy_fwd};
 use crate::ops::embedding::{embedding_bwd, embedding_fwd, sinusoidal_fill};
 use crate::ops::gemm::gemm_with;
-use crate::ops::layernorm::{acc_dtype, layernorm_apply, layernorm_bwd, layernorm_fwd};
-use crate::ops::{add, copy, GemmSpec};
+use crate::ops::layernorm::{
+    acc_dtype, add_layernorm, layernorm_apply, layernorm_bwd, layernorm_fwd,
+};
+use crate::ops::{copy, GemmSpec};
 use crate::runtime::{Access, Runtime};
 use crate::tensor::Tensor;
 
@@ -267,16 +269,18 @@ impl Gpt2 {
         embedding_fwd(ids, p.v(p.wte), self.pos(), &x)?;
         drop(&x, 0, cfg.embd_pdrop)?;
         let mut blocks = Vec::new();
+        let eps = cfg.layer_norm_epsilon;
+        // The LayerNorm that opens each block (and the final one) is fused
+        // with the residual add that closes the block before it.
+        let (g0, b0) = match p.blocks.first() {
+            Some(bp) => (bp.ln1_g, bp.ln1_b),
+            None => (p.lnf_g, p.lnf_b),
+        };
+        let mut ln_in = self.hidden(d)?;
+        let mut ln_stats = layernorm_fwd(&x, p.v(g0), p.v(b0), eps, &ln_in)?;
         for (l, bp) in p.blocks.iter().enumerate() {
             let stream = 1 + 3 * l as u64;
-            let h1 = self.hidden(d)?;
-            let stats1 = layernorm_fwd(
-                &x,
-                p.v(bp.ln1_g),
-                p.v(bp.ln1_b),
-                cfg.layer_norm_epsilon,
-                &h1,
-            )?;
+            let (h1, stats1) = (ln_in, ln_stats);
             let qkv = self.act(d, &[3, nh, hs], &[1, th, hs_t])?;
             self.linear(&h1, bp.attn_w, bp.attn_b, 1, &qkv)?;
             let o = self.act(d, &[nh, hs], &[th, hs_t])?;
@@ -288,15 +292,8 @@ impl Gpt2 {
             let xm = self.hidden(d)?;
             self.linear(&o, bp.proj_w, bp.proj_b, 2, &xm)?;
             drop(&xm, stream + 1, cfg.resid_pdrop)?;
-            add(1.0, &x, 1.0, &xm)?;
             let h2 = self.hidden(d)?;
-            let stats2 = layernorm_fwd(
-                &xm,
-                p.v(bp.ln2_g),
-                p.v(bp.ln2_b),
-                cfg.layer_norm_epsilon,
-                &h2,
-            )?;
+            let stats2 = add_layernorm(&x, &xm, p.v(bp.ln2_g), p.v(bp.ln2_b), eps, &xm, &h2)?;
             let fpre = self.act(d, &[f], &[tf])?;
             self.linear(&h2, bp.fc_w, bp.fc_b, 1, &fpre)?;
             let g = self.act(d, &[f], &[tf])?;
@@ -304,7 +301,12 @@ impl Gpt2 {
             let xn = self.hidden(d)?;
             self.linear(&g, bp.fc_proj_w, bp.fc_proj_b, 1, &xn)?;
             drop(&xn, stream + 2, cfg.resid_pdrop)?;
-            add(1.0, &xm, 1.0, &xn)?;
+            let (gn, bn) = match p.blocks.get(l + 1) {
+                Some(next) => (next.ln1_g, next.ln1_b),
+                None => (p.lnf_g, p.lnf_b),
+            };
+            ln_in = self.hidden(d)?;
+            ln_stats = add_layernorm(&xm, &xn, p.v(gn), p.v(bn), eps, &xn, &ln_in)?;
             if train {
                 let keep = !self.recompute;
                 blocks.push(BlockActs {
@@ -323,8 +325,7 @@ impl Gpt2 {
             }
             x = xn;
         }
-        let hf = self.hidden(d)?;
-        let statsf = layernorm_fwd(&x, p.v(p.lnf_g), p.v(p.lnf_b), cfg.layer_norm_epsilon, &hf)?;
+        let (hf, statsf) = (ln_in, ln_stats);
         let logits = self.act(d, &[cfg.vocab_size], &[self.tv()])?;
         self.gemm(
             &GemmSpec {

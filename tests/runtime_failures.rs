@@ -304,3 +304,60 @@ fn dmda_learns_and_persists_performance_models() {
     drop(rt2);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `Double` for CPU workers only (as a codelet without a device implementation).
+struct DoubleCpuOnly;
+impl Codelet for DoubleCpuOnly {
+    fn name(&self) -> &'static str {
+        "double_cpu_only"
+    }
+    fn where_(&self) -> Where {
+        Where::CPU
+    }
+    fn cpu(&self, b: &Buffers) -> Result<()> {
+        Double.cpu(b)
+    }
+}
+
+#[test]
+fn restrict_is_a_preference_and_missing_gpus_are_errors() {
+    let rt = rt(RuntimeConfig {
+        ncpu: Some(1),
+        nsim: 1,
+        restrict: Where::SIM,
+        ..Default::default()
+    });
+    let x = ones(&rt, 4, 2);
+    for h in &x.tiles {
+        rt.submit(Box::new(Double), vec![(h.clone(), Access::RW)])
+            .unwrap();
+        // Cannot honour the restriction: runs on the CPU worker instead.
+        rt.submit(Box::new(DoubleCpuOnly), vec![(h.clone(), Access::RW)])
+            .unwrap();
+    }
+    rt.wait_all().unwrap();
+    assert!(values(&x).iter().all(|&v| v == 4.0));
+    let st = rt.stats();
+    let n = x.tiles.len() as u64;
+    assert_eq!((st.workers[0].tasks, st.workers[1].tasks), (n, n));
+    // An explicit restriction stays strict.
+    let e = rt
+        .submit_with(
+            Box::new(DoubleCpuOnly),
+            vec![(x.tiles[0].clone(), Access::RW)],
+            Where::SIM,
+            0,
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("no worker"), "{e}");
+    if gpt2rs::runtime::cuda::device_count() == 0 {
+        let e = Runtime::new(RuntimeConfig {
+            ncpu: Some(1),
+            ncuda: 1,
+            ..Default::default()
+        })
+        .err()
+        .expect("a CUDA runtime without a GPU");
+        assert!(matches!(e, Error::Cuda(_)), "{e}");
+    }
+}

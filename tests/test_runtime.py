@@ -100,11 +100,20 @@ def test_memory_limits_forms(limits: Any) -> None:
         ({"memory_limits": [-1]}, ValueError, "byte count"),
         ({"memory_limits": {"host": "1GB"}}, ValueError, "byte count"),
         ({"memory_limits": 1024}, TypeError, "memory_limits"),
+        ({"memory_limits": {"cuda0": 10}}, ValueError, "unknown memory node"),
+        ({"restrict": "gpu"}, ValueError, "restrict"),
+        ({"restrict": "cuda"}, ValueError, "ncuda >= 1"),
     ],
 )
 def test_bad_runtime_arguments(kwargs: dict, exc: type, match: str) -> None:
     with pytest.raises(exc, match=match):
         gpt2rs.Runtime(**kwargs)
+
+
+@pytest.mark.skipif(gpt2rs.cuda.device_count() > 0, reason="a GPU is visible")
+def test_missing_gpu_is_a_cuda_error() -> None:
+    with pytest.raises(gpt2rs.cuda.CudaError, match="CUDA"):
+        gpt2rs.Runtime(ncpu=1, ncuda=1)
 
 
 @pytest.mark.parametrize("scheduler", ["eager", "dmda"])

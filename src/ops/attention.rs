@@ -1,9 +1,8 @@
 //! Causal multi-head attention on tiles, flash-attention style: for each
 //! (batch tile, query tile, head tile) a chain of tasks folds in one key tile
 //! at a time with an online softmax, so no more than one query-tile x
-//! key-tile block of scores exists at once (on a GPU, not even that: each
-//! warp walks the keys of one query row). Key tiles wholly in the future
-//! of a query tile are skipped.
+//! key-tile block of scores exists at once per task. Key tiles wholly in
+//! the future of a query tile are skipped.
 //!
 //! Layouts: qkv [B, T, 3, NH, HS] with the "3" axis cut by 1 (so a tile is
 //! [b, t, 1, h, hs]); o [B, T, NH, HS]; lse [B, T, NH] in the accumulation
@@ -14,13 +13,23 @@
 //!
 //! Every task runs on CUDA too (`cuda/attention.cu`, every dtype, attention
 //! dropout included with the CPU's mask) when the head size is at most
-//! [`ATTN_HS_MAX`]; larger heads stay on the CPU.
+//! [`ATTN_HS_MAX`]; larger heads stay on the CPU. The forward update and the
+//! backward of a tile pair have two CUDA paths: the warp path
+//! (`cuda/attention.cu`, one warp walks the keys of one query row on CUDA
+//! cores) and the tensor-core path (`launch_attn_tc`: QK^T, PV and the
+//! backward products through cuBLAS, with one query-tile x key-tile block
+//! of scores in a scratch buffer of the task, for f32/bf16/f16). The
+//! tensor-core path is taken when the pair is big enough to pay
+//! ([`TC_MIN_TILE`] queries and keys); `GPT2RS_ATTN=warp` or `blas` forces
+//! one path (`blas` wherever it supports the dtype), read per task so tests
+//! can switch it. The cached (KV-cache) update always takes the warp path.
 
 use super::footprint;
 use super::layernorm::acc_dtype;
 use crate::error::{shape_err, Result};
 use crate::kernels::cpu::attention as k;
 use crate::kernels::cuda::launch_attn::{AttnDropArgs, ATTN_HS_MAX};
+use crate::kernels::cuda::launch_attn_tc::{attn_bwd_tc, attn_fwd_tc, attn_tc_supports};
 use crate::runtime::cuda::DevBuffers;
 use crate::runtime::{Access, Buffers, Codelet, DataHandle, Runtime, Where};
 use crate::tensor::Tensor;
@@ -28,6 +37,14 @@ use crate::{with_acc_dtype, with_dtype, DType};
 
 /// Dropout of attention probabilities: (seed, stream, p).
 pub type AttnDropout = Option<(u64, u64, f64)>;
+
+/// Query and key rows from which a tile pair takes the tensor-core path on
+/// a GPU (below, the per-row warp kernels win: the cuBLAS calls and the
+/// score round trip through memory do not pay).
+pub const TC_MIN_TILE: usize = 64;
+
+/// The environment variable that forces a CUDA attention path.
+pub const ATTN_PATH_ENV: &str = "GPT2RS_ATTN";
 
 struct Dims {
     bsz: usize,
@@ -115,6 +132,23 @@ struct AttnTask {
     tq: usize,
     h: usize,
     hs: usize,
+}
+
+impl AttnTask {
+    /// Whether a non-cached update or backward of `tk` keys takes the
+    /// tensor-core path: `GPT2RS_ATTN=warp` never, `blas` whenever it
+    /// supports the dtype, otherwise (unset or any other value) for tile
+    /// pairs of at least [`TC_MIN_TILE`] queries and keys.
+    fn tensor_cores(&self, tk: usize) -> bool {
+        if !attn_tc_supports(self.dt, self.hs) {
+            return false;
+        }
+        match std::env::var(ATTN_PATH_ENV).as_deref() {
+            Ok("warp") => false,
+            Ok("blas") => true,
+            _ => self.tq >= TC_MIN_TILE && tk >= TC_MIN_TILE,
+        }
+    }
 }
 
 impl Codelet for AttnTask {
@@ -286,6 +320,19 @@ impl Codelet for AttnTask {
                 } => {
                     // The cached task has no dropout (inference).
                     let d = AttnDropArgs::new(if cached { None } else { drop });
+                    if !cached && self.tensor_cores(tk) {
+                        return attn_fwd_tc::<T>(
+                            bf.dev(),
+                            [&bf.r(0)?, &bf.r(1)?, &bf.r(2)?],
+                            [b, tq, tk, h, hs],
+                            [q0, k0],
+                            scale,
+                            &d,
+                            &mut bf.w(3)?,
+                            &mut bf.w(4)?,
+                            &mut bf.w(5)?,
+                        );
+                    }
                     kk.flash_fwd::<T>(
                         [&bf.r(0)?, &bf.r(1)?, &bf.r(2)?],
                         [b, tq, tk, ks, h, hs],
@@ -307,6 +354,26 @@ impl Codelet for AttnTask {
                     &mut bf.w(4)?,
                 ),
                 Op::Delta => kk.attn_bwd_delta::<T>(&bf.r(0)?, &bf.r(1)?, rows, hs, &mut bf.w(2)?),
+                Op::Bwd {
+                    tk,
+                    q0,
+                    k0,
+                    scale,
+                    drop,
+                } if self.tensor_cores(tk) => attn_bwd_tc::<T>(
+                    bf.dev(),
+                    [&bf.r(0)?, &bf.r(1)?, &bf.r(2)?],
+                    &bf.r(3)?,
+                    &bf.r(4)?,
+                    &bf.r(5)?,
+                    [b, tq, tk, h, hs],
+                    [q0, k0],
+                    scale,
+                    &AttnDropArgs::new(drop),
+                    &mut bf.w(6)?,
+                    &mut bf.w(7)?,
+                    &mut bf.w(8)?,
+                ),
                 Op::Bwd {
                     tk,
                     q0,

@@ -12,6 +12,9 @@
 //! added to every row. `beta == 0` never reads C, and `k == 0` or
 //! `alpha == 0` never reads A or B (C = beta * C, by our own fill/scale
 //! kernels: cuBLAS is not asked to handle those corners).
+//! [`gemm_strided`] is the general form: each operand at an explicit offset,
+//! leading dimension and batch stride (the heads of an attention tile as
+//! one batched call), and an f32 C for bf16/f16 inputs.
 //!
 //! Row-major into column-major: the bytes of a row-major `r x c` matrix are
 //! the column-major `c x r` matrix, its transpose. So row-major
@@ -32,8 +35,8 @@
 //!
 //! Everything here only enqueues work on the device's stream.
 
-use crate::dtype::{DType, GemmCompute};
-use crate::error::{shape_err, Result};
+use crate::dtype::{DType, Element, GemmCompute};
+use crate::error::{arg_err, shape_err, Result};
 use crate::kernels::cuda::cuda_err;
 use crate::kernels::cuda::launch::DevElement;
 use crate::runtime::cuda::CudaDevice;
@@ -216,6 +219,25 @@ fn op_t(trans: bool) -> blas_sys::cublasOperation_t {
     }
 }
 
+/// The math mode every call sets: the default math (no TF32 unless the
+/// compute type asks for it, so COMPUTE_32F is true fp32) plus
+/// DISALLOW_REDUCED_PRECISION_REDUCTION, so split-K partial sums of bf16/f16
+/// outputs stay in f32 (DESIGN.md: f32 accumulation in every reduction).
+/// Set on every call (a host-side field) rather than trusted from whoever
+/// made the handle.
+fn set_math_mode(handle: blas_sys::cublasHandle_t) -> Result<()> {
+    // SAFETY: the handle is live (owned by the device) and only this
+    // device's worker uses it.
+    unsafe {
+        blas_sys::cublasSetMathMode(
+            handle,
+            blas_sys::cublasMath_t::CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION,
+        )
+        .result()
+    }
+    .map_err(|e| blas_err("cublasSetMathMode", e))
+}
+
 /// `C_i = alpha * op(A_i) @ op(B_i) + beta * C_i` for `i` in `0..batch`
 /// (see the module doc), enqueued on `dev`'s stream.
 #[allow(clippy::too_many_arguments)]
@@ -262,20 +284,7 @@ where
     let (pa, _ra) = a.device_ptr(stream);
     let (pb, _rb) = b.device_ptr(stream);
     let (pc, _rc) = c.device_ptr_mut(stream);
-    // SAFETY: the handle is live (owned by `dev`) and bound to `dev.stream`.
-    // The mode is the default math (no TF32 unless the compute type asks
-    // for it, so COMPUTE_32F is true fp32) plus DISALLOW_REDUCED_PRECISION_
-    // REDUCTION, so split-K partial sums of bf16/f16 outputs stay in f32
-    // (DESIGN.md: f32 accumulation in every reduction). Set on every call
-    // (a host-side field) rather than trusted from whoever made the handle.
-    unsafe {
-        blas_sys::cublasSetMathMode(
-            handle,
-            blas_sys::cublasMath_t::CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION,
-        )
-        .result()
-    }
-    .map_err(|e| blas_err("cublasSetMathMode", e))?;
+    set_math_mode(handle)?;
     // No cublasSetWorkspace: cuBLAS gives each handle a default workspace
     // sized for the architecture, and a handle is used by one stream only.
     //
@@ -309,6 +318,201 @@ where
             p.ldc,
             p.stride_c,
             p.batch,
+            ct,
+            blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    }
+    .map_err(|e| blas_err("cublasGemmStridedBatchedEx", e))
+}
+
+/// Where one row-major operand of [`gemm_strided`] lives in its buffer:
+/// the matrix of batch `i` starts `offset + i * stride` elements in, its
+/// rows are `ld` elements apart, and `trans` says whether it enters the
+/// product transposed (as in [`gemm`]; always false for C). One head of a
+/// `[t, h, hs]` tile is `Strided::new(head0_offset, h * hs, hs)` over the
+/// heads: row stride `h * hs`, batch stride `hs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Strided {
+    pub offset: usize,
+    pub ld: usize,
+    pub stride: usize,
+    pub trans: bool,
+}
+
+impl Strided {
+    pub fn new(offset: usize, ld: usize, stride: usize) -> Strided {
+        Strided {
+            offset,
+            ld,
+            stride,
+            trans: false,
+        }
+    }
+    /// The same operand, entering the product transposed.
+    pub fn t(self) -> Strided {
+        Strided {
+            trans: true,
+            ..self
+        }
+    }
+    /// One past the last element touched by `batch` stored `rows x cols`
+    /// matrices (`None` on overflow).
+    fn end(&self, rows: usize, cols: usize, batch: usize) -> Option<usize> {
+        (batch - 1)
+            .checked_mul(self.stride)?
+            .checked_add((rows - 1).checked_mul(self.ld)?)?
+            .checked_add(cols)?
+            .checked_add(self.offset)
+    }
+}
+
+/// Checks one operand of [`gemm_strided`]: `rows x cols` as stored (before
+/// op), every batch inside a buffer of `len` elements, rows not overlapping.
+fn check_strided(
+    op: &str,
+    what: &str,
+    s: &Strided,
+    (rows, cols, batch): (usize, usize, usize),
+    len: usize,
+) -> Result<()> {
+    if s.ld < cols {
+        return Err(shape_err(
+            op,
+            format!("{what}: rows of {cols} elements {} apart overlap", s.ld),
+        ));
+    }
+    match s.end(rows, cols, batch) {
+        Some(end) if end <= len => Ok(()),
+        _ => Err(shape_err(
+            op,
+            format!(
+                "{what}: {batch} x [{rows}, {cols}] at offset {} (ld {}, stride {}) \
+                 overruns its {len} elements",
+                s.offset, s.ld, s.stride
+            ),
+        )),
+    }
+}
+
+/// `C_i = alpha * op(A_i) @ op(B_i) + beta * C_i` for `i` in `0..batch`,
+/// row-major, each operand at an explicit offset, row stride (leading
+/// dimension) and batch stride ([`Strided`]), so the heads of a tile are
+/// one batched call and no operand is copied. `dims` = `[m, n, k, batch]`:
+/// `op(A_i)` is `m x k`, `op(B_i)` `k x n`, `C_i` `m x n`. A and B share the
+/// storage dtype `T`; C is `T` or, for bf16/f16 inputs, f32 (cuBLAS's
+/// mixed GemmEx: f32 products accumulated and written in f32). The compute
+/// type is [`cublas_types`] of `T` in mode `compute`; the swap into
+/// column-major is the module doc's. `beta == 0` does not read C.
+///
+/// Unlike [`gemm`], empty products are the caller's business: every size
+/// must be at least 1 (an error otherwise). The batches of C must not
+/// overlap: either stacked (`stride >= (m - 1) * ld + n`) or side by side
+/// within the rows (`stride >= n`, `(batch - 1) * stride + n <= ld`).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_strided<T: Element + DeviceRepr, C: Element + DeviceRepr>(
+    dev: &CudaDevice,
+    compute: GemmCompute,
+    [m, n, k, batch]: [usize; 4],
+    alpha: f64,
+    (a, la): (&CudaView<T>, Strided),
+    (b, lb): (&CudaView<T>, Strided),
+    beta: f64,
+    (c, lc): (&mut CudaViewMut<C>, Strided),
+) -> Result<()> {
+    let op = "cuda.gemm_strided";
+    let mixed_ok = C::DTYPE == DType::F32 && matches!(T::DTYPE, DType::BF16 | DType::F16);
+    if C::DTYPE != T::DTYPE && !mixed_ok {
+        return Err(arg_err(
+            op,
+            format!("{} inputs with a {} output", T::DTYPE, C::DTYPE),
+        ));
+    }
+    if m == 0 || n == 0 || k == 0 || batch == 0 {
+        return Err(arg_err(
+            op,
+            format!("empty product (m={m} n={n} k={k} batch={batch})"),
+        ));
+    }
+    if lc.trans {
+        return Err(arg_err(op, "C cannot be transposed"));
+    }
+    let a_dims = if la.trans { (k, m) } else { (m, k) };
+    let b_dims = if lb.trans { (n, k) } else { (k, n) };
+    check_strided(op, "A", &la, (a_dims.0, a_dims.1, batch), a.len())?;
+    check_strided(op, "B", &lb, (b_dims.0, b_dims.1, batch), b.len())?;
+    check_strided(op, "C", &lc, (m, n, batch), c.len())?;
+    let stacked = lc.stride >= (m - 1) * lc.ld + n;
+    let side_by_side = lc.stride >= n && (batch - 1) * lc.stride + n <= lc.ld;
+    if batch > 1 && !stacked && !side_by_side {
+        return Err(shape_err(
+            op,
+            format!(
+                "C: batches of [{m}, {n}] (ld {}) {} apart overlap",
+                lc.ld, lc.stride
+            ),
+        ));
+    }
+    // Column-major C^T = op(B)^T op(A)^T: operand 1 is B, operand 2 is A.
+    let (cm, cn, ck) = (int(op, "n", n)?, int(op, "m", m)?, int(op, "k", k)?);
+    let (ld1, ld2, ldc) = (
+        int(op, "ld(B)", lb.ld)?,
+        int(op, "ld(A)", la.ld)?,
+        int(op, "ld(C)", lc.ld)?,
+    );
+    let nb = int(op, "batch", batch)?;
+    let stride =
+        |s: &Strided| i64::try_from(s.stride).map_err(|_| shape_err(op, "batch stride above 2^63"));
+    let (stride1, stride2, stride_c) = (stride(&lb)?, stride(&la)?, stride(&lc)?);
+    let blas = dev.blas()?;
+    dev.ctx.bind_to_thread().map_err(drv)?;
+    let handle = *blas.handle();
+    let (dt, ct) = cublas_types(T::DTYPE, compute);
+    let (dt_c, _) = cublas_types(C::DTYPE, compute);
+    // The scale type follows the compute type: f64 only for COMPUTE_64F.
+    let s = Scalars::new(T::DTYPE, alpha, beta);
+    let stream = &dev.stream;
+    let (pa, _ra) = a.device_ptr(stream);
+    let (pb, _rb) = b.device_ptr(stream);
+    let (pc, _rc) = c.device_ptr_mut(stream);
+    let at = |p: u64, off: usize, size: usize| p + (off * size) as u64;
+    let pa = at(pa, la.offset, size_of::<T>());
+    let pb = at(pb, lb.offset, size_of::<T>());
+    let pc = at(pc, lc.offset, size_of::<C>());
+    set_math_mode(handle)?;
+    // SAFETY: every batch of every operand lies inside its view and C's
+    // rows and batches do not overlap (checked above against the stored
+    // shapes: B is k x n row-major, i.e. column-major n x k with leading
+    // dimension ld(B) >= n, or n x k transposed with ld(B) >= k; likewise
+    // A; C^T is column-major n x m with ldc >= n), so cuBLAS's accesses are
+    // in bounds; the pointers are device pointers of live views offset
+    // within them; alpha and beta point to host scalars of the scale type
+    // of `ct`, alive during the call; the (A/B, C) data types are a
+    // combination cuBLAS supports for `ct` (same type, or 16-bit inputs
+    // with f32 output under COMPUTE_32F, checked above); C does not alias
+    // A or B (it is borrowed exclusively).
+    unsafe {
+        blas_result::gemm_strided_batched_ex(
+            handle,
+            op_t(lb.trans),
+            op_t(la.trans),
+            cm,
+            cn,
+            ck,
+            s.ptr(0),
+            pb as *const c_void,
+            dt,
+            ld1,
+            stride1,
+            pa as *const c_void,
+            dt,
+            ld2,
+            stride2,
+            s.ptr(1),
+            pc as *mut c_void,
+            dt_c,
+            ldc,
+            stride_c,
+            nb,
             ct,
             blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
         )
@@ -658,5 +862,21 @@ mod tests {
         assert_eq!(lt_workspace_bytes("sm_90"), 32 << 20);
         assert_eq!(lt_workspace_bytes("sm_86"), 4 << 20);
         assert_eq!(lt_workspace_bytes("sm_100"), 32 << 20);
+    }
+
+    #[test]
+    fn strided_bounds() {
+        // Head 2 of 3 (hs 4) of rows 5..8 of a [8, 3, 4] tile: the last
+        // element is (7, 2, 3), index 95.
+        let s = Strided::new(5 * 12 + 2 * 4, 12, 4);
+        assert_eq!(s.end(3, 4, 1), Some(96));
+        assert!(check_strided("t", "A", &s, (3, 4, 1), 96).is_ok());
+        assert!(check_strided("t", "A", &s, (3, 4, 1), 95).is_err());
+        // All three heads of rows 0..8 as one batch: ends at the tile's end.
+        let s = Strided::new(0, 12, 4);
+        assert_eq!(s.end(8, 4, 3), Some(96));
+        assert!(check_strided("t", "A", &s, (8, 13, 1), 1 << 20).is_err());
+        assert_eq!(Strided::new(usize::MAX, 1, 1).end(1, 1, 1), None);
+        assert!(Strided::new(0, 1, 1).t().trans);
     }
 }

@@ -21,6 +21,7 @@
 pub mod blas;
 pub mod launch;
 pub mod launch_attn;
+pub mod launch_attn_tc;
 pub mod launch_copy;
 pub mod launch_layers;
 pub mod launch_optim;
@@ -65,11 +66,12 @@ pub enum Module {
     CrossEntropy,
     Optim,
     Attention,
+    AttentionTc,
 }
 
 impl Module {
     /// Every module, in a fixed order (its index is the per-device cache slot).
-    pub const ALL: [Module; 9] = [
+    pub const ALL: [Module; 10] = [
         Module::Elementwise,
         Module::Reduce,
         Module::Activation,
@@ -79,6 +81,7 @@ impl Module {
         Module::CrossEntropy,
         Module::Optim,
         Module::Attention,
+        Module::AttentionTc,
     ];
 
     /// The file name under `cuda/`.
@@ -93,6 +96,7 @@ impl Module {
             Module::CrossEntropy => "crossentropy.cu",
             Module::Optim => "optim.cu",
             Module::Attention => "attention.cu",
+            Module::AttentionTc => "attention_tc.cu",
         }
     }
 
@@ -108,6 +112,7 @@ impl Module {
             Module::CrossEntropy => include_str!("../../../cuda/crossentropy.cu"),
             Module::Optim => include_str!("../../../cuda/optim.cu"),
             Module::Attention => include_str!("../../../cuda/attention.cu"),
+            Module::AttentionTc => include_str!("../../../cuda/attention_tc.cu"),
         }
     }
 

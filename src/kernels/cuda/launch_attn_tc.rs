@@ -1,0 +1,489 @@
+//! The tensor-core path of the attention update tasks: the products of one
+//! (query tile, key tile) pair through cuBLAS ([`gemm_strided`], batched
+//! over the heads of one batch row), the softmax steps between them in
+//! `cuda/attention_tc.cu` (formulas and layouts in its header). Same
+//! operands and semantics as [`CudaKernels::flash_fwd`] (without a KV-cache
+//! batch stride) and [`CudaKernels::flash_bwd`], for f32, bf16 and f16
+//! storage (f64 keeps the warp path).
+//!
+//! Per task, only the query rows `first..tq` that see a key of the tile
+//! enter the products (`first = max(k0 - q0, 0)`, `nr = tq - first`); the
+//! task does nothing when there are none, as on the CPU. Scores live in
+//! scratch buffers `[bc, h, nr, tk]` for `bc` batch rows at a time (as many
+//! as fit [`SCORE_BUDGET`] elements, but at least one: a block of one batch
+//! row is never split), allocated per task without initialisation (every
+//! element is written before it is read: the score GEMMs have beta = 0 and
+//! cover their blocks, the row kernels write every key of every row) and
+//! freed stream-ordered when the task returns. The forward holds one f32
+//! and one T buffer, the backward two of each; the runtime's memory limit
+//! does not count them.
+//!
+//! ```text
+//! forward, per chunk:  S = scale Q K^T (GEMM per batch row) -> fwd_rows -> acc += Pd V
+//! backward, per chunk: S = scale Q K^T, DP = dO V^T -> bwd_rows ->
+//!                      dV += Pd^T dO, dQ += scale dS K, dK += scale dS^T Q
+//! ```
+//!
+//! f32 products run in true fp32 (CUBLAS_COMPUTE_32F: the task knows nothing
+//! of a TF32 mode); bf16/f16 run on tensor cores with f32 accumulation.
+
+use super::blas::{gemm_strided, Strided};
+use super::launch::{CudaKernels, DevElement};
+use super::launch_attn::AttnDropArgs;
+use super::{ceil_div, cuda_err, kernel_name, Module, MAX_GRID, WARP_SIZE};
+use crate::dtype::{DType, Element, GemmCompute};
+use crate::error::{arg_err, shape_err, Result};
+use crate::runtime::cuda::CudaDevice;
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg};
+
+/// Block size of the row kernels (one warp per row of scores).
+pub const ATTN_TC_BLOCK: u32 = 256;
+
+/// Elements of one scratch block of scores (64 MiB in f32): batch rows are
+/// processed in chunks that fit (at least one batch row at a time).
+pub const SCORE_BUDGET: usize = 1 << 24;
+
+fn drv(e: cudarc::driver::DriverError) -> crate::error::Error {
+    cuda_err(format!("driver: {e}"))
+}
+
+fn check_len(op: &str, want: usize, got: usize) -> Result<()> {
+    if want == got {
+        Ok(())
+    } else {
+        Err(shape_err(
+            &format!("cuda.{op}"),
+            format!("expected {want} elements, got {got}"),
+        ))
+    }
+}
+
+/// Whether the tensor-core path takes tasks of this storage dtype and head
+/// size (the cuBLAS products need a non-empty head).
+pub fn attn_tc_supports(dt: DType, hs: usize) -> bool {
+    matches!(dt, DType::F32 | DType::BF16 | DType::F16) && hs >= 1
+}
+
+/// The geometry of one task on this path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Geo {
+    b: usize,
+    tq: usize,
+    tk: usize,
+    h: usize,
+    hs: usize,
+    q0: usize,
+    k0: usize,
+    /// First query row that sees a key of the tile.
+    first: usize,
+    /// Query rows in the products (`tq - first`).
+    nr: usize,
+    /// Batch rows per chunk.
+    bc: usize,
+}
+
+impl Geo {
+    /// `None` when the task has nothing to do (no key, no visible query,
+    /// no batch row or head).
+    fn new([b, tq, tk, h, hs]: [usize; 5], [q0, k0]: [usize; 2]) -> Option<Geo> {
+        let first = k0.saturating_sub(q0);
+        if tk == 0 || first >= tq || b == 0 || h == 0 {
+            return None;
+        }
+        let nr = tq - first;
+        let bc = (SCORE_BUDGET / (h * nr * tk)).clamp(1, b);
+        Some(Geo {
+            b,
+            tq,
+            tk,
+            h,
+            hs,
+            q0,
+            k0,
+            first,
+            nr,
+            bc,
+        })
+    }
+    /// Row stride of the q/k/v tiles.
+    fn rs(&self) -> usize {
+        self.h * self.hs
+    }
+    /// Scores of one batch row (`[h, nr, tk]`).
+    fn blk(&self) -> usize {
+        self.h * self.nr * self.tk
+    }
+    /// Heads of batch row `bi` of a query-shaped tile (q, dO, acc, dq),
+    /// from query row `first` on.
+    fn q_heads(&self, bi: usize) -> Strided {
+        Strided::new((bi * self.tq + self.first) * self.rs(), self.rs(), self.hs)
+    }
+    /// Heads of batch row `bi` of a key-shaped tile (k, v, dk, dv).
+    fn k_heads(&self, bi: usize) -> Strided {
+        Strided::new(bi * self.tk * self.rs(), self.rs(), self.hs)
+    }
+    /// Heads of batch row `bi` (of the chunk starting at `b0`) of a scratch
+    /// block `[bc, h, nr, tk]`.
+    fn s_heads(&self, bi: usize, b0: usize) -> Strided {
+        Strided::new((bi - b0) * self.blk(), self.tk, self.nr * self.tk)
+    }
+    /// The chunks `(b0, nb)` of batch rows.
+    fn chunks(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        (0..self.b)
+            .step_by(self.bc)
+            .map(|b0| (b0, self.bc.min(self.b - b0)))
+    }
+}
+
+/// One warp per row, rows visited by a warp-stride loop (so capping the
+/// grid is safe).
+fn warp_rows(rows: usize) -> LaunchConfig {
+    let per_block = (ATTN_TC_BLOCK / WARP_SIZE) as usize;
+    LaunchConfig {
+        grid_dim: (
+            ceil_div(rows.max(1), per_block).min(MAX_GRID as usize) as u32,
+            1,
+            1,
+        ),
+        block_dim: (ATTN_TC_BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn check_dtype<T: DevElement>(op: &str, hs: usize) -> Result<()>
+where
+    T::Acc: DeviceRepr,
+{
+    if attn_tc_supports(T::DTYPE, hs) && <T::Acc as Element>::DTYPE == DType::F32 {
+        Ok(())
+    } else {
+        Err(arg_err(
+            &format!("cuda.{op}"),
+            format!(
+                "the tensor-core attention takes f32/bf16/f16 and a head size >= 1, not {} with {hs}",
+                T::DTYPE
+            ),
+        ))
+    }
+}
+
+/// An uninitialised scratch buffer of `n` elements on the device's stream.
+fn scratch<E: DeviceRepr>(dev: &CudaDevice, n: usize) -> Result<CudaSlice<E>> {
+    dev.ctx.bind_to_thread().map_err(drv)?;
+    // SAFETY: the callers write every element before any read (module doc);
+    // the buffer is freed stream-ordered after the work that uses it.
+    unsafe { dev.stream.alloc::<E>(n) }.map_err(drv)
+}
+
+impl CudaKernels {
+    /// The forward row kernel over the `rows = nb * h * nr` rows of a chunk
+    /// starting at batch row `b0` (see `cuda/attention_tc.cu`).
+    #[allow(clippy::too_many_arguments)]
+    fn attn_tc_fwd_rows<T: DevElement>(
+        &self,
+        g: &Geo,
+        b0: usize,
+        nb: usize,
+        s: &CudaSlice<f32>,
+        drop: &AttnDropArgs,
+        m: &mut CudaViewMut<T::Acc>,
+        l: &mut CudaViewMut<T::Acc>,
+        acc: &mut CudaViewMut<T::Acc>,
+        p: &mut CudaSlice<T>,
+    ) -> Result<()>
+    where
+        T::Acc: DeviceRepr,
+    {
+        let rows = nb * g.h * g.nr;
+        if s.len() < rows * g.tk || p.len() < rows * g.tk {
+            return Err(shape_err("cuda.attn_tc_fwd_rows", "scratch too small"));
+        }
+        let f = self.func(
+            Module::AttentionTc,
+            &kernel_name("attn_tc_fwd_rows", &[T::DTYPE]),
+        )?;
+        let mut b = self.stream().launch_builder(&f);
+        b.arg(s)
+            .arg(&rows)
+            .arg(&g.nr)
+            .arg(&g.tk)
+            .arg(&g.tq)
+            .arg(&g.h)
+            .arg(&g.hs)
+            .arg(&g.first)
+            .arg(&g.q0)
+            .arg(&g.k0)
+            .arg(&b0)
+            .arg(drop)
+            .arg(m)
+            .arg(l)
+            .arg(acc)
+            .arg(p);
+        // SAFETY: matches `attn_tc_fwd_rows_<T>(const float* s, usize rows,
+        // nr, tk, tq, h, hs, first, q0, k0, b0, AttnDrop, float* m, float* l,
+        // float* acc, T* p)`; the kernel reads rows * tk scores and writes as
+        // many probabilities (checked above), and the statistics and acc of
+        // the rows b0 .. b0 + nb, first .. tq of the tile (lengths checked
+        // by the caller).
+        unsafe { b.launch(warp_rows(rows)) }.map_err(drv)?;
+        Ok(())
+    }
+
+    /// The backward row kernel over the rows of a chunk.
+    #[allow(clippy::too_many_arguments)]
+    fn attn_tc_bwd_rows<T: DevElement>(
+        &self,
+        g: &Geo,
+        b0: usize,
+        nb: usize,
+        s: &CudaSlice<f32>,
+        dp: &CudaSlice<f32>,
+        lse: &CudaView<T::Acc>,
+        delta: &CudaView<T::Acc>,
+        drop: &AttnDropArgs,
+        pd: &mut CudaSlice<T>,
+        ds: &mut CudaSlice<T>,
+    ) -> Result<()>
+    where
+        T::Acc: DeviceRepr,
+    {
+        let rows = nb * g.h * g.nr;
+        let n = rows * g.tk;
+        if s.len() < n || dp.len() < n || pd.len() < n || ds.len() < n {
+            return Err(shape_err("cuda.attn_tc_bwd_rows", "scratch too small"));
+        }
+        let f = self.func(
+            Module::AttentionTc,
+            &kernel_name("attn_tc_bwd_rows", &[T::DTYPE]),
+        )?;
+        let mut b = self.stream().launch_builder(&f);
+        b.arg(s)
+            .arg(dp)
+            .arg(lse)
+            .arg(delta)
+            .arg(&rows)
+            .arg(&g.nr)
+            .arg(&g.tk)
+            .arg(&g.tq)
+            .arg(&g.h)
+            .arg(&g.first)
+            .arg(&g.q0)
+            .arg(&g.k0)
+            .arg(&b0)
+            .arg(drop)
+            .arg(pd)
+            .arg(ds);
+        // SAFETY: matches `attn_tc_bwd_rows_<T>(const float* s, const float*
+        // dp, const float* lse, const float* delta, usize rows, nr, tk, tq,
+        // h, first, q0, k0, b0, AttnDrop, T* pd, T* ds)`; scratch lengths
+        // checked above, lse and delta by the caller.
+        unsafe { b.launch(warp_rows(rows)) }.map_err(drv)?;
+        Ok(())
+    }
+}
+
+/// The forward update of one key tile on tensor cores: the same operands
+/// and result as [`CudaKernels::flash_fwd`] with `ks == tk` (`dims` =
+/// `[b, tq, tk, h, hs]`, `pos` = `[q0, k0]`).
+#[allow(clippy::too_many_arguments)]
+pub fn attn_fwd_tc<T: DevElement>(
+    dev: &CudaDevice,
+    [q, k, v]: [&CudaView<T>; 3],
+    dims: [usize; 5],
+    pos: [usize; 2],
+    scale: f64,
+    drop: &AttnDropArgs,
+    m: &mut CudaViewMut<T::Acc>,
+    l: &mut CudaViewMut<T::Acc>,
+    acc: &mut CudaViewMut<T::Acc>,
+) -> Result<()>
+where
+    T::Acc: DeviceRepr,
+{
+    let op = "attn_fwd_tc";
+    let [bb, tq, tk, h, hs] = dims;
+    check_dtype::<T>(op, hs)?;
+    let (qn, kn, sn) = (bb * tq * h * hs, bb * tk * h * hs, bb * tq * h);
+    check_len(op, qn, q.len())?;
+    check_len(op, kn, k.len())?;
+    check_len(op, kn, v.len())?;
+    check_len(op, sn, m.len())?;
+    check_len(op, sn, l.len())?;
+    check_len(op, qn, acc.len())?;
+    let Some(g) = Geo::new(dims, pos) else {
+        return Ok(());
+    };
+    let cm = GemmCompute::Default;
+    let mut s = scratch::<f32>(dev, g.bc * g.blk())?;
+    let mut p = scratch::<T>(dev, g.bc * g.blk())?;
+    for (b0, nb) in g.chunks() {
+        for bi in b0..b0 + nb {
+            // S_h = scale Q_h K_h^T: [nr, hs] x [hs, tk] per head.
+            gemm_strided::<T, f32>(
+                dev,
+                cm,
+                [g.nr, g.tk, g.hs, g.h],
+                scale,
+                (q, g.q_heads(bi)),
+                (k, g.k_heads(bi).t()),
+                0.0,
+                (&mut s.as_view_mut(), g.s_heads(bi, b0)),
+            )?;
+        }
+        dev.kernels
+            .attn_tc_fwd_rows::<T>(&g, b0, nb, &s, drop, m, l, acc, &mut p)?;
+        for bi in b0..b0 + nb {
+            // acc_h += Pd_h V_h: [nr, tk] x [tk, hs] per head, after the
+            // row kernel rescaled acc.
+            gemm_strided::<T, T::Acc>(
+                dev,
+                cm,
+                [g.nr, g.hs, g.tk, g.h],
+                1.0,
+                (&p.as_view(), g.s_heads(bi, b0)),
+                (v, g.k_heads(bi)),
+                1.0,
+                (&mut *acc, g.q_heads(bi)),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// The backward of one (query tile, key tile) pair on tensor cores: the
+/// same operands and result as [`CudaKernels::flash_bwd`] (`dims` =
+/// `[b, tq, tk, h, hs]`, `pos` = `[q0, k0]`).
+#[allow(clippy::too_many_arguments)]
+pub fn attn_bwd_tc<T: DevElement>(
+    dev: &CudaDevice,
+    [q, k, v]: [&CudaView<T>; 3],
+    d_o: &CudaView<T>,
+    lse: &CudaView<T::Acc>,
+    delta: &CudaView<T::Acc>,
+    dims: [usize; 5],
+    pos: [usize; 2],
+    scale: f64,
+    drop: &AttnDropArgs,
+    dq: &mut CudaViewMut<T>,
+    dk: &mut CudaViewMut<T>,
+    dv: &mut CudaViewMut<T>,
+) -> Result<()>
+where
+    T::Acc: DeviceRepr,
+{
+    let op = "attn_bwd_tc";
+    let [bb, tq, tk, h, hs] = dims;
+    check_dtype::<T>(op, hs)?;
+    let (qn, kn, sn) = (bb * tq * h * hs, bb * tk * h * hs, bb * tq * h);
+    check_len(op, qn, q.len())?;
+    check_len(op, kn, k.len())?;
+    check_len(op, kn, v.len())?;
+    check_len(op, qn, d_o.len())?;
+    check_len(op, sn, lse.len())?;
+    check_len(op, sn, delta.len())?;
+    check_len(op, qn, dq.len())?;
+    check_len(op, kn, dk.len())?;
+    check_len(op, kn, dv.len())?;
+    let Some(g) = Geo::new(dims, pos) else {
+        return Ok(());
+    };
+    let cm = GemmCompute::Default;
+    let n = g.bc * g.blk();
+    let mut s = scratch::<f32>(dev, n)?;
+    let mut dp = scratch::<f32>(dev, n)?;
+    let mut pd = scratch::<T>(dev, n)?;
+    let mut ds = scratch::<T>(dev, n)?;
+    for (b0, nb) in g.chunks() {
+        for bi in b0..b0 + nb {
+            // S_h = scale Q_h K_h^T and DP_h = dO_h V_h^T: [nr, hs] x [hs, tk].
+            gemm_strided::<T, f32>(
+                dev,
+                cm,
+                [g.nr, g.tk, g.hs, g.h],
+                scale,
+                (q, g.q_heads(bi)),
+                (k, g.k_heads(bi).t()),
+                0.0,
+                (&mut s.as_view_mut(), g.s_heads(bi, b0)),
+            )?;
+            gemm_strided::<T, f32>(
+                dev,
+                cm,
+                [g.nr, g.tk, g.hs, g.h],
+                1.0,
+                (d_o, g.q_heads(bi)),
+                (v, g.k_heads(bi).t()),
+                0.0,
+                (&mut dp.as_view_mut(), g.s_heads(bi, b0)),
+            )?;
+        }
+        dev.kernels
+            .attn_tc_bwd_rows::<T>(&g, b0, nb, &s, &dp, lse, delta, drop, &mut pd, &mut ds)?;
+        let (pd, ds) = (pd.as_view(), ds.as_view());
+        for bi in b0..b0 + nb {
+            // dV_h += Pd_h^T dO_h: [tk, nr] x [nr, hs].
+            gemm_strided::<T, T>(
+                dev,
+                cm,
+                [g.tk, g.hs, g.nr, g.h],
+                1.0,
+                (&pd, g.s_heads(bi, b0).t()),
+                (d_o, g.q_heads(bi)),
+                1.0,
+                (&mut *dv, g.k_heads(bi)),
+            )?;
+            // dQ_h += scale dS_h K_h: [nr, tk] x [tk, hs].
+            gemm_strided::<T, T>(
+                dev,
+                cm,
+                [g.nr, g.hs, g.tk, g.h],
+                scale,
+                (&ds, g.s_heads(bi, b0)),
+                (k, g.k_heads(bi)),
+                1.0,
+                (&mut *dq, g.q_heads(bi)),
+            )?;
+            // dK_h += scale dS_h^T Q_h: [tk, nr] x [nr, hs].
+            gemm_strided::<T, T>(
+                dev,
+                cm,
+                [g.tk, g.hs, g.nr, g.h],
+                scale,
+                (&ds, g.s_heads(bi, b0).t()),
+                (q, g.q_heads(bi)),
+                1.0,
+                (&mut *dk, g.k_heads(bi)),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geometry() {
+        // Diagonal tile: queries 64..128 against keys 100..164 -> rows from 36.
+        let g = Geo::new([3, 64, 64, 2, 8], [64, 100]).unwrap();
+        assert_eq!((g.first, g.nr, g.bc), (36, 28, 3));
+        assert_eq!(g.q_heads(1), Strided::new((64 + 36) * 16, 16, 8));
+        assert_eq!(g.k_heads(2), Strided::new(2 * 64 * 16, 16, 8));
+        assert_eq!(g.s_heads(2, 0), Strided::new(2 * 2 * 28 * 64, 64, 28 * 64));
+        // Wholly in the future, or empty: nothing to do.
+        assert!(Geo::new([1, 64, 64, 1, 8], [0, 64]).is_none());
+        assert!(Geo::new([1, 64, 0, 1, 8], [0, 0]).is_none());
+        // Big blocks go one batch row at a time, in order, covering all.
+        let g = Geo::new([5, 1024, 1024, 12, 64], [0, 0]).unwrap();
+        assert_eq!(g.bc, 1);
+        assert_eq!(g.chunks().collect::<Vec<_>>().len(), 5);
+        let g = Geo::new([5, 256, 256, 12, 64], [0, 0]).unwrap();
+        assert_eq!(g.bc, 5);
+        let g = Geo::new([5, 1024, 512, 12, 64], [0, 0]).unwrap();
+        assert_eq!(g.bc, 2);
+        assert_eq!(g.chunks().collect::<Vec<_>>(), vec![(0, 2), (2, 2), (4, 1)]);
+        assert!(attn_tc_supports(DType::BF16, 64) && !attn_tc_supports(DType::F64, 64));
+        assert!(!attn_tc_supports(DType::F32, 0));
+    }
+}

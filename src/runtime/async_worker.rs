@@ -57,6 +57,9 @@ struct Worker<S: Stream> {
     node: usize,
     stream: S,
     in_flight: VecDeque<InFlight<S::Event>>,
+    /// Tasks released early onto this stream (see `release_early`), run
+    /// before anything from the scheduler.
+    early: VecDeque<Arc<TaskInner>>,
     /// Events of retired tasks, for reuse (creating one costs a driver call).
     spare: Vec<S::Event>,
 }
@@ -84,12 +87,17 @@ fn drive<S: Stream>(inner: Arc<Inner>, wid: usize, stream: S) {
         node,
         stream,
         in_flight: VecDeque::new(),
+        early: VecDeque::new(),
         spare: Vec::new(),
     };
     loop {
         w.retire_completed();
-        let idle = w.in_flight.is_empty();
-        match w.inner.sched.pop(wid, idle) {
+        let idle = w.in_flight.is_empty() && w.early.is_empty();
+        let next = match w.early.pop_front() {
+            Some(t) => Some(t),
+            None => w.inner.sched.pop(wid, idle),
+        };
+        match next {
             Some(task) => {
                 if w.in_flight.len() >= MAX_IN_FLIGHT {
                     w.retire_front();
@@ -152,6 +160,7 @@ impl<S: Stream> Worker<S> {
             (Err(e), _) | (Ok(()), Err(e)) => Err(e),
             (Ok(()), Ok(())) => Ok(()),
         };
+        let ok = res.is_ok();
         self.in_flight.push_back(InFlight {
             started: s,
             begin,
@@ -159,6 +168,54 @@ impl<S: Stream> Worker<S> {
             launched,
             res,
         });
+        if ok {
+            self.release_early(
+                &self
+                    .in_flight
+                    .back()
+                    .expect("just pushed")
+                    .started
+                    .task
+                    .clone(),
+            );
+        }
+    }
+
+    /// Successors of `task` that wait for nothing else may go on this
+    /// stream right behind it: the stream runs them after `task`, so they
+    /// need not wait for its completion to be seen by the host (a round trip
+    /// per step of a dependency chain otherwise). Only tasks this worker can
+    /// run and without ACC operands (whose lock could park them and let them
+    /// reach another worker too early) qualify. A successor released so is
+    /// marked `early`: finishing `task` does not schedule it again, and if
+    /// `task` fails it is reported cancelled when it retires.
+    fn release_early(&mut self, task: &Arc<TaskInner>) {
+        let kind = self.inner.workers[self.wid].kind.mask();
+        let succ = task.succ.lock().unwrap().list.clone();
+        for s in succ {
+            if s.where_.and(kind).0 == 0
+                || s.remaining.load(std::sync::atomic::Ordering::Acquire) != 1
+            {
+                continue;
+            }
+            let acc_free = s.body.lock().unwrap().as_ref().is_some_and(|b| {
+                b.accesses
+                    .iter()
+                    .all(|(_, m)| *m != super::handle::Access::ACC)
+            });
+            if acc_free
+                && s.early
+                    .compare_exchange(
+                        false,
+                        true,
+                        std::sync::atomic::Ordering::AcqRel,
+                        std::sync::atomic::Ordering::Acquire,
+                    )
+                    .is_ok()
+            {
+                self.early.push_back(s);
+            }
+        }
     }
 
     /// Retires the tasks at the front whose work has completed.
@@ -182,6 +239,22 @@ impl<S: Stream> Worker<S> {
             (Err(e), _) | (Ok(()), Err(e)) => Err(e),
             (Ok(()), Ok(())) => Ok(()),
         };
+        // Launched early behind a task that then failed: its inputs were never valid.
+        let cancelled = f.started.task.cancel.lock().unwrap().clone();
+        let res = match cancelled {
+            Some(cause)
+                if f.started
+                    .task
+                    .early
+                    .load(std::sync::atomic::Ordering::Acquire) =>
+            {
+                Err(Error::Cancelled {
+                    task: f.started.task.label(),
+                    cause,
+                })
+            }
+            _ => res,
+        };
         let dt = self
             .stream
             .elapsed(&f.begin, &f.end)
@@ -195,7 +268,7 @@ impl<S: Stream> Worker<S> {
             res.is_ok(),
         );
         let res = res.map_err(|e| match e {
-            e @ Error::Task { .. } => e,
+            e @ (Error::Task { .. } | Error::Cancelled { .. }) => e,
             e => Error::Task {
                 task: f.started.task.label(),
                 reason: e.to_string(),

@@ -555,7 +555,7 @@ impl Inner {
             if failed {
                 s.cancel.lock().unwrap().get_or_insert_with(|| task.label());
             }
-            if s.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if s.remaining.fetch_sub(1, Ordering::AcqRel) == 1 && !s.early.load(Ordering::Acquire) {
                 self.ready(s);
             }
         }

@@ -160,6 +160,10 @@ pub struct TaskInner {
     pub(crate) done_cv: Condvar,
     /// The scheduler's estimate of its run time, in seconds (as f64 bits).
     pub(crate) est: AtomicU64,
+    /// Launched by a device worker on the stream of its last unfinished
+    /// predecessor (see `async_worker`): finishing that predecessor must not
+    /// hand it to the scheduler again.
+    pub(crate) early: std::sync::atomic::AtomicBool,
 }
 
 static NEXT_TASK: AtomicU64 = AtomicU64::new(1);
@@ -189,6 +193,7 @@ impl TaskInner {
             result: Mutex::new(None),
             done_cv: Condvar::new(),
             est: AtomicU64::new(0),
+            early: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

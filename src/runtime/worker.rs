@@ -177,7 +177,7 @@ pub(crate) fn finish(inner: &Arc<Inner>, s: Started, node: usize, pinned: bool, 
     drop(body);
     let label = task.label();
     let res = res.map_err(|e| match e {
-        e @ (Error::Task { .. } | Error::OutOfMemory { .. }) => e,
+        e @ (Error::Task { .. } | Error::OutOfMemory { .. } | Error::Cancelled { .. }) => e,
         e => Error::Task {
             task: label,
             reason: e.to_string(),

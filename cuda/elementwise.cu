@@ -32,8 +32,7 @@ FOR_ALL_DTYPES(ELEMENTWISE)
     extern "C" __global__ void cast_##S_S##_##D_S(usize n, const S_T* x, D_T* y) {          \
         GRID_LOOP(i, n) y[i] = sto<D_T>(ld(x[i]));                                          \
     }
-#define CAST_FROM(S_T, S_S) \
-    CAST(S_T, S_S, float, f32) CAST(S_T, S_S, double, f64) CAST(S_T, S_S, bf16, bf16) CAST(S_T, S_S, f16, f16)
+#define CAST_FROM(S_T, S_S) FOR_ALL_DTYPES_WITH(CAST, S_T, S_S)
 FOR_ALL_DTYPES(CAST_FROM)
 
 // Block copy between two row-major tiles (re-tiling, slicing, cast):
@@ -93,7 +92,5 @@ __device__ __forceinline__ void copy_one(const BlockDims& d, usize i, const S* x
             GRID_LOOP(i, total) copy_one<usize>(d, i, x, y);                                \
         }                                                                                   \
     }
-#define COPY_BLOCK_FROM(S_T, S_S)                                                           \
-    COPY_BLOCK(S_T, S_S, float, f32) COPY_BLOCK(S_T, S_S, double, f64)                      \
-    COPY_BLOCK(S_T, S_S, bf16, bf16) COPY_BLOCK(S_T, S_S, f16, f16)
+#define COPY_BLOCK_FROM(S_T, S_S) FOR_ALL_DTYPES_WITH(COPY_BLOCK, S_T, S_S)
 FOR_ALL_DTYPES(COPY_BLOCK_FROM)

@@ -53,7 +53,9 @@
         }                                                                                   \
     }
 OPTIM(float, f32, float, f32)
+#ifndef GPT2RS_HOST_EMU
 OPTIM(float, f32, bf16, bf16)
 OPTIM(float, f32, f16, f16)
+#endif
 OPTIM(double, f64, double, f64)
 OPTIM(double, f64, float, f32)

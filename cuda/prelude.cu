@@ -9,6 +9,11 @@
 //
 // Kernels are `extern "C"` with dtype-suffixed names (`fill_f32`, ...),
 // generated per dtype by macros in each module; sizes are `usize` (64-bit).
+//
+// GPT2RS_HOST_EMU is defined only by the host emulator (tools/cuda-emu),
+// which compiles these sources as C++ to test the f32/f64 kernels against
+// the CPU ones: it leaves out the 16-bit parts (inline PTX) and instantiates
+// the f32/f64 dtypes only. NVRTC never sees it defined.
 
 typedef unsigned long long usize;
 typedef long long i64;
@@ -22,18 +27,21 @@ template <> struct AccOf<double> { typedef double type; };
 
 __device__ __forceinline__ float ld(float v) { return v; }
 __device__ __forceinline__ double ld(double v) { return v; }
+#ifndef GPT2RS_HOST_EMU
 __device__ __forceinline__ float ld(bf16 v) { return __uint_as_float(((unsigned)v.x) << 16); }
 __device__ __forceinline__ float ld(f16 v) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v.x));
     return f;
 }
+#endif
 
 // Round an f32 or f64 value to T (f64 -> bf16/f16 goes through f32: the
 // f64 paths below only ever store f64).
 template <typename T> __device__ __forceinline__ T st(double v);
 template <> __device__ __forceinline__ double st<double>(double v) { return v; }
 template <> __device__ __forceinline__ float st<float>(double v) { return (float)v; }
+#ifndef GPT2RS_HOST_EMU
 template <> __device__ __forceinline__ bf16 st<bf16>(double v) {
     bf16 r;
     float f = (float)v;
@@ -46,9 +54,11 @@ template <> __device__ __forceinline__ f16 st<f16>(double v) {
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.x) : "f"(f));
     return r;
 }
+#endif
 // Float overloads, so f32 arithmetic does not detour through f64.
 template <typename T> __device__ __forceinline__ T stf(float v) { return st<T>((double)v); }
 template <> __device__ __forceinline__ float stf<float>(float v) { return v; }
+#ifndef GPT2RS_HOST_EMU
 template <> __device__ __forceinline__ bf16 stf<bf16>(float v) {
     bf16 r;
     asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r.x) : "f"(v));
@@ -59,6 +69,7 @@ template <> __device__ __forceinline__ f16 stf<f16>(float v) {
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.x) : "f"(v));
     return r;
 }
+#endif
 template <typename T> __device__ __forceinline__ T sto(float v) { return stf<T>(v); }
 template <typename T> __device__ __forceinline__ T sto(double v) { return st<T>(v); }
 
@@ -79,6 +90,7 @@ __device__ __forceinline__ double xmax(double a, double b) { return fmax(a, b); 
 // aligned 32-bit word that holds them).
 __device__ __forceinline__ void atomic_add(float* p, float v) { atomicAdd(p, v); }
 __device__ __forceinline__ void atomic_add(double* p, double v) { atomicAdd(p, v); }
+#ifndef GPT2RS_HOST_EMU
 template <typename H>
 __device__ __forceinline__ void atomic_add_16(H* p, float v) {
     unsigned* word = (unsigned*)((usize)p & ~(usize)3);
@@ -95,6 +107,7 @@ __device__ __forceinline__ void atomic_add_16(H* p, float v) {
 }
 __device__ __forceinline__ void atomic_add(bf16* p, float v) { atomic_add_16(p, v); }
 __device__ __forceinline__ void atomic_add(f16* p, float v) { atomic_add_16(p, v); }
+#endif
 
 // Grid-stride loop over [0, n).
 #define GRID_LOOP(i, n) \
@@ -134,10 +147,19 @@ template <typename A> __device__ A block_max(A v, A* shared) {
     return warp_max(t);
 }
 
-// Instantiate MACRO(T, suffix) for every storage dtype.
+// Instantiate MACRO(T, suffix) for every storage dtype. FOR_ALL_DTYPES_WITH
+// expands MACRO(A, B, T, suffix) instead (pairs of dtypes, e.g. casts).
+// FOR_GRAD_PAIRS: storage dtype with its gradient/accumulator dtype: same
+// type, or f32 gradients for 16-bit activations (mixed precision).
+#ifndef GPT2RS_HOST_EMU
 #define FOR_ALL_DTYPES(M) M(float, f32) M(double, f64) M(bf16, bf16) M(f16, f16)
-// Storage dtype with its gradient/accumulator dtype: same type, or f32
-// gradients for 16-bit activations (mixed precision).
+#define FOR_ALL_DTYPES_WITH(M, A, B) \
+    M(A, B, float, f32) M(A, B, double, f64) M(A, B, bf16, bf16) M(A, B, f16, f16)
 #define FOR_GRAD_PAIRS(M) \
     M(float, f32, float, f32) M(double, f64, double, f64) M(bf16, bf16, bf16, bf16) \
     M(f16, f16, f16, f16) M(bf16, bf16, float, f32) M(f16, f16, float, f32)
+#else
+#define FOR_ALL_DTYPES(M) M(float, f32) M(double, f64)
+#define FOR_ALL_DTYPES_WITH(M, A, B) M(A, B, float, f32) M(A, B, double, f64)
+#define FOR_GRAD_PAIRS(M) M(float, f32, float, f32) M(double, f64, double, f64)
+#endif

@@ -1,0 +1,284 @@
+//! attention_tc.cu: the softmax steps of the tensor-core attention path
+//! (launch_attn_tc.rs), which run between cuBLAS products. The products are
+//! done here on the host, as the launcher lays them out (score blocks
+//! `[bc, h, nr, tk]`, query rows from `first`), in f64 rounded to f32 where
+//! cuBLAS's fp32 products round in their own order; the whole path is
+//! compared with the CPU's attention within the flash kernels' tolerance
+//! (see attention.rs). f32 only: the kernels have no f64 instantiation.
+//!
+//! Query and key tiles are cut differently (36 + 4 and 20 + 20 positions of
+//! T = 40), so some pairs start at a query row `first > 0`, and tiles of
+//! more than 32 keys make the lanes stride; batch rows go in one chunk or
+//! one at a time (`b0 > 0`).
+
+use super::{close, eps, Buf, Rng};
+use crate::{launch, AttnDropArgs, Geom, ATTN_TC_F32};
+use gpt2rs::kernels::cpu::attention::{self as kt, AttnDropout};
+use gpt2rs::kernels::cuda::launch_attn_tc::ATTN_TC_BLOCK;
+use gpt2rs::kernels::cuda::{ceil_div, MAX_GRID, WARP_SIZE};
+
+const B: usize = 2;
+const NH: usize = 3;
+const T_: usize = 40;
+const Q_TILES: [(usize, usize); 2] = [(0, 36), (36, 4)];
+const K_TILES: [(usize, usize); 2] = [(0, 20), (20, 20)];
+
+/// `warp_rows` of launch_attn_tc.rs (private there).
+fn warp_rows(rows: usize) -> Geom {
+    let per_block = (ATTN_TC_BLOCK / WARP_SIZE) as usize;
+    Geom {
+        grid: ceil_div(rows.max(1), per_block).min(MAX_GRID as usize) as u32,
+        block: (ATTN_TC_BLOCK, 1),
+    }
+}
+
+/// The first query row of a pair that sees a key (`Geo::new` of
+/// launch_attn_tc.rs, private there); `None`: the pair does nothing.
+fn first_row(tq: usize, tk: usize, q0: usize, k0: usize) -> Option<usize> {
+    let first = k0.saturating_sub(q0);
+    (tk > 0 && first < tq).then_some(first)
+}
+
+/// Positions `t0..t0 + n` of a `[B, T, NH, hs]` tensor.
+fn tile(x: &[f32], hs: usize, t0: usize, n: usize) -> Vec<f32> {
+    let row = NH * hs;
+    (0..B)
+        .flat_map(|b| x[(b * T_ + t0) * row..(b * T_ + t0 + n) * row].to_vec())
+        .collect()
+}
+
+/// One (query tile, key tile) pair: the operands and the block geometry.
+struct Pair<'a> {
+    hs: usize,
+    tq: usize,
+    tk: usize,
+    first: usize,
+    nr: usize,
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+}
+
+impl Pair<'_> {
+    /// Offset of query row `first + r` of batch row `bi`, head `hd`.
+    fn qi(&self, bi: usize, hd: usize, r: usize) -> usize {
+        ((bi * self.tq + self.first + r) * NH + hd) * self.hs
+    }
+    /// Offset of key row `j` of batch row `bi`, head `hd`.
+    fn ki(&self, bi: usize, hd: usize, j: usize) -> usize {
+        ((bi * self.tk + j) * NH + hd) * self.hs
+    }
+    /// Index in the chunk's score block of (bi, hd, r, j).
+    fn si(&self, bi: usize, b0: usize, hd: usize, r: usize, j: usize) -> usize {
+        (((bi - b0) * NH + hd) * self.nr + r) * self.tk + j
+    }
+    /// `alpha a_i . b_j` for every score of the chunk (a query-shaped, b
+    /// key-shaped): the launcher's score GEMMs.
+    fn scores(&self, a: &[f32], b: &[f32], alpha: f64, b0: usize, nb: usize) -> Vec<f32> {
+        let mut s = vec![0.0f32; nb * NH * self.nr * self.tk];
+        for bi in b0..b0 + nb {
+            for hd in 0..NH {
+                for r in 0..self.nr {
+                    for j in 0..self.tk {
+                        let (x, y) = (self.qi(bi, hd, r), self.ki(bi, hd, j));
+                        let dot: f64 = (0..self.hs)
+                            .map(|d| a[x + d] as f64 * b[y + d] as f64)
+                            .sum();
+                        s[self.si(bi, b0, hd, r, j)] = (alpha * dot) as f32;
+                    }
+                }
+            }
+        }
+        s
+    }
+}
+
+fn run(hs: usize, drop: AttnDropout, bc: usize) {
+    let k = ATTN_TC_F32;
+    let scale = 1.0 / (hs as f64).sqrt();
+    let full = B * T_ * NH * hs;
+    let mut rng = Rng(90 + hs as u64);
+    let (q, kk, v, d_o): (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) = (
+        rng.vec(full, 0.0, 1.0),
+        rng.vec(full, 0.0, 1.0),
+        rng.vec(full, 0.0, 1.0),
+        rng.vec(full, 0.0, 1.0),
+    );
+    let dev_drop = AttnDropArgs::new(drop);
+    let tag = format!("hs {hs} dropout {drop:?} chunks of {bc}");
+    let tol = (2.0 * (hs as f64).powf(1.5) / 3.0).max(64.0) * eps::<f32>();
+    let zeros = |n: usize| vec![0.0f32; n];
+
+    for &(q0, tq) in &Q_TILES {
+        let (qt, dot) = (tile(&q, hs, q0, tq), tile(&d_o, hs, q0, tq));
+        let rows = B * tq * NH;
+        // Forward over the key tiles, the CPU's and the tensor-core path's.
+        let (mut mw, mut lw, mut aw) = (zeros(rows), zeros(rows), zeros(rows * hs));
+        kt::attn_fwd_init::<f32>(&mut mw, &mut lw, &mut aw);
+        let (mut m, mut l, mut acc) = (Buf::new(&mw), Buf::new(&lw), Buf::new(&aw));
+        for &(k0, tk) in &K_TILES {
+            let (kt_, vt) = (tile(&kk, hs, k0, tk), tile(&v, hs, k0, tk));
+            kt::attn_fwd_update::<f32>(
+                &qt, &kt_, &vt, B, tq, tk, NH, hs, q0, k0, scale, drop, &mut mw, &mut lw, &mut aw,
+            );
+            let Some(first) = first_row(tq, tk, q0, k0) else {
+                continue;
+            };
+            let pr = Pair {
+                hs,
+                tq,
+                tk,
+                first,
+                nr: tq - first,
+                q: &qt,
+                k: &kt_,
+                v: &vt,
+            };
+            for b0 in (0..B).step_by(bc) {
+                let nb = bc.min(B - b0);
+                let s = pr.scores(pr.q, pr.k, scale, b0, nb);
+                let nrows = nb * NH * pr.nr;
+                let mut p = Buf::<f32>::filled(s.len(), f64::NAN); // the kernel writes every entry
+                let (sp, mp, lp, ap, pp) = (s.as_ptr(), m.m(), l.m(), acc.m(), p.m());
+                launch(warp_rows(nrows), || unsafe {
+                    (k.fwd_rows)(
+                        sp, nrows, pr.nr, tk, tq, NH, hs, first, q0, k0, b0, dev_drop, mp, lp, ap,
+                        pp,
+                    )
+                });
+                // acc += Pd V.
+                let (p, a) = (p.get(), acc.get_mut());
+                for bi in b0..b0 + nb {
+                    for hd in 0..NH {
+                        for r in 0..pr.nr {
+                            for d in 0..hs {
+                                let sum: f64 = (0..tk)
+                                    .map(|j| {
+                                        p[pr.si(bi, b0, hd, r, j)] as f64
+                                            * pr.v[pr.ki(bi, hd, j) + d] as f64
+                                    })
+                                    .sum();
+                                let o = &mut a[pr.qi(bi, hd, r) + d];
+                                *o = (*o as f64 + sum) as f32;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let at = format!("q tile {q0}+{tq} {tag}");
+        close(&format!("attn_tc fwd m {at}"), m.get(), &mw, tol, tol);
+        close(&format!("attn_tc fwd l {at}"), l.get(), &lw, tol, tol);
+        close(&format!("attn_tc fwd acc {at}"), acc.get(), &aw, tol, tol);
+
+        // Backward from the CPU's statistics.
+        let (mut o, mut lse, mut delta) = (zeros(rows * hs), zeros(rows), zeros(rows));
+        kt::attn_fwd_finalize::<f32>(&mw, &lw, &aw, B, tq, NH, hs, &mut o, &mut lse);
+        kt::attn_bwd_delta::<f32>(&o, &dot, B, tq, NH, hs, &mut delta);
+        for &(k0, tk) in &K_TILES {
+            let (kt_, vt) = (tile(&kk, hs, k0, tk), tile(&v, hs, k0, tk));
+            let (mut dqw, mut dkw, mut dvw) = (
+                zeros(rows * hs),
+                zeros(B * tk * NH * hs),
+                zeros(B * tk * NH * hs),
+            );
+            kt::attn_bwd_update::<f32>(
+                &qt, &kt_, &vt, &dot, &lse, &delta, B, tq, tk, NH, hs, q0, k0, scale, drop,
+                &mut dqw, &mut dkw, &mut dvw,
+            );
+            let (mut dq, mut dk, mut dv) = (
+                zeros(rows * hs),
+                zeros(B * tk * NH * hs),
+                zeros(B * tk * NH * hs),
+            );
+            if let Some(first) = first_row(tq, tk, q0, k0) {
+                let pr = Pair {
+                    hs,
+                    tq,
+                    tk,
+                    first,
+                    nr: tq - first,
+                    q: &qt,
+                    k: &kt_,
+                    v: &vt,
+                };
+                for b0 in (0..B).step_by(bc) {
+                    let nb = bc.min(B - b0);
+                    let s = pr.scores(pr.q, pr.k, scale, b0, nb);
+                    let dp = pr.scores(&dot, pr.v, 1.0, b0, nb);
+                    let nrows = nb * NH * pr.nr;
+                    let (mut pd, mut ds) = (
+                        Buf::<f32>::filled(s.len(), f64::NAN),
+                        Buf::<f32>::filled(s.len(), f64::NAN),
+                    );
+                    let (sp, dpp, lp, dlp, pdp, dsp) = (
+                        s.as_ptr(),
+                        dp.as_ptr(),
+                        lse.as_ptr(),
+                        delta.as_ptr(),
+                        pd.m(),
+                        ds.m(),
+                    );
+                    launch(warp_rows(nrows), || unsafe {
+                        (k.bwd_rows)(
+                            sp, dpp, lp, dlp, nrows, pr.nr, tk, tq, NH, first, q0, k0, b0,
+                            dev_drop, pdp, dsp,
+                        )
+                    });
+                    let (pd, ds) = (pd.get(), ds.get());
+                    // dV += Pd^T dO, dQ += scale dS K, dK += scale dS^T Q.
+                    for bi in b0..b0 + nb {
+                        for hd in 0..NH {
+                            for d in 0..hs {
+                                for j in 0..tk {
+                                    let (gv, gk): (f64, f64) = (0..pr.nr)
+                                        .map(|r| {
+                                            let (x, y) =
+                                                (pr.si(bi, b0, hd, r, j), pr.qi(bi, hd, r) + d);
+                                            (
+                                                pd[x] as f64 * dot[y] as f64,
+                                                ds[x] as f64 * qt[y] as f64,
+                                            )
+                                        })
+                                        .fold((0.0, 0.0), |(a, b), (c, e)| (a + c, b + e));
+                                    let y = pr.ki(bi, hd, j) + d;
+                                    dv[y] = (dv[y] as f64 + gv) as f32;
+                                    dk[y] = (dk[y] as f64 + scale * gk) as f32;
+                                }
+                                for r in 0..pr.nr {
+                                    let g: f64 = (0..tk)
+                                        .map(|j| {
+                                            ds[pr.si(bi, b0, hd, r, j)] as f64
+                                                * kt_[pr.ki(bi, hd, j) + d] as f64
+                                        })
+                                        .sum();
+                                    let y = pr.qi(bi, hd, r) + d;
+                                    dq[y] = (dq[y] as f64 + scale * g) as f32;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            let at = format!("q tile {q0}+{tq} k tile {k0}+{tk} {tag}");
+            close(&format!("attn_tc bwd dq {at}"), &dq, &dqw, tol, tol);
+            close(&format!("attn_tc bwd dk {at}"), &dk, &dkw, tol, tol);
+            close(&format!("attn_tc bwd dv {at}"), &dv, &dvw, tol, tol);
+        }
+    }
+}
+
+/// Dropout over a tensor of B + 1 batch rows and NH + 2 heads, this tile at
+/// batch row 1 and head 2.
+const DROP: AttnDropout = Some((42, 5, 0.3, [B + 1, NH + 2, T_, T_], [1, 2]));
+
+#[test]
+fn attention_tc_f32() {
+    for hs in [8, 40] {
+        for drop in [None, DROP] {
+            for bc in [B, 1] {
+                run(hs, drop, bc);
+            }
+        }
+    }
+}

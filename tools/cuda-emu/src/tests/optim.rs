@@ -1,0 +1,183 @@
+//! optim.cu: SGD (plain, weight decay, momentum, dampening, Nesterov) and
+//! Adam / AdamW (both branches of torch's lerp) over several steps, for every
+//! (master, gradient) pair the host build has. optim.cu mirrors
+//! src/kernels/cpu/optim.rs operation by operation: bit for bit.
+
+use super::{exact, Buf, Dev, Rng};
+use crate::geom::elementwise as ew;
+use crate::{launch, Optim, OPTIM_F32_F32, OPTIM_F64_F32, OPTIM_F64_F64};
+use gpt2rs::dtype::Element;
+use gpt2rs::kernels::cpu::optim as ko;
+
+// The launchers' scalar derivations (launch_optim.rs) are inside the
+// `sgd_step` / `adam_step` methods, which need a CUDA stream, so they are
+// restated here line for line.
+
+/// An f64 scalar rounded to P (the launcher's `sc`).
+fn sc<P: Dev>(v: f64) -> P {
+    P::from_acc(P::Acc::of(v))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn dev_sgd<P: Dev, G: Element>(
+    o: &Optim<P, G>,
+    p: &mut Buf<P>,
+    g: &[G],
+    buf: Option<&mut Buf<P>>,
+    lr: f64,
+    momentum: f64,
+    dampening: f64,
+    nesterov: bool,
+    weight_decay: f64,
+    first_step: bool,
+) {
+    let n = g.len();
+    let (neg_lr, wd) = (sc::<P>(-lr), sc::<P>(weight_decay));
+    let (mom, one_m_damp) = (sc::<P>(momentum), sc::<P>(1.0 - dampening));
+    let decay = (weight_decay != 0.0) as i32;
+    let (has_mom, nest, first) = ((momentum != 0.0) as i32, nesterov as i32, first_step as i32);
+    // Without momentum the launcher passes a null buffer.
+    let bp = buf.map_or(std::ptr::null_mut(), |b| b.m());
+    let (pp, gp) = (p.m(), g.as_ptr());
+    launch(ew(n), || unsafe {
+        (o.sgd_step)(
+            n, pp, gp, bp, neg_lr, wd, decay, has_mom, mom, one_m_damp, nest, first,
+        )
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+fn dev_adam<P: Dev, G: Element>(
+    o: &Optim<P, G>,
+    p: &mut Buf<P>,
+    g: &[G],
+    m: &mut Buf<P>,
+    v: &mut Buf<P>,
+    step: u64,
+    lr: f64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    weight_decay: f64,
+    decoupled: bool,
+) {
+    let n = g.len();
+    let step_f = step as f64;
+    let bc1 = 1.0 - beta1.powf(step_f);
+    let bc2 = 1.0 - beta2.powf(step_f);
+    let neg_step_size = sc::<P>(-(lr / bc1));
+    let bc2_sqrt = sc::<P>(bc2.sqrt());
+    let eps = sc::<P>(eps);
+    let w1 = 1.0 - beta1;
+    let lerp_lo = (w1 < 0.5) as i32;
+    let w = P::Acc::of(w1);
+    let one_m_w = P::from_acc(P::Acc::ONE - w);
+    let w = P::from_acc(w);
+    let b2 = sc::<P>(beta2);
+    let one_m_b2 = sc::<P>(1.0 - beta2);
+    let wd = sc::<P>(weight_decay);
+    let decay_p = sc::<P>(1.0 - lr * weight_decay);
+    let couple = (weight_decay != 0.0 && !decoupled) as i32;
+    let decouple = (weight_decay != 0.0 && decoupled) as i32;
+    let (pp, gp, mp, vp) = (p.m(), g.as_ptr(), m.m(), v.m());
+    launch(ew(n), || unsafe {
+        (o.adam_step)(
+            n,
+            pp,
+            gp,
+            mp,
+            vp,
+            neg_step_size,
+            bc2_sqrt,
+            eps,
+            w,
+            one_m_w,
+            lerp_lo,
+            b2,
+            one_m_b2,
+            wd,
+            decay_p,
+            couple,
+            decouple,
+        )
+    });
+}
+
+fn grads<G: Element>(step: u64, n: usize) -> Vec<G> {
+    let mut g: Vec<G> = Rng(60 + step).vec(n, 0.0, 2.0);
+    g[0] = G::from_f64(0.0);
+    g[1] = G::from_f64(1e4);
+    g[2] = G::from_f64(-3e-7);
+    g
+}
+
+fn steps<P: Dev, G: Dev>(o: Optim<P, G>) {
+    let n = 1000;
+    let p0: Vec<P> = Rng(61).vec(n, 0.0, 1.0);
+    let sgd = [
+        (0.1, 0.0, 0.0, false, 0.0),
+        (0.05, 0.0, 0.0, false, 0.01),
+        (0.1, 0.9, 0.0, false, 0.0),
+        (0.1, 0.9, 0.1, true, 1e-4),
+        (0.01, 0.5, 0.5, false, 0.1),
+    ];
+    for (lr, mom, damp, nest, wd) in sgd {
+        let (mut pw, mut bw) = (p0.clone(), vec![P::from_f64(0.0); n]);
+        let (mut p, mut b) = (Buf::new(&p0), Buf::<P>::zeros(n));
+        for step in 0..3 {
+            let g: Vec<G> = grads(step, n);
+            let first = step == 0;
+            let buf_w: &mut [P] = if mom != 0.0 { &mut bw } else { &mut [] };
+            ko::sgd_step::<P, G>(&mut pw, &g, buf_w, lr, mom, damp, nest, wd, first);
+            let buf = (mom != 0.0).then_some(&mut b);
+            dev_sgd(&o, &mut p, &g, buf, lr, mom, damp, nest, wd, first);
+            let what = format!(
+                "sgd lr {lr} momentum {mom} dampening {damp} nesterov {nest} wd {wd} step {step}"
+            );
+            exact(&format!("{what}: p"), p.get(), &pw);
+            exact(&format!("{what}: buf"), b.get(), &bw);
+        }
+    }
+    let adam = [
+        (1e-3, 0.9, 0.999, 1e-8, 0.0, false),
+        (1e-3, 0.9, 0.999, 1e-8, 0.01, false),
+        (6e-4, 0.9, 0.95, 1e-8, 0.1, true),
+        (0.01, 0.3, 0.5, 1e-6, 0.05, true),
+    ];
+    for (lr, b1, b2, eps, wd, decoupled) in adam {
+        let (mut pw, mut mw, mut vw) = (
+            p0.clone(),
+            vec![P::from_f64(0.0); n],
+            vec![P::from_f64(0.0); n],
+        );
+        let (mut p, mut m, mut v) = (Buf::new(&p0), Buf::<P>::zeros(n), Buf::<P>::zeros(n));
+        for step in 1..=4 {
+            let g: Vec<G> = grads(step, n);
+            ko::adam_step::<P, G>(
+                &mut pw, &g, &mut mw, &mut vw, step, lr, b1, b2, eps, wd, decoupled,
+            );
+            dev_adam(
+                &o, &mut p, &g, &mut m, &mut v, step, lr, b1, b2, eps, wd, decoupled,
+            );
+            let what = format!(
+                "adam lr {lr} betas {b1} {b2} eps {eps} wd {wd} decoupled {decoupled} step {step}"
+            );
+            exact(&format!("{what}: p"), p.get(), &pw);
+            exact(&format!("{what}: m"), m.get(), &mw);
+            exact(&format!("{what}: v"), v.get(), &vw);
+        }
+    }
+}
+
+#[test]
+fn f32_masters_f32_grads() {
+    steps(OPTIM_F32_F32);
+}
+#[test]
+fn f64_masters_f64_grads() {
+    steps(OPTIM_F64_F64);
+}
+#[test]
+fn f64_masters_f32_grads() {
+    steps(OPTIM_F64_F32);
+}

@@ -150,3 +150,35 @@ def test_missing_nvrtc_is_an_error_not_a_crash() -> None:
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() in ("compiled", "error")
+
+
+@pytest.mark.parametrize(
+    "restrict,ncuda,visible,want",
+    [
+        (None, None, 0, (0, "notice")),
+        (None, None, 2, (2, None)),
+        ("cuda", None, 1, (1, None)),
+        (None, 1, 2, (1, None)),
+        ("cpu", None, 2, (0, None)),
+        (None, 0, 2, (0, None)),
+        ("cuda", None, 0, "CudaError"),
+        (None, 3, 2, "CudaError"),
+        ("cuda", 0, 2, "ValueError"),
+        ("cpu", 1, 2, "ValueError"),
+        (None, -1, 2, "ValueError"),
+    ],
+)
+def test_choose_gpus(monkeypatch: pytest.MonkeyPatch, restrict: str | None, ncuda: int | None, visible: int, want: object) -> None:
+    monkeypatch.setattr(cuda, "unavailable_reason", lambda: None if visible else "no driver here")
+    monkeypatch.setattr(cuda, "device_count", lambda: visible)
+    if want == "CudaError":
+        with pytest.raises(cuda.CudaError, match="CUDA is not available"):
+            cuda.choose_gpus(restrict, ncuda)
+    elif want == "ValueError":
+        with pytest.raises(ValueError):
+            cuda.choose_gpus(restrict, ncuda)
+    else:
+        n, notice = cuda.choose_gpus(restrict, ncuda)
+        assert (n, "notice" if notice else None) == want
+        if notice:
+            assert "no driver here" in notice

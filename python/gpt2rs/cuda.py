@@ -44,6 +44,7 @@ __all__ = [
     "compile_all",
     "compile_module",
     "compile_source",
+    "choose_gpus",
     "device_count",
     "device_info",
     "is_available",
@@ -130,6 +131,40 @@ def device_info(ordinal: int = 0) -> dict[str, object]:
     preload()
     name, arch, total = cuda_device_info(ordinal)
     return {"name": name, "arch": arch, "total_mem": total}
+
+
+def choose_gpus(restrict: str | None, ncuda: int | None) -> tuple[int, str | None]:
+    """How many GPUs a run uses: ``ncuda`` if given, else every visible one;
+    none with ``restrict="cpu"``. Returns ``(count, notice)``, the notice
+    saying why a run that could use a GPU stays on the CPU.
+
+    Raises:
+        ValueError: contradictory arguments.
+        CudaError: GPUs were required (``restrict="cuda"`` or ``ncuda > 0``)
+            but are not usable here.
+    """
+    if ncuda is not None and ncuda < 0:
+        raise ValueError(f"ncuda must be >= 0, got {ncuda}")
+    if restrict == "cuda" and ncuda == 0:
+        raise ValueError("restrict cuda with ncuda 0: nothing to run on")
+    if restrict == "cpu":
+        if ncuda:
+            raise ValueError(f"restrict cpu with ncuda {ncuda}: drop one of them")
+        return 0, None
+    if ncuda == 0:
+        return 0, None
+    reason = unavailable_reason()
+    visible = 0 if reason else device_count()
+    if ncuda is None:
+        if visible == 0 and restrict == "cuda":
+            raise CudaError(f"CUDA is not available here ({reason or 'no GPU visible'})")
+        if visible == 0:
+            return 0, f"no GPU ({reason or 'none visible'}): running on the CPU"
+        return visible, None
+    if ncuda > visible:
+        why = f": {reason}" if reason else ""
+        raise CudaError(f"CUDA is not available here ({ncuda} GPU(s) asked for, {visible} usable{why})")
+    return ncuda, None
 
 
 def is_available() -> bool:

@@ -59,7 +59,6 @@ SCHEDULERS = {
     **{n: "eager" for n in ("eager", "prio", "random", "ws", "lws", "peager", "heteroprio")},
     **{n: "dmda" for n in ("dmda", "dm", "dmdar", "dmdas", "dmdasd", "heft", "pheft")},
 }
-NO_CUDA = "CUDA is not available here ({reason}); use --restrict cpu"
 
 
 class TrainError(ValueError):
@@ -235,6 +234,7 @@ class Trainer:
         self.stop = stop or threading.Event()
         self.phases = Phases()
         self._set_up = False
+        self._gpu_notice: str | None = None
 
     # -- setup ---------------------------------------------------------------
 
@@ -242,36 +242,19 @@ class Trainer:
         """GPUs to train on: --ncuda, else every visible one; none with --restrict cpu."""
         from gpt2rs import cuda
 
-        o = self.opts
-        if o.restrict == "cpu":
-            return 0
-        wanted = o.ncuda
-        if wanted == 0:
-            return 0
-        reason = cuda.unavailable_reason()
-        visible = 0 if reason else cuda.device_count()
-        if wanted is None:
-            if visible == 0 and o.restrict == "cuda":
-                raise TrainError(NO_CUDA.format(reason=reason or "no GPU visible"))
-            if visible == 0:
-                self.reporter.message(f"note: no GPU ({reason or 'none visible'}): training on the CPU")
-            return visible
-        if wanted > visible:
-            raise TrainError(
-                NO_CUDA.format(reason=f"--ncuda {wanted} but {visible} GPU(s) usable" + (f": {reason}" if reason else ""))
-            )
-        return wanted
+        try:
+            n, notice = cuda.choose_gpus(self.opts.restrict, self.opts.ncuda)
+        except (ValueError, cuda.CudaError) as e:
+            msg = str(e).replace("restrict ", "--restrict ").replace("ncuda ", "--ncuda ")
+            raise TrainError(msg + ("; use --restrict cpu" if isinstance(e, cuda.CudaError) else "")) from None
+        # Said once training starts, so that a bad option stays one error line.
+        self._gpu_notice = notice
+        return n
 
     def _check_options(self) -> None:
         o = self.opts
         if o.restrict not in (None, "cpu", "cuda"):
             raise TrainError(f"--restrict must be cpu, cuda or None, got {o.restrict!r}")
-        if o.ncuda is not None and o.ncuda < 0:
-            raise TrainError(f"--ncuda must be >= 0, got {o.ncuda}")
-        if o.restrict == "cuda" and o.ncuda == 0:
-            raise TrainError("--restrict cuda with --ncuda 0: nothing to run on")
-        if o.restrict == "cpu" and o.ncuda:
-            raise TrainError(f"--restrict cpu with --ncuda {o.ncuda}: drop one of them")
         # Before any data or weights are touched: a GPU run without a GPU fails first.
         self.ncuda = self._gpus()
         if o.dtype not in DTYPES:
@@ -589,6 +572,8 @@ class Trainer:
         # A fresh run starts at epoch 0; a resumed one has the generator state
         # from the start of its epoch: either way the next draw is this epoch's order.
         self._epoch_order()
+        if self._gpu_notice:
+            self.reporter.message(f"note: {self._gpu_notice}")
         self.reporter.start(
             {
                 "start_step": self.start_step,
@@ -775,7 +760,6 @@ __all__ = [
     "DataError",
     "LR_SCHEDULES",
     "MIN_LR_RATIO",
-    "NO_CUDA",
     "OPTIMIZERS",
     "SCHEDULERS",
     "Phases",

@@ -8,6 +8,7 @@ directory, or a gpt2rs-train checkpoint).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -17,7 +18,6 @@ from typing import NoReturn
 import numpy as np
 
 PROG = "gpt2rs-generate"
-NO_CUDA = "CUDA is not available in this build/machine (gpt2rs has no CUDA backend yet); use --restrict cpu"
 
 EPILOG = """\
 Every --dashed-option is also accepted as --underscore_option (NNTile's spelling).
@@ -78,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cache directory for models from the HF hub (as gpt2rs-train's)")  # fmt: skip
     g.add_argument("--dtype", choices=DTYPES, default="fp32", help="precision mode (on the CPU the fast modes compute in fp32)")
     g.add_argument("--restrict", type=_restrict, default=None, metavar="{cpu,cuda,None}",
-                   help="run on these workers only (cuda: not available yet)")  # fmt: skip
+                   help="prefer these workers (None: every visible GPU, else the CPU)")  # fmt: skip
     g.add_argument("--ncpu", type=int, default=None, help="CPU workers (default: every core)")
+    g.add_argument("--ncuda", type=int, default=None, help="GPUs (default: $STARPU_NCUDA or every visible GPU)")
 
     g = ap.add_argument_group("prompt and sampling")
     g.add_argument("--prompt", default="Once upon a time", help="text to continue ('' starts from end-of-text)")
@@ -156,10 +157,21 @@ def run(ns: argparse.Namespace) -> int:
 
     from ..generate import decode, encode
 
-    if ns.restrict == "cuda":
-        raise GenerateError(NO_CUDA)
+    from .. import cuda
+
+    ncuda = ns.ncuda
+    if ncuda is None and os.environ.get("STARPU_NCUDA", "").strip():
+        try:
+            ncuda = int(os.environ["STARPU_NCUDA"])
+        except ValueError:
+            raise GenerateError(f"STARPU_NCUDA must be an integer, got {os.environ['STARPU_NCUDA']!r}") from None
+    try:
+        ncuda, notice = cuda.choose_gpus(ns.restrict, ncuda)
+    except (ValueError, cuda.CudaError) as e:
+        hint = "; use --restrict cpu" if isinstance(e, cuda.CudaError) else ""
+        raise GenerateError(f"{e}{hint}") from None
     directory = resolve_model(ns.model, ns.model_path)
-    rt = gpt2rs.Runtime(ncpu=ns.ncpu)
+    rt = gpt2rs.Runtime(ncpu=ns.ncpu, ncuda=ncuda, restrict=ns.restrict if ncuda else None)
     try:
         model = gpt2rs.GPT2LMHead.from_pretrained(directory, dtype=ns.dtype, runtime=rt)
         cfg = model.config
@@ -207,7 +219,10 @@ def run(ns: argparse.Namespace) -> int:
         if not ns.quiet:
             rate = f", {new / dt:.1f} tokens/s" if dt > 0 and new else ""
             cache = "no KV cache" if ns.no_cache else "KV cache"
-            print(f"{PROG}: {new} new tokens in {dt:.2f} s{rate} ({cache}, {ns.dtype}, {rt.nworkers} workers)", file=sys.stderr)
+            where = f"{ncuda} GPU(s)" if ncuda else "CPU"
+            print(f"{PROG}: {new} new tokens in {dt:.2f} s{rate} ({cache}, {ns.dtype}, {where}, {rt.nworkers} workers)", file=sys.stderr)
+            if notice:
+                print(f"{PROG}: note: {notice}", file=sys.stderr)
     finally:
         rt.shutdown()
     return 0

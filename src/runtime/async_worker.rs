@@ -119,8 +119,23 @@ impl<S: Stream> Worker<S> {
         }
     }
 
+    /// Retires every task in flight.
+    fn drain(&mut self) {
+        while !self.in_flight.is_empty() {
+            self.retire_front();
+        }
+    }
+
     fn launch(&mut self, task: Arc<TaskInner>) {
         let inner = self.inner.clone();
+        // A task released early that ends without being enqueued (cancelled,
+        // or its operands cannot be had) must still finish after the task it
+        // was released behind, which is in flight here: its successors may
+        // otherwise overwrite what that one is still reading.
+        let early = task.early.load(std::sync::atomic::Ordering::Acquire);
+        if early && task.cancel.lock().unwrap().is_some() {
+            self.drain();
+        }
         let Some(s) = start(&inner, task) else {
             return;
         };
@@ -138,6 +153,9 @@ impl<S: Stream> Worker<S> {
         };
         if let Err(e) = acquired {
             inner.wstats[self.wid].lock().unwrap().failed += 1;
+            if early {
+                self.drain();
+            }
             finish(&inner, s, node, false, Err(e));
             return;
         }
@@ -145,6 +163,9 @@ impl<S: Stream> Worker<S> {
         let (begin, end) = match events {
             Ok(ev) => ev,
             Err(e) => {
+                if early {
+                    self.drain();
+                }
                 finish(&inner, s, node, true, Err(e));
                 return;
             }

@@ -234,7 +234,16 @@ impl Memory {
         }
         if mode.writes() {
             for i in 0..coh.replicas.len() {
-                if i != node && coh.replicas[i].take().is_some() {
+                if i == node {
+                    continue;
+                }
+                if let Some(r) = coh.replicas[i].take() {
+                    // Dependencies keep a writer from starting while another
+                    // task uses the handle, so no other replica is pinned.
+                    debug_assert_eq!(r.pins, 0, "a pinned replica invalidated");
+                    if r.pins > 0 {
+                        self.nodes[i].mem.lock().unwrap().pinned -= bytes;
+                    }
                     self.release_bytes(i, h.id, bytes);
                 }
             }

@@ -341,15 +341,20 @@ impl super::async_worker::Stream for DeviceStream {
         self.0.event()
     }
 
+    // Each call binds this device's context first: dropping another GPU's
+    // replica or copying from it on this thread makes that context current.
     fn record(&self, e: &CudaEvent) -> Result<()> {
+        self.0.ctx.bind_to_thread().map_err(drv)?;
         e.record(&self.0.stream).map_err(drv)
     }
 
     fn query(&self, e: &CudaEvent) -> bool {
+        let _ = self.0.ctx.bind_to_thread();
         !matches!(e.try_is_complete(), Ok(false))
     }
 
     fn wait(&self, e: &CudaEvent) -> Result<()> {
+        self.0.ctx.bind_to_thread().map_err(drv)?;
         e.synchronize().map_err(|e| {
             cuda_err(format!(
                 "the GPU failed while running this task (the CUDA context is unusable now): {e}"
@@ -362,6 +367,7 @@ impl super::async_worker::Stream for DeviceStream {
     }
 
     fn enqueue(&self, s: &super::worker::Started, node: usize) -> Result<()> {
+        self.0.ctx.bind_to_thread().map_err(drv)?;
         let items: Vec<DevRef> = s
             .body
             .accesses

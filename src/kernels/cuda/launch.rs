@@ -506,50 +506,6 @@ impl CudaKernels {
         Ok(())
     }
 
-    /// `loss[0] -= z[r, t_r]` for targets in this tile, then (with `acc`)
-    /// `loss[0] += max + ln sumexp`: pass `acc` once, for one tile.
-    #[allow(clippy::too_many_arguments)]
-    pub fn ce_loss<T: DevElement>(
-        &self,
-        logits: &CudaView<T>,
-        acc: Option<&CudaView<T::Acc>>,
-        rows: usize,
-        vt: usize,
-        vocab_lo: usize,
-        targets: &CudaView<i64>,
-        loss: &mut CudaViewMut<f64>,
-    ) -> Result<()>
-    where
-        T::Acc: DeviceRepr,
-    {
-        check_len("ce_loss", rows, targets.len())?;
-        let f = self.func(
-            Module::CrossEntropy,
-            &kernel_name("ce_loss_target", &[T::DTYPE]),
-        )?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(logits)
-            .arg(&rows)
-            .arg(&vt)
-            .arg(&vocab_lo)
-            .arg(targets)
-            .arg(&mut *loss);
-        // SAFETY: matches `ce_loss_target_<T>(const T*, usize, usize, usize, const i64*, double*)`.
-        unsafe { b.launch(elementwise(rows)) }.map_err(drv)?;
-        if let Some(acc) = acc {
-            let acc_dtype = <T::Acc as Element>::DTYPE;
-            let f = self.func(
-                Module::CrossEntropy,
-                &kernel_name("ce_loss_lse", &[acc_dtype]),
-            )?;
-            let mut b = self.stream.launch_builder(&f);
-            b.arg(acc).arg(&rows).arg(targets).arg(loss);
-            // SAFETY: matches `ce_loss_lse_<A>(const A*, usize, const i64*, double*)`.
-            unsafe { b.launch(elementwise(rows)) }.map_err(drv)?;
-        }
-        Ok(())
-    }
-
     /// In place: logits become `scale * (softmax - onehot)`.
     #[allow(clippy::too_many_arguments)]
     pub fn ce_bwd<T: DevElement>(
@@ -580,73 +536,6 @@ impl CudaKernels {
         Ok(())
     }
 
-    /// `y[r, :] = wte[ids[r] - vocab_lo, :]` for ids in this vocabulary tile.
-    pub fn embedding_fwd<T: DevElement>(
-        &self,
-        ids: &CudaView<i64>,
-        vocab_lo: usize,
-        wte: &CudaView<T>,
-        vt: usize,
-        cols: usize,
-        y: &mut CudaViewMut<T>,
-    ) -> Result<()>
-    where
-        T::Acc: DeviceRepr,
-    {
-        let rows = ids.len();
-        check_len("embedding_fwd", rows * cols, y.len())?;
-        check_len("embedding_fwd", vt * cols, wte.len())?;
-        let f = self.func(
-            Module::Embedding,
-            &kernel_name("embedding_fwd", &[T::DTYPE]),
-        )?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&rows)
-            .arg(ids)
-            .arg(&vocab_lo)
-            .arg(wte)
-            .arg(&vt)
-            .arg(&cols)
-            .arg(y);
-        // SAFETY: matches `embedding_fwd_<T>(usize, const i64*, usize, const T*, usize, usize, T*)`.
-        unsafe { b.launch(elementwise(rows * cols)) }.map_err(drv)?;
-        Ok(())
-    }
-
-    /// `dwte[ids[r] - vocab_lo, :] += dy[r, :]` (atomic).
-    pub fn embedding_bwd<T: DevElement, G: DevElement>(
-        &self,
-        ids: &CudaView<i64>,
-        vocab_lo: usize,
-        dy: &CudaView<T>,
-        vt: usize,
-        cols: usize,
-        dwte: &mut CudaViewMut<G>,
-    ) -> Result<()>
-    where
-        T::Acc: DeviceRepr,
-        G::Acc: DeviceRepr,
-    {
-        let rows = ids.len();
-        check_len("embedding_bwd", rows * cols, dy.len())?;
-        check_len("embedding_bwd", vt * cols, dwte.len())?;
-        let f = self.func(
-            Module::Embedding,
-            &kernel_name("embedding_bwd", &[T::DTYPE, G::DTYPE]),
-        )?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&rows)
-            .arg(ids)
-            .arg(&vocab_lo)
-            .arg(dy)
-            .arg(&vt)
-            .arg(&cols)
-            .arg(dwte);
-        // SAFETY: matches `embedding_bwd_<T>_<G>(usize, const i64*, usize, const T*, usize, usize, G*)`.
-        unsafe { b.launch(elementwise(rows * cols)) }.map_err(drv)?;
-        Ok(())
-    }
-
     /// `m = -inf, l = 0, acc = 0` for `rows = b*tq*h` rows of head size `hs`.
     pub fn attn_fwd_init<T: DevElement>(
         &self,
@@ -668,52 +557,6 @@ impl CudaKernels {
         b.arg(&rows).arg(&hs).arg(m).arg(l).arg(acc);
         // SAFETY: matches `attn_fwd_init_<T>(usize, usize, A*, A*, A*)`.
         unsafe { b.launch(elementwise(rows * hs.max(1))) }.map_err(drv)?;
-        Ok(())
-    }
-
-    /// Merge one key tile into the running softmax statistics (`dims` =
-    /// `[b, tq, tk, h, hs]`, `pos` = `[q0, k0]`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn attn_fwd_update<T: DevElement>(
-        &self,
-        q: &CudaView<T>,
-        k: &CudaView<T>,
-        v: &CudaView<T>,
-        dims: [usize; 5],
-        pos: [usize; 2],
-        scale: f64,
-        m: &mut CudaViewMut<T::Acc>,
-        l: &mut CudaViewMut<T::Acc>,
-        acc: &mut CudaViewMut<T::Acc>,
-    ) -> Result<()>
-    where
-        T::Acc: DeviceRepr,
-    {
-        let [bb, tq, tk, h, hs] = dims;
-        check_len("attn_fwd_update", bb * tq * h * hs, q.len())?;
-        check_len("attn_fwd_update", bb * tk * h * hs, k.len())?;
-        check_len("attn_fwd_update", bb * tk * h * hs, v.len())?;
-        let f = self.func(
-            Module::Attention,
-            &kernel_name("attn_fwd_update", &[T::DTYPE]),
-        )?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(q)
-            .arg(k)
-            .arg(v)
-            .arg(&bb)
-            .arg(&tq)
-            .arg(&tk)
-            .arg(&h)
-            .arg(&hs)
-            .arg(&pos[0])
-            .arg(&pos[1])
-            .arg(&scale)
-            .arg(m)
-            .arg(l)
-            .arg(acc);
-        // SAFETY: matches `attn_fwd_update_<T>(...)` in attention.cu.
-        unsafe { b.launch(warp_per_row(bb * tq * h)) }.map_err(drv)?;
         Ok(())
     }
 
@@ -766,55 +609,6 @@ impl CudaKernels {
         b.arg(o).arg(d_o).arg(&rows).arg(&hs).arg(delta);
         // SAFETY: matches `attn_bwd_delta_<T>(const T*, const T*, usize, usize, A*)`.
         unsafe { b.launch(warp_per_row(rows)) }.map_err(drv)?;
-        Ok(())
-    }
-
-    /// `dq, dk, dv +=` the terms of one (query tile, key tile) pair.
-    #[allow(clippy::too_many_arguments)]
-    pub fn attn_bwd_update<T: DevElement>(
-        &self,
-        qkv: [&CudaView<T>; 3],
-        d_o: &CudaView<T>,
-        lse: &CudaView<T::Acc>,
-        delta: &CudaView<T::Acc>,
-        dims: [usize; 5],
-        pos: [usize; 2],
-        scale: f64,
-        dq: &mut CudaViewMut<T>,
-        dk: &mut CudaViewMut<T>,
-        dv: &mut CudaViewMut<T>,
-    ) -> Result<()>
-    where
-        T::Acc: DeviceRepr,
-    {
-        let [bb, tq, tk, h, hs] = dims;
-        check_len("attn_bwd_update", bb * tq * h * hs, dq.len())?;
-        check_len("attn_bwd_update", bb * tk * h * hs, dk.len())?;
-        check_len("attn_bwd_update", bb * tk * h * hs, dv.len())?;
-        let f = self.func(
-            Module::Attention,
-            &kernel_name("attn_bwd_update", &[T::DTYPE]),
-        )?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(qkv[0])
-            .arg(qkv[1])
-            .arg(qkv[2])
-            .arg(d_o)
-            .arg(lse)
-            .arg(delta)
-            .arg(&bb)
-            .arg(&tq)
-            .arg(&tk)
-            .arg(&h)
-            .arg(&hs)
-            .arg(&pos[0])
-            .arg(&pos[1])
-            .arg(&scale)
-            .arg(dq)
-            .arg(dk)
-            .arg(dv);
-        // SAFETY: matches `attn_bwd_update_<T>(...)` in attention.cu.
-        unsafe { b.launch(warp_per_row(bb * tq * h)) }.map_err(drv)?;
         Ok(())
     }
 }

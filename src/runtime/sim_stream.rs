@@ -146,23 +146,7 @@ impl Stream for SimStream {
     }
 
     fn enqueue(&self, s: &Started, node: usize) -> Result<()> {
-        let items: Vec<BufRef> = s
-            .body
-            .accesses
-            .iter()
-            .map(|(h, mode)| {
-                let coh = h.0.coh.lock().unwrap();
-                let r = coh.replicas[node]
-                    .as_ref()
-                    .expect("operand pinned on this node");
-                BufRef {
-                    ptr: r.buf.host().as_ptr(),
-                    len: h.len(),
-                    dtype: h.dtype(),
-                    mode: *mode,
-                }
-            })
-            .collect();
+        let items = super::worker::host_refs(&s.body, node);
         self.send(Cmd::Run(Job {
             codelet: &*s.body.codelet as *const dyn Codelet,
             items,

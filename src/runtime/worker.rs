@@ -246,14 +246,14 @@ fn execute(inner: &Arc<Inner>, wid: usize, task: Arc<TaskInner>) {
     }
 }
 
-fn run_codelet(inner: &Inner, wid: usize, task: &TaskInner, body: &TaskBody) -> Result<()> {
-    let info = &inner.workers[wid];
-    let items: Vec<BufRef> = body
-        .accesses
+/// The host-memory operands of a task, valid and pinned on `node`, in
+/// submission order.
+pub(crate) fn host_refs(body: &TaskBody, node: usize) -> Vec<BufRef> {
+    body.accesses
         .iter()
         .map(|(h, mode)| {
             let coh = h.0.coh.lock().unwrap();
-            let r = coh.replicas[info.node]
+            let r = coh.replicas[node]
                 .as_ref()
                 .expect("operand pinned on this node");
             BufRef {
@@ -263,7 +263,12 @@ fn run_codelet(inner: &Inner, wid: usize, task: &TaskInner, body: &TaskBody) -> 
                 mode: *mode,
             }
         })
-        .collect();
+        .collect()
+}
+
+fn run_codelet(inner: &Inner, wid: usize, task: &TaskInner, body: &TaskBody) -> Result<()> {
+    let info = &inner.workers[wid];
+    let items = host_refs(body, info.node);
     let bufs = Buffers {
         items: &items,
         borrowed: Cell::new(0),

@@ -80,33 +80,8 @@ FOR_ALL_DTYPES(ACTIVATION)
 
 // ---------------------------------------------------------------- dropout
 
-#define DROP_PHI 0x9e3779b97f4a7c15ULL
-
-__device__ __forceinline__ unsigned long long drop_mix64(unsigned long long z) {
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-__device__ __forceinline__ unsigned drop_mix32(unsigned x) {
-    x ^= x >> 16;
-    x *= 0x7feb352du;
-    x ^= x >> 15;
-    x *= 0x846ca68bu;
-    return x ^ (x >> 16);
-}
-// Keep threshold: DropoutMask::new's `ceil(p * 2^32).min(u32::MAX) as u32`
-// (fmin returns the non-NaN operand, as Rust's f64::min).
-__device__ __forceinline__ unsigned drop_threshold(double p) {
-    if (p <= 0.0) return 0u;
-    return (unsigned)fmin(ceil(p * 4294967296.0), 4294967295.0);
-}
-__device__ __forceinline__ bool drop_keep(unsigned long long key, unsigned thr, bool none,
-                                          unsigned long long g) {
-    unsigned long long k = drop_mix64(key ^ (((g >> 32) + 1ULL) * DROP_PHI));
-    unsigned ka = (unsigned)k, kb = (unsigned)(k >> 32);
-    unsigned draw = drop_mix32(drop_mix32((unsigned)g ^ ka) ^ kb);
-    return !none && draw >= thr;
-}
+// The mask's hash (drop_mix64, drop_keep, ...) is in prelude.cu, shared
+// with attention dropout.
 
 // Shape / strides of a tile of rank <= 8, by value (same layout as [u64; 8]).
 struct Dims8 {

@@ -36,53 +36,7 @@
 #define HS_MAX 256
 #define NPL (HS_MAX / WARP_SIZE)
 
-// Dropout of the probabilities (layout shared with the Rust launcher's
-// `AttnDropArgs`: nine 8-byte fields). on == 0: no dropout.
-struct AttnDrop {
-    unsigned long long seed, stream;
-    double p, scale;
-    usize nh, t, b_off, h_off, on;
-};
-
-#define ATT_PHI 0x9e3779b97f4a7c15ULL
-
-__device__ __forceinline__ unsigned long long att_mix64(unsigned long long z) {
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-__device__ __forceinline__ unsigned att_mix32(unsigned x) {
-    x ^= x >> 16;
-    x *= 0x7feb352du;
-    x ^= x >> 15;
-    x *= 0x846ca68bu;
-    return x ^ (x >> 16);
-}
-
-// The mask of one call: DropoutMask::new(seed, stream, p).
-struct AttnMask {
-    unsigned long long key;
-    unsigned thr;
-    bool none, on;
-};
-__device__ __forceinline__ AttnMask att_mask(const AttnDrop& d) {
-    AttnMask m;
-    m.on = d.on != 0 && d.p > 0.0;
-    m.key = att_mix64(d.seed ^ att_mix64(d.stream + ATT_PHI));
-    m.thr = d.p <= 0.0 ? 0u : (unsigned)fmin(ceil(d.p * 4294967296.0), 4294967295.0);
-    m.none = d.p >= 1.0;
-    return m;
-}
-__device__ __forceinline__ bool att_keep(const AttnMask& m, unsigned long long g) {
-    unsigned long long k = att_mix64(m.key ^ (((g >> 32) + 1ULL) * ATT_PHI));
-    unsigned ka = (unsigned)k, kb = (unsigned)(k >> 32);
-    return !m.none && att_mix32(att_mix32((unsigned)g ^ ka) ^ kb) >= m.thr;
-}
-// Global index of the probability (query position qpos, key position kpos).
-__device__ __forceinline__ unsigned long long att_index(const AttnDrop& d, usize ib, usize hd,
-                                                        usize qpos, usize kpos) {
-    return (unsigned long long)((((d.b_off + ib) * d.nh + d.h_off + hd) * d.t + qpos) * d.t + kpos);
-}
+// AttnDrop, att_mask, att_keep and att_index (the dropout mask) are in prelude.cu.
 
 // One query row of the forward update.
 template <typename T>

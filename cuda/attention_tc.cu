@@ -35,55 +35,8 @@
 // reads of S and writes of P are coalesced), rows visited by a warp-stride
 // loop, so any grid is correct; blockDim a multiple of 32 (ATTN_TC_BLOCK).
 
-// Layout shared with the Rust launcher's `AttnDropArgs` (nine 8-byte
-// fields), identical to `struct AttnDrop` of attention.cu. on == 0: no dropout.
-struct AttnDrop {
-    unsigned long long seed, stream;
-    double p, scale;
-    usize nh, t, b_off, h_off, on;
-};
-
-// The dropout hash, duplicated from attention.cu (att_mix64, att_mix32,
-// att_mask, att_keep, att_index): NVRTC modules cannot share code and the
-// prelude has no copy. It must stay bit-identical to
-// src/kernels/cpu/dropout.rs (DropoutMask::new / keep) and to attention.cu.
-#define TC_PHI 0x9e3779b97f4a7c15ULL
-
-__device__ __forceinline__ unsigned long long tc_mix64(unsigned long long z) {
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-__device__ __forceinline__ unsigned tc_mix32(unsigned x) {
-    x ^= x >> 16;
-    x *= 0x7feb352du;
-    x ^= x >> 15;
-    x *= 0x846ca68bu;
-    return x ^ (x >> 16);
-}
-
-struct TcMask {
-    unsigned long long key;
-    unsigned thr;
-    bool none, on;
-};
-__device__ __forceinline__ TcMask tc_mask(const AttnDrop& d) {
-    TcMask m;
-    m.on = d.on != 0 && d.p > 0.0;
-    m.key = tc_mix64(d.seed ^ tc_mix64(d.stream + TC_PHI));
-    m.thr = d.p <= 0.0 ? 0u : (unsigned)fmin(ceil(d.p * 4294967296.0), 4294967295.0);
-    m.none = d.p >= 1.0;
-    return m;
-}
-__device__ __forceinline__ bool tc_keep(const TcMask& m, unsigned long long g) {
-    unsigned long long k = tc_mix64(m.key ^ (((g >> 32) + 1ULL) * TC_PHI));
-    unsigned ka = (unsigned)k, kb = (unsigned)(k >> 32);
-    return !m.none && tc_mix32(tc_mix32((unsigned)g ^ ka) ^ kb) >= m.thr;
-}
-__device__ __forceinline__ unsigned long long tc_index(const AttnDrop& d, usize ib, usize hd,
-                                                       usize qpos, usize kpos) {
-    return (unsigned long long)((((d.b_off + ib) * d.nh + d.h_off + hd) * d.t + qpos) * d.t + kpos);
-}
+// AttnDrop, att_mask, att_keep and att_index (the dropout mask, the same as
+// attention.cu's) are in prelude.cu.
 
 // Where row r of a [bc, h, nr, tk] block sits in the tile.
 struct TcRow {
@@ -109,7 +62,7 @@ __device__ __forceinline__ TcRow tc_row(usize r, usize nr, usize tk, usize tq, u
 template <typename T>
 __device__ void tc_fwd_row(const float* s, usize nr, usize tk, usize tq, usize h, usize hs,
                            usize first, usize q0, usize k0, usize b0, const AttnDrop& drop,
-                           const TcMask& mk, float* m, float* l, float* acc, T* p, usize r,
+                           const AttnMask& mk, float* m, float* l, float* acc, T* p, usize r,
                            unsigned lane) {
     TcRow w = tc_row(r, nr, tk, tq, h, first, q0, k0, b0);
     const float* sr = s + r * tk;
@@ -132,7 +85,7 @@ __device__ void tc_fwd_row(const float* s, usize nr, usize tk, usize tq, usize h
             e = xexp(sr[j] - mn);
             sum += e;
             // After the sum: dropout acts on the normalized probabilities.
-            if (mk.on) e = tc_keep(mk, tc_index(drop, w.ib, w.hd, qpos, k0 + j)) ? e * dsc : 0.0f;
+            if (mk.on) e = att_keep(mk, att_index(drop, w.ib, w.hd, qpos, k0 + j)) ? e * dsc : 0.0f;
         }
         pr[j] = stf<T>(e);
     }
@@ -149,7 +102,7 @@ __device__ void tc_fwd_row(const float* s, usize nr, usize tk, usize tq, usize h
 template <typename T>
 __device__ void tc_bwd_row(const float* s, const float* dp, const float* lse, const float* delta,
                            usize nr, usize tk, usize tq, usize h, usize first, usize q0, usize k0,
-                           usize b0, const AttnDrop& drop, const TcMask& mk, T* pd, T* ds,
+                           usize b0, const AttnDrop& drop, const AttnMask& mk, T* pd, T* ds,
                            usize r, unsigned lane) {
     TcRow w = tc_row(r, nr, tk, tq, h, first, q0, k0, b0);
     const float* sr = s + r * tk;
@@ -163,7 +116,7 @@ __device__ void tc_bwd_row(const float* s, const float* dp, const float* lse, co
         if (j < w.nv) {
             float p = xexp(sr[j] - L), g = dpr[j];
             if (mk.on) {
-                pv = tc_keep(mk, tc_index(drop, w.ib, w.hd, qpos, k0 + j)) ? p * dsc : 0.0f;
+                pv = att_keep(mk, att_index(drop, w.ib, w.hd, qpos, k0 + j)) ? p * dsc : 0.0f;
                 dsv = pv * g - p * D;
             } else {
                 pv = p;
@@ -184,7 +137,7 @@ __device__ void tc_bwd_row(const float* s, const float* dp, const float* lse, co
     extern "C" __global__ void attn_tc_fwd_rows_##S(                                             \
         const float* s, usize rows, usize nr, usize tk, usize tq, usize h, usize hs, usize first, \
         usize q0, usize k0, usize b0, AttnDrop drop, float* m, float* l, float* acc, T* p) {     \
-        TcMask mk = tc_mask(drop);                                                               \
+        AttnMask mk = att_mask(drop);                                                               \
         unsigned lane = threadIdx.x % WARP_SIZE;                                                 \
         TC_WARP_LOOP(r, rows)                                                                    \
         tc_fwd_row<T>(s, nr, tk, tq, h, hs, first, q0, k0, b0, drop, mk, m, l, acc, p, r, lane); \
@@ -193,7 +146,7 @@ __device__ void tc_bwd_row(const float* s, const float* dp, const float* lse, co
         const float* s, const float* dp, const float* lse, const float* delta, usize rows,      \
         usize nr, usize tk, usize tq, usize h, usize first, usize q0, usize k0, usize b0,        \
         AttnDrop drop, T* pd, T* ds) {                                                           \
-        TcMask mk = tc_mask(drop);                                                               \
+        AttnMask mk = att_mask(drop);                                                               \
         unsigned lane = threadIdx.x % WARP_SIZE;                                                 \
         TC_WARP_LOOP(r, rows)                                                                    \
         tc_bwd_row<T>(s, dp, lse, delta, nr, tk, tq, h, first, q0, k0, b0, drop, mk, pd, ds, r,  \

@@ -147,6 +147,68 @@ template <typename A> __device__ A block_max(A v, A* shared) {
     return warp_max(t);
 }
 
+// ---------------------------------------------------------------- dropout
+// The counter-based mask of src/kernels/cpu/dropout.rs, bit for bit.
+
+#define DROP_PHI 0x9e3779b97f4a7c15ULL
+
+__device__ __forceinline__ unsigned long long drop_mix64(unsigned long long z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+__device__ __forceinline__ unsigned drop_mix32(unsigned x) {
+    x ^= x >> 16;
+    x *= 0x7feb352du;
+    x ^= x >> 15;
+    x *= 0x846ca68bu;
+    return x ^ (x >> 16);
+}
+// Keep threshold: DropoutMask::new's `ceil(p * 2^32).min(u32::MAX) as u32`
+// (fmin returns the non-NaN operand, as Rust's f64::min).
+__device__ __forceinline__ unsigned drop_threshold(double p) {
+    if (p <= 0.0) return 0u;
+    return (unsigned)fmin(ceil(p * 4294967296.0), 4294967295.0);
+}
+__device__ __forceinline__ bool drop_keep(unsigned long long key, unsigned thr, bool none,
+                                          unsigned long long g) {
+    unsigned long long k = drop_mix64(key ^ (((g >> 32) + 1ULL) * DROP_PHI));
+    unsigned ka = (unsigned)k, kb = (unsigned)(k >> 32);
+    unsigned draw = drop_mix32(drop_mix32((unsigned)g ^ ka) ^ kb);
+    return !none && draw >= thr;
+}
+
+// Attention dropout (attention.cu, attention_tc.cu): the layout shared with
+// the Rust launcher's `AttnDropArgs` (nine 8-byte fields); on == 0: no dropout.
+struct AttnDrop {
+    unsigned long long seed, stream;
+    double p, scale;
+    usize nh, t, b_off, h_off, on;
+};
+// The mask of one call: DropoutMask::new(seed, stream, p).
+struct AttnMask {
+    unsigned long long key;
+    unsigned thr;
+    bool none, on;
+};
+__device__ __forceinline__ AttnMask att_mask(const AttnDrop& d) {
+    AttnMask m;
+    m.on = d.on != 0 && d.p > 0.0;
+    m.key = drop_mix64(d.seed ^ drop_mix64(d.stream + DROP_PHI));
+    m.thr = drop_threshold(d.p);
+    m.none = d.p >= 1.0;
+    return m;
+}
+__device__ __forceinline__ bool att_keep(const AttnMask& m, unsigned long long g) {
+    return drop_keep(m.key, m.thr, m.none, g);
+}
+// Global index of the probability (query position qpos, key position kpos)
+// in [B, NH, T, T].
+__device__ __forceinline__ unsigned long long att_index(const AttnDrop& d, usize ib, usize hd,
+                                                        usize qpos, usize kpos) {
+    return (unsigned long long)((((d.b_off + ib) * d.nh + d.h_off + hd) * d.t + qpos) * d.t + kpos);
+}
+
 // Instantiate MACRO(T, suffix) for every storage dtype. FOR_ALL_DTYPES_WITH
 // expands MACRO(A, B, T, suffix) instead (pairs of dtypes, e.g. casts).
 // FOR_GRAD_PAIRS: storage dtype with its gradient/accumulator dtype: same

@@ -58,7 +58,10 @@ impl Default for GemmSpec {
     }
 }
 
-struct GemmCl {
+/// One tile GEMM: `alpha * op(A) @ op(B)` over `batch` (m x k) @ (k x n)
+/// products; what the plain and the bias/activation codelets share.
+#[derive(Clone, Copy)]
+struct TileGemm {
     dtype: DType,
     /// GPU only: the CPU computes in the accumulator type.
     compute: GemmCompute,
@@ -69,6 +72,49 @@ struct GemmCl {
     k: usize,
     batch: usize,
     alpha: f64,
+}
+
+impl TileGemm {
+    fn flops(&self) -> f64 {
+        k::gemm_flops(self.m, self.n, self.k, self.batch)
+    }
+    /// The performance-model key, with `extra` parts appended.
+    fn footprint(&self, extra: &[u64]) -> u64 {
+        let mut parts = vec![
+            self.m as u64,
+            self.n as u64,
+            self.k as u64,
+            self.batch as u64,
+            self.trans_a as u64 * 2 + self.trans_b as u64,
+            self.compute as u64,
+        ];
+        parts.extend_from_slice(extra);
+        footprint(&parts)
+    }
+    /// cuBLAS takes 32-bit sizes.
+    fn fits_cublas(&self) -> bool {
+        fits_i32(&[self.m, self.n, self.k, self.batch])
+    }
+    /// `c = alpha * op(a) @ op(b) + beta * c` on the CPU.
+    fn cpu<T: crate::dtype::Element>(&self, a: &[T], b: &[T], beta: f64, c: &mut [T]) {
+        k::gemm::<T>(
+            self.trans_a,
+            self.trans_b,
+            self.m,
+            self.n,
+            self.k,
+            self.batch,
+            self.alpha,
+            a,
+            b,
+            beta,
+            c,
+        );
+    }
+}
+
+struct GemmCl {
+    g: TileGemm,
     beta: f64,
 }
 
@@ -77,38 +123,32 @@ impl Codelet for GemmCl {
         "gemm"
     }
     fn flops(&self) -> f64 {
-        k::gemm_flops(self.m, self.n, self.k, self.batch)
+        self.g.flops()
     }
     fn footprint(&self) -> u64 {
-        footprint(&[
-            self.m as u64,
-            self.n as u64,
-            self.k as u64,
-            self.batch as u64,
-            self.trans_a as u64 * 2 + self.trans_b as u64,
-            self.compute as u64,
-        ])
+        self.g.footprint(&[])
     }
     fn where_(&self) -> Where {
         // Every dtype has a cuBLAS path; sizes must fit its 32-bit ints.
-        if fits_i32(&[self.m, self.n, self.k, self.batch]) {
+        if self.g.fits_cublas() {
             Where::ANY
         } else {
             Where::ANY_CPU
         }
     }
     fn cuda(&self, b: &DevBuffers) -> Result<()> {
-        with_dtype!(self.dtype, T, {
+        let g = &self.g;
+        with_dtype!(g.dtype, T, {
             blas::gemm::<T>(
                 b.dev(),
-                self.compute,
-                self.trans_a,
-                self.trans_b,
-                self.m,
-                self.n,
-                self.k,
-                self.batch,
-                self.alpha,
+                g.compute,
+                g.trans_a,
+                g.trans_b,
+                g.m,
+                g.n,
+                g.k,
+                g.batch,
+                g.alpha,
                 &b.r(0)?,
                 &b.r(1)?,
                 self.beta,
@@ -117,20 +157,8 @@ impl Codelet for GemmCl {
         })
     }
     fn cpu(&self, b: &Buffers) -> Result<()> {
-        with_dtype!(self.dtype, T, {
-            k::gemm::<T>(
-                self.trans_a,
-                self.trans_b,
-                self.m,
-                self.n,
-                self.k,
-                self.batch,
-                self.alpha,
-                b.r(0)?,
-                b.r(1)?,
-                self.beta,
-                b.w(2)?,
-            );
+        with_dtype!(self.g.dtype, T, {
+            self.g.cpu::<T>(b.r(0)?, b.r(1)?, self.beta, b.w(2)?)
         });
         Ok(())
     }
@@ -363,15 +391,17 @@ pub fn gemm_with(
             let cmode = if beta == 0.0 { Access::W } else { Access::RW };
             first = false;
             let cl = GemmCl {
-                dtype: a.dtype,
-                compute,
-                trans_a: s.trans_a,
-                trans_b: s.trans_b,
-                m,
-                n,
-                k: ktile,
-                batch,
-                alpha: s.alpha,
+                g: TileGemm {
+                    dtype: a.dtype,
+                    compute,
+                    trans_a: s.trans_a,
+                    trans_b: s.trans_b,
+                    m,
+                    n,
+                    k: ktile,
+                    batch,
+                    alpha: s.alpha,
+                },
                 beta,
             };
             err = rt
@@ -449,16 +479,8 @@ fn bias_act(act: Option<Activation>) -> Option<BiasAct> {
 
 /// One C tile of [`gemm_bias_act`]. Operands: A (R), B (R), bias (R), C (W).
 struct GemmBiasActCl {
-    dtype: DType,
-    compute: GemmCompute,
+    g: TileGemm,
     act: Option<Activation>,
-    trans_a: bool,
-    trans_b: bool,
-    m: usize,
-    n: usize,
-    k: usize,
-    batch: usize,
-    alpha: f64,
 }
 
 impl Codelet for GemmBiasActCl {
@@ -466,27 +488,20 @@ impl Codelet for GemmBiasActCl {
         "gemm_bias_act"
     }
     fn flops(&self) -> f64 {
-        k::gemm_flops(self.m, self.n, self.k, self.batch)
+        self.g.flops()
     }
     fn footprint(&self) -> u64 {
-        footprint(&[
-            self.m as u64,
-            self.n as u64,
-            self.k as u64,
-            self.batch as u64,
-            self.trans_a as u64 * 2 + self.trans_b as u64,
-            self.compute as u64,
-            self.act.map_or(0, |a| 1 + a as u64),
-        ])
+        self.g.footprint(&[self.act.map_or(0, |a| 1 + a as u64)])
     }
     fn where_(&self) -> Where {
         // cuBLASLt: no f64 here (its epilogues are not promised for
         // COMPUTE_64F), no exact-GELU epilogue, and no empty contraction.
-        let gpu = self.dtype != DType::F64
+        let g = &self.g;
+        let gpu = g.dtype != DType::F64
             && bias_act(self.act).is_some()
-            && self.k > 0
-            && self.alpha != 0.0
-            && fits_i32(&[self.m, self.n, self.k, self.batch]);
+            && g.k > 0
+            && g.alpha != 0.0
+            && g.fits_cublas();
         if gpu {
             Where::ANY
         } else {
@@ -494,23 +509,12 @@ impl Codelet for GemmBiasActCl {
         }
     }
     fn cpu(&self, b: &Buffers) -> Result<()> {
-        with_dtype!(self.dtype, T, {
+        let g = &self.g;
+        with_dtype!(g.dtype, T, {
             let c = b.w::<T>(3)?;
             // The spec, kernel by kernel: bias_fill, gemm with beta = 1, act.
-            kb::bias_fill::<T>(b.r(2)?, self.batch * self.m, self.n, c);
-            k::gemm::<T>(
-                self.trans_a,
-                self.trans_b,
-                self.m,
-                self.n,
-                self.k,
-                self.batch,
-                self.alpha,
-                b.r(0)?,
-                b.r(1)?,
-                1.0,
-                c,
-            );
+            kb::bias_fill::<T>(b.r(2)?, g.batch * g.m, g.n, c);
+            g.cpu::<T>(b.r(0)?, b.r(1)?, 1.0, c);
             if let Some(act) = self.act {
                 let x = c.to_vec();
                 ka::activation_fwd::<T>(act, &x, c);
@@ -521,17 +525,18 @@ impl Codelet for GemmBiasActCl {
     fn cuda(&self, b: &DevBuffers) -> Result<()> {
         let act = bias_act(self.act)
             .ok_or_else(|| arg_err("gemm_bias_act", "exact GELU has no cuBLASLt epilogue"))?;
-        with_dtype!(self.dtype, T, {
+        let g = &self.g;
+        with_dtype!(g.dtype, T, {
             blas::gemm_bias_act::<T>(
                 b.dev(),
-                self.compute,
-                self.trans_a,
-                self.trans_b,
-                self.m,
-                self.n,
-                self.k,
-                self.batch,
-                self.alpha,
+                g.compute,
+                g.trans_a,
+                g.trans_b,
+                g.m,
+                g.n,
+                g.k,
+                g.batch,
+                g.alpha,
                 &b.r(0)?,
                 &b.r(1)?,
                 &b.r(2)?,
@@ -621,16 +626,18 @@ pub fn gemm_bias_act(
         let ktile = x.a_k.iter().map(|&ax| ashape[ax]).product();
         let bias_coord: Vec<usize> = x.c_n.iter().map(|&ax| cc[ax]).collect();
         let cl = GemmBiasActCl {
-            dtype: a.dtype,
-            compute,
+            g: TileGemm {
+                dtype: a.dtype,
+                compute,
+                trans_a: s.trans_a,
+                trans_b: s.trans_b,
+                m,
+                n,
+                k: ktile,
+                batch,
+                alpha: s.alpha,
+            },
             act,
-            trans_a: s.trans_a,
-            trans_b: s.trans_b,
-            m,
-            n,
-            k: ktile,
-            batch,
-            alpha: s.alpha,
         };
         rt.submit(
             Box::new(cl),

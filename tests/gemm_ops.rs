@@ -456,3 +456,100 @@ mod gpu {
         check_bias_act::<f16>(&dev, GemmCompute::Default, 2e-3);
     }
 }
+
+/// C = alpha * op(A) @ op(B) + beta * C in f64 on the host, row-major.
+#[allow(clippy::too_many_arguments)]
+fn reference_gemm(
+    ta: bool,
+    tb: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f64,
+    a: &[f32],
+    b: &[f32],
+    beta: f64,
+    c: &[f32],
+) -> Vec<f64> {
+    let mut out = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let s: f64 = (0..k)
+                .map(|p| {
+                    let x = if ta { a[p * m + i] } else { a[i * k + p] };
+                    let y = if tb { b[j * k + p] } else { b[p * n + j] };
+                    x as f64 * y as f64
+                })
+                .sum();
+            out[i * n + j] = alpha * s + beta * c[i * n + j] as f64;
+        }
+    }
+    out
+}
+
+/// Few-row products (decoding's GEMVs) multiply their K tiles in parallel and
+/// add them in K order; many-row ones chain them. Both match an f64
+/// reference, with every transpose and partial K tiles, and repeat bit for
+/// bit on one worker and on three.
+#[test]
+fn split_k_and_chained_k_match_the_reference_on_any_worker_count() {
+    for (m, tm) in [(5usize, 5isize), (64, 64), (70, 70)] {
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            let (k, n) = (70, 33);
+            let spec = GemmSpec {
+                trans_a: ta,
+                trans_b: tb,
+                alpha: 0.75,
+                beta: 0.5,
+                ..Default::default()
+            };
+            let (ashape, atile) = if ta {
+                ([k, m], [16, tm])
+            } else {
+                ([m, k], [tm, 16])
+            };
+            let (bshape, btile) = if tb {
+                ([n, k], [11, 16])
+            } else {
+                ([k, n], [16, 11])
+            };
+            let mut results = Vec::new();
+            for ncpu in [1, 3] {
+                let rt = Runtime::new(RuntimeConfig {
+                    ncpu: Some(ncpu),
+                    ..Default::default()
+                })
+                .unwrap();
+                let a = tensor(&rt, &ashape, &atile, DType::F32, 1);
+                let b = tensor(&rt, &bshape, &btile, DType::F32, 2);
+                let c = tensor(&rt, &[m, n], &[tm, 11], DType::F32, 3);
+                let c0: Vec<f32> = bytemuck::cast_slice(&c.to_bytes().unwrap()).to_vec();
+                gemm(&spec, &a, &b, &c).unwrap();
+                rt.wait_all().unwrap();
+                let got = c.to_bytes().unwrap();
+                let (av, bv): (Vec<f32>, Vec<f32>) = (
+                    bytemuck::cast_slice(&a.to_bytes().unwrap()).to_vec(),
+                    bytemuck::cast_slice(&b.to_bytes().unwrap()).to_vec(),
+                );
+                let want = reference_gemm(ta, tb, m, n, k, 0.75, &av, &bv, 0.5, &c0);
+                let gotf: &[f32] = bytemuck::cast_slice(&got);
+                let num: f64 = gotf
+                    .iter()
+                    .zip(&want)
+                    .map(|(&g, &w)| (g as f64 - w).powi(2))
+                    .sum();
+                let den: f64 = want.iter().map(|w| w * w).sum();
+                assert!(
+                    (num / den).sqrt() < 1e-6,
+                    "m={m} ta={ta} tb={tb}: rel err {}",
+                    (num / den).sqrt()
+                );
+                results.push(got);
+            }
+            assert_eq!(
+                results[0], results[1],
+                "m={m} ta={ta} tb={tb}: depends on the workers"
+            );
+        }
+    }
+}

@@ -20,10 +20,11 @@ IGNORE_INDEX = -100
 
 
 def _tile(name: str, v: int | None) -> int | None:
-    if v is None or v == -1:  # -1 is NNTile's "untiled"
+    """None: chosen from the shapes and the CPU workers; -1: untiled (NNTile's)."""
+    if v is None:
         return None
-    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-        raise ValueError(f"{name} must be an int >= 1, -1 or None, got {v!r}")
+    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or (v < 1 and v != -1):
+        raise ValueError(f"{name} must be an int >= 1, -1 (untiled) or None (default), got {v!r}")
     return int(v)
 
 
@@ -47,7 +48,11 @@ class GPT2LMHead:
             fp32_fast_tf32 (on the CPU, tf32 and the fast modes compute in fp32).
         seq_len_tile, minibatch_size_tile, hidden_size_tile,
         intermediate_size_tile, n_head_tile, vocab_tile: tile size per axis;
-            None (or -1) leaves that axis whole.
+            -1 leaves that axis whole; None (the default) picks a size from
+            the shapes and the runtime's CPU workers, so that every worker
+            stays busy (at least two row tiles per worker, inner size and
+            heads cut per worker, vocabulary tiles of at most 8192; on a GPU
+            every axis stays whole).
         runtime: the gpt2rs.Runtime to run on; None uses the default one.
         recompute: recompute LayerNorm outputs and activations in backward
             instead of keeping them (less memory, a little more compute).

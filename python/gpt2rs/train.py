@@ -79,14 +79,14 @@ class TrainOptions:
     lr: float = 1e-4
     nepochs: int = 1
     seq_len: int = 1024
-    seq_len_tile: int = -1
+    seq_len_tile: int | None = None
     batch_size: int = 1
     minibatch_size: int = -1
-    minibatch_size_tile: int = -1
-    hidden_size_tile: int = -1
-    intermediate_size_tile: int = -1
-    n_head_tile: int = -1
-    vocab_tile: int = -1
+    minibatch_size_tile: int | None = None
+    hidden_size_tile: int | None = None
+    intermediate_size_tile: int | None = None
+    n_head_tile: int | None = None
+    vocab_tile: int | None = None
     dtype: str = "fp32"
     restrict: str | None = None
     dataset_path: str = ".data"
@@ -198,8 +198,9 @@ class TrainResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def _tile(v: int) -> int | None:
-    return None if v is None or v == -1 else int(v)
+def _tile(v: int | None) -> int | None:
+    """None: the model's default tiling; -1: untiled; n: n."""
+    return None if v is None else int(v)
 
 
 def _dataset_file(dataset_path: str, name: str) -> Path:
@@ -286,7 +287,7 @@ class Trainer:
             "vocab_tile",
         ):
             v = getattr(o, name)
-            if v != -1 and v < 1:
+            if v is not None and v != -1 and v < 1:
                 raise TrainError(f"--{name.replace('_', '-')} must be >= 1 or -1 (untiled), got {v}")
         if not (o.lr > 0 and math.isfinite(o.lr)):
             raise TrainError(f"--lr must be a positive number, got {o.lr}")

@@ -37,7 +37,7 @@ impl Gpt2Config {
                 return Err(arg_err(op, format!("{name} must be >= 1")));
             }
         }
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             return Err(arg_err(
                 op,
                 format!(
@@ -46,7 +46,7 @@ impl Gpt2Config {
                 ),
             ));
         }
-        if self.sinusoidal && self.n_embd % 2 != 0 {
+        if self.sinusoidal && !self.n_embd.is_multiple_of(2) {
             return Err(arg_err(
                 op,
                 "the sinusoidal position encoding needs an even n_embd",
@@ -72,7 +72,9 @@ impl Gpt2Config {
     }
 }
 
-/// Tile size per axis; None = the whole axis in one tile.
+/// Tile size per axis; None = chosen from the shapes and the workers
+/// (`autotile`); a size at least the axis length (such as [`WHOLE`]) = the
+/// whole axis in one tile.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Tiling {
     pub batch: Option<usize>,
@@ -100,6 +102,9 @@ impl Tiling {
         Ok(())
     }
 }
+
+/// The tile size that keeps an axis whole, whatever its length (NNTile's -1).
+pub const WHOLE: usize = usize::MAX;
 
 /// A tile size for an axis of length `n`: the requested one, or the whole axis.
 pub(crate) fn tile_of(t: Option<usize>, n: usize) -> isize {

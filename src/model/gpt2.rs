@@ -17,6 +17,7 @@
 //! LayerNorm backward adds. Activations of a block are dropped as soon as
 //! its backward is submitted, so the runtime frees them when those tasks end.
 
+use super::autotile;
 use super::config::{tile_of, Gpt2Config, Tiling};
 use super::params::Params;
 use crate::dtype::{DType, Precision};
@@ -35,7 +36,11 @@ use crate::tensor::Tensor;
 
 pub struct Gpt2 {
     pub cfg: Gpt2Config,
+    /// Parameter axes resolved (the user's or [`autotile`]'s); the row axes
+    /// (batch, seq) as the user gave them, resolved per call.
     pub tiles: Tiling,
+    /// The CPU workers that default row tiles are cut for (None: a GPU run).
+    row_workers: Option<usize>,
     pub precision: Precision,
     pub params: Params,
     /// The fixed sinusoidal table [P, C] when the config asks for it.
@@ -101,6 +106,8 @@ impl Gpt2 {
     pub fn new(rt: &Runtime, cfg: Gpt2Config, tiles: Tiling, precision: Precision) -> Result<Gpt2> {
         cfg.validate()?;
         tiles.validate()?;
+        let workers = autotile::cpu_workers(rt);
+        let tiles = autotile::param_tiles(&tiles, &cfg, workers);
         let params = Params::new(rt, &cfg, &tiles, precision.storage())?;
         let pos_table = if cfg.sinusoidal {
             let (p, c) = (cfg.n_positions, cfg.n_embd);
@@ -118,6 +125,7 @@ impl Gpt2 {
         Ok(Gpt2 {
             cfg,
             tiles,
+            row_workers: workers,
             precision,
             params,
             pos_table,
@@ -162,18 +170,20 @@ impl Gpt2 {
                 format!("token id {bad} is outside the vocabulary [0, {v})"),
             ));
         }
-        let tt = match self.tiles.seq {
-            // Position-table tiles are cut like sequence tiles; untiled
-            // sequences use one table tile.
-            Some(s) => s.min(t) as isize,
-            None => t as isize,
-        };
+        // A user's seq tile also cuts the position table, so every sequence
+        // tile meets one table tile; default seq tiles meet the one table tile.
+        let (tb, tt) = autotile::row_tiles(&self.tiles, b, t, self.row_workers);
         Ok(Dims {
             b,
             t,
-            tb: tile_of(self.tiles.batch, b),
-            tt,
+            tb: tb as isize,
+            tt: tt as isize,
         })
+    }
+
+    /// The seq tile of `t` new positions cut `tb` rows at a time.
+    pub(crate) fn seq_tile_for(&self, tb: usize, t: usize) -> usize {
+        autotile::seq_tile_for(&self.tiles, tb, t, self.row_workers)
     }
 
     pub(crate) fn act(&self, d: Dims, rest: &[usize], rest_tiles: &[isize]) -> Result<Tensor> {

@@ -158,7 +158,14 @@ impl Gpt2 {
                 format!("batch of {b} rows for a cache of {} rows", cache.b),
             ));
         }
+        // The new rows are cut like the cache along the batch.
         let d = self.dims(ids, b, n)?;
+        let tb = cache.kv[0].grid.tile[0];
+        let d = Dims {
+            tb: tb as isize,
+            tt: self.seq_tile_for(tb, n) as isize,
+            ..d
+        };
         let len = cache.len;
         if len + n > cache.capacity {
             return Err(arg_err(

@@ -117,6 +117,26 @@ pub(crate) fn fill_tile(
     Ok(())
 }
 
+/// `y += alpha * x` on one pair of tile handles (a task on any worker kind).
+pub(crate) fn axpy_tile(
+    rt: &crate::runtime::Runtime,
+    alpha: f64,
+    x: &crate::runtime::DataHandle,
+    y: &crate::runtime::DataHandle,
+    dtype: DType,
+) -> Result<()> {
+    let cl = Elementwise {
+        kind: Kind::Axpy(alpha),
+        dtype,
+        len: y.len(),
+    };
+    rt.submit(
+        Box::new(cl),
+        vec![(x.clone(), Access::R), (y.clone(), Access::RW)],
+    )?;
+    Ok(())
+}
+
 /// x = value everywhere.
 pub fn fill(x: &Tensor, value: f64) -> Result<()> {
     unary(x, || Kind::Fill(value), Access::W)

@@ -10,7 +10,9 @@
 //! `ndim` axes are contracted, `batch_ndim` leading axes are batched. Each C
 //! tile gets one task per K tile, chained in K order through RW access (the
 //! first applies beta, the rest accumulate with beta = 1), so the result is
-//! the same whatever the worker count or schedule.
+//! the same whatever the worker count or schedule. C tiles of at most
+//! `SPLIT_K_MAX_ROWS` rows (a decoding step's GEMVs) split K instead: the K
+//! tiles multiply in parallel into scratch tiles, added into C in K order.
 //!
 //! On a GPU the tasks run cuBLAS (`kernels::cuda::blas`) in the compute mode
 //! given to [`gemm_with`] (the model passes its precision's); the CPU
@@ -21,6 +23,7 @@
 //! tile; its spec is the composition `bias_fill`, `gemm` with beta = 1,
 //! `activation_fwd`, which its CPU path runs kernel by kernel.
 
+use super::elementwise::axpy_tile;
 use super::footprint;
 pub use crate::dtype::GemmCompute;
 use crate::error::{arg_err, shape_err, Error, Result};
@@ -348,6 +351,11 @@ fn fits_i32(v: &[usize]) -> bool {
     v.iter().all(|&x| i32::try_from(x).is_ok())
 }
 
+/// Rows (times batch) of a C tile up to which its K tiles multiply in
+/// parallel (split-K) rather than in a chain: decoding's GEMVs, not
+/// training's GEMMs, whose rounding stays that of the chain.
+const SPLIT_K_MAX_ROWS: usize = 64;
+
 /// Submits C = alpha * op(A) @ op(B) + beta * C (full-precision compute).
 pub fn gemm(s: &GemmSpec, a: &Tensor, b: &Tensor, c: &Tensor) -> Result<()> {
     gemm_with(s, GemmCompute::Default, a, b, c)
@@ -378,7 +386,13 @@ pub fn gemm_with(
             scale_tile(rt, ch, c.dtype, s.beta, mode)?;
             continue;
         }
+        // A product of few rows (decoding's GEMVs) would chain its K tiles
+        // on one worker: there each K tile after the first multiplies into
+        // a scratch tile of its own, all in parallel, and the scratch tiles
+        // are added into C in K order (the same sums whatever the workers).
+        let split_k = m * batch <= SPLIT_K_MAX_ROWS && k_grid.iter().product::<usize>() > 1;
         let mut first = true;
+        let mut partials = Vec::new();
         let mut err = Ok(());
         for_each_index(&k_grid, |kc| {
             if err.is_err() {
@@ -387,7 +401,21 @@ pub fn gemm_with(
             let (acoord, bcoord) = x.operand_coords(&cc, kc, ag.ndim(), bg.ndim());
             let ashape = ag.tile_shape(&acoord);
             let ktile = x.a_k.iter().map(|&ax| ashape[ax]).product();
-            let beta = if first { s.beta } else { 1.0 };
+            let (target, beta) = if first || !split_k {
+                (Ok(ch.clone()), if first { s.beta } else { 1.0 })
+            } else {
+                (rt.new_handle(c.dtype, ch.len()), 0.0)
+            };
+            let target = match target {
+                Ok(t) => t,
+                Err(e) => {
+                    err = Err(e);
+                    return;
+                }
+            };
+            if !first && split_k {
+                partials.push(target.clone());
+            }
             let cmode = if beta == 0.0 { Access::W } else { Access::RW };
             first = false;
             let cl = GemmCl {
@@ -410,12 +438,15 @@ pub fn gemm_with(
                     vec![
                         (a.tiles[ag.linear(&acoord)].clone(), Access::R),
                         (b.tiles[bg.linear(&bcoord)].clone(), Access::R),
-                        (ch.clone(), cmode),
+                        (target, cmode),
                     ],
                 )
                 .map(|_| ());
         });
         err?;
+        for p in &partials {
+            axpy_tile(rt, 1.0, p, ch, c.dtype)?;
+        }
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use super::error::guard;
 use super::runtime::{runtime_or_default, PyRuntime};
 use crate::dtype::{DType, Precision};
 use crate::kernels::cpu::activation::Activation;
-use crate::model::{Gpt2, Gpt2Config, StepOptions, Tiling};
+use crate::model::{Gpt2, Gpt2Config, StepOptions, Tiling, WHOLE};
 use crate::optim::{Optimizer, OptimizerKind};
 use numpy::prelude::*;
 use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArray2};
@@ -24,12 +24,19 @@ fn get<'py, T: for<'a> FromPyObject<'a, 'py>>(d: &Bound<'py, PyDict>, key: &str)
 }
 
 fn opt_tile(d: &Bound<'_, PyDict>, key: &str) -> PyResult<Option<usize>> {
+    let bad = || {
+        PyValueError::new_err(format!(
+            "{key} must be an int >= 1, -1 (untiled) or None (default)"
+        ))
+    };
     match d.get_item(key)? {
         None => Ok(None),
         Some(v) if v.is_none() => Ok(None),
-        Some(v) => Ok(Some(v.extract::<usize>().map_err(|_| {
-            PyValueError::new_err(format!("{key} must be an int >= 1 or None"))
-        })?)),
+        Some(v) => match v.extract::<i64>().map_err(|_| bad())? {
+            -1 => Ok(Some(WHOLE)),
+            n if n >= 1 => Ok(Some(n as usize)),
+            _ => Err(bad()),
+        },
     }
 }
 

@@ -256,6 +256,14 @@ impl Runtime {
     pub fn nworkers(&self) -> usize {
         self.inner().workers.len()
     }
+    /// Workers of one kind (CPU cores, simulated devices or GPUs).
+    pub fn nworkers_of(&self, kind: WorkerKind) -> usize {
+        self.inner()
+            .workers
+            .iter()
+            .filter(|w| w.kind == kind)
+            .count()
+    }
     pub fn restrict(&self) -> Where {
         self.inner().restrict
     }

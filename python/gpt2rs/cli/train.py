@@ -113,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="dropout for all three of the config's pdrops (-1: the config's values; 0: off)",
     )
 
-    g = ap.add_argument_group("tiling (-1 = untiled)")
+    g = ap.add_argument_group(
+        "tiling (default: cut from the shapes and the CPU workers so every worker stays busy; -1 = untiled)"
+    )
     for name in (
         "seq_len_tile",
         "minibatch_size_tile",
@@ -122,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         "n_head_tile",
         "vocab_tile",
     ):
-        g.add_argument("--" + name.replace("_", "-"), type=int, default=-1, help=f"tile size along {name[:-5]}")
+        g.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=f"tile size along {name[:-5]}")
 
     g = ap.add_argument_group("data")
     g.add_argument("--dataset-path", default=d.dataset_path, help="directory of the prepared datasets")

@@ -172,7 +172,7 @@ pub fn sinusoidal_table<T: Element>(
         let pos = (n_pos_lo + p) as f64;
         for (j, (o, f)) in row.iter_mut().zip(&freq).enumerate() {
             let a = pos * f;
-            *o = T::from_f64(if (cols_lo + j) % 2 == 0 {
+            *o = T::from_f64(if (cols_lo + j).is_multiple_of(2) {
                 a.sin()
             } else {
                 a.cos()

@@ -33,8 +33,9 @@ Prints a table last and writes bench-out/train.json.
     python benches/bench_train.py --configs small --tiles "mb=1,seq=128,hid=768,inner=768,heads=12,vocab=8192"
 
 Tiling strings: comma-separated key=value with keys mb (minibatch_size_tile),
-seq, hid, inner, heads, vocab (an int or `none` for untiled) and sched
-(eager / dmda); keys left out take the config's default.
+seq, hid, inner, heads, vocab (an int, `none` for untiled or `auto` for the
+library's default) and sched (eager / dmda); keys left out take the
+library's default tiling.
 """
 
 from __future__ import annotations
@@ -55,18 +56,21 @@ from typing import Any
 CONFIGS: dict[str, dict[str, Any]] = {
     "small": {"n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50257, "B": 4, "T": 256},
     "4x256": {"n_layer": 4, "n_embd": 256, "n_head": 4, "vocab_size": 50257, "B": 8, "T": 256},
+    # One long sequence, and GPT-2 medium at B=1: few row tiles per worker.
+    "small-1x1024": {"n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50257, "B": 1, "T": 1024},
+    "medium-1x256": {"n_layer": 24, "n_embd": 1024, "n_head": 16, "vocab_size": 50257, "B": 1, "T": 256},
 }
 
-# Default CPU tilings (None = the whole axis in one tile), from --sweep on a
-# 2-core AMD EPYC (Zen 4) VM: one sequence per row tile, T, C, 4C and the
-# heads whole, the vocabulary in 8192-wide tiles. Within the sensible range
-# (row tiles of 256..512 tokens, vocab 4096..50257, inner 768..3072, heads
-# 3..12) the step time moves by no more than the run-to-run noise (~2%);
-# smaller tiles (seq 64/128, hidden 128/384) cost 5-20% and an untiled
-# minibatch on 4x256 costs 20% (too few tasks: workers 69% busy).
+# The tilings the bench runs unless --tiles says otherwise: None = the
+# library's default (model/autotile.rs: cut from the shapes and the CPU
+# workers), "none" in a --tiles string = untiled (-1). On a 2-core Zen 4 the
+# sweep found one sequence per row tile, T, C, 4C and heads whole, and the
+# vocabulary in 8192-wide tiles best at B=8, T=256 (within ~2 % of each
+# other for row tiles of 256..512 tokens, inner 768..3072, heads 3..12;
+# seq 64/128 and hidden 128/384 cost 5-20 %); the defaults follow that.
 DEFAULT_TILES: dict[str, dict[str, Any]] = {
-    "small": {"mb": 1, "seq": None, "hid": None, "inner": None, "heads": None, "vocab": 8192, "sched": "eager"},
-    "4x256": {"mb": 1, "seq": None, "hid": None, "inner": None, "heads": None, "vocab": 8192, "sched": "eager"},
+    name: {"mb": None, "seq": None, "hid": None, "inner": None, "heads": None, "vocab": None, "sched": "eager"}
+    for name in ("small", "4x256", "small-1x1024", "medium-1x256")
 }
 
 # Tilings tried by --sweep (each is applied over the config's default).
@@ -132,14 +136,17 @@ def parse_tiles(s: str, base: dict[str, Any]) -> dict[str, Any]:
                 raise SystemExit(f"unknown scheduler {v!r}")
             out[k] = v
         elif k in TILE_KEYS:
-            out[k] = None if v.lower() in ("none", "-1", "") else int(v)
+            out[k] = -1 if v.lower() in ("none", "-1") else None if v.lower() in ("", "auto") else int(v)
         else:
             raise SystemExit(f"unknown tile key {k!r} in {s!r} (keys: {', '.join(TILE_KEYS)}, sched)")
     return out
 
 
 def tiles_str(t: dict[str, Any]) -> str:
-    return ",".join(f"{k}={'none' if t.get(k) is None else t[k]}" for k in (*TILE_KEYS, "sched"))
+    def show(v: Any) -> str:
+        return "auto" if v is None else "none" if v == -1 else str(v)
+
+    return ",".join(f"{k}={show(t.get(k))}" for k in (*TILE_KEYS, "sched"))
 
 
 def rss_kb() -> int:

@@ -27,7 +27,8 @@ from gpt2rs.generate import next_token_probs, sample
 GOLDEN = Path(__file__).parent / "golden"
 
 TILINGS: dict[str, dict[str, Any]] = {
-    "untiled": {},
+    "default": {},
+    "untiled": dict(seq_len_tile=-1, minibatch_size_tile=-1, intermediate_size_tile=-1, n_head_tile=-1, vocab_tile=-1),
     "seq1": dict(seq_len_tile=1, n_head_tile=1),
     "seq2": dict(seq_len_tile=2, minibatch_size_tile=1),
     "odd": dict(seq_len_tile=3, minibatch_size_tile=2, hidden_size_tile=5, intermediate_size_tile=7, n_head_tile=1),

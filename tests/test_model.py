@@ -31,7 +31,16 @@ TOL = {
 }
 
 TILINGS: dict[str, dict[str, int | None]] = {
-    "untiled": {},
+    # No tile arguments: cut from the shapes and the runtime's CPU workers.
+    "default": {},
+    "untiled": dict(
+        seq_len_tile=-1,
+        minibatch_size_tile=-1,
+        hidden_size_tile=-1,
+        intermediate_size_tile=-1,
+        n_head_tile=-1,
+        vocab_tile=-1,
+    ),
     "odd": dict(seq_len_tile=3, minibatch_size_tile=1, hidden_size_tile=5, intermediate_size_tile=7, n_head_tile=1),
     "ones": dict(seq_len_tile=1, minibatch_size_tile=1, hidden_size_tile=1, intermediate_size_tile=1, n_head_tile=1),
 }

@@ -198,11 +198,6 @@ class TrainResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def _tile(v: int | None) -> int | None:
-    """None: the model's default tiling; -1: untiled; n: n."""
-    return None if v is None else int(v)
-
-
 def _dataset_file(dataset_path: str, name: str) -> Path:
     """NNTile joins --dataset-path and --dataset-file; an absolute file or one
     that exists as given is taken as is."""
@@ -391,12 +386,12 @@ class Trainer:
         )
         kw: dict[str, Any] = dict(
             dtype=o.dtype,
-            seq_len_tile=_tile(o.seq_len_tile),
-            minibatch_size_tile=_tile(o.minibatch_size_tile),
-            hidden_size_tile=_tile(o.hidden_size_tile),
-            intermediate_size_tile=_tile(o.intermediate_size_tile),
-            n_head_tile=_tile(o.n_head_tile),
-            vocab_tile=_tile(o.vocab_tile),
+            seq_len_tile=o.seq_len_tile,
+            minibatch_size_tile=o.minibatch_size_tile,
+            hidden_size_tile=o.hidden_size_tile,
+            intermediate_size_tile=o.intermediate_size_tile,
+            n_head_tile=o.n_head_tile,
+            vocab_tile=o.vocab_tile,
             runtime=self.runtime,
             recompute=o.recompute,
             deterministic=True,

@@ -6,7 +6,7 @@ use super::{footprint, same_dtype, same_layout};
 use crate::error::Result;
 use crate::kernels::cpu::elementwise as k;
 use crate::runtime::cuda::DevBuffers;
-use crate::runtime::{Access, Buffers, Codelet, Where};
+use crate::runtime::{Access, Buffers, Codelet, DataHandle, Runtime, Where};
 use crate::tensor::Tensor;
 use crate::with_dtype;
 use crate::DType;
@@ -72,14 +72,27 @@ impl Codelet for Elementwise {
     }
 }
 
+/// Submits one element-wise task over `ops`, tiles of `len` elements.
+fn submit_tile(
+    rt: &Runtime,
+    kind: Kind,
+    dtype: DType,
+    len: usize,
+    ops: Vec<(DataHandle, Access)>,
+) -> Result<()> {
+    rt.submit(Box::new(Elementwise { kind, dtype, len }), ops)?;
+    Ok(())
+}
+
 fn unary(x: &Tensor, kind: impl Fn() -> Kind, mode: Access) -> Result<()> {
     for h in &x.tiles {
-        let cl = Elementwise {
-            kind: kind(),
-            dtype: x.dtype,
-            len: h.len(),
-        };
-        x.runtime().submit(Box::new(cl), vec![(h.clone(), mode)])?;
+        submit_tile(
+            x.runtime(),
+            kind(),
+            x.dtype,
+            h.len(),
+            vec![(h.clone(), mode)],
+        )?;
     }
     Ok(())
 }
@@ -88,53 +101,33 @@ fn binary(op: &str, x: &Tensor, y: &Tensor, kind: impl Fn() -> Kind, ymode: Acce
     same_layout(op, x, y)?;
     same_dtype(op, x, y)?;
     for (hx, hy) in x.tiles.iter().zip(&y.tiles) {
-        let cl = Elementwise {
-            kind: kind(),
-            dtype: x.dtype,
-            len: hx.len(),
-        };
-        x.runtime().submit(
-            Box::new(cl),
-            vec![(hx.clone(), Access::R), (hy.clone(), ymode)],
-        )?;
+        let ops = vec![(hx.clone(), Access::R), (hy.clone(), ymode)];
+        submit_tile(x.runtime(), kind(), x.dtype, hx.len(), ops)?;
     }
     Ok(())
 }
 
 /// Fills one tile handle with `value` (a task on any worker kind).
-pub(crate) fn fill_tile(
-    rt: &crate::runtime::Runtime,
-    h: &crate::runtime::DataHandle,
-    dtype: DType,
-    value: f64,
-) -> Result<()> {
-    let cl = Elementwise {
-        kind: Kind::Fill(value),
+pub(crate) fn fill_tile(rt: &Runtime, h: &DataHandle, dtype: DType, value: f64) -> Result<()> {
+    submit_tile(
+        rt,
+        Kind::Fill(value),
         dtype,
-        len: h.len(),
-    };
-    rt.submit(Box::new(cl), vec![(h.clone(), Access::W)])?;
-    Ok(())
+        h.len(),
+        vec![(h.clone(), Access::W)],
+    )
 }
 
 /// `y += alpha * x` on one pair of tile handles (a task on any worker kind).
 pub(crate) fn axpy_tile(
-    rt: &crate::runtime::Runtime,
+    rt: &Runtime,
     alpha: f64,
-    x: &crate::runtime::DataHandle,
-    y: &crate::runtime::DataHandle,
+    x: &DataHandle,
+    y: &DataHandle,
     dtype: DType,
 ) -> Result<()> {
-    let cl = Elementwise {
-        kind: Kind::Axpy(alpha),
-        dtype,
-        len: y.len(),
-    };
-    rt.submit(
-        Box::new(cl),
-        vec![(x.clone(), Access::R), (y.clone(), Access::RW)],
-    )?;
-    Ok(())
+    let ops = vec![(x.clone(), Access::R), (y.clone(), Access::RW)];
+    submit_tile(rt, Kind::Axpy(alpha), dtype, y.len(), ops)
 }
 
 /// x = value everywhere.

@@ -401,21 +401,29 @@ pub fn gemm_with(
             let (acoord, bcoord) = x.operand_coords(&cc, kc, ag.ndim(), bg.ndim());
             let ashape = ag.tile_shape(&acoord);
             let ktile = x.a_k.iter().map(|&ax| ashape[ax]).product();
-            let (target, beta) = if first || !split_k {
-                (Ok(ch.clone()), if first { s.beta } else { 1.0 })
+            // The first K tile applies beta to C; later ones accumulate into
+            // C (beta = 1), or overwrite a scratch tile under split-K.
+            let target = if first || !split_k {
+                ch.clone()
             } else {
-                (rt.new_handle(c.dtype, ch.len()), 0.0)
-            };
-            let target = match target {
-                Ok(t) => t,
-                Err(e) => {
-                    err = Err(e);
-                    return;
+                match rt.new_handle(c.dtype, ch.len()) {
+                    Ok(h) => {
+                        partials.push(h.clone());
+                        h
+                    }
+                    Err(e) => {
+                        err = Err(e);
+                        return;
+                    }
                 }
             };
-            if !first && split_k {
-                partials.push(target.clone());
-            }
+            let beta = if first {
+                s.beta
+            } else if split_k {
+                0.0
+            } else {
+                1.0
+            };
             let cmode = if beta == 0.0 { Access::W } else { Access::RW };
             first = false;
             let cl = GemmCl {

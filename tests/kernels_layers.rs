@@ -27,13 +27,17 @@
 #![allow(clippy::single_range_in_vec_init)]
 
 use gpt2rs::dtype::Accum;
-use gpt2rs::kernels::cpu::activation::{activation_bwd, activation_fwd, expf_vec, Activation};
+use gpt2rs::kernels::cpu::activation::{
+    activation_bwd, activation_fwd, expf_nonpos, expf_vec, Activation,
+};
 use gpt2rs::kernels::cpu::attention::{
     attn_bwd_delta, attn_bwd_update, attn_fwd_finalize, attn_fwd_init, attn_fwd_update, AttnDropout,
 };
 use gpt2rs::kernels::cpu::bias::{bias_add, bias_fill, bias_grad};
 use gpt2rs::kernels::cpu::copy::copy_block;
-use gpt2rs::kernels::cpu::crossentropy::{ce_bwd, ce_loss_lse, ce_loss_target, maxsumexp_update};
+use gpt2rs::kernels::cpu::crossentropy::{
+    ce_bwd, ce_bwd_numerators, ce_loss_lse, ce_loss_target, maxsumexp_update, softmax_numerators,
+};
 use gpt2rs::kernels::cpu::dropout::{dropout_bwd, dropout_fwd, keep, DropoutMask};
 use gpt2rs::kernels::cpu::embedding::{
     add_rows, add_rows_bwd, embedding_bwd, embedding_fwd, sinusoidal_table,
@@ -642,6 +646,30 @@ fn expf_vec_accuracy() {
         (sub / (-100f64).exp() - 1.0).abs() < 0.05,
         "exp(-100) = {sub:e}"
     );
+}
+
+/// expf_nonpos: the same accuracy on [-86.6, 88], exactly 0 below (where
+/// e^x < 2.2e-38), and the special values the softmax kernels meet.
+#[test]
+fn expf_nonpos_accuracy() {
+    let mut worst = 0.0f64;
+    let n = 200_000;
+    for i in 0..=n {
+        let x = -86.6 + (88.0 + 86.6) * i as f64 / n as f64;
+        let xf = x as f32;
+        let want = (xf as f64).exp();
+        let e = ((expf_nonpos(xf) as f64 - want) / want).abs();
+        worst = worst.max(e);
+    }
+    eprintln!("ERR  f32 {worst:.3e} expf_nonpos max relative error on [-86.6, 88]");
+    assert!(
+        worst < 4.0 * f32::EPSILON as f64,
+        "expf_nonpos rel err {worst:e}"
+    );
+    assert_eq!(expf_nonpos(0.0), 1.0);
+    assert_eq!(expf_nonpos(-86.7), 0.0);
+    assert_eq!(expf_nonpos(f32::NEG_INFINITY), 0.0);
+    assert!(expf_nonpos(f32::NAN).is_nan());
 }
 
 // ------------------------------------------------------------------- bias
@@ -1380,7 +1408,9 @@ fn ce_ref(z: &[f64], rows: usize, v: usize, targets: &[i64], scale: f64) -> CeRe
     CeRef { lse, loss, grad }
 }
 
-/// (lse per row, loss, gradient) through the tiled kernels.
+/// (lse per row, loss, gradient) through the tiled kernels: the two-exp
+/// path (`maxsumexp_update` + `ce_bwd`), or with `in_place` the training
+/// path (`softmax_numerators` + `ce_bwd_numerators`).
 fn ce_tiled<T: Element>(
     z: &[T],
     rows: usize,
@@ -1388,16 +1418,24 @@ fn ce_tiled<T: Element>(
     targets: &[i64],
     scale: f64,
     tiles: &[Range<usize>],
+    in_place: bool,
 ) -> (Vec<f64>, f64, Vec<T>) {
     let mut acc = vec![T::Acc::ZERO; rows * 2];
     for a in acc.chunks_exact_mut(2) {
         a[0] = T::Acc::of(f64::NEG_INFINITY);
     }
     let mut loss = [0.0f64];
-    for t in tiles {
-        let zt = cols_of(z, rows, v, t);
-        maxsumexp_update(&zt, rows, t.len(), &mut acc);
+    let mut exps = Vec::new();
+    let mut tile_max = vec![T::Acc::ZERO; rows * tiles.len()];
+    for (t, tm) in tiles.iter().zip(tile_max.chunks_exact_mut(rows)) {
+        let mut zt = cols_of(z, rows, v, t);
         ce_loss_target(&zt, rows, t.len(), t.start, targets, &mut loss);
+        if in_place {
+            softmax_numerators(&mut zt, rows, t.len(), &mut acc, tm);
+            exps.push(zt);
+        } else {
+            maxsumexp_update(&zt, rows, t.len(), &mut acc);
+        }
     }
     ce_loss_lse(&acc, rows, targets, &mut loss);
     let lse: Vec<f64> = acc
@@ -1405,9 +1443,17 @@ fn ce_tiled<T: Element>(
         .map(|a| a[0].f64() + a[1].f64().ln())
         .collect();
     let mut grad = vec![T::from_f64(f64::NAN); rows * v];
-    for t in tiles {
-        let mut zt = cols_of(z, rows, v, t);
-        ce_bwd(&acc, rows, t.len(), t.start, targets, scale, &mut zt);
+    for (i, t) in tiles.iter().enumerate() {
+        let zt = if in_place {
+            let tm = &tile_max[i * rows..(i + 1) * rows];
+            let mut e = exps[i].clone();
+            ce_bwd_numerators(&acc, tm, rows, t.len(), t.start, targets, scale, &mut e);
+            e
+        } else {
+            let mut zt = cols_of(z, rows, v, t);
+            ce_bwd(&acc, rows, t.len(), t.start, targets, scale, &mut zt);
+            zt
+        };
         put_cols(&zt, rows, v, t, &mut grad);
     }
     (lse, loss[0], grad)
@@ -1427,14 +1473,15 @@ fn check_crossentropy<T: Element>() {
         let want = ce_ref(&f64s(&z), rows, v, &targets, scale);
         let mut rev = uneven(v);
         rev.reverse();
-        for tiles in [vec![0..v], uneven(v), rev] {
+        let tilings = [vec![0..v], uneven(v), rev];
+        for (tiles, in_place) in tilings.iter().flat_map(|t| [(t, false), (t, true)]) {
             let what = |s: &str| {
                 format!(
-                    "crossentropy {s} rows={rows} V={v} off={offset} tiles={}",
+                    "crossentropy {s} rows={rows} V={v} off={offset} tiles={} in_place={in_place}",
                     tiles.len()
                 )
             };
-            let (lse, loss, grad) = ce_tiled(&z, rows, v, &targets, scale, &tiles);
+            let (lse, loss, grad) = ce_tiled(&z, rows, v, &targets, scale, tiles, in_place);
             check_f64(&lse, &want.lse, T::DTYPE, &what("lse"));
             // loss = sum over kept rows of lse - z[target]; relative to the
             // lse magnitude, as the two terms cancel for large offsets.
@@ -1467,12 +1514,14 @@ fn crossentropy_finite_differences() {
     let z: Vec<f64> = rng.vec_scaled(rows * v, 0.0, 2.0);
     let targets = [4, -100, 10];
     let tiles = uneven(v);
-    let (_, _, grad) = ce_tiled(&z, rows, v, &targets, 0.5, &tiles);
-    let fd = fd_grad(&z, 1e-6, |z| {
-        0.5 * ce_tiled(z, rows, v, &targets, 0.5, &tiles).1
-    });
-    // d(0.5 * loss)/dz = 0.5 (softmax - onehot)
-    check_fd(&grad, &fd, "crossentropy dz");
+    for in_place in [false, true] {
+        let (_, _, grad) = ce_tiled(&z, rows, v, &targets, 0.5, &tiles, in_place);
+        let fd = fd_grad(&z, 1e-6, |z| {
+            0.5 * ce_tiled(z, rows, v, &targets, 0.5, &tiles, in_place).1
+        });
+        // d(0.5 * loss)/dz = 0.5 (softmax - onehot)
+        check_fd(&grad, &fd, "crossentropy dz");
+    }
 }
 
 // ------------------------------------------------------------- optimizers
@@ -1678,9 +1727,11 @@ proptest! {
         let (y2, _) = ln_fwd_tiled(&x, &ones, &zeros, rows, c, 1e-5, &[0..c]);
         prop_assert!(rel_err(&y1, &y2) < 1e-12);
         let targets = vec![0i64; rows];
-        let (l1, _, g1) = ce_tiled(&x, rows, c, &targets, 1.0, &tiles);
-        let (l2, _, g2) = ce_tiled(&x, rows, c, &targets, 1.0, &[0..c]);
-        prop_assert!(rel_err(&l1, &l2) < 1e-13);
-        prop_assert!(rel_err(&g1, &g2) < 1e-12);
+        for in_place in [false, true] {
+            let (l1, _, g1) = ce_tiled(&x, rows, c, &targets, 1.0, &tiles, in_place);
+            let (l2, _, g2) = ce_tiled(&x, rows, c, &targets, 1.0, &[0..c], in_place);
+            prop_assert!(rel_err(&l1, &l2) < 1e-13);
+            prop_assert!(rel_err(&g1, &g2) < 1e-12);
+        }
     }
 }

@@ -373,7 +373,7 @@ impl Gpt2 {
         }
         let (logits, _) = self.forward_graph(ids, d, None, false)?;
         let loss = self.rt.new_handle(DType::F64, 1)?;
-        cross_entropy_fwd(&logits, targets, &loss)?;
+        cross_entropy_fwd(&logits, targets, &loss, true)?;
         drop(logits);
         let n_valid = targets.iter().filter(|&&t| t >= 0).count();
         let sum = self
@@ -407,7 +407,7 @@ impl Gpt2 {
         let (logits, acts) = self.forward_graph(ids, d, opt.dropout_seed, true)?;
         let acts = acts.expect("training forward keeps activations");
         let loss = self.rt.new_handle(DType::F64, 1)?;
-        let ce_stats = cross_entropy_fwd(&logits, targets, &loss)?;
+        let ce_stats = cross_entropy_fwd(&logits, targets, &loss, false)?;
         let n_valid = targets.iter().filter(|&&t| t >= 0).count();
         let scale = if n_valid > 0 {
             opt.grad_scale / n_valid as f64

@@ -18,7 +18,7 @@ use super::layernorm::{acc_dtype, row_tensor};
 use crate::error::{arg_err, shape_err, Result};
 use crate::kernels::cpu::crossentropy as k;
 use crate::runtime::cuda::DevBuffers;
-use crate::runtime::{Access, Buffers, Codelet, DataHandle, Runtime, Where};
+use crate::runtime::{Access, Buffers, Codelet, DataHandle, Runtime, Where, WorkerKind};
 use crate::tensor::Tensor;
 use crate::{with_acc_dtype, with_dtype, DType};
 use std::sync::Arc;
@@ -47,6 +47,15 @@ enum Op {
     Target { lo: usize, tg: Arc<Vec<i64>> },
     /// (acc R, loss RW): loss += max + ln sumexp of the non-ignored rows.
     Lse { tg: Arc<Vec<i64>> },
+    /// (logits RW, acc RW, tile_max W): logits = exp(logits - tile max),
+    /// their sum merged into acc (CPU only).
+    FwdExp,
+    /// (acc R, tile_max R, numerators RW): = scale * (softmax - onehot).
+    BwdScale {
+        lo: usize,
+        tg: Arc<Vec<i64>>,
+        scale: f64,
+    },
     /// (acc R, logits RW): logits = scale * (softmax - onehot).
     Bwd {
         lo: usize,
@@ -72,13 +81,16 @@ impl Codelet for CeTask {
             Op::Target { .. } => "ce_target",
             Op::Lse { .. } => "ce_lse",
             Op::Bwd { .. } => "ce_bwd",
+            Op::FwdExp => "ce_fwd_exp",
+            Op::BwdScale { .. } => "ce_bwd_scale",
         }
     }
     fn flops(&self) -> f64 {
         let n = (self.rows * self.cols) as f64;
         match self.op {
             Op::LossInit | Op::StatsInit => 0.0,
-            Op::MaxSumExp => 3.0 * n,
+            Op::MaxSumExp | Op::FwdExp => 3.0 * n,
+            Op::BwdScale { .. } => n,
             Op::Target { .. } | Op::Lse { .. } => self.rows as f64,
             Op::Bwd { .. } => 4.0 * n,
         }
@@ -91,8 +103,13 @@ impl Codelet for CeTask {
         }
     }
     fn where_(&self) -> Where {
-        // cuda/crossentropy.cu holds every kernel for f32, f64, bf16 and f16.
-        Where::ANY
+        match self.op {
+            // Chosen only where no GPU works (see `cross_entropy_fwd`).
+            Op::FwdExp | Op::BwdScale { .. } => Where::ANY_CPU,
+            // cuda/crossentropy.cu holds every other kernel for f32, f64,
+            // bf16 and f16.
+            _ => Where::ANY,
+        }
     }
     fn cpu(&self, b: &Buffers) -> Result<()> {
         let (rows, cols, ad) = (self.rows, self.cols, acc_dtype(self.dt));
@@ -115,6 +132,12 @@ impl Codelet for CeTask {
             }
             Op::Bwd { lo, tg, scale } => with_dtype!(self.dt, T, {
                 k::ce_bwd::<T>(b.r(0)?, rows, cols, *lo, tg, *scale, b.w(1)?)
+            }),
+            Op::FwdExp => with_dtype!(self.dt, T, {
+                k::softmax_numerators::<T>(b.w(0)?, rows, cols, b.w(1)?, b.w(2)?)
+            }),
+            Op::BwdScale { lo, tg, scale } => with_dtype!(self.dt, T, {
+                k::ce_bwd_numerators::<T>(b.r(0)?, b.r(1)?, rows, cols, *lo, tg, *scale, b.w(2)?)
             }),
         }
         Ok(())
@@ -147,6 +170,7 @@ impl Codelet for CeTask {
                     kk.ce_bwd::<T>(&b.r(0)?, rows, cols, *lo, &tg.view()?, *scale, &mut b.w(1)?)
                 })
             }
+            Op::FwdExp | Op::BwdScale { .. } => Err(arg_err(self.name(), "runs on CPUs only")),
         }
     }
 }
@@ -185,10 +209,29 @@ fn submit(
     Ok(())
 }
 
+/// What [`cross_entropy_bwd`] needs from the forward: per row (max,
+/// sumexp), and, when the forward overwrote the logits with the softmax
+/// numerators, each vocabulary tile's row max `[B, T, vocab tiles]`.
+pub struct CeStats {
+    acc: Tensor,
+    tile_max: Option<Tensor>,
+}
+
 /// Adds the summed cross-entropy of `logits` [B, T, V] against `targets`
 /// (B*T ids) into `loss` (an f64 handle of one element, zeroed here) and
-/// returns the (max, sumexp) statistics per row for backward.
-pub fn cross_entropy_fwd(logits: &Tensor, targets: &[i64], loss: &DataHandle) -> Result<Tensor> {
+/// returns the statistics for backward.
+///
+/// Unless `keep_logits`, a runtime without GPU workers overwrites the
+/// logits with `exp(z - tile row max)`, so that backward only scales them:
+/// one exp per logit instead of two. Such logits are only good for
+/// [`cross_entropy_bwd`]. On GPUs the two-exp kernels stay (the exp is
+/// cheap there and the logits never leave the device).
+pub fn cross_entropy_fwd(
+    logits: &Tensor,
+    targets: &[i64],
+    loss: &DataHandle,
+    keep_logits: bool,
+) -> Result<CeStats> {
     let g = &logits.grid;
     if logits.ndim() != 3 || targets.len() != g.shape[0] * g.shape[1] {
         return Err(shape_err(
@@ -216,6 +259,13 @@ pub fn cross_entropy_fwd(logits: &Tensor, targets: &[i64], loss: &DataHandle) ->
     let rt = logits.runtime();
     let (dt, ad) = (logits.dtype, acc_dtype(logits.dtype));
     let stats = row_tensor(logits, 2, ad)?;
+    let tile_max = if keep_logits || rt.nworkers_of(WorkerKind::Cuda) > 0 {
+        None
+    } else {
+        let shape = [g.shape[0], g.shape[1], g.grid[2]];
+        let tile = [g.tile[0] as isize, g.tile[1] as isize, 1];
+        Some(Tensor::zeros(rt, &shape, &tile, ad)?)
+    };
     let vt = g.tile[2];
     submit(
         rt,
@@ -239,26 +289,43 @@ pub fn cross_entropy_fwd(logits: &Tensor, targets: &[i64], loss: &DataHandle) ->
             c[2] = j;
             let cols = g.tile_shape(&c)[2];
             let lh = logits.tile(&c).clone();
-            let ops = vec![(lh.clone(), Access::R), (sh.clone(), Access::RW)];
-            submit(rt, Op::MaxSumExp, dt, (rows, cols), ops)?;
+            // The target logits are read before FwdExp overwrites them.
             let op = Op::Target {
                 lo: j * vt,
                 tg: tg.clone(),
             };
-            let ops = vec![(lh, Access::R), (loss.clone(), Access::RW)];
+            let ops = vec![(lh.clone(), Access::R), (loss.clone(), Access::RW)];
+            submit(rt, op, dt, (rows, cols), ops)?;
+            let (op, ops) = match &tile_max {
+                Some(tm) => (
+                    Op::FwdExp,
+                    vec![
+                        (lh, Access::RW),
+                        (sh.clone(), Access::RW),
+                        (tm.tile(&c).clone(), Access::W),
+                    ],
+                ),
+                None => (
+                    Op::MaxSumExp,
+                    vec![(lh, Access::R), (sh.clone(), Access::RW)],
+                ),
+            };
             submit(rt, op, dt, (rows, cols), ops)?;
         }
         let ops = vec![(sh.clone(), Access::R), (loss.clone(), Access::RW)];
         submit(rt, Op::Lse { tg }, dt, (rows, 1), ops)?;
     }
-    Ok(stats)
+    Ok(CeStats {
+        acc: stats,
+        tile_max,
+    })
 }
 
 /// In place: logits = scale * (softmax(logits) - onehot(target)), zero rows
 /// for ignored targets.
 pub fn cross_entropy_bwd(
     logits: &Tensor,
-    stats: &Tensor,
+    stats: &CeStats,
     targets: &[i64],
     scale: f64,
 ) -> Result<()> {
@@ -270,19 +337,23 @@ pub fn cross_entropy_bwd(
         let c = g.coords(i);
         let ts = g.tile_shape(&c);
         let (rows, cols) = (ts[0] * ts[1], ts[2]);
-        let op = Op::Bwd {
-            lo: c[2] * vt,
-            tg: row_targets(targets, logits, &c),
-            scale,
+        let (lo, tg) = (c[2] * vt, row_targets(targets, logits, &c));
+        let sh = stats.acc.tile(&[c[0], c[1], 0]).clone();
+        let (op, ops) = match &stats.tile_max {
+            Some(tm) => (
+                Op::BwdScale { lo, tg, scale },
+                vec![
+                    (sh, Access::R),
+                    (tm.tile(&c).clone(), Access::R),
+                    (lh.clone(), Access::RW),
+                ],
+            ),
+            None => (
+                Op::Bwd { lo, tg, scale },
+                vec![(sh, Access::R), (lh.clone(), Access::RW)],
+            ),
         };
-        let sh = stats.tile(&[c[0], c[1], 0]).clone();
-        submit(
-            rt,
-            op,
-            dt,
-            (rows, cols),
-            vec![(sh, Access::R), (lh.clone(), Access::RW)],
-        )?;
+        submit(rt, op, dt, (rows, cols), ops)?;
     }
     Ok(())
 }

@@ -183,26 +183,40 @@ fn gelu_erf_grad<A: Accum>(x: A) -> A {
     cdf + x * pdf
 }
 
-/// Runs `f` compiled for AVX2 + FMA when the CPU has them, else as is.
+/// Runs `f` compiled for AVX-512 (F, BW, DQ, VL) or else AVX2 + FMA when
+/// the CPU has them, else as is.
 ///
 /// The crate targets baseline x86-64 (SSE2, 4 f32 lanes); the exp-heavy
-/// loops (activations, softmax in attention and cross-entropy) run twice as
-/// wide under AVX2. For the loops to be compiled inside the AVX2 function,
-/// `f` must be an `#[inline(always)]` closure and everything it calls in its
-/// loops `#[inline(always)]` too (calls that stay calls, like the gemm
-/// crate, keep their own dispatch). Results are bit-identical on both
-/// paths: Rust never contracts `a * b + c` into an FMA, and the
-/// lane-parallel sums are written out explicitly, so only the vector width
-/// changes.
+/// loops (activations, softmax in attention and cross-entropy) run 2-4
+/// times as wide, with FMA instructions for their `mul_add`s. For the loops
+/// to be compiled inside the wide function, `f` must be an
+/// `#[inline(always)]` closure and everything it calls in its loops
+/// `#[inline(always)]` too (calls that stay calls, like the gemm crate,
+/// keep their own dispatch). Results are bit-identical on every path: Rust
+/// never contracts `a * b + c` into an FMA by itself, `mul_add` rounds once
+/// wherever it runs, and the lane-parallel sums are written out
+/// explicitly, so only the vector width changes.
 #[inline(always)]
 pub fn with_simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
+        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+        unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
         #[target_feature(enable = "avx2,fma")]
         unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
             f()
         }
         // std caches the CPUID result: a load and a test per call.
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+        {
+            // SAFETY: the CPU supports AVX-512 F/BW/DQ/VL (and so AVX2 and FMA).
+            return unsafe { avx512(f) };
+        }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: the CPU supports AVX2 and FMA, checked just above.
@@ -243,30 +257,76 @@ pub fn exp_acc<A: Accum>(x: A) -> A {
     }
 }
 
-/// f32 `exp` with about 1 ulp error, written with selects and integer bit
-/// tricks only (SSE2-vectorizable: no `floor`, no float-to-int conversion):
-/// Cody-Waite reduction `x = n ln2 + r`, |r| <= ln2/2, Cephes' degree-6
-/// polynomial for `e^r`, and `2^n` applied as two exact power-of-two factors
-/// so that n in [-151, 129] stays within the normal exponent range.
-/// exp(-inf) = 0, exp(+inf) = +inf, NaN propagates.
+/// `exp(x)` for the softmax kernels, whose arguments are `z - max <= 0`:
+/// [`expf_nonpos`] for f32, std's `exp` for f64.
 #[inline(always)]
-pub fn expf_vec(x: f32) -> f32 {
+pub fn exp_nonpos_acc<A: Accum>(x: A) -> A {
+    if is_f32::<A>() {
+        A::of(expf_nonpos(x.f64() as f32) as f64)
+    } else {
+        x.exp()
+    }
+}
+
+/// f32 `exp` for `x <= 88` (softmax arguments are `<= 0`), the reduction and
+/// polynomial of [`expf_vec`] with a cheaper tail: results below 2.2e-38
+/// (x < -86.6, near the end of f32's normal range) are 0, so `2^n` is one
+/// normal power of two.
+/// About 30 % fewer vector instructions than [`expf_vec`], which is what
+/// the cross-entropy and attention softmax loops spend their time on.
+/// exp(-inf) = 0, NaN propagates.
+#[inline(always)]
+pub fn expf_nonpos(x: f32) -> f32 {
+    // n >= -125 from here on, so 2^n is a normal number (the select keeps NaN).
+    const LO: f32 = -86.6;
+    let (ni, r) = exp_reduce(if x < LO { LO } else { x });
+    let e = exp_poly(r) * f32::from_bits((ni.wrapping_add(127) as u32) << 23);
+    if x < LO {
+        0.0
+    } else {
+        e
+    }
+}
+
+/// Cody-Waite reduction `x = n ln2 + r`, |r| <= ln2/2, for |x| < 2^22:
+/// (n, r), without `floor` or a float-to-int conversion, so it vectorizes.
+#[inline(always)]
+fn exp_reduce(x: f32) -> (i32, f32) {
     // 1.5 * 2^23: adding it rounds x*log2(e) to an integer, held in the low
     // mantissa bits of the sum.
     const MAGIC: f32 = 12_582_912.0;
     const LN2_HI: f32 = 0.693_359_4; // exactly 0.693359375 (9 bits): n * LN2_HI is exact
     const LN2_LO: f32 = -2.121_944_4e-4;
-    // Clamp where e^x is already 0 or inf in f32 (clamp keeps NaN).
-    let x = x.clamp(-104.0, 89.0);
-    let t = x * std::f32::consts::LOG2_E + MAGIC;
+    let t = x.mul_add(std::f32::consts::LOG2_E, MAGIC);
     let n = t - MAGIC;
     let ni = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let p = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 1.666_666_5e-1)
-        * r
-        + 0.5; // Cephes' 5.0000001201e-1, which rounds to 0.5 in f32
-    let y = p * (r * r) + r + 1.0;
+    (ni, (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x)))
+}
+
+/// `e^r` for |r| <= ln2/2: Cephes' degree-6 polynomial (about 1 ulp).
+#[inline(always)]
+fn exp_poly(r: f32) -> f32 {
+    let p = 1.987_569_2e-4f32.mul_add(r, 1.398_199_9e-3);
+    let p = p.mul_add(r, 8.333_452e-3);
+    let p = p.mul_add(r, 4.166_579_6e-2);
+    let p = p.mul_add(r, 1.666_666_5e-1);
+    let p = p.mul_add(r, 0.5); // Cephes' 5.0000001201e-1, which rounds to 0.5 in f32
+    p.mul_add(r * r, r) + 1.0
+}
+
+/// f32 `exp` with about 1 ulp error, written with selects, FMAs and integer
+/// bit tricks only, so loops calling it vectorize: Cody-Waite reduction
+/// `x = n ln2 + r`, |r| <= ln2/2, Cephes' degree-6 polynomial for `e^r`,
+/// and `2^n` applied as two exact power-of-two factors so that n in
+/// [-151, 129] stays within the normal exponent range. The `mul_add`s are
+/// FMA instructions inside [`with_simd`]; on a CPU without FMA (x86-64
+/// before 2013) they are libm calls, slow but with the same results.
+/// exp(-inf) = 0, exp(+inf) = +inf, NaN propagates.
+#[inline(always)]
+pub fn expf_vec(x: f32) -> f32 {
+    // Clamp where e^x is already 0 or inf in f32 (clamp keeps NaN).
+    let (ni, r) = exp_reduce(x.clamp(-104.0, 89.0));
+    let y = exp_poly(r);
     let n1 = ni >> 1;
     let n2 = ni.wrapping_sub(n1);
     let s1 = f32::from_bits((n1.wrapping_add(127) as u32) << 23);

@@ -43,8 +43,8 @@
 //! The products (QK^T, PV, dO V^T, dS K, dS^T Q) run through the `gemm`
 //! crate on strided views of the tiles (no transposes are materialized);
 //! bf16/f16 tiles are widened to f32 once per call. The softmax exp is the
-//! vectorizing [`exp_acc`], and the loops run under [`with_simd`] (AVX2 when
-//! the CPU has it).
+//! vectorizing [`exp_nonpos_acc`], and the loops run under [`with_simd`]
+//! (AVX-512 or AVX2 when the CPU has it).
 //!
 //! ```
 //! use gpt2rs::kernels::cpu::attention::*;
@@ -59,7 +59,7 @@
 //! ```
 
 use crate::dtype::{Accum, Element};
-use crate::kernels::cpu::activation::{exp_acc, with_simd};
+use crate::kernels::cpu::activation::{exp_nonpos_acc, with_simd};
 use crate::kernels::cpu::dropout::DropoutMask;
 use std::any::TypeId;
 use std::borrow::Cow;
@@ -141,7 +141,7 @@ pub fn attn_fwd_update<T: Element>(
                             let mx = row_max(&row[..nv]);
                             let m_new = if mx > m_old { mx } else { m_old };
                             // Rescale what was accumulated under the old max (0 when empty).
-                            let corr = exp_acc(m_old - m_new);
+                            let corr = exp_nonpos_acc(m_old - m_new);
                             let sum = exp_sum_in_place(&mut row[..nv], m_new);
                             row[nv..].fill(T::Acc::ZERO);
                             l[st] = l_old * corr + sum;
@@ -304,7 +304,7 @@ pub fn attn_bwd_update<T: Element>(
                                 let nv = g.visible(i);
                                 let lse_i = lse[g.stat(bi, i, hi)];
                                 for x in &mut row[..nv] {
-                                    *x = exp_acc(*x - lse_i);
+                                    *x = exp_nonpos_acc(*x - lse_i);
                                 }
                                 row[nv..].fill(T::Acc::ZERO);
                                 if let Some(mk) = &mask {
@@ -634,7 +634,7 @@ fn row_max<A: Accum>(x: &[A]) -> A {
 #[inline(always)]
 fn exp_sum_in_place<A: Accum>(x: &mut [A], m: A) -> A {
     for v in x.iter_mut() {
-        *v = exp_acc(*v - m);
+        *v = exp_nonpos_acc(*v - m);
     }
     let mut lanes = [A::ZERO; 8];
     let mut it = x.chunks_exact(8);

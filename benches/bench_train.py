@@ -1,34 +1,66 @@
-"""Training-step throughput of gpt2rs against HF transformers + torch.optim.AdamW
-on the CPU, in the same run.
+"""Training-step throughput of gpt2rs against PyTorch on the CPU, in the same
+run: HF transformers' GPT2LMHeadModel and a nanoGPT-style model
+(benches/nanogpt_model.py), in eager mode and under torch.compile, in fp32
+and with bf16 autocast, all with torch.optim.AdamW.
+
+Competitors (--frameworks, a comma list; the default is marked *):
+
+    gpt2rs*               gpt2rs, dtype fp32
+    gpt2rs-bf16           gpt2rs, dtype bf16 (bf16 storage)
+    gpt2rs-fast-bf16      gpt2rs, dtype fp32_fast_bf16 (fp32 storage, bf16 GEMMs
+                          on a GPU; the CPU computes them in f32)
+    hf*                   HF GPT2LMHeadModel, eager, fp32
+    hf-bf16*              the same under torch.autocast("cpu", bfloat16)
+    nanogpt*              nanoGPT-style model, eager, fp32
+    nanogpt-bf16          the same under bf16 autocast
+    nanogpt-compile*      nanoGPT-style model under torch.compile (default mode), fp32
+    nanogpt-compile-bf16* the same under bf16 autocast
 
 A step is zero_grad + forward/backward (mean next-token cross-entropy, labels =
-input_ids) + one AdamW step; for gpt2rs the step ends with `rt.wait_all()`.
-Both models start from the same random weights (gpt2rs `from_config(seed=0)`
-saved with `save_pretrained` and loaded by both), dropout is off (pdrop 0),
-torch uses its default sdpa attention and `torch.set_num_threads(ncpu)`.
+input_ids) + one AdamW step (lr 1e-4, weight decay 0.01 on every parameter);
+for gpt2rs the step ends with `rt.wait_all()`. bf16 autocast covers forward
+and loss (the cross-entropy itself runs in fp32); parameters, gradients and
+AdamW stay fp32. All models start from the same random weights (gpt2rs
+`from_config(seed=0)` saved with `save_pretrained` and loaded by every
+competitor), dropout is off (pdrop 0), torch uses sdpa attention and
+`torch.set_num_threads(ncpu)`. torch.compile compiles in the warmup steps
+(at least one); the compile time (first step minus the median step, with a
+fresh inductor cache per bench run, so round 1 compiles cold) is reported
+apart and is not in the medians.
 
 Per config it reports tokens/s of each (median of --steps steps after
---warmup), the ratio gpt2rs / torch (target >= 1.25), peak memory of each
-(every framework runs in its own subprocess: ru_maxrss minus the RSS after
-imports, and the RSS high-water mark of the timed steps alone), the gpt2rs
-runtime's own peak bytes per memory node, the workers' busy share, and --
-from a traced extra run -- the time share of each codelet, GEMM GFLOP/s and
-the GEMM tile shapes (told apart by their flop count). For torch, the share
-of time in matmul ops comes from torch.profiler over one step.
+--warmup), the ratio gpt2rs / competitor (gpt2rs fp32 against fp32
+competitors, gpt2rs-bf16 against bf16 ones; target >= 1.25), matmul GF/s
+(analytic matmul flops per step, see `matmul_flops`, / median step time) and
+that as a share of the machine's GEMM ceiling for the run's precision, peak
+memory of each (every framework runs in its own subprocess: ru_maxrss minus
+the RSS after imports, and the RSS high-water mark of the timed steps
+alone), the gpt2rs runtime's own peak bytes per memory node, the workers'
+busy share, and -- from a traced extra run of fp32 gpt2rs -- the time share
+of each codelet, GEMM GFLOP/s and the GEMM tile shapes (told apart by their
+flop count). For torch, the share of time in matmul ops comes from
+torch.profiler over one step.
+
+GEMM ceiling: benches/gemm_ceiling.py, once per bench in its own subprocess
+with the same thread count (torch.mm, MKL/oneDNN, fp32 and bf16); printed
+first with lscpu's model name and GEMM features, and stored in the JSON.
 
 Shared machines: each step records the CPU time other processes took
 (/proc/stat); steps during which they used >= 5% of the CPUs are left out
 of the medians (all steps are kept if none was clean; the counts are
 printed). --wait-quiet S waits for an idle machine before each measured
-subprocess, --rounds N alternates the two frameworks N times and keeps each
+subprocess, --rounds N runs the frameworks in turn N times and keeps each
 one's fastest run.
 
 Configs: `small` = GPT-2 small (124M; B=4, T=256); `4x256` = 4 layers x 256
-wide, n_head 4, vocab 50257 (B=8, T=256).
+wide, n_head 4, vocab 50257 (B=8, T=256); `tiny` (2 x 64, vocab 512, B=2,
+T=32) is a smoke test, not a benchmark.
 
 Prints a table last and writes bench-out/train.json.
 
     python benches/bench_train.py [--quick] [--configs small,4x256]
+    python benches/bench_train.py --frameworks gpt2rs,hf,nanogpt-compile --rounds 3
+    python benches/bench_train.py --quick --configs tiny --no-trace --no-torch-profile   # smoke test
     python benches/bench_train.py --sweep --configs 4x256      # gpt2rs tilings only
     python benches/bench_train.py --configs small --tiles "mb=1,seq=128,hid=768,inner=768,heads=12,vocab=8192"
 
@@ -41,6 +73,7 @@ library's default tiling.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -53,12 +86,17 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+# benches/ is not a package: gemm_ceiling and nanogpt_model are imported from beside this file
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 CONFIGS: dict[str, dict[str, Any]] = {
     "small": {"n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50257, "B": 4, "T": 256},
     "4x256": {"n_layer": 4, "n_embd": 256, "n_head": 4, "vocab_size": 50257, "B": 8, "T": 256},
     # One long sequence, and GPT-2 medium at B=1: few row tiles per worker.
     "small-1x1024": {"n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50257, "B": 1, "T": 1024},
     "medium-1x256": {"n_layer": 24, "n_embd": 1024, "n_head": 16, "vocab_size": 50257, "B": 1, "T": 256},
+    # A smoke test of the bench itself (every framework runs in seconds), not a benchmark.
+    "tiny": {"n_layer": 2, "n_embd": 64, "n_head": 2, "vocab_size": 512, "B": 2, "T": 32},
 }
 
 # The tilings the bench runs unless --tiles says otherwise: None = the
@@ -70,7 +108,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
 # seq 64/128 and hidden 128/384 cost 5-20 %); the defaults follow that.
 DEFAULT_TILES: dict[str, dict[str, Any]] = {
     name: {"mb": None, "seq": None, "hid": None, "inner": None, "heads": None, "vocab": None, "sched": "eager"}
-    for name in ("small", "4x256", "small-1x1024", "medium-1x256")
+    for name in CONFIGS
 }
 
 # Tilings tried by --sweep (each is applied over the config's default).
@@ -119,7 +157,30 @@ TILE_KEYS = {
     "vocab": "vocab_tile",
 }
 
-MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation",
+              "mkldnn::_linear_pointwise")
+
+# The competitors --frameworks chooses from. worker: the subprocess kind;
+# prec: the GEMM ceiling a run is measured against (fp32 / bf16) and the
+# gpt2rs run it is compared with (gpt2rs for fp32, gpt2rs-bf16 for bf16).
+# gpt2rs runs: dtype (the library's precision mode). torch runs: model (hf /
+# nanogpt), compile (torch.compile, default mode), autocast (None / "bf16").
+FRAMEWORKS: dict[str, dict[str, Any]] = {
+    "gpt2rs": {"worker": "gpt2rs", "prec": "fp32", "dtype": "fp32"},
+    "gpt2rs-bf16": {"worker": "gpt2rs", "prec": "bf16", "dtype": "bf16"},
+    # fp32 storage, GEMM inputs rounded to bf16 on a GPU; the CPU computes in f32 (src/dtype.rs).
+    "gpt2rs-fast-bf16": {"worker": "gpt2rs", "prec": "bf16", "dtype": "fp32_fast_bf16"},
+    "hf": {"worker": "torch", "prec": "fp32", "model": "hf", "compile": False, "autocast": None},
+    "hf-bf16": {"worker": "torch", "prec": "bf16", "model": "hf", "compile": False, "autocast": "bf16"},
+    "nanogpt": {"worker": "torch", "prec": "fp32", "model": "nanogpt", "compile": False, "autocast": None},
+    "nanogpt-bf16": {"worker": "torch", "prec": "bf16", "model": "nanogpt", "compile": False, "autocast": "bf16"},
+    "nanogpt-compile": {"worker": "torch", "prec": "fp32", "model": "nanogpt", "compile": True, "autocast": None},
+    "nanogpt-compile-bf16": {"worker": "torch", "prec": "bf16", "model": "nanogpt", "compile": True,
+                             "autocast": "bf16"},
+}
+DEFAULT_FRAMEWORKS = "gpt2rs,hf,nanogpt,nanogpt-compile,gpt2rs-bf16,hf-bf16,nanogpt-compile-bf16"
+# The gpt2rs run each precision's competitors are compared with.
+BASELINE = {"fp32": "gpt2rs", "bf16": "gpt2rs-bf16"}
 
 
 # --------------------------------------------------------------------------
@@ -216,18 +277,24 @@ def reset_hwm() -> bool:
         return False
 
 
-def model_flops(c: dict[str, Any]) -> dict[str, float]:
-    """Matmul flops of one training step (forward + backward = 3 x forward):
-    the four linear layers per block, the tied LM head, and causal attention
-    (QK^T and PV over the lower triangle, i.e. half the square)."""
+def matmul_flops(c: dict[str, Any]) -> dict[str, float]:
+    """Analytic matmul flops of one training step, the same for every competitor.
+
+    Forward, with tokens = B*T: 2 * tokens * (12*L*C^2 [per block: qkv 3C^2,
+    attention projection C^2, fc 4C^2, fc projection 4C^2] + V*C [tied LM
+    head]), plus attention 2 * 2*B*L*T^2*C (QK^T and AV, 2 flops per
+    multiply-add). Attention counts the full T x T square although it is
+    causal (an implementation that skips the masked upper triangle does up to
+    half of these attention flops less). Backward = 2 x forward
+    (a gradient for the input and one for the weight of each matmul), so a
+    step is 3 x forward. Returns each part of the step and the total.
+    """
     L, C, V, B, T = c["n_layer"], c["n_embd"], c["vocab_size"], c["B"], c["T"]
-    F = 4 * C
-    tok = B * T
-    linear = 2 * tok * L * (3 * C * C + C * C + 2 * C * F)
-    head = 2 * tok * C * V
-    attn = L * 2 * B * T * T * C  # (2 matmuls x 2 flops x T^2/2 x C)
-    return {"linear": 3.0 * linear, "lm_head": 3.0 * head, "attention": 3.0 * attn,
-            "total": 3.0 * (linear + head + attn)}
+    tokens = B * T
+    linear = 2.0 * tokens * 12 * L * C * C
+    head = 2.0 * tokens * V * C
+    attn = 2.0 * 2 * B * L * T * T * C
+    return {"linear": 3 * linear, "lm_head": 3 * head, "attention": 3 * attn, "total": 3 * (linear + head + attn)}
 
 
 def hf_config(c: dict[str, Any]) -> dict[str, Any]:
@@ -267,7 +334,7 @@ def worker_gpt2rs(spec: dict[str, Any]) -> dict[str, Any]:
     trace = bool(spec.get("trace"))
     rt = gpt2rs.Runtime(ncpu=spec["ncpu"], scheduler=t["sched"], trace=trace)
     tiles = {TILE_KEYS[k]: t[k] for k in TILE_KEYS}
-    model = gpt2rs.GPT2LMHead.from_pretrained(spec["dir"], dtype="fp32", runtime=rt, **tiles)
+    model = gpt2rs.GPT2LMHead.from_pretrained(spec["dir"], dtype=spec.get("dtype", "fp32"), runtime=rt, **tiles)
     opt = gpt2rs.AdamW(model, lr=1e-4, weight_decay=0.01)
     data = batches(c, 4)
     rt.wait_all()
@@ -322,6 +389,7 @@ def worker_gpt2rs(spec: dict[str, Any]) -> dict[str, Any]:
         "runtime_nodes": [{"name": n["name"], "peak_mb": n["peak_bytes"] / 2**20, "used_mb": n["used_bytes"] / 2**20}
                           for n in st["nodes"]],
         "nworkers": nw,
+        "dtype": model.dtype,
     }
     if trace:
         path = Path(spec["trace_path"])
@@ -336,29 +404,47 @@ def worker_gpt2rs(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def worker_torch(spec: dict[str, Any]) -> dict[str, Any]:
+    """HF GPT2LMHeadModel or the nanoGPT-style model (spec["model"]), eager or
+    under torch.compile (spec["compile"]), fp32 or with bf16 autocast around
+    forward + loss (spec["autocast"])."""
     import torch
-    import transformers
 
     torch.set_num_threads(spec["ncpu"])
     base_kb = rss_kb()
     c = spec["cfg"]
-    model = transformers.GPT2LMHeadModel.from_pretrained(spec["dir"], attn_implementation=spec["attn"])
+    versions = {"torch": str(torch.__version__)}
+    if spec["model"] == "hf":
+        import transformers
+
+        versions["transformers"] = transformers.__version__
+        model: Any = transformers.GPT2LMHeadModel.from_pretrained(spec["dir"], attn_implementation=spec["attn"])
+    else:
+        from nanogpt_model import load_pretrained
+
+        model = load_pretrained(spec["dir"])
     model.train()  # dropout probabilities are 0
     kw: dict[str, Any] = {}
     if spec["adamw"] in ("foreach", "fused"):
         kw[spec["adamw"]] = True
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, **kw)
+    fwd = torch.compile(model) if spec["compile"] else model
     data = [torch.from_numpy(b) for b in batches(c, 4)]
     setup_kb = rss_kb()
     hwm_ok = reset_hwm()
-    times, losses, foreign, faults = [], [], [], []
+    times, losses, foreign, faults, warm_times = [], [], [], [], []
+
+    def autocast() -> Any:
+        if spec["autocast"] == "bf16":
+            return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def step(ids: Any) -> float:
         opt.zero_grad(set_to_none=True)
-        out = model(input_ids=ids, labels=ids)
-        out.loss.backward()
+        with autocast():
+            loss = fwd(input_ids=ids, labels=ids).loss if spec["model"] == "hf" else fwd(ids)
+        loss.backward()
         opt.step()
-        return float(out.loss.detach())
+        return float(loss.detach())
 
     for i in range(spec["warmup"] + spec["steps"]):
         j0 = cpu_jiffies()
@@ -372,10 +458,16 @@ def worker_torch(spec: dict[str, Any]) -> dict[str, Any]:
             times.append(t1 - t0)
             foreign.append(foreign_share(j0, j1, t1 - t0))
             faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+        else:
+            warm_times.append(t1 - t0)
+    median_s, clean_steps = clean_median(times, foreign)
     out: dict[str, Any] = {
         "times_s": times,
-        "median_s": clean_median(times, foreign)[0],
-        "clean_steps": clean_median(times, foreign)[1],
+        "warmup_times_s": warm_times,
+        "median_s": median_s,
+        "clean_steps": clean_steps,
+        # torch.compile traces and compiles forward and backward in the first step
+        "compile_s": warm_times[0] - median_s if spec["compile"] and warm_times else None,
         "losses": losses,
         "foreign_cpu_share": statistics.median(foreign),
         "minor_faults_per_step": statistics.median(faults),
@@ -383,9 +475,11 @@ def worker_torch(spec: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_kb) / 1024,
         "step_peak_rss_mb": (hwm_kb() - base_kb) / 1024 if hwm_ok else None,
         "setup_rss_mb": (setup_kb - base_kb) / 1024,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "attn": spec["attn"],
+        **versions,
+        "model": spec["model"],
+        "compile": spec["compile"],
+        "autocast": spec["autocast"],
+        "attn": spec["attn"] if spec["model"] == "hf" else "sdpa",
         "adamw": spec["adamw"],
     }
     if spec.get("profile"):
@@ -528,7 +622,14 @@ def gemm_shape_names(c: dict[str, Any], t: dict[str, Any]) -> dict[int, str]:
             for f, d in out.items()}
 
 
-WORKERS = {"init": worker_init, "gpt2rs": worker_gpt2rs, "torch": worker_torch}
+def worker_ceiling(spec: dict[str, Any]) -> dict[str, Any]:
+    """The machine (lscpu) and its GEMM ceiling on the bench's thread count (benches/gemm_ceiling.py)."""
+    from gemm_ceiling import ceiling, machine
+
+    return {"machine": machine(), "ceiling_gflops": ceiling(spec["ncpu"])}
+
+
+WORKERS = {"init": worker_init, "gpt2rs": worker_gpt2rs, "torch": worker_torch, "ceiling": worker_ceiling}
 
 
 # --------------------------------------------------------------------------
@@ -542,8 +643,10 @@ def run_worker(kind: str, spec: dict[str, Any], timeout: float) -> dict[str, Any
     if QUIET_WAIT_S > 0 and kind != "init":
         wait_quiet(QUIET_WAIT_S)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    if kind == "torch":
+    if kind in ("torch", "ceiling"):
         env.setdefault("OMP_NUM_THREADS", str(spec["ncpu"]))
+    if spec.get("inductor_cache"):
+        env["TORCHINDUCTOR_CACHE_DIR"] = spec["inductor_cache"]
     p = subprocess.run(
         [sys.executable, os.path.abspath(__file__), "--_worker", kind, "--_spec", json.dumps(spec)],
         capture_output=True, text=True, env=env, timeout=timeout, check=False,
@@ -599,8 +702,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="timed steps per framework (default 5, quick 3)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2, quick 1)")
     ap.add_argument("--configs", default="small,4x256", help="comma-separated: " + ", ".join(CONFIGS))
+    ap.add_argument("--frameworks", default=DEFAULT_FRAMEWORKS,
+                    help="comma-separated competitors, run in this order each round: " + ", ".join(FRAMEWORKS)
+                    + f" (default {DEFAULT_FRAMEWORKS}; see above)")
     ap.add_argument("--rounds", type=int, default=1,
-                    help="alternate gpt2rs and torch runs this many times; keep each one's fastest (loaded machines)")
+                    help="run the frameworks in turn this many times; keep each one's fastest (loaded machines)")
     ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
                     help="before each measured subprocess wait up to S seconds for the other processes to go quiet "
                          "(steps during which others used >= 5%% of the CPUs are left out of the median anyway)")
@@ -628,6 +734,8 @@ def main() -> None:
         print("RESULT " + json.dumps(res), flush=True)
         return
 
+    from gemm_ceiling import describe
+
     global QUIET_WAIT_S
     QUIET_WAIT_S = args.wait_quiet
     steps = args.steps if args.steps is not None else (3 if args.quick else 5)
@@ -636,23 +744,31 @@ def main() -> None:
     for n in names:
         if n not in CONFIGS:
             raise SystemExit(f"unknown config {n!r} (one of {', '.join(CONFIGS)})")
+    fws = list(dict.fromkeys(f.strip() for f in args.frameworks.split(",") if f.strip()))
+    for f in fws:
+        if f not in FRAMEWORKS:
+            raise SystemExit(f"unknown framework {f!r} (one of {', '.join(FRAMEWORKS)})")
     overrides = ",".join(
         [args.tiles]
         + [f"{k}={getattr(args, 'tile_' + k)}" for k in TILE_KEYS if getattr(args, "tile_" + k) is not None]
         + ([f"sched={args.scheduler}"] if args.scheduler else [])
     )
     report: dict[str, Any] = {"ncpu": args.ncpu, "steps": steps, "warmup": warmup, "load_start": loadavg(),
-                              "configs": {}}
+                              "frameworks": fws, "configs": {}}
     rows = []
     tmp = tempfile.TemporaryDirectory(prefix="gpt2rs-bench-train-")
     t_start = time.perf_counter()
     try:
+        ceil = run_worker("ceiling", {"ncpu": args.ncpu}, 600)
+        mach, ceil_gf = ceil["machine"], ceil["ceiling_gflops"]
+        report["machine"], report["ceiling_gflops"] = mach, ceil_gf
+        print(describe(mach, ceil_gf, args.ncpu), flush=True)
         for name in names:
             c = CONFIGS[name]
             wdir = os.path.join(tmp.name, name)
             init = run_worker("init", {"cfg": c, "dir": wdir, "ncpu": args.ncpu}, 600)
             base = parse_tiles(overrides, DEFAULT_TILES[name])
-            mf = model_flops(c)
+            mf = matmul_flops(c)
             tok = c["B"] * c["T"]
             spec = {"cfg": c, "dir": wdir, "ncpu": args.ncpu, "steps": steps, "warmup": warmup}
             entry: dict[str, Any] = {"config": c, "params": init["params"], "model_flops_per_step": mf}
@@ -677,55 +793,78 @@ def main() -> None:
                 report["configs"][name] = entry
                 continue
             load0 = loadavg()
-            g = tr = None
-            round_s: dict[str, list[float]] = {"gpt2rs": [], "torch": []}
+            best: dict[str, dict[str, Any]] = {}
+            round_s: dict[str, list[float]] = {f: [] for f in fws}
+            compile_s: dict[str, list[float]] = {f: [] for f in fws}
             for rnd in range(args.rounds):
-                # alternate the frameworks so that a burst of load hits both; keep each one's best round
-                g1 = run_worker("gpt2rs", {**spec, "tiles": base}, 900)
-                t1 = run_worker("torch", {**spec, "attn": args.attn, "adamw": args.adamw,
-                                          "profile": not args.no_torch_profile and rnd == 0}, 900)
-                round_s["gpt2rs"].append(g1["median_s"])
-                round_s["torch"].append(t1["median_s"])
-                if g is None or g1["median_s"] < g["median_s"]:
-                    g = g1
-                if tr is None or t1["median_s"] < tr["median_s"]:
-                    tr = {**t1, "profile": t1.get("profile") or tr.get("profile")} if tr else t1
-            assert g is not None and tr is not None
+                # run the frameworks in turn so that a burst of load hits all of them; keep each one's best round
+                for f in fws:
+                    fw = FRAMEWORKS[f]
+                    if fw["worker"] == "gpt2rs":
+                        fspec = {**spec, "tiles": base, "dtype": fw["dtype"]}
+                    else:
+                        fspec = {**spec, "model": fw["model"], "compile": fw["compile"], "autocast": fw["autocast"],
+                                 "attn": args.attn, "adamw": args.adamw,
+                                 "profile": not args.no_torch_profile and rnd == 0}
+                        if fw["compile"]:
+                            # compilation happens in the first warmup step; a fresh inductor cache per bench
+                            # run (shared by its rounds and configs, so round 1 compiles cold)
+                            fspec["warmup"] = max(warmup, 1)
+                            fspec["inductor_cache"] = os.path.join(tmp.name, f"inductor-{f}")
+                    r = run_worker(fw["worker"], fspec, 1800 if fw.get("compile") else 900)
+                    round_s[f].append(r["median_s"])
+                    if r.get("compile_s") is not None:
+                        compile_s[f].append(r["compile_s"])
+                    if f not in best or r["median_s"] < best[f]["median_s"]:
+                        best[f] = {**r, "profile": r.get("profile") or best.get(f, {}).get("profile")}
             load1 = loadavg()
             prof = None
-            if not args.no_trace and not (args.quick and name == "small"):
+            if "gpt2rs" in fws and not args.no_trace and not (args.quick and name == "small"):
                 tspec = {**spec, "tiles": base, "trace": True, "steps": 3, "warmup": 2,
                          "trace_path": os.path.join(args.keep_trace or tmp.name, f"trace-{name}.json"),
                          "keep_trace": bool(args.keep_trace)}
                 if args.keep_trace:
                     os.makedirs(args.keep_trace, exist_ok=True)
                 prof = run_worker("gpt2rs", tspec, 900)["profile"]
-            g_tps, t_tps = tok / g["median_s"], tok / tr["median_s"]
-            entry.update({
-                "tiles": tiles_str(base),
-                "gpt2rs": {**g, "tokens_per_s": g_tps, "model_gflops": mf["total"] / g["median_s"] / 1e9},
-                "torch": {**tr, "tokens_per_s": t_tps, "model_gflops": mf["total"] / tr["median_s"] / 1e9},
-                "ratio": g_tps / t_tps,
-                "mem_ratio": (g["step_peak_rss_mb"] / tr["step_peak_rss_mb"]) if g["step_peak_rss_mb"] and
-                tr["step_peak_rss_mb"] else None,
-                "load": [load0, load1],
-                "rounds_median_s": round_s,
-                "profile": prof,
-            })
+            results: dict[str, dict[str, Any]] = {}
+            for f in fws:
+                r, prec = best[f], FRAMEWORKS[f]["prec"]
+                gf = mf["total"] / r["median_s"] / 1e9
+                results[f] = {**r, "prec": prec, "tokens_per_s": tok / r["median_s"], "model_gflops": gf,
+                          "ceiling_fraction": gf / ceil_gf[prec],
+                          # round 1's (cold inductor cache); every round's in compile_s_rounds
+                          "compile_s": compile_s[f][0] if compile_s[f] else None,
+                          "compile_s_rounds": compile_s[f]}
+            for f in fws:
+                ref = BASELINE[results[f]["prec"]]
+                if FRAMEWORKS[f]["worker"] != "gpt2rs" and ref in results:
+                    results[f]["ratio"] = results[ref]["tokens_per_s"] / results[f]["tokens_per_s"]
+                    results[f]["ratio_vs"] = ref
+            entry.update({"tiles": tiles_str(base), "frameworks": results, "load": [load0, load1],
+                          "rounds_median_s": round_s, "profile": prof})
+            if "gpt2rs" in results and "hf" in results:  # the figures of the bench before nanoGPT and bf16
+                g, h = results["gpt2rs"], results["hf"]
+                entry["ratio"] = g["tokens_per_s"] / h["tokens_per_s"]
+                entry["mem_ratio"] = (g["step_peak_rss_mb"] / h["step_peak_rss_mb"]
+                                      if g["step_peak_rss_mb"] and h["step_peak_rss_mb"] else None)
             report["configs"][name] = entry
             rows.append((name, entry))
-            print(f"[{name}] gpt2rs {g_tps:.0f} tok/s ({g['median_s']:.3f} s/step), torch {t_tps:.0f} tok/s "
-                  f"({tr['median_s']:.3f} s/step), ratio {g_tps / t_tps:.3f}; loss0 {g['losses'][0]:.5f} vs "
-                  f"{tr['losses'][0]:.5f}; other processes used {g['foreign_cpu_share'] * 100:.1f}% / "
-                  f"{tr['foreign_cpu_share'] * 100:.1f}% of the CPUs (clean steps {g['clean_steps']}/{steps}, "
-                  f"{tr['clean_steps']}/{steps})", flush=True)
+            print(f"[{name}] {init['params']:,} parameters, {mf['total'] / 1e9:.2f} GFLOP of matmuls per step")
+            for f, r in results.items():
+                print(f"[{name}] {f:21s} {r['tokens_per_s']:8.0f} tok/s ({r['median_s']:.3f} s/step)"
+                      + (f", {r['ratio_vs']} / this {r['ratio']:.3f}" if "ratio" in r else "")
+                      + f"; {r['model_gflops']:.1f} GF/s = {r['ceiling_fraction'] * 100:.1f}% of {r['prec']} ceiling"
+                      + (f"; compile {r['compile_s']:.1f} s" if r["compile_s"] is not None else "")
+                      + f"; loss0 {r['losses'][0]:.5f}; other processes {r['foreign_cpu_share'] * 100:.1f}% of the "
+                      f"CPUs, clean steps {r['clean_steps']}/{len(r['times_s'])}", flush=True)
             if prof:
                 print_profile(name, prof, mf)
-            if tr.get("profile"):
-                p = tr["profile"]
-                print(f"  torch: matmul ops {p['matmul_share'] * 100:.1f}% of op self time, attention "
-                      f"{p['attention_share'] * 100:.1f}%; top: "
-                      + ", ".join(f"{k} {v:.0f} ms" for k, v in p["top_self_ms"][:6]))
+            for f, r in results.items():
+                if r.get("profile") and FRAMEWORKS[f]["worker"] == "torch":
+                    p = r["profile"]
+                    print(f"  {f}: matmul ops {fmt(p['matmul_share'] and p['matmul_share'] * 100, 1)}% of op self "
+                          f"time, attention {fmt(p['attention_share'] and p['attention_share'] * 100, 1)}%; top: "
+                          + ", ".join(f"{k} {v:.0f} ms" for k, v in p["top_self_ms"][:6]))
     finally:
         tmp.cleanup()
     report["wall_s"] = time.perf_counter() - t_start
@@ -734,28 +873,43 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     if rows:
-        print(f"\nGPT-2 training step on the CPU ({args.ncpu} threads), median of {steps} steps after {warmup} "
+        print()
+        print(describe(mach, ceil_gf, args.ncpu))
+        print(f"GPT-2 training step on the CPU ({args.ncpu} threads), median of {steps} steps after {warmup} "
               f"warmup; load {report['load_start']:.2f} -> {report['load_end']:.2f}")
-        hdr = (f"{'config':7s} {'gpt2rs tok/s':>12s} {'torch tok/s':>11s} {'ratio':>6s} {'rs GF/s':>8s} "
-               f"{'pt GF/s':>8s} {'rs step MB':>10s} {'pt step MB':>10s} {'rs max MB':>9s} {'pt max MB':>9s} "
-               f"{'rt peak MB':>10s} {'GEMM%':>6s} {'GEMM GF/s':>9s} {'busy%':>6s}")
+        hdr = (f"{'config':12s} {'framework':20s} {'prec':4s} {'tok/s':>8s} {'s/step':>7s} {'ratio':>6s} {'GF/s':>6s} "
+               f"{'%ceil':>5s} {'compile s':>9s} {'step MB':>7s} {'max MB':>6s} {'rt peak MB':>10s} {'GEMM%':>6s} "
+               f"{'GEMM GF/s':>9s} {'busy%':>6s} {'clean':>5s}")
         print(hdr)
         for name, e in rows:
-            g, tr, pr = e["gpt2rs"], e["torch"], e["profile"] or {}
-            gs = pr.get("gemm_share_of_busy")
-            print(f"{name:7s} {g['tokens_per_s']:12.0f} {tr['tokens_per_s']:11.0f} {e['ratio']:6.3f} "
-                  f"{g['model_gflops']:8.1f} {tr['model_gflops']:8.1f} {fmt(g['step_peak_rss_mb'], 0):>10s} "
-                  f"{fmt(tr['step_peak_rss_mb'], 0):>10s} {g['peak_rss_mb']:9.0f} {tr['peak_rss_mb']:9.0f} "
-                  f"{g['runtime_nodes'][0]['peak_mb']:10.0f} {fmt(gs * 100 if gs is not None else None, 1):>6s} "
-                  f"{fmt(pr.get('gemm_gflops_per_worker'), 1):>9s} {g['busy_share'] * 100:6.1f}")
-        print("ratio = gpt2rs tokens/s / torch tokens/s (target >= 1.25); GF/s = model matmul flops per step / "
-              "step time; step MB = RSS high-water of the timed steps minus RSS after imports; max MB = ru_maxrss "
-              "minus RSS after imports; rt peak = gpt2rs runtime's peak tile bytes (host node); GEMM% = share of "
-              "gpt2rs worker busy time in gemm tasks (traced run); GEMM GF/s = per worker while in gemm; busy% = "
-              "workers' busy share of the step.")
+            pr = e["profile"] or {}
+            for f, r in e["frameworks"].items():
+                rs = FRAMEWORKS[f]["worker"] == "gpt2rs"
+                traced = f == "gpt2rs"  # the traced run is fp32 gpt2rs
+                gs = pr.get("gemm_share_of_busy") if traced else None
+                print(f"{name:12s} {f:20s} {r['prec']:4s} {r['tokens_per_s']:8.0f} {r['median_s']:7.3f} "
+                      f"{fmt(r.get('ratio'), 3):>6s} {r['model_gflops']:6.1f} {r['ceiling_fraction'] * 100:5.1f} "
+                      f"{fmt(r['compile_s'], 1):>9s} {fmt(r['step_peak_rss_mb'], 0):>7s} {r['peak_rss_mb']:6.0f} "
+                      f"{fmt(r['runtime_nodes'][0]['peak_mb'] if rs else None, 0):>10s} "
+                      f"{fmt(gs * 100 if gs is not None else None, 1):>6s} "
+                      f"{fmt(pr.get('gemm_gflops_per_worker') if traced else None, 1):>9s} "
+                      f"{fmt(r['busy_share'] * 100 if rs else None, 1):>6s} "
+                      f"{str(r['clean_steps']) + '/' + str(len(r['times_s'])):>5s}")
+        print("ratio = gpt2rs tokens/s / this one's (fp32 runs against gpt2rs, bf16 runs against gpt2rs-bf16; "
+              "target >= 1.25); GF/s = analytic matmul flops per step (full T^2 attention) / median step time; "
+              "%ceil = that as a share of the machine's GEMM ceiling for the run's precision (prec); "
+              "compile s = first step minus the median step (torch.compile, round 1, not in the medians); step MB = "
+              "RSS high-water of the timed steps minus RSS after imports; max MB = ru_maxrss minus RSS after "
+              "imports; rt peak = gpt2rs runtime's peak tile bytes (host node); GEMM% = share of gpt2rs worker busy "
+              "time in gemm tasks (traced fp32 run); GEMM GF/s = per worker while in gemm; busy% = workers' busy "
+              "share of the step; clean = steps during which other processes used < 5% of the CPUs.")
         for name, e in rows:
-            print(f"  {name}: tiles {e['tiles']}; torch {e['torch']['torch']} / transformers "
-                  f"{e['torch']['transformers']} attn={e['torch']['attn']} adamw={e['torch']['adamw']}")
+            tv = next((r for r in e["frameworks"].values() if "torch" in r), None)
+            print(f"  {name}: tiles {e['tiles']}"
+                  + (f"; torch {tv['torch']}" if tv else "")
+                  + "".join(f" / transformers {r['transformers']} attn={r['attn']}"
+                            for f, r in e["frameworks"].items() if f == "hf")
+                  + (f" adamw={tv['adamw']}" if tv else ""))
     print(f"wrote {out}")
 
 

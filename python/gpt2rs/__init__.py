@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import atexit
 
-from gpt2rs import ops, optim
+from gpt2rs import mkl, ops, optim
 from gpt2rs._gpt2rs import (
     DTypeError,
     Runtime,
@@ -51,6 +51,7 @@ __all__ = [
     "Tensor",
     "__version__",
     "default_runtime",
+    "mkl",
     "ops",
     "set_default_runtime",
 ]
@@ -61,6 +62,8 @@ __all__ = [
 from gpt2rs import cuda as _cuda  # noqa: E402
 
 _cuda.preload()
+# The mkl wheel's library for bf16 GEMMs (one glob; loaded at first use).
+mkl.register()
 
 # Finish the default runtime's tasks and save its performance models at exit.
 atexit.register(_shutdown_default_runtime)

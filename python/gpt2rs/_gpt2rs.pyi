@@ -246,6 +246,12 @@ def cuda_compile_module(module: str, arch: str) -> tuple[str, bool]:
 def cuda_modules() -> list[str]:
     """The kernel module file names."""
 
+def cpu_mkl_hint(path: str | os.PathLike[str]) -> None:
+    """Where the mkl wheel's libmkl_rt is (loaded on first use)."""
+
+def cpu_bf16_gemm() -> str:
+    """How bf16 GEMMs run on the CPU, and why; ValueError for a bad GPT2RS_BF16_GEMM."""
+
 def cuda_nvrtc_status() -> str | None:
     """Why NVRTC cannot be used, or None."""
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from . import hub
-from ._gpt2rs import Gpt2Core, Runtime, default_runtime
+from ._gpt2rs import Gpt2Core, Runtime, cpu_bf16_gemm, default_runtime
 from .config import GPT2Config
 
 DTYPES = ("fp32", "fp64", "tf32", "bf16", "fp32_fast_fp16", "fp32_fast_bf16", "fp32_fast_tf32")
@@ -81,6 +81,8 @@ class GPT2LMHead:
         self._config = GPT2Config.coerce(config)
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r} (expected one of {', '.join(DTYPES)})")
+        if "bf16" in dtype:
+            cpu_bf16_gemm()  # a bad GPT2RS_BF16_GEMM is one ValueError here, not at the first GEMM
         self.dtype = dtype
         tiles = {
             "seq_len_tile": _tile("seq_len_tile", seq_len_tile),

@@ -41,6 +41,7 @@ import numpy as np
 
 from . import checkpoint as ckpt_io
 from . import hub
+from ._gpt2rs import cpu_bf16_gemm
 from .config import GPT2Config
 from .configs import GPT2_DEFAULT_CONFIG
 from .metrics import DEFAULT_SERVER_PORT, JsonlSink, MultiSink, RemoteSink, TensorBoardSink, runtime_scalars
@@ -704,6 +705,7 @@ class Trainer:
             "tflops": self.flops_per_token * tps / 1e12,
             "mfu": None,  # the CPU's peak is not known; the CUDA backend will report it
             "device": "cpu",
+            "bf16_gemm": cpu_bf16_gemm() if "bf16" in self.model.dtype else None,
             "final_loss": res.losses[-1] if res.losses else None,
             "eval_loss": eval_loss,
             "phases": asdict(self.phases),

@@ -16,7 +16,8 @@
 //!
 //! On a GPU the tasks run cuBLAS (`kernels::cuda::blas`) in the compute mode
 //! given to [`gemm_with`] (the model passes its precision's); the CPU
-//! ignores the mode and computes in f32 (or f64), as DESIGN.md says.
+//! computes in f32 (or f64), as DESIGN.md says, except bf16 products where
+//! oneMKL is the bf16 backend (`kernels::cpu::mkl`).
 //!
 //! [`gemm_bias_act`] computes `C = act(op(A) @ op(B) + bias)` in one task
 //! per C tile (a cuBLASLt epilogue on a GPU), for a contraction that is one
@@ -66,7 +67,7 @@ impl Default for GemmSpec {
 #[derive(Clone, Copy)]
 struct TileGemm {
     dtype: DType,
-    /// GPU only: the CPU computes in the accumulator type.
+    /// On the CPU only bf16 matters (oneMKL, where it is the bf16 backend).
     compute: GemmCompute,
     trans_a: bool,
     trans_b: bool,
@@ -100,19 +101,15 @@ impl TileGemm {
     }
     /// `c = alpha * op(a) @ op(b) + beta * c` on the CPU.
     fn cpu<T: crate::dtype::Element>(&self, a: &[T], b: &[T], beta: f64, c: &mut [T]) {
-        k::gemm::<T>(
+        let shape = (
             self.trans_a,
             self.trans_b,
             self.m,
             self.n,
             self.k,
             self.batch,
-            self.alpha,
-            a,
-            b,
-            beta,
-            c,
         );
+        k::gemm_in::<T>(self.compute, shape, self.alpha, a, b, beta, c);
     }
 }
 

@@ -4,6 +4,7 @@
 //! its arguments, releases the GIL around the core call, and converts back.
 //! The Python package `gpt2rs` re-exports what is defined here.
 
+pub mod cpu;
 pub mod cuda;
 pub mod error;
 pub mod generate;
@@ -18,6 +19,8 @@ pub mod tokenizer;
 mod gpt2rs_ext {
     use pyo3::prelude::*;
 
+    #[pymodule_export]
+    use super::cpu::{cpu_bf16_gemm, cpu_mkl_hint};
     #[pymodule_export]
     use super::cuda::{
         cuda_cache_dir, cuda_compile_all, cuda_compile_module, cuda_compile_source,

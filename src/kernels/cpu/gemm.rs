@@ -19,6 +19,12 @@
 //! accumulation there, so they are widened into per-thread f32 scratch
 //! buffers, multiplied in f32 and rounded back to nearest-even once.
 //!
+//! bf16 products (bf16 tiles, and f32 tiles whose compute mode is
+//! [`GemmCompute::Bf16`], i.e. fp32_fast_bf16) run on oneMKL's bf16 GEMM
+//! where [`mkl::bf16_backend`] says so (AMX-BF16 CPUs with the `mkl`
+//! wheel): inputs in bf16, f32 accumulation, C rounded once. Elsewhere the
+//! fast modes compute in f32, as DESIGN.md allows the CPU.
+//!
 //! ```
 //! use gpt2rs::kernels::cpu::gemm::gemm;
 //! // [1 2; 3 4] @ [5; 6] = [17; 39]
@@ -27,8 +33,10 @@
 //! assert_eq!(c, [17.0, 39.0]);
 //! ```
 
-use crate::dtype::{DType, Element};
+use crate::dtype::{DType, Element, GemmCompute};
 use crate::kernels::cpu::elementwise::{cast, fill, scale};
+use crate::kernels::cpu::mkl::{self, Bf16Gemm};
+use half::bf16;
 use std::cell::RefCell;
 
 /// Floating-point operations of one `gemm` call (a multiply and an add per term).
@@ -46,6 +54,22 @@ pub fn gemm<T: Element>(
     n: usize,
     k: usize,
     batch: usize,
+    alpha: f64,
+    a: &[T],
+    b: &[T],
+    beta: f64,
+    c: &mut [T],
+) {
+    let shape = (trans_a, trans_b, m, n, k, batch);
+    gemm_in(GemmCompute::Default, shape, alpha, a, b, beta, c)
+}
+
+/// [`gemm`] in a compute mode: `GemmCompute::Bf16` rounds f32 inputs to
+/// bf16 where the bf16 backend is oneMKL; the CPU ignores the other modes.
+/// `shape` is `(trans_a, trans_b, m, n, k, batch)`.
+pub fn gemm_in<T: Element>(
+    compute: GemmCompute,
+    (trans_a, trans_b, m, n, k, batch): (bool, bool, usize, usize, usize, usize),
     alpha: f64,
     a: &[T],
     b: &[T],
@@ -71,7 +95,18 @@ pub fn gemm<T: Element>(
         n,
         k,
     };
+    let on_mkl = || mkl::bf16_backend() == Bf16Gemm::Mkl && mkl::fits_i32(m, n, k);
     match T::DTYPE {
+        DType::F32 if compute == GemmCompute::Bf16 && on_mkl() => {
+            let (a, b) = (bytemuck::cast_slice(a), bytemuck::cast_slice(b));
+            let c = bytemuck::cast_slice_mut(c);
+            gemm_mkl_f32_in(shape, batch, alpha as f32, a, b, beta as f32, c);
+        }
+        DType::BF16 if on_mkl() => {
+            let (a, b) = (bytemuck::cast_slice(a), bytemuck::cast_slice(b));
+            let c = bytemuck::cast_slice_mut(c);
+            gemm_mkl_bf16(shape, batch, alpha as f32, a, b, beta as f32, c);
+        }
         DType::F32 => {
             let (a, b) = (bytemuck::cast_slice(a), bytemuck::cast_slice(b));
             gemm_native::<f32>(
@@ -196,6 +231,91 @@ fn gemm_widened<T: Element>(
             }
             gemm_native::<f32>(s, 1, alpha, a32, b32, beta, c32);
             cast(c32, ci);
+        }
+    });
+}
+
+thread_local! {
+    // bf16 copies of f32 A and B, or an f32 copy of a bf16 C, for oneMKL.
+    static SCRATCH_MKL: RefCell<(Vec<bf16>, Vec<bf16>, Vec<f32>)> =
+        const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+}
+
+fn grow<E: Copy + Default>(v: &mut Vec<E>, len: usize) -> &mut [E] {
+    if v.len() < len {
+        v.resize(len, E::default());
+    }
+    &mut v[..len]
+}
+
+fn bits(x: &[bf16]) -> &[u16] {
+    bytemuck::cast_slice(x)
+}
+
+/// bf16 tiles on oneMKL: A and B as they are, C through f32 (read only
+/// when beta != 0), rounded once.
+fn gemm_mkl_bf16(
+    s: Shape,
+    batch: usize,
+    alpha: f32,
+    a: &[bf16],
+    b: &[bf16],
+    beta: f32,
+    c: &mut [bf16],
+) {
+    let Shape { m, n, k, .. } = s;
+    let lib = mkl::mkl().expect("the bf16 backend is oneMKL only once it loaded");
+    SCRATCH_MKL.with_borrow_mut(|(_, _, c32)| {
+        let c32 = grow(c32, m * n);
+        for i in 0..batch {
+            let ci = &mut c[i * m * n..][..m * n];
+            if beta != 0.0 {
+                cast(ci, c32);
+            }
+            let (ai, bi) = (&a[i * m * k..][..m * k], &b[i * k * n..][..k * n]);
+            lib.gemm_bf16(
+                s.trans_a,
+                s.trans_b,
+                (m, n, k),
+                alpha,
+                bits(ai),
+                bits(bi),
+                beta,
+                c32,
+            );
+            cast(c32, ci);
+        }
+    });
+}
+
+/// f32 tiles in fp32_fast_bf16 on oneMKL: A and B rounded to bf16, C f32.
+fn gemm_mkl_f32_in(
+    s: Shape,
+    batch: usize,
+    alpha: f32,
+    a: &[f32],
+    b: &[f32],
+    beta: f32,
+    c: &mut [f32],
+) {
+    let Shape { m, n, k, .. } = s;
+    let lib = mkl::mkl().expect("the bf16 backend is oneMKL only once it loaded");
+    SCRATCH_MKL.with_borrow_mut(|(a16, b16, _)| {
+        let (a16, b16) = (grow(a16, m * k), grow(b16, k * n));
+        for i in 0..batch {
+            cast(&a[i * m * k..][..m * k], a16);
+            cast(&b[i * k * n..][..k * n], b16);
+            let ci = &mut c[i * m * n..][..m * n];
+            lib.gemm_bf16(
+                s.trans_a,
+                s.trans_b,
+                (m, n, k),
+                alpha,
+                bits(a16),
+                bits(b16),
+                beta,
+                ci,
+            );
         }
     });
 }

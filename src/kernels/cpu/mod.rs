@@ -13,5 +13,6 @@ pub mod elementwise;
 pub mod embedding;
 pub mod gemm;
 pub mod layernorm;
+pub mod mkl;
 pub mod optim;
 pub mod reduce;

@@ -15,6 +15,7 @@
 use gpt2rs::kernels::cpu::copy::{cast_block, copy_block};
 use gpt2rs::kernels::cpu::elementwise::{add, axpy, cast, fill, scale};
 use gpt2rs::kernels::cpu::gemm::{gemm, gemm_flops};
+use gpt2rs::kernels::cpu::gemm_small;
 use gpt2rs::kernels::cpu::reduce::{
     norm_from_ssq, ssq_init, ssq_merge, ssq_update, sum_all, sum_axis,
 };
@@ -224,6 +225,77 @@ fn check_gemm_degenerate<T: Element>() {
 }
 per_dtype!(check_gemm_degenerate: gemm_degenerate_f32 => f32, gemm_degenerate_f64 => f64,
     gemm_degenerate_bf16 => bf16, gemm_degenerate_f16 => f16);
+
+/// The few-row AVX-512 kernel on its own: every row count up to MAX_ROWS,
+/// panel and lane edges in n and k, both layouts of B, beta 0 (C NaN) and
+/// not; and each row's result bitwise independent of the rows beside it
+/// (decoding one sequence or eight gives the same bits).
+#[test]
+fn gemm_small_matches_the_reference_and_rows_are_independent() {
+    if !gemm_small::available() {
+        eprintln!("SKIPPED gemm_small: this CPU has no AVX-512 F (the gemm crate serves it)");
+        return;
+    }
+    let mut rng = Rng::new(5);
+    for tb in [false, true] {
+        for m in 1..=gemm_small::MAX_ROWS {
+            for &(n, k) in &[
+                (1, 1),
+                (15, 17),
+                (16, 16),
+                (33, 31),
+                (100, 64),
+                (64, 100),
+                (7, 200),
+            ] {
+                let beta = if m % 2 == 0 { 0.0 } else { 0.5 };
+                let a = rng.vec::<f32>(m * k);
+                let b = rng.vec::<f32>(k * n);
+                let c0 = if beta == 0.0 {
+                    vec![f32::NAN; m * n]
+                } else {
+                    rng.vec::<f32>(m * n)
+                };
+                let want = gemm_ref(
+                    false,
+                    tb,
+                    m,
+                    n,
+                    k,
+                    1,
+                    1.5,
+                    &f64s(&a),
+                    &f64s(&b),
+                    beta,
+                    &f64s(&c0),
+                );
+                let mut c = c0.clone();
+                gemm_small::gemm_small(tb, m, n, k, 1.5, &a, &b, beta as f32, &mut c);
+                assert_close(&c, &want, &format!("gemm_small tb={tb} m={m} n={n} k={k}"));
+                for i in 0..m {
+                    let mut ci = c0[i * n..(i + 1) * n].to_vec();
+                    gemm_small::gemm_small(
+                        tb,
+                        1,
+                        n,
+                        k,
+                        1.5,
+                        &a[i * k..(i + 1) * k],
+                        &b,
+                        beta as f32,
+                        &mut ci,
+                    );
+                    assert!(
+                        ci.iter()
+                            .zip(&c[i * n..])
+                            .all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "gemm_small tb={tb} m={m} n={n} k={k}: row {i} depends on the other rows"
+                    );
+                }
+            }
+        }
+    }
+}
 
 #[test]
 fn gemm_flops_counts_multiply_and_add() {

@@ -19,6 +19,10 @@
 //! accumulation there, so they are widened into per-thread f32 scratch
 //! buffers, multiplied in f32 and rounded back to nearest-even once.
 //!
+//! f32 products of 2-8 rows (decoding) with A not transposed run
+//! [`gemm_small`] on AVX-512 CPUs, which reads B in place instead of
+//! packing it.
+//!
 //! bf16 products (bf16 tiles, and f32 tiles whose compute mode is
 //! [`GemmCompute::Bf16`], i.e. fp32_fast_bf16) run on oneMKL's bf16 GEMM
 //! where [`mkl::bf16_backend`] says so (AMX-BF16 CPUs with the `mkl`
@@ -35,6 +39,7 @@
 
 use crate::dtype::{DType, Element, GemmCompute};
 use crate::kernels::cpu::elementwise::{cast, fill, scale};
+use crate::kernels::cpu::gemm_small;
 use crate::kernels::cpu::mkl::{self, Bf16Gemm};
 use half::bf16;
 use std::cell::RefCell;
@@ -106,6 +111,15 @@ pub fn gemm_in<T: Element>(
             let (a, b) = (bytemuck::cast_slice(a), bytemuck::cast_slice(b));
             let c = bytemuck::cast_slice_mut(c);
             gemm_mkl_bf16(shape, batch, alpha as f32, a, b, beta as f32, c);
+        }
+        DType::F32 if gemm_small::wanted(trans_a, trans_b, m) => {
+            let (a, b): (&[f32], &[f32]) = (bytemuck::cast_slice(a), bytemuck::cast_slice(b));
+            let c: &mut [f32] = bytemuck::cast_slice_mut(c);
+            for i in 0..batch {
+                let (ai, bi) = (&a[i * m * k..][..m * k], &b[i * k * n..][..k * n]);
+                let ci = &mut c[i * m * n..][..m * n];
+                gemm_small::gemm_small(trans_b, m, n, k, alpha as f32, ai, bi, beta as f32, ci);
+            }
         }
         DType::F32 => {
             let (a, b) = (bytemuck::cast_slice(a), bytemuck::cast_slice(b));

@@ -12,6 +12,7 @@ pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
 pub mod gemm;
+pub mod gemm_small;
 pub mod layernorm;
 pub mod mkl;
 pub mod optim;

@@ -50,7 +50,7 @@ class GPT2LMHead:
         intermediate_size_tile, n_head_tile, vocab_tile: tile size per axis;
             -1 leaves that axis whole; None (the default) picks a size from
             the shapes and the runtime's CPU workers, so that every worker
-            stays busy (at least two row tiles per worker, inner size and
+            stays busy (at least one row tile per worker, inner size and
             heads cut per worker, vocabulary tiles of at most 8192; on a GPU
             every axis stays whole).
         runtime: the gpt2rs.Runtime to run on; None uses the default one.

@@ -6,9 +6,11 @@
 //! worker busy only if each op splits into a few tasks per worker:
 //!
 //! ```text
-//! rows (B*T tokens)   4 row tiles per worker of 256..1024 tokens, or at least 2
-//!                     of 64..256 when there are few tokens: whole
-//!                     sequences per tile while they fit, else even cuts of T
+//! rows (B*T tokens)   4 row tiles per worker of 256..1024 tokens, or at least 1
+//!                     of 64..256 when there are few tokens (the inner and
+//!                     head splits below then give every worker its share):
+//!                     whole sequences per tile while they fit, else even
+//!                     cuts of T
 //! hidden (C)          whole: LayerNorm and the residual stream stay one task per row tile
 //! inner (4C), heads   one tile per worker: the MLP and attention split across
 //!                     workers even when there is one row tile (B=1, decoding)
@@ -26,7 +28,9 @@ use crate::runtime::{Runtime, WorkerKind};
 
 /// Tokens in one default row tile: never fewer than MIN_ROWS, GOOD_ROWS or
 /// more when there are enough (smaller GEMM tiles lose 5-25 % on a 2-core
-/// Zen 4, `benches/bench_train.py --sweep`), at most MAX_ROWS.
+/// Zen 4, `benches/bench_train.py --sweep`; on the Xeon, 355M at B=1,
+/// T=256 ran 56 tok/s with 64-token tiles and 76 with 128), at most
+/// MAX_ROWS.
 const MIN_ROWS: usize = 64;
 const GOOD_ROWS: usize = 256;
 const MAX_ROWS: usize = 1024;
@@ -76,9 +80,9 @@ pub(crate) fn row_tiles(
         );
     };
     // Four row tiles per worker, but not below GOOD_ROWS tokens unless that
-    // leaves fewer than two per worker; never below MIN_ROWS.
+    // leaves fewer than one per worker; never below MIN_ROWS.
     let tokens = b * t;
-    let floor = tokens.div_ceil(2 * w).clamp(MIN_ROWS, GOOD_ROWS);
+    let floor = tokens.div_ceil(w).clamp(MIN_ROWS, GOOD_ROWS);
     let rows = tokens.div_ceil(4 * w).clamp(floor, MAX_ROWS);
     let tt = match tiles.seq {
         Some(s) => s.min(t),
@@ -118,8 +122,9 @@ mod tests {
         assert_eq!(row_tiles(&none, 8, 256, Some(2)), (1, 256));
         // B=1, T=1024: four 256-token cuts.
         assert_eq!(row_tiles(&none, 1, 1024, Some(2)), (1, 256));
-        // B=1, T=256: four 64-token cuts; never below 64.
-        assert_eq!(row_tiles(&none, 1, 256, Some(2)), (1, 64));
+        // B=1, T=256: one 128-token cut per worker; never below 64.
+        assert_eq!(row_tiles(&none, 1, 256, Some(2)), (1, 128));
+        assert_eq!(row_tiles(&none, 1, 100, Some(2)), (1, 50));
         assert_eq!(row_tiles(&none, 1, 50, Some(2)), (1, 50));
         // Many short sequences: several per tile.
         assert_eq!(row_tiles(&none, 64, 32, Some(2)), (8, 32));

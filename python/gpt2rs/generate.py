@@ -112,11 +112,17 @@ def sample(
     top_p: float | None = None,
 ) -> np.ndarray:
     """Next token ids (int64 [B]) for logits [B, V]; greedy needs no rng draw."""
+    if float(temperature) == 0.0:
+        # The argmax of the logits themselves: the one-hot distribution of
+        # next_token_probs costs a float64 copy per decoding step.
+        check_sampling(temperature, top_k, top_p)
+        x = np.asarray(logits)
+        if x.ndim != 2 or x.shape[-1] == 0:
+            raise ValueError(f"logits must be [B, V] with V >= 1, got shape {x.shape}")
+        return np.argmax(x, axis=-1).astype(np.int64)
     probs = next_token_probs(logits, temperature, top_k, top_p)
     if probs.ndim != 2:
         raise ValueError(f"logits must be [B, V], got shape {probs.shape}")
-    if float(temperature) == 0.0:
-        return np.argmax(probs, axis=-1).astype(np.int64)
     cdf = np.cumsum(probs, axis=-1)
     u = rng.random(probs.shape[0]) * cdf[:, -1]
     # The first index whose cdf exceeds u: never a token of probability 0.

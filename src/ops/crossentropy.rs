@@ -2,7 +2,10 @@
 //! of tiles a chain of `maxsumexp` tasks gives (max, sum of exp); the loss sum
 //! (f64, one element) gathers log-sum-exp minus the target logit; backward
 //! turns the logits into their gradient in place, so probabilities are never
-//! stored. Targets < 0 (HF's -100) are ignored.
+//! stored. Targets < 0 (HF's -100) are ignored. In training on CPU-only
+//! runtimes the forward's `ce_fwd_exp` tasks take the place of `maxsumexp`
+//! and leave `exp(z - tile max)` in the logits, which `ce_bwd_scale` only
+//! rescales (see [`cross_entropy_fwd`]).
 //!
 //! Gradient convention: `cross_entropy_bwd` overwrites the logits with their
 //! gradient (an activation gradient, in place).

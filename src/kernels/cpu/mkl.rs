@@ -179,26 +179,27 @@ pub struct Bf16GemmChoice {
 }
 
 /// The policy, apart from the machine so that it is tested everywhere:
-/// `request` is GPT2RS_BF16_GEMM, `mkl` the loader's result (its path or
-/// why not), `amx` whether the CPU has AMX-BF16. `Err` for an unknown
-/// request, or `mkl` requested where it cannot load.
-pub fn choose(
+/// `request` is GPT2RS_BF16_GEMM, `amx` whether the CPU has AMX-BF16, and
+/// `mkl` loads oneMKL (its path, or why not), called only where MKL could
+/// be chosen. `Err` for an unknown request, or `mkl` requested where it
+/// cannot load.
+pub fn choose<'a>(
     request: Option<&str>,
-    mkl: Result<&str, &str>,
     amx: bool,
+    mkl: impl FnOnce() -> Result<&'a str, &'a str>,
 ) -> Result<Bf16GemmChoice, String> {
     let pick = |backend, reason: String| Ok(Bf16GemmChoice { backend, reason });
     match request.map(str::trim).filter(|r| !r.is_empty()) {
-        None | Some("auto") => match (mkl, amx) {
-            (Ok(p), true) => pick(Bf16Gemm::Mkl, format!("oneMKL {p} on AMX-BF16")),
-            (Ok(_), false) => pick(
-                Bf16Gemm::WidenF32,
-                "f32 (no AMX-BF16: MKL's bf16 GEMM is slower than f32 here)".into(),
-            ),
-            (Err(why), _) => pick(Bf16Gemm::WidenF32, format!("f32 ({why})")),
+        None | Some("auto") if !amx => pick(
+            Bf16Gemm::WidenF32,
+            "f32 (no AMX-BF16: MKL's bf16 GEMM is slower than f32 there)".into(),
+        ),
+        None | Some("auto") => match mkl() {
+            Ok(p) => pick(Bf16Gemm::Mkl, format!("oneMKL {p} on AMX-BF16")),
+            Err(why) => pick(Bf16Gemm::WidenF32, format!("f32 ({why})")),
         },
         Some("f32") => pick(Bf16Gemm::WidenF32, "f32 (GPT2RS_BF16_GEMM=f32)".into()),
-        Some("mkl") => match mkl {
+        Some("mkl") => match mkl() {
             Ok(p) => pick(Bf16Gemm::Mkl, format!("oneMKL {p} (GPT2RS_BF16_GEMM=mkl)")),
             Err(why) => Err(format!("GPT2RS_BF16_GEMM=mkl, but {why}")),
         },
@@ -230,8 +231,9 @@ pub fn bf16_gemm_choice() -> Result<&'static Bf16GemmChoice, &'static str> {
     CHOICE
         .get_or_init(|| {
             let request = std::env::var("GPT2RS_BF16_GEMM").ok();
-            let lib = mkl().map(|m| m.path.as_str());
-            choose(request.as_deref(), lib, has_amx_bf16())
+            choose(request.as_deref(), has_amx_bf16(), || {
+                mkl().map(|m| m.path.as_str())
+            })
         })
         .as_ref()
         .map_err(|e| e.as_str())
@@ -249,21 +251,25 @@ mod tests {
 
     #[test]
     fn policy_follows_features_and_the_request() {
-        let ok = Ok("libmkl_rt.so.3");
-        let missing = Err("oneMKL not found");
+        let ok = || Ok("libmkl_rt.so.3");
+        let missing = || Err("oneMKL not found");
+        let never = || -> Result<&str, &str> { panic!("MKL loaded where it cannot be chosen") };
         let b = |r: Result<Bf16GemmChoice, String>| r.map(|c| c.backend);
-        assert_eq!(b(choose(None, ok, true)), Ok(Bf16Gemm::Mkl));
-        assert_eq!(b(choose(Some("auto"), ok, false)), Ok(Bf16Gemm::WidenF32));
-        assert_eq!(b(choose(None, missing, true)), Ok(Bf16Gemm::WidenF32));
-        assert_eq!(b(choose(Some("mkl"), ok, false)), Ok(Bf16Gemm::Mkl));
-        assert_eq!(b(choose(Some("f32"), ok, true)), Ok(Bf16Gemm::WidenF32));
-        assert!(choose(Some("mkl"), missing, true)
+        assert_eq!(b(choose(None, true, ok)), Ok(Bf16Gemm::Mkl));
+        assert_eq!(
+            b(choose(Some("auto"), false, never)),
+            Ok(Bf16Gemm::WidenF32)
+        );
+        assert_eq!(b(choose(None, true, missing)), Ok(Bf16Gemm::WidenF32));
+        assert_eq!(b(choose(Some("mkl"), false, ok)), Ok(Bf16Gemm::Mkl));
+        assert_eq!(b(choose(Some("f32"), true, never)), Ok(Bf16Gemm::WidenF32));
+        assert!(choose(Some("mkl"), true, missing)
             .unwrap_err()
             .contains("not found"));
-        assert!(choose(Some("onednn"), ok, true)
+        assert!(choose(Some("onednn"), true, never)
             .unwrap_err()
             .contains("auto, mkl, f32"));
-        assert!(choose(None, missing, false)
+        assert!(choose(None, true, missing)
             .unwrap()
             .reason
             .contains("not found"));

@@ -5,6 +5,7 @@ gradient, for every case, several tilings (down to 1) and every dtype."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -244,3 +245,20 @@ def test_from_config_initialises_like_hf(rt: gpt2rs.Runtime) -> None:
     assert np.all(sd["transformer.h.0.ln_1.weight"] == 1) and np.all(sd["transformer.h.0.mlp.c_fc.bias"] == 0)
     again = gpt2rs.GPT2LMHead.from_config(cfg, seed=3, runtime=rt).state_dict()
     assert all(np.array_equal(sd[k], again[k]) for k in sd)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "msg"),
+    [
+        ("layer_norm_epsilon", None, "layer_norm_epsilon must be a finite number"),
+        ("resid_pdrop", None, "resid_pdrop must be a finite number"),
+        ("initializer_range", "0.02", "initializer_range must be a finite number"),
+        ("layer_norm_epsilon", 0.0, "layer_norm_epsilon = 0.0 must be > 0"),
+        ("model_type", "llama", "model_type 'llama' is not gpt2"),
+    ],
+)
+def test_bad_config_fields_name_the_field(tmp_path: Path, field: str, value: object, msg: str) -> None:
+    d = {"n_layer": 1, "n_embd": 32, "n_head": 2, "vocab_size": 50, "model_type": "gpt2", field: value}
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        gpt2rs.GPT2Config.coerce(tmp_path)

@@ -4,6 +4,7 @@ written to HF's config.json."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -54,10 +55,20 @@ class GPT2Config:
                 f"GPT2Config.position_embedding_type {self.position_embedding_type!r} is not one of "
                 f"{', '.join(POSITION_EMBEDDINGS)}"
             )
+        for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "layer_norm_epsilon", "initializer_range"):
+            v = getattr(self, name)
+            # A null or a string in config.json names its field, not a TypeError deep inside.
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                raise ValueError(f"GPT2Config.{name} must be a finite number, got {v!r}")
         for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop"):
             p = getattr(self, name)
             if not 0.0 <= float(p) < 1.0:
                 raise ValueError(f"GPT2Config.{name} = {p} must be in [0, 1)")
+        if self.layer_norm_epsilon <= 0 or self.initializer_range < 0:
+            raise ValueError(
+                f"GPT2Config: layer_norm_epsilon = {self.layer_norm_epsilon} must be > 0 and "
+                f"initializer_range = {self.initializer_range} >= 0"
+            )
         if not self.tie_word_embeddings:
             raise ValueError("GPT2Config: only tied word embeddings (GPT-2's LM head) are supported")
 
@@ -68,6 +79,8 @@ class GPT2Config:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GPT2Config:
         d = dict(d)
+        if d.get("model_type", "gpt2") != "gpt2":
+            raise ValueError(f"GPT2Config: model_type {d['model_type']!r} is not gpt2")
         if "n_positions" not in d and "n_ctx" in d:
             d["n_positions"] = d["n_ctx"]
         for key, supported in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False)):

@@ -351,6 +351,7 @@ def test_prepare_jsonl_bad_lines(tmp_path: Path) -> None:
         ('{"text": "ok"}\nnot json\n', "line 2: not valid JSON"),
         ('{"body": "x"}\n', "no 'text'"),
         ('["a list"]\n', "JSON object per line"),
+        ('{"text": "ok"}\n{"text": "a \\ud800"}\n', "line 2: the text is not valid Unicode"),
     ]:
         f = tmp_path / "bad.jsonl"
         f.write_text(body)

@@ -311,6 +311,14 @@ def jsonl_documents(path: Path, read_bytes: int = READ_BYTES) -> Iterator[tuple[
             text = obj.get(TEXT_COLUMN)
             if not isinstance(text, str):
                 raise DataError(f"{path} line {lineno}: no {TEXT_COLUMN!r} string field")
+            if not text.isascii():
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as e:
+                    # JSON's \ud800 escapes decode to lone surrogates, which no UTF-8 holds.
+                    raise DataError(
+                        f"{path} line {lineno}: the text is not valid Unicode ({e.reason} at character {e.start})"
+                    ) from None
             if text.strip():
                 docs.append(text)
             if pending >= read_bytes:

@@ -290,6 +290,21 @@ def test_lr_schedule() -> None:
 # -- training, resume, checkpoints ----------------------------------------------
 
 
+def test_a_nonfinite_loss_stops_before_the_update(ws: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """SGD with a huge lr diverges; the run stops at the first NaN/inf loss with one line, keeping the checkpoint
+    saved before it; --allow-nonfinite-loss runs to the end."""
+    blow = ("--optimizer", "sgd", "--lr", "1e12", "--max-steps", "6", "--save-every", "1")
+    rc, out, err = run(capsys, args(ws, *blow))
+    assert rc != 0
+    (line,) = [x for x in err.splitlines() if x.strip()]
+    assert "the loss is" in line and "step " in line, line
+    step = int(line.split("step ")[1].split(":")[0])
+    saved = ck.list_checkpoints(ws / "ck")
+    assert saved and saved[-1][0] == step - 1
+    rc, _, _ = run(capsys, args(ws, *blow, "--allow-nonfinite-loss", "--save-checkpoint-path", str(ws / "ck2")))
+    assert rc == 0
+
+
 def test_resume_is_exact(ws: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """6 steps straight == 3 steps + resume + 3 steps, to the last bit (dropout on)."""
     full, a, b = ws / "full.jsonl", ws / "a.jsonl", ws / "b.jsonl"

@@ -107,6 +107,8 @@ class TrainOptions:
     eps: float = 1e-8
     momentum: float = 0.0
     grad_clip: float = 0.0
+    #: Go on past a NaN or infinite loss (by default the run stops before that step's update).
+    allow_nonfinite_loss: bool = False
     dropout: float = -1.0
     val_file: str = ""
     eval_every: int = 0
@@ -618,6 +620,12 @@ class Trainer:
                     break
                 to = time.perf_counter()
                 loss = math.fsum(losses) / nmb
+                if not math.isfinite(loss) and not o.allow_nonfinite_loss:
+                    # Before the update: the saved checkpoints hold the last good state.
+                    raise TrainError(
+                        f"step {self.step + 1}: the loss is {loss}; stopped before updating the parameters "
+                        "(the last checkpoint is kept; --allow-nonfinite-loss goes on)"
+                    )
                 lr = lr_at(self.step, o.lr, o.warmup_steps, self.total_steps, o.lr_schedule)
                 grad_norm = None
                 if o.grad_clip > 0:

@@ -172,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--grad-clip", type=float, default=d.grad_clip, help="clip the global gradient norm to this (0: off)"
     )
+    g.add_argument(
+        "--allow-nonfinite-loss",
+        action="store_true",
+        help="go on past a NaN or infinite loss (default: stop before that step's update, keeping the checkpoints)",
+    )
 
     g = ap.add_argument_group("checkpoints and evaluation")
     g.add_argument(

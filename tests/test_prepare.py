@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -344,6 +346,23 @@ def test_val_split_is_evenly_spread() -> None:
     m = np.concatenate([_val_mask(a, 250, 0.01) for a in range(0, 1000, 250)])
     assert m.sum() == 10 and np.flatnonzero(m).tolist() == list(range(99, 1000, 100))
     assert not _val_mask(0, 100, 0.0).any()
+
+
+def test_stale_temporaries_of_dead_runs_are_removed(tmp_path: Path) -> None:
+    """A kill -9 mid-prepare leaves .train.bin.<pid>.<hex>.tmp; the next run removes those of dead processes."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "out" / "a"
+    out.mkdir(parents=True)
+    stale = out / f".train.bin.{dead.pid}.0a1b2c3d.tmp"
+    live = out / f".val.bin.{os.getpid()}.0a1b2c3d.tmp"
+    stale.write_bytes(b"x")
+    live.write_bytes(b"x")
+    f = tmp_path / "a.txt"
+    f.write_text("hello world, hello tokens")
+    prepare([f], dataset_path=tmp_path / "out", name="a", trim=False)
+    assert (out / "train.bin").is_file()
+    assert not stale.exists() and live.exists()
 
 
 def test_prepare_jsonl_bad_lines(tmp_path: Path) -> None:

@@ -109,7 +109,8 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` still runs here (this process counts as alive)."""
     if pid == os.getpid():
         return True
     try:
@@ -125,7 +126,7 @@ def _clean_leftovers(root: Path) -> None:
     """Removes temporary directories left by processes that died mid-save."""
     for p in root.iterdir():
         m = _TMP.match(p.name)
-        if m and p.is_dir() and not _pid_alive(int(m.group(1))):
+        if m and p.is_dir() and not pid_alive(int(m.group(1))):
             shutil.rmtree(p, ignore_errors=True)
 
 

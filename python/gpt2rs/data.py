@@ -59,6 +59,8 @@ from typing import IO, Any
 import numpy as np
 import numpy.typing as npt
 
+from .checkpoint import pid_alive
+
 log = logging.getLogger(__name__)
 
 #: GPT-2's end-of-text token id.
@@ -485,6 +487,17 @@ def _val_mask(first: int, n: int, fraction: float) -> npt.NDArray[np.bool_]:
     return np.floor((i + 1) * fraction) > np.floor(i * fraction)
 
 
+_TMP = re.compile(r"^\.(?:.+)\.(\d+)\.[0-9a-f]{8}\.tmp$")
+
+
+def _remove_stale_temporaries(out_dir: Path) -> None:
+    """Removes the temporary files of runs that died mid-write (a kill -9 leaves them)."""
+    for p in out_dir.iterdir():
+        m = _TMP.match(p.name)
+        if m and not pid_alive(int(m.group(1))):
+            p.unlink(missing_ok=True)
+
+
 class _AtomicDir:
     """Temporary files in the output directory, renamed into place only by `commit`.
 
@@ -502,6 +515,7 @@ class _AtomicDir:
             p = p.parent
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
+            _remove_stale_temporaries(out_dir)
             for n in names:
                 # Not mkstemp: its files are 0600; these get the umask's mode, as open() would.
                 tmp = out_dir / f".{n}.{os.getpid()}.{secrets.token_hex(4)}.tmp"

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -303,6 +304,27 @@ def test_a_nonfinite_loss_stops_before_the_update(ws: Path, capsys: pytest.Captu
     assert saved and saved[-1][0] == step - 1
     rc, _, _ = run(capsys, args(ws, *blow, "--allow-nonfinite-loss", "--save-checkpoint-path", str(ws / "ck2")))
     assert rc == 0
+
+
+def test_one_checkpoint_root_one_trainer(ws: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A live owner's lock refuses a second run with one line naming it; a dead owner's lock is taken over; a
+    finished run leaves no lock."""
+    root = ws / "ck"
+    root.mkdir()
+    lock = root / ck.LOCK
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(json.dumps({"pid": owner.pid, "host": socket.gethostname()}))
+        rc, _, err = run(capsys, args(ws, "--max-steps", "1"))
+        assert rc == 1 and f"pid {owner.pid}" in err and len(err.strip().splitlines()) == 1, err
+        assert not ck.list_checkpoints(root)
+    finally:
+        owner.kill()
+        owner.wait()
+    # The owner is gone: its lock is stale.
+    rc, _, err = run(capsys, args(ws, "--max-steps", "1"))
+    assert rc == 0, err
+    assert ck.list_checkpoints(root) and not lock.exists()
 
 
 def test_resume_is_exact(ws: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -37,6 +37,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,7 +120,10 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a killed process not yet reaped by its parent is a zombie: gone
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _clean_leftovers(root: Path) -> None:
@@ -325,6 +329,74 @@ def load(path: str | os.PathLike[str], verify: bool = True) -> Checkpoint:
     return Checkpoint(path=d, config=config, model_state=model_state, optimizer_state=opt, trainer_state=state)
 
 
+LOCK = ".gpt2rs-train.lock"
+
+
+def acquire_lock(root: str | os.PathLike[str]) -> Path:
+    """Claims the checkpoint root for this process: a lock file holding its
+    PID and host, so that a second run on the same root refuses instead of
+    interleaving checkpoints with the first. A lock left by a process of this
+    host that is gone (kill -9), or by this process, is taken over. Raises
+    CheckpointError naming the owner otherwise."""
+    path = Path(root) / LOCK
+    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:
+                owner = _lock_owner(path)
+            except FileNotFoundError:
+                continue  # released meanwhile
+            mine = owner is not None and owner["host"] == me["host"]
+            if owner is None or (mine and (owner["pid"] == me["pid"] or not pid_alive(owner["pid"]))):
+                # Stale: set it aside atomically, so that of two runs taking it over one wins.
+                try:
+                    os.replace(path, path.with_name(f"{LOCK}.stale.{os.getpid()}"))
+                    path.with_name(f"{LOCK}.stale.{os.getpid()}").unlink(missing_ok=True)
+                except FileNotFoundError:
+                    pass
+                continue
+            raise CheckpointError(
+                f"{root} is in use by another gpt2rs-train (pid {owner['pid']} on {owner['host']}); stop it, "
+                f"choose another --save-checkpoint-path, or remove {path} if that run is gone"
+            ) from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return path
+    raise CheckpointError(f"cannot lock {root}: {path} keeps changing")
+
+
+def _lock_owner(path: Path) -> dict[str, Any] | None:
+    """The lock's owner, or None when the file is unreadable or half-written
+    (a run killed while writing it; a fresh one is given a second to finish).
+    FileNotFoundError when it is gone."""
+    for attempt in range(2):
+        try:
+            d = json.loads(path.read_text())
+            if isinstance(d, dict) and isinstance(d.get("pid"), int) and isinstance(d.get("host"), str):
+                return d
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError):
+            pass
+        if attempt == 0 and time.time() - path.stat().st_mtime < 1.0:
+            time.sleep(1.0)
+        else:
+            break
+    return None
+
+
+def release_lock(path: Path) -> None:
+    """Removes the lock if this process holds it."""
+    try:
+        owner = _lock_owner(path)
+    except FileNotFoundError:
+        return
+    if owner is not None and owner["pid"] == os.getpid() and owner["host"] == socket.gethostname():
+        path.unlink(missing_ok=True)
+
+
 def check_writable(root: str | os.PathLike[str]) -> None:
     """Creates root if needed and proves a file can be written there; raises
     OSError with a message naming the directory otherwise."""
@@ -339,11 +411,15 @@ def check_writable(root: str | os.PathLike[str]) -> None:
 
 
 __all__ = [
+    "LOCK",
     "Checkpoint",
     "CheckpointError",
+    "acquire_lock",
     "check_writable",
     "list_checkpoints",
     "load",
+    "pid_alive",
+    "release_lock",
     "resolve",
     "save",
     "write_latest",

@@ -234,6 +234,7 @@ class Trainer:
         self.phases = Phases()
         self._set_up = False
         self._gpu_notice: str | None = None
+        self._lock: Path | None = None
 
     # -- setup ---------------------------------------------------------------
 
@@ -365,8 +366,10 @@ class Trainer:
             self.resume = ckpt_io.load(self.ckpt_dir)
             self._check_resume(self.resume)
 
-        # Every output location must be writable before the first step.
+        # Every output location must be writable before the first step, and
+        # the checkpoint root this run's alone.
         ckpt_io.check_writable(o.save_checkpoint_path)
+        self._lock = ckpt_io.acquire_lock(o.save_checkpoint_path)
         self.run_name = o.run_name or default_run_name()
         self.log_dir: Path | None = None
         if o.logger and (o.log_dir or not o.logger_server_addr):
@@ -741,6 +744,9 @@ class Trainer:
         rt = getattr(self, "runtime", None)
         if rt is not None and not rt.is_shut_down:
             rt.shutdown()
+        if self._lock is not None:
+            ckpt_io.release_lock(self._lock)
+            self._lock = None
 
 
 def _version() -> str:

@@ -107,7 +107,7 @@ def test_failure_mid_save_keeps_previous(tmp_path: Path, trained, monkeypatch: p
             return real_replace(src, dst)
 
         monkeypatch.setattr(os, "replace", flaky)
-        with pytest.raises(OSError):
+        with pytest.raises(ck.CheckpointError, match="No space left on device"):
             ck.save(root, 2, model, opt, _state(2))
         monkeypatch.setattr(os, "replace", real_replace)
         assert calls["n"] >= fail_at
@@ -129,6 +129,36 @@ def test_leftovers_of_dead_process_are_removed(tmp_path: Path, trained) -> None:
     assert ck.resolve(root).name == "checkpoint-1"
     ck.save(root, 2, model, opt, _state(2))
     assert not stale.exists()
+
+
+@pytest.mark.parametrize("where", ["weights", "optimizer"])
+def test_a_full_disk_is_one_error_and_keeps_the_previous_checkpoint(
+    tmp_path: Path, trained, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """ENOSPC from our own writes (OSError) or from safetensors (its SafetensorError wraps the io::Error)."""
+    import safetensors.numpy
+
+    model, opt = trained
+    root = tmp_path / "ck"
+    ck.save(root, 1, model, opt, _state(1))
+
+    def full(*a: object, **k: object) -> None:
+        if where == "weights":
+            raise OSError(28, "No space left on device")
+        raise safetensors.SafetensorError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+        )
+
+    if where == "weights":
+        monkeypatch.setattr(model, "save_pretrained", full)
+    else:
+        monkeypatch.setattr(safetensors.numpy, "save_file", full)
+    with pytest.raises(ck.CheckpointError) as e:
+        ck.save(root, 2, model, opt, _state(2))
+    msg = str(e.value)
+    assert "checkpoint-2" in msg and "No space left on device" in msg and "\n" not in msg, msg
+    assert [s for s, _ in ck.list_checkpoints(root, hidden=True)] == [1]
+    assert ck.load(root).step == 1
 
 
 def test_fallbacks_when_latest_is_stale(tmp_path: Path, trained) -> None:

@@ -102,6 +102,15 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _reason(e: BaseException) -> str:
+    """One line for an I/O failure: the OS's words when there are some."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    text = str(e).strip().splitlines()
+    m = re.search(r'message: "([^"]+)"', str(e))  # safetensors wraps the io::Error
+    return m.group(1) if m else (text[0] if text else type(e).__name__)
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -202,10 +211,18 @@ def save(
         else:
             os.replace(tmp, target)
         _fsync_dir(root)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, Exception):
+            # A full disk surfaces as OSError or safetensors' SafetensorError: one line, the older checkpoints kept.
+            raise CheckpointError(
+                f"cannot save checkpoint {target}: {_reason(e)} (the previous checkpoints are kept)"
+            ) from None
         raise
-    write_latest(root, name)
+    try:
+        write_latest(root, name)
+    except OSError as e:
+        raise CheckpointError(f"cannot update {root / LATEST}: {_reason(e)} ({target} is complete)") from None
     _clean_leftovers(root)
     if keep > 0:
         for _, old in list_checkpoints(root)[:-keep]:

@@ -247,3 +247,25 @@ def test_training_outlives_its_server(tmp_path: Path) -> None:
     assert time.perf_counter() - t < 10
     assert len(m.read_text().splitlines()) == 200
     assert _steps(tmp_path / "logs" / "t", "train/loss")[:2] == [1, 2]
+
+
+def test_a_full_disk_under_tensorboard_is_one_warning_not_a_hang(tmp_path: Path) -> None:
+    """Event files are written in the caller's thread, so a failed write (ENOSPC) reaches Guarded, which warns
+    once and drops the sink; tensorboardX's threaded writer would block for ever once its thread died."""
+    from gpt2rs.metrics import Guarded, TensorBoardSink, read_scalars
+
+    warnings: list[str] = []
+    tb = TensorBoardSink(tmp_path / "tb", flush_secs=0)
+    sink = Guarded(tb, tmp_path / "tb", warnings.append)
+    sink.scalar("loss", 1.0, 1)
+
+    def full(*a: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    tb._w.write_event = full
+    for step in range(2, 50):
+        sink.scalar("loss", 1.0, step)
+    sink.flush()
+    sink.close()
+    assert len(warnings) == 1 and "No space left on device" in warnings[0] and str(tmp_path / "tb") in warnings[0]
+    assert read_scalars(tmp_path / "tb")["loss"] == [(1, 1.0)]

@@ -327,6 +327,15 @@ def test_one_checkpoint_root_one_trainer(ws: Path, capsys: pytest.CaptureFixture
     assert ck.list_checkpoints(root) and not lock.exists()
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (a device that is always full)")
+def test_a_full_metrics_file_warns_once_and_training_goes_on(ws: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = run(capsys, args(ws, "--max-steps", "3", "--metrics-file", "/dev/full", "--no-quiet"))
+    assert rc == 0, err
+    warnings = [x for x in (out + err).splitlines() if "/dev/full" in x]
+    assert len(warnings) == 1 and "No space left on device" in warnings[0], out + err
+    assert [s for s, _ in ck.list_checkpoints(ws / "ck")] == [3]
+
+
 def test_resume_is_exact(ws: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """6 steps straight == 3 steps + resume + 3 steps, to the last bit (dropout on)."""
     full, a, b = ws / "full.jsonl", ws / "a.jsonl", ws / "b.jsonl"

@@ -27,6 +27,7 @@ scalars: the busy share of each worker, bytes moved per bus, memory per node.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -36,7 +37,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -54,9 +55,9 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-def _summary_writer(log_dir: str | os.PathLike[str], flush_secs: int = 10) -> Any:
+def _events_writer(log_dir: str | os.PathLike[str]) -> Any:
     try:
-        from tensorboardX import SummaryWriter
+        from tensorboardX.event_file_writer import EventsWriter
     except ImportError:  # pragma: no cover - a dependency of the package
         raise RuntimeError("TensorBoard logging needs tensorboardX: pip install tensorboardX") from None
     # Event file names carry the time in whole seconds only: a unique suffix
@@ -64,36 +65,55 @@ def _summary_writer(log_dir: str | os.PathLike[str], flush_secs: int = 10) -> An
     # server restart) from truncating the previous file.
     global _WRITERS
     _WRITERS += 1
-    suffix = f".{os.getpid()}.{_WRITERS}"
-    return SummaryWriter(logdir=str(log_dir), flush_secs=flush_secs, filename_suffix=suffix)
+    Path(log_dir).mkdir(parents=True, exist_ok=True)
+    return EventsWriter(os.path.join(log_dir, "events"), f".{os.getpid()}.{_WRITERS}")
 
 
 _WRITERS = 0
 
 
 class TensorBoardSink:
-    """TensorBoard event files in `log_dir` (tensorboardX's SummaryWriter)."""
+    """TensorBoard event files in `log_dir`, written by tensorboardX's
+    EventsWriter in the caller's thread: a write that fails (a full disk)
+    raises here, where `Guarded` turns it into one warning. (SummaryWriter
+    writes from a thread of its own; when that thread dies on an error, its
+    bounded queue fills and the next `add_scalar` blocks for ever.)"""
 
     def __init__(self, log_dir: str | os.PathLike[str], flush_secs: int = 10) -> None:
         self.log_dir = Path(log_dir)
-        self._w = _summary_writer(log_dir, flush_secs)
+        self._w = _events_writer(log_dir)
         self._lock = threading.Lock()
         self._closed = False
+        self._flush_secs = flush_secs
+        self._flushed = time.monotonic()
+
+    def _write(self, summary: Any, step: int, walltime: float | None) -> None:
+        from tensorboardX.proto import event_pb2
+
+        with self._lock:
+            if self._closed:
+                return
+            ev = event_pb2.Event(wall_time=time.time() if walltime is None else walltime, step=step, summary=summary)
+            self._w.write_event(ev)
+            if time.monotonic() - self._flushed > self._flush_secs:
+                self._w.flush()
+                self._flushed = time.monotonic()
 
     def scalar(self, tag: str, value: float, step: int, walltime: float | None = None) -> None:
-        with self._lock:
-            if not self._closed:
-                self._w.add_scalar(tag, float(value), int(step), walltime=walltime)
+        from tensorboardX import summary
+
+        self._write(summary.scalar(tag, float(value)), int(step), walltime)
 
     def text(self, tag: str, value: str, step: int, walltime: float | None = None) -> None:
-        with self._lock:
-            if not self._closed:
-                self._w.add_text(tag, str(value), int(step), walltime=walltime)
+        from tensorboardX import summary
+
+        self._write(summary.text(tag, str(value)), int(step), walltime)
 
     def flush(self) -> None:
         with self._lock:
             if not self._closed:
                 self._w.flush()
+                self._flushed = time.monotonic()
 
     def close(self) -> None:
         with self._lock:
@@ -268,6 +288,45 @@ class RemoteSink:
             except OSError as e:
                 log.debug("logger server connection lost: %s", e)
                 self._disconnect()
+
+
+class Guarded:
+    """A local sink (JSONL file, TensorBoard directory) that a full disk must
+    not stop training for: its first OSError is reported once through `warn`,
+    naming `where`, and the sink drops out. Checkpoints are what must not be
+    lost; they fail loudly on their own."""
+
+    def __init__(self, sink: Any, where: str | os.PathLike[str], warn: Callable[[str], None]) -> None:
+        self.sink: Any = sink
+        self.where = str(where)
+        self.warn = warn
+
+    def _call(self, name: str, *args: Any) -> None:
+        if self.sink is None:
+            return
+        try:
+            getattr(self.sink, name)(*args)
+        except OSError as e:
+            sink, self.sink = self.sink, None
+            self.warn(f"cannot write metrics to {self.where}: {e.strerror or e}; going on without them")
+            with contextlib.suppress(OSError):
+                sink.close()
+
+    def record(self, obj: dict[str, Any]) -> None:
+        self._call("record", obj)
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        self._call("scalar", tag, value, step)
+
+    def text(self, tag: str, value: str, step: int) -> None:
+        self._call("text", tag, value, step)
+
+    def flush(self) -> None:
+        self._call("flush")
+
+    def close(self) -> None:
+        self._call("close")
+        self.sink = None
 
 
 class MultiSink:

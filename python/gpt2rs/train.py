@@ -44,7 +44,15 @@ from . import hub
 from ._gpt2rs import cpu_bf16_gemm
 from .config import GPT2Config
 from .configs import GPT2_DEFAULT_CONFIG
-from .metrics import DEFAULT_SERVER_PORT, JsonlSink, MultiSink, RemoteSink, TensorBoardSink, runtime_scalars
+from .metrics import (
+    DEFAULT_SERVER_PORT,
+    Guarded,
+    JsonlSink,
+    MultiSink,
+    RemoteSink,
+    TensorBoardSink,
+    runtime_scalars,
+)
 from .model import DTYPES, GPT2LMHead
 
 from .data import DataError, TokenFile
@@ -550,13 +558,14 @@ class Trainer:
         o = self.opts
         sinks: list[Any] = []
         self.remote: RemoteSink | None = None
+        warn = self.reporter.message
         if o.logger:
             if self.log_dir is not None:
-                sinks.append(TensorBoardSink(self.log_dir))
+                sinks.append(Guarded(TensorBoardSink(self.log_dir), self.log_dir, warn))
             if o.logger_server_addr:
                 self.remote = RemoteSink(o.logger_server_addr, o.logger_server_port, self.run_name)
                 sinks.append(self.remote)
-        self.jsonl = JsonlSink(o.metrics_file) if o.metrics_file else None
+        self.jsonl = Guarded(JsonlSink(o.metrics_file), o.metrics_file, warn) if o.metrics_file else None
         self.sink = MultiSink(sinks)
         if sinks:
             self.sink.text("args", json.dumps(asdict(o), indent=1, sort_keys=True), self.step)

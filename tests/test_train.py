@@ -577,13 +577,14 @@ def _bad_cases(ws: Path) -> dict[str, tuple[list[str], str]]:
         ),
         "config": (["--config-path", str(ws / "nope.json")], "nope.json"),
         "checkpoint_missing": (["--checkpoint-path", str(ws / "nock")], "checkpoint not found"),
+        "eval_without_val": (["--eval-every", "2"], "--eval-every 2 needs --val-file"),
     }
 
 
 @pytest.mark.parametrize(
     "case",
     "missing empty odd oov short no_dataset seq_len minibatch cuda ncuda cpu_ncuda cuda0 unwritable hub config "
-    "checkpoint_missing".split(),
+    "checkpoint_missing eval_without_val".split(),
 )
 def test_bad_input_is_one_error_line(ws: Path, capsys: pytest.CaptureFixture[str], case: str) -> None:
     extra, needle = _bad_cases(ws)[case]

@@ -298,6 +298,8 @@ class Trainer:
                 raise TrainError(f"--{name.replace('_', '-')} must be >= 1 or -1 (untiled), got {v}")
         if not (o.lr > 0 and math.isfinite(o.lr)):
             raise TrainError(f"--lr must be a positive number, got {o.lr}")
+        if o.eval_every and not o.val_file:
+            raise TrainError(f"--eval-every {o.eval_every} needs --val-file (the data to evaluate on)")
         if o.warmup_steps < 0 or o.save_every < 0 or o.eval_every < 0 or o.keep_checkpoints < 0:
             raise TrainError("--warmup-steps, --save-every, --eval-every and --keep-checkpoints must be >= 0")
         if o.max_steps == 0 or o.max_steps < -1:

@@ -33,7 +33,7 @@ Environment (flags win over it):
   STARPU_SCHED           --scheduler       STARPU_PERF_MODEL_DIR --perf-model-dir
   STARPU_SILENT=1        --quiet           STARPU_FXT_TRACE=1    --trace $STARPU_FXT_PREFIX/gpt2rs.trace.json
   NNTILE_LOGGER=1        --logger          NNTILE_LOGGER_SERVER_ADDR / _PORT  --logger-server-addr / -port
-  CUDA_VISIBLE_DEVICES   devices the CUDA backend may use (no CUDA backend yet)
+  CUDA_VISIBLE_DEVICES   the GPUs the CUDA workers may use (as for any CUDA program)
 
 Checkpoints: <save-checkpoint-path>/checkpoint-<step>/ (config.json + model.safetensors,
 an HF model directory; optimizer.safetensors + optimizer.json; trainer_state.json) and

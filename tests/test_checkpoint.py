@@ -239,3 +239,27 @@ def test_check_writable(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
     with pytest.raises(OSError, match="cannot write to"):
         ck.check_writable(tmp_path / "f" / "sub")
+
+
+def test_from_pretrained_reads_a_checkpoint_root_and_checks_it(
+    tmp_path: Path, trained, rt: gpt2rs.Runtime, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """from_pretrained and gpt2rs-generate accept the root as the CLI does, and a flipped byte in the weights is
+    one error (the SHA-256 recorded at save), not silent generation from damaged weights."""
+    from gpt2rs.cli import generate as gen_cli
+
+    model, opt = trained
+    root = tmp_path / "ck"
+    ck.save(root, 3, model, opt, _state(3))
+    ids = np.arange(8).reshape(1, 8)
+    m = gpt2rs.GPT2LMHead.from_pretrained(root, runtime=rt)
+    assert np.array_equal(m.forward(ids), model.forward(ids))
+    weights = root / "checkpoint-3" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ck.CheckpointError, match="does not match its SHA-256"):
+        gpt2rs.GPT2LMHead.from_pretrained(root, runtime=rt)
+    rc = gen_cli.main(["--model", str(root), "--ncpu", "2", "--max-new-tokens", "2", "--prompt-ids", "1,2,3"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "SHA-256" in err and len(err.strip().splitlines()) == 1, err

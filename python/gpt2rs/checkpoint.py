@@ -294,10 +294,9 @@ def _read_json(path: Path) -> Any:
         raise CheckpointError(f"checkpoint {path.parent} is corrupt: {path.name} is not valid JSON ({e})") from None
 
 
-def load(path: str | os.PathLike[str], verify: bool = True) -> Checkpoint:
-    """Reads a checkpoint (a checkpoint directory or a root) and checks the
-    size and SHA-256 of every file against trainer_state.json."""
-    d = resolve(path)
+def _checked_state(d: Path, verify: bool = True) -> dict[str, Any]:
+    """trainer_state.json of checkpoint directory `d`, after checking the
+    size and (with `verify`) the SHA-256 of every file it records."""
     state = _read_json(d / STATE_FILE)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{d / STATE_FILE} is not a gpt2rs-train checkpoint state")
@@ -320,6 +319,29 @@ def load(path: str | os.PathLike[str], verify: bool = True) -> Checkpoint:
             )
         if verify and _sha256(f) != rec.get("sha256"):
             raise CheckpointError(f"checkpoint {d} is corrupt: {fname} does not match its SHA-256")
+    return state
+
+
+def verified(path: str | os.PathLike[str]) -> Path:
+    """The checkpoint directory `path` names (itself or through its root's
+    `latest`), with every file checked against its recorded SHA-256: what
+    loading weights from a checkpoint (generation, from_pretrained) needs."""
+    d = resolve(path)
+    _checked_state(d)
+    return d
+
+
+def is_checkpoint(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` is a gpt2rs-train checkpoint directory or a root of them."""
+    p = Path(path)
+    return (p / STATE_FILE).is_file() or (p / LATEST).is_file() or bool(list_checkpoints(p))
+
+
+def load(path: str | os.PathLike[str], verify: bool = True) -> Checkpoint:
+    """Reads a checkpoint (a checkpoint directory or a root) and checks the
+    size and SHA-256 of every file against trainer_state.json."""
+    d = resolve(path)
+    state = _checked_state(d, verify)
     try:
         config = GPT2Config.from_json_file(d / "config.json")
     except ValueError as e:
@@ -433,11 +455,13 @@ __all__ = [
     "CheckpointError",
     "acquire_lock",
     "check_writable",
+    "is_checkpoint",
     "list_checkpoints",
     "load",
     "pid_alive",
     "release_lock",
     "resolve",
     "save",
+    "verified",
     "write_latest",
 ]

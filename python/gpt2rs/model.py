@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from . import checkpoint as ckpt_io
 from . import hub
 from ._gpt2rs import Gpt2Core, Runtime, cpu_bf16_gemm, default_runtime
 from .config import GPT2Config
@@ -117,10 +118,13 @@ class GPT2LMHead:
         cache_dir: str | os.PathLike[str] | None = None,
         **kwargs: Any,
     ) -> GPT2LMHead:
-        """A model from an HF repo id (downloaded with huggingface_hub) or a
+        """A model from an HF repo id (downloaded with huggingface_hub), a
         local HF-format directory (config.json + model.safetensors, or shards
-        with an index)."""
+        with an index), or a gpt2rs-train checkpoint or checkpoint root (its
+        files checked against their recorded SHA-256, as a resume does)."""
         directory = hub.resolve(name_or_path, cache_dir)
+        if ckpt_io.is_checkpoint(directory):
+            directory = ckpt_io.verified(directory)
         config = GPT2Config.from_json_file(directory / "config.json")
         state = hub.read_state(directory)
         model = cls(

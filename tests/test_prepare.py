@@ -716,3 +716,15 @@ def test_throughput_smoke(tmp_path: Path) -> None:
     s = prepare([f], dataset_path=tmp_path, trim=False)
     print(f"\ngpt2rs-prepare throughput: {s['text_bytes'] / 1e6:.1f} MB of text, {s['mb_per_s']:.1f} MB/s")
     assert s["documents"] == 64000
+
+
+def test_a_token_file_shorter_than_its_meta_says_is_refused(tmp_path: Path) -> None:
+    f = tmp_path / "a.txt"
+    f.write_text("hello world, hello tokens, " * 50)
+    meta = prepare([f], dataset_path=tmp_path / "out", name="a", trim=False)
+    train = Path(meta["train_path"])
+    assert len(TokenFile(train)) == meta["train_tokens"]
+    with open(train, "r+b") as fh:
+        fh.truncate((meta["train_tokens"] - 2) * 2)
+    with pytest.raises(DataError, match="meta.json says"):
+        TokenFile(train)

@@ -791,6 +791,24 @@ def _write_batch(
 # -- reading token files --------------------------------------------------------------
 
 
+def _check_against_meta(path: Path, tokens: int) -> None:
+    """A train.bin / val.bin beside the meta.json of its `prepare` must hold
+    the tokens that file records (a copy cut short, or a file swapped in)."""
+    key = {"train.bin": "train_tokens", "val.bin": "val_tokens"}.get(path.name)
+    meta_path = path.with_name("meta.json")
+    if key is None or not meta_path.is_file():
+        return
+    try:
+        want = json.loads(meta_path.read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return  # not a meta.json of ours: nothing to check against
+    if isinstance(want, int) and not isinstance(want, bool) and want != tokens:
+        raise DataError(
+            f"token file {path} holds {tokens} tokens but {meta_path} says {want}: "
+            "cut short or replaced? run gpt2rs-prepare again"
+        )
+
+
 class TokenFile:
     """A token file (train.bin / val.bin) mapped read-only, with its checks done.
 
@@ -816,6 +834,7 @@ class TokenFile:
             raise DataError(f"token file {p} is empty")
         if size % 2:
             raise DataError(f"token file {p} has an odd size ({size} bytes); token files hold 2-byte (uint16) ids")
+        _check_against_meta(p, size // 2)
         self.tokens: np.memmap[Any, np.dtype[np.uint16]] = np.memmap(p, dtype="<u2", mode="r")
         self.vocab_size = vocab_size
         if vocab_size is not None:

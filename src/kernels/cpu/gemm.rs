@@ -230,12 +230,7 @@ fn gemm_widened<T: Element>(
 ) {
     let Shape { m, n, k, .. } = s;
     SCRATCH.with_borrow_mut(|[a32, b32, c32]| {
-        for (buf, len) in [(&mut *a32, m * k), (&mut *b32, k * n), (&mut *c32, m * n)] {
-            if buf.len() < len {
-                buf.resize(len, 0.0);
-            }
-        }
-        let (a32, b32, c32) = (&mut a32[..m * k], &mut b32[..k * n], &mut c32[..m * n]);
+        let (a32, b32, c32) = (grow(a32, m * k), grow(b32, k * n), grow(c32, m * n));
         for i in 0..batch {
             cast(&a[i * m * k..][..m * k], a32);
             cast(&b[i * k * n..][..k * n], b32);
@@ -255,6 +250,7 @@ thread_local! {
         const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
+/// The first `len` elements of a scratch buffer, grown if needed.
 fn grow<E: Copy + Default>(v: &mut Vec<E>, len: usize) -> &mut [E] {
     if v.len() < len {
         v.resize(len, E::default());

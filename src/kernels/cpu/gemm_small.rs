@@ -74,29 +74,8 @@ pub fn gemm_small(
             // `rows` rows of A (stride k) and C (stride n) from i0 and all
             // of B (asserted lengths), which bound every access below.
             unsafe {
-                if trans_b {
-                    avx512::nt(
-                        rows,
-                        n,
-                        k,
-                        alpha,
-                        a.as_ptr(),
-                        b.as_ptr(),
-                        beta,
-                        c.as_mut_ptr(),
-                    )
-                } else {
-                    avx512::nn(
-                        rows,
-                        n,
-                        k,
-                        alpha,
-                        a.as_ptr(),
-                        b.as_ptr(),
-                        beta,
-                        c.as_mut_ptr(),
-                    )
-                }
+                let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+                avx512::rows(trans_b, rows, n, k, alpha, ap, bp, beta, cp)
             }
             i0 += rows;
         }
@@ -145,9 +124,11 @@ mod avx512 {
         }
     }
 
+    /// `m` (1..=8) rows of A against B `[k, n]`, or B^T stored `[n, k]`.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn nn(
+    pub(super) unsafe fn rows(
+        trans_b: bool,
         m: usize,
         n: usize,
         k: usize,
@@ -157,7 +138,11 @@ mod avx512 {
         beta: f32,
         c: *mut f32,
     ) {
-        by_rows!(nn_rows, m, n, k, alpha, a, b, beta, c)
+        if trans_b {
+            by_rows!(nt_rows, m, n, k, alpha, a, b, beta, c)
+        } else {
+            by_rows!(nn_rows, m, n, k, alpha, a, b, beta, c)
+        }
     }
 
     /// R rows of A against B [k, n] in panels of 32 columns (the last
@@ -205,21 +190,6 @@ mod avx512 {
             }
             j += 32;
         }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn nt(
-        m: usize,
-        n: usize,
-        k: usize,
-        alpha: f32,
-        a: *const f32,
-        b: *const f32,
-        beta: f32,
-        c: *mut f32,
-    ) {
-        by_rows!(nt_rows, m, n, k, alpha, a, b, beta, c)
     }
 
     /// R rows of A against the rows of B [n, k], two at a time: C[i, j] =

@@ -728,3 +728,10 @@ def test_a_token_file_shorter_than_its_meta_says_is_refused(tmp_path: Path) -> N
         fh.truncate((meta["train_tokens"] - 2) * 2)
     with pytest.raises(DataError, match="meta.json says"):
         TokenFile(train)
+
+
+def test_help_shows_each_default_once(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: every core)" in text and "(default: every core) (default:" not in text
+    assert ") (default: None)" not in text

@@ -21,6 +21,7 @@ import pytest
 import gpt2rs
 from gpt2rs import checkpoint as ck
 from gpt2rs.cli import train as cli
+from gpt2rs.cli._common import Formatter
 from gpt2rs.configs import GPT2_DEFAULT_CONFIG
 from gpt2rs.logger_server import LoggerServer
 from gpt2rs.metrics import read_scalars
@@ -149,7 +150,8 @@ def test_help_names_every_option_with_help_and_default(capsys: pytest.CaptureFix
     for action in cli.build_parser()._actions:
         if action.dest != "help":
             assert action.help, action.dest
-            rendered = cli._Formatter("x")._get_help_string(action) or ""
+            assert action.help.count("default") <= 1 or "%(default)" not in action.help, action.dest
+            rendered = Formatter("x")._get_help_string(action) or ""
             assert "default" in rendered or action.default in (False, None), action.dest
 
 

@@ -13,9 +13,10 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
 import numpy as np
+
+from ._common import Formatter, Parser
 
 PROG = "gpt2rs-generate"
 
@@ -36,17 +37,6 @@ one line on stderr.
 
 class GenerateError(ValueError):
     """Options, model or prompt that do not fit together."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        """One line on stderr, no usage dump."""
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        raise SystemExit(2)
-
-
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
 
 
 def _restrict(v: str) -> str | None:
@@ -70,7 +60,7 @@ def _prompt_ids(v: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     from ..model import DTYPES
 
-    ap = _Parser(prog=PROG, description=__doc__.split("\n\n")[0], epilog=EPILOG, formatter_class=_Formatter)
+    ap = Parser(prog=PROG, description=__doc__.split("\n\n")[0], epilog=EPILOG, formatter_class=Formatter)
     g = ap.add_argument_group("model")
     g.add_argument("--model", default="openai-community/gpt2",
                    help="HF hub id, HF model directory, or gpt2rs-train checkpoint (or its root)")  # fmt: skip

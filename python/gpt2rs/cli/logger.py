@@ -16,17 +16,11 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
-from typing import NoReturn
 
 from ..metrics import DEFAULT_CLIENT_PORT, DEFAULT_SERVER_PORT
+from ._common import Formatter, Parser
 
 PROG = "gpt2rs-logger"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        raise SystemExit(2)
 
 
 def _env_port(*names: str, default: int) -> int:
@@ -41,10 +35,10 @@ def _env_port(*names: str, default: int) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(
+    ap = Parser(
         prog=PROG,
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=Formatter,
         epilog="Environment (flags win): SERVER_PORT / NNTILE_LOGGER_SERVER_PORT, LOG_DIR / NNTILE_LOGGER_SERVER_DIR, "
         "NNTILE_LOGGER_CLIENT_PORT. Every --dashed-option is also accepted as --underscore_option.",
     )

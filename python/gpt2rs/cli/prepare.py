@@ -12,7 +12,9 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any
+
+from ._common import Formatter, Parser
 
 PROG = "gpt2rs-prepare"
 
@@ -41,17 +43,6 @@ tokenizer.json, use the `tokenizers` package.
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        """One line on stderr, no usage dump."""
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        raise SystemExit(2)
-
-
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
-
-
 def _cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -60,11 +51,11 @@ def _cores() -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(
+    ap = Parser(
         prog=PROG,
         description=(__doc__ or "").split("\n\n")[0],
         epilog=EPILOG,
-        formatter_class=_Formatter,
+        formatter_class=Formatter,
     )
 
     def opt(name: str, **kw: Any) -> None:

@@ -17,11 +17,12 @@ import threading
 import time
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any
 
 from ..metrics import DEFAULT_SERVER_PORT
 from ..model import DTYPES
 from ..train import LR_SCHEDULES, OPTIMIZERS, SCHEDULERS, TrainOptions
+from ._common import Formatter, Parser
 
 PROG = "gpt2rs-train"
 
@@ -42,22 +43,6 @@ Ctrl-C (or SIGTERM) saves a checkpoint and exits with status 130.
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        """One line on stderr, no usage dump."""
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        raise SystemExit(2)
-
-
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.help and "default:" in action.help:  # says its default itself (from the environment)
-            return action.help
-        if action.default == "" and action.help and "%(default)" not in action.help:
-            return action.help + " (default: '')"
-        return super()._get_help_string(action)
-
-
 def _restrict(v: str) -> str | None:
     if v.lower() in ("none", ""):
         return None
@@ -68,7 +53,7 @@ def _restrict(v: str) -> str | None:
 
 def build_parser() -> argparse.ArgumentParser:
     d = TrainOptions()
-    ap = _Parser(prog=PROG, description=__doc__.split("\n\n")[0], epilog=EPILOG, formatter_class=_Formatter)
+    ap = Parser(prog=PROG, description=__doc__.split("\n\n")[0], epilog=EPILOG, formatter_class=Formatter)
 
     g = ap.add_argument_group("model (NNTile's options)")
     g.add_argument(

@@ -57,8 +57,15 @@ def write_corpus(path: Path, n_stories: int, seed: int) -> int:
     return len(text.encode())
 
 
+def runnable(tool: str) -> str:
+    """`tool` as a command that works outside an activated venv: the console
+    script beside this Python when it is there."""
+    p = Path(sys.executable).parent / tool
+    return shlex.quote(str(p)) if p.is_file() else tool
+
+
 def run(label: str, tool: str, main: Callable[[Sequence[str]], int], argv: list[str]) -> None:
-    print(f"\n== {label}\n$ {tool} {shlex.join(argv)}", flush=True)
+    print(f"\n== {label}\n$ {runnable(tool)} {shlex.join(argv)}", flush=True)
     rc = main(argv)
     if rc:
         raise SystemExit(f"quickstart: {tool} failed (exit {rc})")

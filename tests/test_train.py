@@ -338,6 +338,20 @@ def test_a_full_metrics_file_warns_once_and_training_goes_on(ws: Path, capsys: p
     assert [s for s, _ in ck.list_checkpoints(ws / "ck")] == [3]
 
 
+def test_an_absent_logger_server_is_said_at_the_start(ws: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nobody listens there
+    extra = ("--max-steps", "2", "--logger", "--logger-server-addr", "127.0.0.1", "--logger-server-port", str(port))
+    rc, out, err = run(capsys, args(ws, *extra, "--no-quiet"))
+    assert rc == 0, err
+    lines = err.splitlines()
+    said = [i for i, x in enumerate(lines) if "is unreachable" in x]
+    assert len(said) == 1 and f"127.0.0.1:{port}" in lines[said[0]], err
+    assert "is unreachable" not in out
+    assert said[0] < next(i for i, x in enumerate(lines) if x.startswith("step 1/")), err
+
+
 def test_resume_is_exact(ws: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """6 steps straight == 3 steps + resume + 3 steps, to the last bit (dropout on)."""
     full, a, b = ws / "full.jsonl", ws / "a.jsonl", ws / "b.jsonl"

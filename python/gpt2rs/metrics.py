@@ -177,6 +177,7 @@ class RemoteSink:
         self._sock: socket.socket | None = None
         self._pending: bytes | None = None
         self._reachable: bool | None = None  # None: not tried yet
+        self._tried = threading.Event()  # set after the first connection attempt
         self._thread = threading.Thread(target=self._loop, name="gpt2rs-metrics", daemon=True)
         self._thread.start()
 
@@ -245,11 +246,20 @@ class RemoteSink:
         except OSError as e:
             log.debug("logger server %s:%s unreachable: %s", self.host, self.port, e)
             self._reachable = False
+            self._tried.set()
             return False
         self._sock = sock
         self._reachable = True
+        self._tried.set()
         self.connects += 1
         return True
+
+    def reachable_at_start(self) -> bool:
+        """Whether the first connection attempt reached the server (waits for
+        that attempt, at most the connect timeout): so that a run can say at
+        its start that its metrics are only being queued."""
+        self._tried.wait(self.connect_timeout + 1.0)
+        return bool(self._reachable)
 
     def _check_alive(self) -> None:
         """The server never writes: a readable socket means it closed (or

@@ -566,6 +566,11 @@ class Trainer:
                 sinks.append(Guarded(TensorBoardSink(self.log_dir), self.log_dir, warn))
             if o.logger_server_addr:
                 self.remote = RemoteSink(o.logger_server_addr, o.logger_server_port, self.run_name)
+                if not self.remote.reachable_at_start():
+                    warn(
+                        f"warning: logger server {o.logger_server_addr}:{o.logger_server_port} is unreachable; "
+                        "metrics are queued and sent if it comes up (the summary counts what was dropped)"
+                    )
                 sinks.append(self.remote)
         self.jsonl = Guarded(JsonlSink(o.metrics_file), o.metrics_file, warn) if o.metrics_file else None
         self.sink = MultiSink(sinks)

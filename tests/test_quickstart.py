@@ -31,3 +31,14 @@ def test_corpus_is_deterministic(tmp_path: Path) -> None:
     quickstart.write_corpus(a, 20, seed=1)
     quickstart.write_corpus(b, 20, seed=1)
     assert a.read_text() == b.read_text() and a.read_text().count("Once upon a time") == 20
+
+
+def test_a_rerun_starts_clean(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two runs into one --out leave one run's metrics, one TensorBoard run and its own checkpoints."""
+    argv = ["--out", str(tmp_path), "--steps", "2", "--stories", "200", "--ncpu", "2"]
+    assert quickstart.main(argv) == 0
+    assert quickstart.main(argv) == 0
+    capsys.readouterr()
+    steps = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"step"' in x]
+    assert steps == sorted(set(steps)) and steps[-1] == 2, steps
+    assert len(list((tmp_path / "runs").iterdir())) == 1

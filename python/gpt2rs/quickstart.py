@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -57,6 +58,10 @@ def write_corpus(path: Path, n_stories: int, seed: int) -> int:
     return len(text.encode())
 
 
+#: What the quickstart writes under --out (and removes first when rerun).
+OUTPUTS = ("stories.txt", "config.json", "data", "checkpoints", "runs", "metrics.jsonl")
+
+
 def runnable(tool: str) -> str:
     """`tool` as a command that works outside an activated venv: the console
     script beside this Python when it is there."""
@@ -85,6 +90,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    # A rerun starts clean: appending to the last run's metrics.jsonl and
+    # TensorBoard run, or resuming its checkpoints, would mix two runs.
+    for name in OUTPUTS:
+        p = out / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
     corpus = out / "stories.txt"
     size = write_corpus(corpus, args.stories, seed=0)
     print(f"== wrote {args.stories} generated stories ({size / 1e6:.1f} MB) to {corpus}")

@@ -269,3 +269,25 @@ def test_a_full_disk_under_tensorboard_is_one_warning_not_a_hang(tmp_path: Path)
     sink.close()
     assert len(warnings) == 1 and "No space left on device" in warnings[0] and str(tmp_path / "tb") in warnings[0]
     assert read_scalars(tmp_path / "tb")["loss"] == [(1, 1.0)]
+
+
+def test_a_second_process_with_a_taken_run_name_gets_its_own_run(tmp_path: Path) -> None:
+    """Same run name from another (host, pid): suffixed, never mixed; the same process reconnecting keeps it."""
+
+    def client(port: int, pid: int, steps: range) -> None:
+        with socket.create_connection(("127.0.0.1", port)) as c:
+            hello = {"type": "hello", "run": "same", "host": "h", "pid": pid, "protocol": 1}
+            lines = [hello] + [{"type": "scalar", "tag": "loss", "value": 1.0, "step": i} for i in steps]
+            c.sendall("".join(json.dumps(x) + "\n" for x in lines).encode())
+
+    with LoggerServer("127.0.0.1", 0, tmp_path / "logs") as server:
+        client(server.port, 1, range(0, 3))
+        client(server.port, 2, range(10, 12))
+        client(server.port, 1, range(3, 5))  # process 1 again: a reconnect
+        deadline = time.time() + 10
+        while time.time() < deadline and set(server.clients) != {"same", "same-2"}:
+            time.sleep(0.05)
+        time.sleep(0.3)
+    assert set(server.clients) == {"same", "same-2"}
+    assert _steps(tmp_path / "logs" / "same") == [0, 1, 2, 3, 4]
+    assert _steps(tmp_path / "logs" / "same-2") == [10, 11]

@@ -56,8 +56,7 @@ class _Handler(socketserver.StreamRequestHandler):
                     owner.bad_lines += 1
                     continue
                 if kind == "hello":
-                    run = safe_run_name(msg.get("run"))
-                    owner._hello(run, msg)
+                    run = owner._hello(safe_run_name(msg.get("run")), msg)
                 elif run is None:
                     owner.bad_lines += 1
                 else:
@@ -161,12 +160,25 @@ class LoggerServer:
                 self._writers[run] = w
             return w
 
-    def _hello(self, run: str, msg: dict[str, Any]) -> None:
-        self._writer(run)
+    def _hello(self, asked: str, msg: dict[str, Any]) -> str:
+        """Registers a connection; returns the run name its logs go under:
+        the one asked for, or, when another process (host, pid) already
+        logged under it, the first free `<name>-2`, `<name>-3`, ...: two
+        trainers never write into one TensorBoard run. A reconnecting
+        process keeps its name."""
+        who = (msg.get("host"), msg.get("pid"))
         with self._lock:
+            run, n = asked, 1
+            while run in self.clients and (self.clients[run].get("host"), self.clients[run].get("pid")) != who:
+                n += 1
+                run = f"{asked}-{n}"
             info = self.clients.setdefault(run, {"connects": 0})
-            info.update(connects=info["connects"] + 1, host=msg.get("host"), pid=msg.get("pid"), connected=True)
-        log.info("run %s connected (host %s, pid %s)", run, msg.get("host"), msg.get("pid"))
+            info.update(connects=info["connects"] + 1, host=who[0], pid=who[1], connected=True)
+        self._writer(run)
+        if run != asked:
+            log.warning("run name %s is taken by another process: host %s pid %s logs as %s", asked, *who, run)
+        log.info("run %s connected (host %s, pid %s)", run, *who)
+        return run
 
     def _goodbye(self, run: str) -> None:
         with self._lock:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gemm_ceiling import ceiling, describe, machine  # noqa: E402
+from gemm_ceiling import ceiling, describe, machine
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "small": {"n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50257},
@@ -52,7 +52,9 @@ def prompt(spec: dict[str, Any]) -> Any:
     import numpy as np
 
     rng = np.random.default_rng(7)
-    return rng.integers(0, spec["cfg"]["vocab_size"], size=(spec["batch"], spec["prompt_len"]), dtype=np.int64)
+    return rng.integers(
+        0, spec["cfg"]["vocab_size"], size=(spec["batch"], spec["prompt_len"]), dtype=np.int64
+    )
 
 
 def worker_init(spec: dict[str, Any]) -> dict[str, Any]:
@@ -97,7 +99,9 @@ def worker_hf(spec: dict[str, Any]) -> dict[str, Any]:
     from transformers import GPT2LMHeadModel
 
     torch.set_num_threads(spec["ncpu"])
-    model = GPT2LMHeadModel.from_pretrained(spec["dir"], torch_dtype=torch.float32, attn_implementation="sdpa").eval()
+    model = GPT2LMHeadModel.from_pretrained(
+        spec["dir"], torch_dtype=torch.float32, attn_implementation="sdpa"
+    ).eval()
     ids = torch.from_numpy(prompt(spec))
     mask = torch.ones_like(ids)
     kw = dict(do_sample=False, use_cache=True, pad_token_id=0, attention_mask=mask)
@@ -106,7 +110,9 @@ def worker_hf(spec: dict[str, Any]) -> dict[str, Any]:
         best, out = float("inf"), None
         for _ in range(spec["repeats"]):
             t0 = time.perf_counter()
-            out = model.generate(ids, max_new_tokens=spec["new_tokens"], min_new_tokens=spec["new_tokens"], **kw)
+            out = model.generate(
+                ids, max_new_tokens=spec["new_tokens"], min_new_tokens=spec["new_tokens"], **kw
+            )
             best = min(best, time.perf_counter() - t0)
     return {"seconds": best, "tokens": out[:, spec["prompt_len"] :].tolist()}
 
@@ -116,7 +122,9 @@ WORKERS = {"init": worker_init, "gpt2rs": worker_gpt2rs, "hf": worker_hf}
 
 def run(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile("r", suffix=".json") as f:
-        subprocess.run([sys.executable, __file__, "--worker", kind, json.dumps(spec), f.name], check=True)
+        subprocess.run(
+            [sys.executable, __file__, "--worker", kind, json.dumps(spec), f.name], check=True
+        )
         return json.loads(Path(f.name).read_text())
 
 
@@ -130,14 +138,22 @@ def main() -> None:
         kind, spec, path = sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
         Path(path).write_text(json.dumps(WORKERS[kind](spec)))
         return
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--configs", default="small", help="comma-separated: " + ", ".join(CONFIGS))
     ap.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=3, help="generate calls per round (fastest kept)")
-    ap.add_argument("--rounds", type=int, default=2, help="alternations of the two frameworks (fastest kept)")
-    ap.add_argument("--ncpu", type=int, default=os.cpu_count() or 1, help="threads / CPU workers for both")
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="generate calls per round (fastest kept)"
+    )
+    ap.add_argument(
+        "--rounds", type=int, default=2, help="alternations of the two frameworks (fastest kept)"
+    )
+    ap.add_argument(
+        "--ncpu", type=int, default=os.cpu_count() or 1, help="threads / CPU workers for both"
+    )
     ap.add_argument("--out", default="bench-out/generate.json")
     a = ap.parse_args()
 
@@ -150,8 +166,13 @@ def main() -> None:
             base = {"cfg": cfg, "dir": d, "ncpu": a.ncpu}
             params = run("init", base)["params"]
             for bsz in (int(x) for x in a.batches.split(",")):
-                spec = {**base, "batch": bsz, "prompt_len": a.prompt_len, "new_tokens": a.new_tokens,
-                        "repeats": a.repeats}
+                spec = {
+                    **base,
+                    "batch": bsz,
+                    "prompt_len": a.prompt_len,
+                    "new_tokens": a.new_tokens,
+                    "repeats": a.repeats,
+                }
                 res: dict[str, dict[str, Any]] = {}
                 for _ in range(a.rounds):
                     for kind in ("gpt2rs", "hf"):
@@ -161,23 +182,37 @@ def main() -> None:
                 toks = bsz * a.new_tokens
                 rs, hf = toks / res["gpt2rs"]["seconds"], toks / res["hf"]["seconds"]
                 row = {
-                    "config": name, "params": params, "batch": bsz, "gpt2rs_tok_s": rs, "hf_tok_s": hf,
-                    "ratio": rs / hf, "busy_share": res["gpt2rs"]["busy_share"],
+                    "config": name,
+                    "params": params,
+                    "batch": bsz,
+                    "gpt2rs_tok_s": rs,
+                    "hf_tok_s": hf,
+                    "ratio": rs / hf,
+                    "busy_share": res["gpt2rs"]["busy_share"],
                     "tasks_per_token": res["gpt2rs"]["tasks_per_token"],
                     "agreement": agreement(res["gpt2rs"]["tokens"], res["hf"]["tokens"]),
                     # 2 flops per parameter and token: what the decode steps reach.
-                    "gpt2rs_gflops": 2 * params * rs / 1e9, "hf_gflops": 2 * params * hf / 1e9,
+                    "gpt2rs_gflops": 2 * params * rs / 1e9,
+                    "hf_gflops": 2 * params * hf / 1e9,
                 }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    print(f"\ngreedy generate, prompt {a.prompt_len} + {a.new_tokens} new tokens, {a.ncpu} threads, fp32")
-    print(f"{'config':<8} {'B':>3} {'gpt2rs tok/s':>13} {'HF tok/s':>9} {'ratio':>6} {'busy':>6} "
-          f"{'tasks/tok':>9} {'agree':>6} {'GF/s rs/HF (of fp32 ceiling)':>30}")
+    print(
+        f"\ngreedy generate, prompt {a.prompt_len} + {a.new_tokens} new tokens, {a.ncpu} threads, fp32"
+    )
+    print(
+        f"{'config':<8} {'B':>3} {'gpt2rs tok/s':>13} {'HF tok/s':>9} {'ratio':>6} {'busy':>6} "
+        f"{'tasks/tok':>9} {'agree':>6} {'GF/s rs/HF (of fp32 ceiling)':>30}"
+    )
     for r in rows:
-        frac = f"{r['gpt2rs_gflops']:.1f}/{r['hf_gflops']:.1f} ({r['gpt2rs_gflops'] / ceil['fp32']:.0%}/" \
-               f"{r['hf_gflops'] / ceil['fp32']:.0%})"
-        print(f"{r['config']:<8} {r['batch']:>3} {r['gpt2rs_tok_s']:>13.1f} {r['hf_tok_s']:>9.1f} {r['ratio']:>6.2f} "
-              f"{r['busy_share']:>6.0%} {r['tasks_per_token']:>9.0f} {r['agreement']:>6.0%} {frac:>30}")
+        frac = (
+            f"{r['gpt2rs_gflops']:.1f}/{r['hf_gflops']:.1f} ({r['gpt2rs_gflops'] / ceil['fp32']:.0%}/"
+            f"{r['hf_gflops'] / ceil['fp32']:.0%})"
+        )
+        print(
+            f"{r['config']:<8} {r['batch']:>3} {r['gpt2rs_tok_s']:>13.1f} {r['hf_tok_s']:>9.1f} {r['ratio']:>6.2f} "
+            f"{r['busy_share']:>6.0%} {r['tasks_per_token']:>9.0f} {r['agreement']:>6.0%} {frac:>30}"
+        )
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": mach, "ceiling_gflops": ceil, "rows": rows}, indent=1))

@@ -101,7 +101,9 @@ def token_batches(c: dict[str, Any], B: int, n: int, seed: int = 1234) -> list[t
     return out
 
 
-def summarize(times: list[float], losses: list[float], c: dict[str, Any], B: int, peak: float) -> dict[str, Any]:
+def summarize(
+    times: list[float], losses: list[float], c: dict[str, Any], B: int, peak: float
+) -> dict[str, Any]:
     med = statistics.median(times)
     tps = B * c["T"] / med
     return {
@@ -123,19 +125,38 @@ def worker_gpt2rs(spec: dict[str, Any]) -> list[dict[str, Any]]:
     import gpt2rs
 
     c, B, mode = spec["cfg"], spec["B"], spec["mode"]
-    row: dict[str, Any] = {"impl": "gpt2rs", "mode": mode, "B": B, "tiles": spec["tiles"],
-                           "gpt2rs": gpt2rs.__version__}
+    row: dict[str, Any] = {
+        "impl": "gpt2rs",
+        "mode": mode,
+        "B": B,
+        "tiles": spec["tiles"],
+        "gpt2rs": gpt2rs.__version__,
+    }
     t_setup = time.perf_counter()
     if spec["device"] == "cuda":
-        rt = gpt2rs.Runtime(ncpu=1, ncuda=1, scheduler=spec["sched"],
-                            restrict=None if spec["restrict"] == "none" else spec["restrict"])
+        rt = gpt2rs.Runtime(
+            ncpu=1,
+            ncuda=1,
+            scheduler=spec["sched"],
+            restrict=None if spec["restrict"] == "none" else spec["restrict"],
+        )
     else:
         rt = gpt2rs.Runtime(ncpu=spec["ncpu"], scheduler=spec["sched"])
     try:
-        hf = {"n_layer": c["n_layer"], "n_head": c["n_head"], "n_embd": c["n_embd"], "vocab_size": c["vocab_size"],
-              "n_positions": c["T"], "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
-        tiles = {TILE_KEYS[k]: (None if v is None else min(v, B) if k == "mb" else v)
-                 for k, v in spec["tiles"].items()}
+        hf = {
+            "n_layer": c["n_layer"],
+            "n_head": c["n_head"],
+            "n_embd": c["n_embd"],
+            "vocab_size": c["vocab_size"],
+            "n_positions": c["T"],
+            "resid_pdrop": 0.0,
+            "embd_pdrop": 0.0,
+            "attn_pdrop": 0.0,
+        }
+        tiles = {
+            TILE_KEYS[k]: (None if v is None else min(v, B) if k == "mb" else v)
+            for k, v in spec["tiles"].items()
+        }
         model = gpt2rs.GPT2LMHead.from_config(hf, seed=0, dtype=mode, runtime=rt, **tiles)
         opt = gpt2rs.AdamW(model, lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1)
         data = token_batches(c, B, 2)
@@ -158,15 +179,22 @@ def worker_gpt2rs(spec: dict[str, Any]) -> list[dict[str, Any]]:
                 dev = [w for w in s1["workers"] if w["kind"] == spec["device"]] or s1["workers"]
                 ids_ = {w["id"] for w in dev}
                 b = sum(w["busy_s"] for w in s1["workers"] if w["id"] in ids_) - sum(
-                    w["busy_s"] for w in s0["workers"] if w["id"] in ids_)
+                    w["busy_s"] for w in s0["workers"] if w["id"] in ids_
+                )
                 busy.append(b / (len(dev) * dt))
                 tasks.append(s1["tasks_submitted"] - s0["tasks_submitted"])
-            print(f"  gpt2rs {mode} B={B} step {i}: {dt * 1e3:.1f} ms, loss {loss:.4f}", file=sys.stderr, flush=True)
+            print(
+                f"  gpt2rs {mode} B={B} step {i}: {dt * 1e3:.1f} ms, loss {loss:.4f}",
+                file=sys.stderr,
+                flush=True,
+            )
         row.update(summarize(times, losses, c, B, spec["peak"]))
         st = rt.stats()
         row["tasks_per_step"] = statistics.median(tasks)
         row["device_busy_share"] = statistics.median(busy)
-        row["workers"] = [{k: w[k] for k in ("name", "kind", "tasks", "busy_s")} for w in st["workers"]]
+        row["workers"] = [
+            {k: w[k] for k in ("name", "kind", "tasks", "busy_s")} for w in st["workers"]
+        ]
         node = [n for n in st["nodes"] if n["kind"] == spec["device"]] or st["nodes"][:1]
         row["peak_mem_gb"] = node[0]["peak_bytes"] / 1e9
     finally:
@@ -195,7 +223,9 @@ def torch_model(c: dict[str, Any]) -> Any:
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             b, t, _ = x.shape
-            q, k, v = (z.view(b, t, H, C // H).transpose(1, 2) for z in self.c_attn(x).split(C, dim=2))
+            q, k, v = (
+                z.view(b, t, H, C // H).transpose(1, 2) for z in self.c_attn(x).split(C, dim=2)
+            )
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             return self.c_proj(y.transpose(1, 2).reshape(b, t, C))
 
@@ -256,20 +286,36 @@ def worker_torch(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
     rows = []
     for B in spec["batch_sizes"]:
-        row: dict[str, Any] = {"impl": impl, "mode": mode, "B": B, "torch": torch.__version__, "gpu": gpu}
+        row: dict[str, Any] = {
+            "impl": impl,
+            "mode": mode,
+            "B": B,
+            "torch": torch.__version__,
+            "gpu": gpu,
+        }
         model = opt = fwd = None
         try:
             t_setup = time.perf_counter()
             torch.manual_seed(0)
             model = torch_model(c).to(device)
             model.train()
-            opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1,
-                                    **({"fused": True} if device == "cuda" else {}))
+            opt = torch.optim.AdamW(
+                model.parameters(),
+                lr=6e-4,
+                betas=(0.9, 0.95),
+                weight_decay=0.1,
+                **({"fused": True} if device == "cuda" else {}),
+            )
             fwd = torch.compile(model, dynamic=False) if impl == "compile" else model
-            ctx = (torch.autocast(device_type=device, dtype=torch.bfloat16) if mode == "bf16"
-                   else contextlib.nullcontext())
-            data = [(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
-                    for x, y in token_batches(c, B, 2)]
+            ctx = (
+                torch.autocast(device_type=device, dtype=torch.bfloat16)
+                if mode == "bf16"
+                else contextlib.nullcontext()
+            )
+            data = [
+                (torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
+                for x, y in token_batches(c, B, 2)
+            ]
             if device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             times, losses = [], []
@@ -289,12 +335,15 @@ def worker_torch(spec: dict[str, Any]) -> list[dict[str, Any]]:
                 losses.append(float(loss.detach()))
                 if i >= spec["warmup"]:
                     times.append(dt)
-                print(f"  {impl} {mode} B={B} step {i}: {dt * 1e3:.1f} ms, loss {losses[-1]:.4f}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"  {impl} {mode} B={B} step {i}: {dt * 1e3:.1f} ms, loss {losses[-1]:.4f}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             row.update(summarize(times, losses, c, B, spec["peak"]))
             if device == "cuda":
                 row["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 1e9
-        except Exception as e:  # noqa: BLE001 - an OOM at B=32 still reports B=16
+        except Exception as e:
             row.update({"status": "failed", "error": f"{type(e).__name__}: {e}"[:2000]})
         del model, opt, fwd
         if device == "cuda":
@@ -311,14 +360,25 @@ WORKERS = {"gpt2rs": worker_gpt2rs, "torch": worker_torch}
 # parent
 
 
-def run_worker(kind: str, spec: dict[str, Any], timeout: float, expect: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def run_worker(
+    kind: str, spec: dict[str, Any], timeout: float, expect: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """Runs a worker subprocess; a row per expected result, failed or not."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, os.path.abspath(__file__), "--_worker", kind, "--_spec", json.dumps(spec)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--_worker",
+        kind,
+        "--_spec",
+        json.dumps(spec),
+    ]
     t0 = time.perf_counter()
     status, tail = None, ""
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
+        p = subprocess.run(
+            cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False
+        )
         out, err, rc = p.stdout, p.stderr, p.returncode
     except subprocess.TimeoutExpired as e:
         out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
@@ -327,7 +387,7 @@ def run_worker(kind: str, spec: dict[str, Any], timeout: float, expect: list[dic
     got: dict[int, dict[str, Any]] = {}
     for line in out.splitlines():
         if line.startswith("RESULT "):
-            for r in json.loads(line[len("RESULT "):]):
+            for r in json.loads(line[len("RESULT ") :]):
                 got[r["B"]] = r
     lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("  ")]
     tail = "\n".join(lines[-15:])
@@ -336,15 +396,24 @@ def run_worker(kind: str, spec: dict[str, Any], timeout: float, expect: list[dic
         r = got.get(e["B"])
         if r is None:
             reason = status or f"exit code {rc}"
-            r = {**e, "status": "failed" if status is None else "timeout",
-                 "error": f"{reason}: {tail[-2000:]}" if tail else reason}
+            r = {
+                **e,
+                "status": "failed" if status is None else "timeout",
+                "error": f"{reason}: {tail[-2000:]}" if tail else reason,
+            }
         r["wall_s"] = time.perf_counter() - t0
         rows.append(r)
-        print(f"[{IMPL_NAMES[r['impl']]} {r['mode']} B={r['B']}] {r['status']}"
-              + (f": {r['tokens_per_s']:.0f} tok/s, {r['step_s_median'] * 1e3:.1f} ms/step, MFU "
-                 f"{r['mfu'] * 100:.1f}%, loss {r['losses'][0]:.3f} -> {r['losses'][-1]:.3f}"
-                 if "tokens_per_s" in r else "")
-              + (f"\n    {r['error'][:600]}" if r.get("error") else ""), flush=True)
+        print(
+            f"[{IMPL_NAMES[r['impl']]} {r['mode']} B={r['B']}] {r['status']}"
+            + (
+                f": {r['tokens_per_s']:.0f} tok/s, {r['step_s_median'] * 1e3:.1f} ms/step, MFU "
+                f"{r['mfu'] * 100:.1f}%, loss {r['losses'][0]:.3f} -> {r['losses'][-1]:.3f}"
+                if "tokens_per_s" in r
+                else ""
+            )
+            + (f"\n    {r['error'][:600]}" if r.get("error") else ""),
+            flush=True,
+        )
     return rows
 
 
@@ -356,55 +425,112 @@ def fmt(x: Any, spec: str) -> str:
 def print_table(report: dict[str, Any]) -> None:
     meta = report["meta"]
     modes = list(meta["peak_tflops"])
-    rows = sorted(report["runs"], key=lambda r: (modes.index(r["mode"]), r["B"], IMPLS.index(r["impl"])))
-    print(f"\nGPT-2 {meta['params']['total'] / 1e6:.1f}M training on {meta.get('gpu') or meta['device']}: "
-          f"T={meta['config']['T']}, median of {meta['steps']} steps after {meta['warmup']} warm-up; "
-          f"MFU vs {', '.join(f'{m} {p:g}' for m, p in meta['peak_tflops'].items())} TFLOP/s, "
-          f"{meta['flops_per_token'] / 1e6:.1f} MFLOP/token (6N + 12LCT)")
-    print(f"{'mode':5s} {'B':>3s} {'impl':14s} {'tok/s':>9s} {'ms/step':>8s} {'MFU':>6s} {'mem GB':>7s} "
-          f"{'loss0':>6s} {'vs eager':>8s} {'vs compile':>10s}  status")
+    rows = sorted(
+        report["runs"], key=lambda r: (modes.index(r["mode"]), r["B"], IMPLS.index(r["impl"]))
+    )
+    print(
+        f"\nGPT-2 {meta['params']['total'] / 1e6:.1f}M training on {meta.get('gpu') or meta['device']}: "
+        f"T={meta['config']['T']}, median of {meta['steps']} steps after {meta['warmup']} warm-up; "
+        f"MFU vs {', '.join(f'{m} {p:g}' for m, p in meta['peak_tflops'].items())} TFLOP/s, "
+        f"{meta['flops_per_token'] / 1e6:.1f} MFLOP/token (6N + 12LCT)"
+    )
+    print(
+        f"{'mode':5s} {'B':>3s} {'impl':14s} {'tok/s':>9s} {'ms/step':>8s} {'MFU':>6s} {'mem GB':>7s} "
+        f"{'loss0':>6s} {'vs eager':>8s} {'vs compile':>10s}  status"
+    )
     best = {(r["mode"], r["B"], r["impl"]): r.get("tokens_per_s") for r in rows}
     for r in rows:
         tps = r.get("tokens_per_s")
         e, cmp_ = best.get((r["mode"], r["B"], "eager")), best.get((r["mode"], r["B"], "compile"))
         err = [ln for ln in (r.get("error") or "").splitlines() if ln.strip()]
-        st = r["status"] if r["status"] == "ok" or not err else f"{r['status']}: {err[-1].strip()[:100]}"
+        st = (
+            r["status"]
+            if r["status"] == "ok" or not err
+            else f"{r['status']}: {err[-1].strip()[:100]}"
+        )
         mfu = f"{r['mfu'] * 100:5.1f}%" if r.get("mfu") is not None else "-".rjust(6)
-        print(f"{r['mode']:5s} {r['B']:3d} {IMPL_NAMES[r['impl']]:14s} {fmt(tps, '9.0f')} "
-              f"{fmt(r.get('step_s_median') and r['step_s_median'] * 1e3, '8.1f')} "
-              f"{mfu} {fmt(r.get('peak_mem_gb'), '7.2f')} "
-              f"{fmt(r['losses'][0] if r.get('losses') else None, '6.3f')} "
-              f"{fmt(tps / e if tps and e else None, '8.2f')} "
-              f"{fmt(tps / cmp_ if tps and cmp_ else None, '10.2f')}  {st}")
+        print(
+            f"{r['mode']:5s} {r['B']:3d} {IMPL_NAMES[r['impl']]:14s} {fmt(tps, '9.0f')} "
+            f"{fmt(r.get('step_s_median') and r['step_s_median'] * 1e3, '8.1f')} "
+            f"{mfu} {fmt(r.get('peak_mem_gb'), '7.2f')} "
+            f"{fmt(r['losses'][0] if r.get('losses') else None, '6.3f')} "
+            f"{fmt(tps / e if tps and e else None, '8.2f')} "
+            f"{fmt(tps / cmp_ if tps and cmp_ else None, '10.2f')}  {st}"
+        )
     g = [r for r in rows if r["impl"] == "gpt2rs" and r.get("device_busy_share") is not None]
     if g:
-        print("gpt2rs: " + "; ".join(f"{r['mode']} B={r['B']} device busy {r['device_busy_share'] * 100:.0f}%, "
-                                     f"{r['tasks_per_step']:.0f} tasks/step" for r in g))
-        print(f"gpt2rs tiles: {meta['tiles']}, scheduler {meta['scheduler']}, restrict {meta['restrict']}")
-    print("mem GB: gpt2rs = its runtime's peak tile bytes on the device; torch = max_memory_allocated. "
-          "vs eager / vs compile: tokens/s over torch's in the same mode and B.")
+        print(
+            "gpt2rs: "
+            + "; ".join(
+                f"{r['mode']} B={r['B']} device busy {r['device_busy_share'] * 100:.0f}%, "
+                f"{r['tasks_per_step']:.0f} tasks/step"
+                for r in g
+            )
+        )
+        print(
+            f"gpt2rs tiles: {meta['tiles']}, scheduler {meta['scheduler']}, restrict {meta['restrict']}"
+        )
+    print(
+        "mem GB: gpt2rs = its runtime's peak tile bytes on the device; torch = max_memory_allocated. "
+        "vs eager / vs compile: tokens/s over torch's in the same mode and B."
+    )
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--modes", default="bf16,tf32", help="comma-separated: bf16, tf32")
-    ap.add_argument("--batch-sizes", default=None, help="comma-separated (default 16,32; --tiny 2,4)")
-    ap.add_argument("--impls", default="gpt2rs,eager,compile", help="comma-separated: " + ", ".join(IMPLS))
+    ap.add_argument(
+        "--batch-sizes", default=None, help="comma-separated (default 16,32; --tiny 2,4)"
+    )
+    ap.add_argument(
+        "--impls", default="gpt2rs,eager,compile", help="comma-separated: " + ", ".join(IMPLS)
+    )
     ap.add_argument("--steps", type=int, default=10, help="timed steps per run")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (torch.compile compiles in the first)")
-    ap.add_argument("--peak-bf16", type=float, default=PEAK_TFLOPS["bf16"], help="peak TFLOP/s for bf16 MFU")
-    ap.add_argument("--peak-tf32", type=float, default=PEAK_TFLOPS["tf32"], help="peak TFLOP/s for tf32 MFU")
-    ap.add_argument("--tiles", default="", help="gpt2rs tiling over the default "
-                    f"({','.join(f'{k}={v}' for k, v in DEFAULT_TILES.items())}); keys {', '.join(TILE_KEYS)}")
-    ap.add_argument("--scheduler", default="eager", choices=["eager", "dmda"], help="gpt2rs scheduler")
-    ap.add_argument("--restrict", default="cuda", choices=["cuda", "none"],
-                    help="gpt2rs: run every task on the GPU (cuda) or let CPU workers take some (none)")
-    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a check of this script")
-    ap.add_argument("--tiny", action="store_true", help="a 2-layer 64-wide model, T=64 (with --device cpu)")
-    ap.add_argument("--ncpu", type=int, default=os.cpu_count() or 1, help="CPU threads/workers for --device cpu")
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=3,
+        help="untimed steps first (torch.compile compiles in the first)",
+    )
+    ap.add_argument(
+        "--peak-bf16", type=float, default=PEAK_TFLOPS["bf16"], help="peak TFLOP/s for bf16 MFU"
+    )
+    ap.add_argument(
+        "--peak-tf32", type=float, default=PEAK_TFLOPS["tf32"], help="peak TFLOP/s for tf32 MFU"
+    )
+    ap.add_argument(
+        "--tiles",
+        default="",
+        help="gpt2rs tiling over the default "
+        f"({','.join(f'{k}={v}' for k, v in DEFAULT_TILES.items())}); keys {', '.join(TILE_KEYS)}",
+    )
+    ap.add_argument(
+        "--scheduler", default="eager", choices=["eager", "dmda"], help="gpt2rs scheduler"
+    )
+    ap.add_argument(
+        "--restrict",
+        default="cuda",
+        choices=["cuda", "none"],
+        help="gpt2rs: run every task on the GPU (cuda) or let CPU workers take some (none)",
+    )
+    ap.add_argument(
+        "--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a check of this script"
+    )
+    ap.add_argument(
+        "--tiny", action="store_true", help="a 2-layer 64-wide model, T=64 (with --device cpu)"
+    )
+    ap.add_argument(
+        "--ncpu", type=int, default=os.cpu_count() or 1, help="CPU threads/workers for --device cpu"
+    )
     ap.add_argument("--timeout-s", type=float, default=240.0, help="limit per subprocess")
-    ap.add_argument("--budget-s", type=float, default=1e9, help="start no new run after this many seconds")
-    ap.add_argument("--json", default="bench-out/bench_gpu.json", help="where to write the JSON report")
+    ap.add_argument(
+        "--budget-s", type=float, default=1e9, help="start no new run after this many seconds"
+    )
+    ap.add_argument(
+        "--json", default="bench-out/bench_gpu.json", help="where to write the JSON report"
+    )
     ap.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_spec", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -428,25 +554,63 @@ def main() -> None:
     batch_sizes = [int(b) for b in bs.split(",") if b.strip()]
     peaks = {"bf16": args.peak_bf16, "tf32": args.peak_tf32}
     tiles = parse_tiles(args.tiles)
-    base = {"cfg": cfg, "device": args.device, "steps": args.steps, "warmup": args.warmup, "ncpu": args.ncpu}
+    base = {
+        "cfg": cfg,
+        "device": args.device,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "ncpu": args.ncpu,
+    }
 
     # (kind, spec, expected rows) in order of importance
     plan: list[tuple[str, dict[str, Any], list[dict[str, Any]]]] = []
     for m in modes:
         for B in batch_sizes:
             if "gpt2rs" in impls:
-                plan.append(("gpt2rs", {**base, "mode": m, "B": B, "peak": peaks[m] * 1e12, "tiles": tiles,
-                                        "sched": args.scheduler, "restrict": args.restrict},
-                             [{"impl": "gpt2rs", "mode": m, "B": B}]))
+                plan.append(
+                    (
+                        "gpt2rs",
+                        {
+                            **base,
+                            "mode": m,
+                            "B": B,
+                            "peak": peaks[m] * 1e12,
+                            "tiles": tiles,
+                            "sched": args.scheduler,
+                            "restrict": args.restrict,
+                        },
+                        [{"impl": "gpt2rs", "mode": m, "B": B}],
+                    )
+                )
         if "eager" in impls:
-            plan.append(("torch", {**base, "mode": m, "impl": "eager", "batch_sizes": batch_sizes,
-                                   "peak": peaks[m] * 1e12},
-                         [{"impl": "eager", "mode": m, "B": B} for B in batch_sizes]))
+            plan.append(
+                (
+                    "torch",
+                    {
+                        **base,
+                        "mode": m,
+                        "impl": "eager",
+                        "batch_sizes": batch_sizes,
+                        "peak": peaks[m] * 1e12,
+                    },
+                    [{"impl": "eager", "mode": m, "B": B} for B in batch_sizes],
+                )
+            )
     if "compile" in impls:
         for m in modes:
-            plan.append(("torch", {**base, "mode": m, "impl": "compile", "batch_sizes": batch_sizes,
-                                   "peak": peaks[m] * 1e12},
-                         [{"impl": "compile", "mode": m, "B": B} for B in batch_sizes]))
+            plan.append(
+                (
+                    "torch",
+                    {
+                        **base,
+                        "mode": m,
+                        "impl": "compile",
+                        "batch_sizes": batch_sizes,
+                        "peak": peaks[m] * 1e12,
+                    },
+                    [{"impl": "compile", "mode": m, "B": B} for B in batch_sizes],
+                )
+            )
 
     t_start = time.perf_counter()
     runs: list[dict[str, Any]] = []
@@ -454,7 +618,13 @@ def main() -> None:
         elapsed = time.perf_counter() - t_start
         if elapsed > args.budget_s:
             for e in expect:
-                runs.append({**e, "status": "skipped", "error": f"time budget ({args.budget_s:.0f} s) spent"})
+                runs.append(
+                    {
+                        **e,
+                        "status": "skipped",
+                        "error": f"time budget ({args.budget_s:.0f} s) spent",
+                    }
+                )
             continue
         timeout = min(args.timeout_s, max(30.0, args.budget_s - elapsed + 60.0))
         runs.extend(run_worker(kind, spec, timeout, expect))
@@ -462,11 +632,19 @@ def main() -> None:
     gpu = next((r.get("gpu") for r in runs if r.get("gpu")), None)
     report = {
         "meta": {
-            "device": args.device, "gpu": gpu, "config": cfg, "params": model_params(cfg),
-            "flops_per_token": flops_per_token(cfg), "flops_formula": "6*N + 12*n_layer*n_embd*T, N without wpe",
-            "peak_tflops": {m: peaks[m] for m in modes}, "steps": args.steps, "warmup": args.warmup,
-            "tiles": ",".join(f"{k}={v}" for k, v in tiles.items()), "scheduler": args.scheduler,
-            "restrict": args.restrict, "wall_s": time.perf_counter() - t_start,
+            "device": args.device,
+            "gpu": gpu,
+            "config": cfg,
+            "params": model_params(cfg),
+            "flops_per_token": flops_per_token(cfg),
+            "flops_formula": "6*N + 12*n_layer*n_embd*T, N without wpe",
+            "peak_tflops": {m: peaks[m] for m in modes},
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "tiles": ",".join(f"{k}={v}" for k, v in tiles.items()),
+            "scheduler": args.scheduler,
+            "restrict": args.restrict,
+            "wall_s": time.perf_counter() - t_start,
         },
         "runs": runs,
     }

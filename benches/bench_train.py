@@ -93,8 +93,22 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "small": {"n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50257, "B": 4, "T": 256},
     "4x256": {"n_layer": 4, "n_embd": 256, "n_head": 4, "vocab_size": 50257, "B": 8, "T": 256},
     # One long sequence, and GPT-2 medium at B=1: few row tiles per worker.
-    "small-1x1024": {"n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50257, "B": 1, "T": 1024},
-    "medium-1x256": {"n_layer": 24, "n_embd": 1024, "n_head": 16, "vocab_size": 50257, "B": 1, "T": 256},
+    "small-1x1024": {
+        "n_layer": 12,
+        "n_embd": 768,
+        "n_head": 12,
+        "vocab_size": 50257,
+        "B": 1,
+        "T": 1024,
+    },
+    "medium-1x256": {
+        "n_layer": 24,
+        "n_embd": 1024,
+        "n_head": 16,
+        "vocab_size": 50257,
+        "B": 1,
+        "T": 256,
+    },
     # A smoke test of the bench itself (every framework runs in seconds), not a benchmark.
     "tiny": {"n_layer": 2, "n_embd": 64, "n_head": 2, "vocab_size": 512, "B": 2, "T": 32},
 }
@@ -107,7 +121,15 @@ CONFIGS: dict[str, dict[str, Any]] = {
 # other for row tiles of 256..512 tokens, inner 768..3072, heads 3..12;
 # seq 64/128 and hidden 128/384 cost 5-20 %); the defaults follow that.
 DEFAULT_TILES: dict[str, dict[str, Any]] = {
-    name: {"mb": None, "seq": None, "hid": None, "inner": None, "heads": None, "vocab": None, "sched": "eager"}
+    name: {
+        "mb": None,
+        "seq": None,
+        "hid": None,
+        "inner": None,
+        "heads": None,
+        "vocab": None,
+        "sched": "eager",
+    }
     for name in CONFIGS
 }
 
@@ -157,8 +179,14 @@ TILE_KEYS = {
     "vocab": "vocab_tile",
 }
 
-MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation",
-              "mkldnn::_linear_pointwise")
+MATMUL_OPS = (
+    "aten::mm",
+    "aten::addmm",
+    "aten::bmm",
+    "aten::baddbmm",
+    "aten::_addmm_activation",
+    "mkldnn::_linear_pointwise",
+)
 
 # The competitors --frameworks chooses from. worker: the subprocess kind;
 # prec: the GEMM ceiling a run is measured against (fp32 / bf16) and the
@@ -171,12 +199,41 @@ FRAMEWORKS: dict[str, dict[str, Any]] = {
     # fp32 storage, GEMM inputs rounded to bf16 on a GPU; the CPU computes in f32 (src/dtype.rs).
     "gpt2rs-fast-bf16": {"worker": "gpt2rs", "prec": "bf16", "dtype": "fp32_fast_bf16"},
     "hf": {"worker": "torch", "prec": "fp32", "model": "hf", "compile": False, "autocast": None},
-    "hf-bf16": {"worker": "torch", "prec": "bf16", "model": "hf", "compile": False, "autocast": "bf16"},
-    "nanogpt": {"worker": "torch", "prec": "fp32", "model": "nanogpt", "compile": False, "autocast": None},
-    "nanogpt-bf16": {"worker": "torch", "prec": "bf16", "model": "nanogpt", "compile": False, "autocast": "bf16"},
-    "nanogpt-compile": {"worker": "torch", "prec": "fp32", "model": "nanogpt", "compile": True, "autocast": None},
-    "nanogpt-compile-bf16": {"worker": "torch", "prec": "bf16", "model": "nanogpt", "compile": True,
-                             "autocast": "bf16"},
+    "hf-bf16": {
+        "worker": "torch",
+        "prec": "bf16",
+        "model": "hf",
+        "compile": False,
+        "autocast": "bf16",
+    },
+    "nanogpt": {
+        "worker": "torch",
+        "prec": "fp32",
+        "model": "nanogpt",
+        "compile": False,
+        "autocast": None,
+    },
+    "nanogpt-bf16": {
+        "worker": "torch",
+        "prec": "bf16",
+        "model": "nanogpt",
+        "compile": False,
+        "autocast": "bf16",
+    },
+    "nanogpt-compile": {
+        "worker": "torch",
+        "prec": "fp32",
+        "model": "nanogpt",
+        "compile": True,
+        "autocast": None,
+    },
+    "nanogpt-compile-bf16": {
+        "worker": "torch",
+        "prec": "bf16",
+        "model": "nanogpt",
+        "compile": True,
+        "autocast": "bf16",
+    },
 }
 DEFAULT_FRAMEWORKS = "gpt2rs,hf,nanogpt,nanogpt-compile,gpt2rs-bf16,hf-bf16,nanogpt-compile-bf16"
 # The gpt2rs run each precision's competitors are compared with.
@@ -197,9 +254,13 @@ def parse_tiles(s: str, base: dict[str, Any]) -> dict[str, Any]:
                 raise SystemExit(f"unknown scheduler {v!r}")
             out[k] = v
         elif k in TILE_KEYS:
-            out[k] = -1 if v.lower() in ("none", "-1") else None if v.lower() in ("", "auto") else int(v)
+            out[k] = (
+                -1 if v.lower() in ("none", "-1") else None if v.lower() in ("", "auto") else int(v)
+            )
         else:
-            raise SystemExit(f"unknown tile key {k!r} in {s!r} (keys: {', '.join(TILE_KEYS)}, sched)")
+            raise SystemExit(
+                f"unknown tile key {k!r} in {s!r} (keys: {', '.join(TILE_KEYS)}, sched)"
+            )
     return out
 
 
@@ -260,7 +321,9 @@ def wait_quiet(max_s: float, threshold: float = 0.05) -> float:
             return busy
 
 
-def clean_median(times: list[float], foreign: list[float], limit: float = 0.05) -> tuple[float, int]:
+def clean_median(
+    times: list[float], foreign: list[float], limit: float = 0.05
+) -> tuple[float, int]:
     """Median of the steps during which other processes used < limit of the CPUs
     (all steps if none was clean), and how many steps that was."""
     clean = [t for t, f in zip(times, foreign) if f < limit]
@@ -294,13 +357,24 @@ def matmul_flops(c: dict[str, Any]) -> dict[str, float]:
     linear = 2.0 * tokens * 12 * L * C * C
     head = 2.0 * tokens * V * C
     attn = 2.0 * 2 * B * L * T * T * C
-    return {"linear": 3 * linear, "lm_head": 3 * head, "attention": 3 * attn, "total": 3 * (linear + head + attn)}
+    return {
+        "linear": 3 * linear,
+        "lm_head": 3 * head,
+        "attention": 3 * attn,
+        "total": 3 * (linear + head + attn),
+    }
 
 
 def hf_config(c: dict[str, Any]) -> dict[str, Any]:
     return {
-        "n_layer": c["n_layer"], "n_embd": c["n_embd"], "n_head": c["n_head"], "vocab_size": c["vocab_size"],
-        "n_positions": 1024, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+        "n_layer": c["n_layer"],
+        "n_embd": c["n_embd"],
+        "n_head": c["n_head"],
+        "vocab_size": c["vocab_size"],
+        "n_positions": 1024,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
     }
 
 
@@ -308,7 +382,9 @@ def batches(c: dict[str, Any], n: int) -> list[Any]:
     import numpy as np
 
     rng = np.random.default_rng(1234)
-    return [rng.integers(0, c["vocab_size"], size=(c["B"], c["T"]), dtype=np.int64) for _ in range(n)]
+    return [
+        rng.integers(0, c["vocab_size"], size=(c["B"], c["T"]), dtype=np.int64) for _ in range(n)
+    ]
 
 
 # --------------------------------------------------------------------------
@@ -334,7 +410,9 @@ def worker_gpt2rs(spec: dict[str, Any]) -> dict[str, Any]:
     trace = bool(spec.get("trace"))
     rt = gpt2rs.Runtime(ncpu=spec["ncpu"], scheduler=t["sched"], trace=trace)
     tiles = {TILE_KEYS[k]: t[k] for k in TILE_KEYS}
-    model = gpt2rs.GPT2LMHead.from_pretrained(spec["dir"], dtype=spec.get("dtype", "fp32"), runtime=rt, **tiles)
+    model = gpt2rs.GPT2LMHead.from_pretrained(
+        spec["dir"], dtype=spec.get("dtype", "fp32"), runtime=rt, **tiles
+    )
     opt = gpt2rs.AdamW(model, lr=1e-4, weight_decay=0.01)
     data = batches(c, 4)
     rt.wait_all()
@@ -366,7 +444,14 @@ def worker_gpt2rs(spec: dict[str, Any]) -> dict[str, Any]:
             times.append(t4 - t0)
             foreign.append(foreign_share(j0, j1, t4 - t0))
             faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
-            phases.append({"zero_grad": t1 - t0, "fwd_bwd_call": t2 - t1, "opt_submit": t3 - t2, "wait_all": t4 - t3})
+            phases.append(
+                {
+                    "zero_grad": t1 - t0,
+                    "fwd_bwd_call": t2 - t1,
+                    "opt_submit": t3 - t2,
+                    "wait_all": t4 - t3,
+                }
+            )
             b = sum(w["busy_s"] for w in s1["workers"]) - sum(w["busy_s"] for w in s0["workers"])
             busy.append(b / (nw * (t4 - t0)))
             tasks.append(s1["tasks_submitted"] - s0["tasks_submitted"])
@@ -386,8 +471,14 @@ def worker_gpt2rs(spec: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_kb) / 1024,
         "step_peak_rss_mb": (hwm_kb() - base_kb) / 1024 if hwm_ok else None,
         "setup_rss_mb": (setup_kb - base_kb) / 1024,
-        "runtime_nodes": [{"name": n["name"], "peak_mb": n["peak_bytes"] / 2**20, "used_mb": n["used_bytes"] / 2**20}
-                          for n in st["nodes"]],
+        "runtime_nodes": [
+            {
+                "name": n["name"],
+                "peak_mb": n["peak_bytes"] / 2**20,
+                "used_mb": n["used_bytes"] / 2**20,
+            }
+            for n in st["nodes"]
+        ],
         "nworkers": nw,
         "dtype": model.dtype,
     }
@@ -417,7 +508,9 @@ def worker_torch(spec: dict[str, Any]) -> dict[str, Any]:
         import transformers
 
         versions["transformers"] = transformers.__version__
-        model: Any = transformers.GPT2LMHeadModel.from_pretrained(spec["dir"], attn_implementation=spec["attn"])
+        model: Any = transformers.GPT2LMHeadModel.from_pretrained(
+            spec["dir"], attn_implementation=spec["attn"]
+        )
     else:
         from nanogpt_model import load_pretrained
 
@@ -505,8 +598,9 @@ def worker_torch(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def analyse_trace(path: Path, windows: list[tuple[float, float]], nw: int, c: dict[str, Any],
-                  t: dict[str, Any]) -> dict[str, Any]:
+def analyse_trace(
+    path: Path, windows: list[tuple[float, float]], nw: int, c: dict[str, Any], t: dict[str, Any]
+) -> dict[str, Any]:
     """Per-codelet time and flops, worker busy share, concurrency and GEMM
     shapes, over the timed steps' windows of a Chrome trace."""
     ev = [e for e in json.loads(path.read_text())["traceEvents"] if e.get("cat") == "task"]
@@ -534,7 +628,11 @@ def analyse_trace(path: Path, windows: list[tuple[float, float]], nw: int, c: di
     # idle before the first task and after the last one of each step (Python, submission, wait_all)
     edges = []
     for a, b in windows:
-        inside = [(e["ts"], e["ts"] + e["dur"]) for e in ev if a <= e["ts"] and e["ts"] + e["dur"] <= b + 1]
+        inside = [
+            (e["ts"], e["ts"] + e["dur"])
+            for e in ev
+            if a <= e["ts"] and e["ts"] + e["dur"] <= b + 1
+        ]
         if inside:
             edges.append((min(x for x, _ in inside) - a, b - max(y for _, y in inside)))
     # time with 0, 1, ..., nw workers busy, inside the windows
@@ -555,14 +653,31 @@ def analyse_trace(path: Path, windows: list[tuple[float, float]], nw: int, c: di
         # reset for next window is implicit: events lie wholly inside windows
     names = gemm_shape_names(c, t)
     codelets = sorted(
-        ({"name": k, "count": int(v[0]), "time_s": v[1] / 1e6, "share_of_busy": v[1] / busy_total if busy_total else 0,
-          "share_of_wall": v[1] / (nw * span) if span else 0,
-          "gflops": v[2] / v[1] / 1e3 if v[1] and v[2] else None} for k, v in per.items()),
+        (
+            {
+                "name": k,
+                "count": int(v[0]),
+                "time_s": v[1] / 1e6,
+                "share_of_busy": v[1] / busy_total if busy_total else 0,
+                "share_of_wall": v[1] / (nw * span) if span else 0,
+                "gflops": v[2] / v[1] / 1e3 if v[1] and v[2] else None,
+            }
+            for k, v in per.items()
+        ),
         key=lambda d: -d["time_s"],
     )
     gemm_shapes = sorted(
-        ({"flops": f, "count": int(v[0]), "time_s": v[1] / 1e6, "gflops": f * v[0] / v[1] / 1e3 if v[1] else None,
-          "mean_ms": v[1] / v[0] / 1e3, "shapes": names.get(round(f), "?")} for f, v in gemm_by_flops.items()),
+        (
+            {
+                "flops": f,
+                "count": int(v[0]),
+                "time_s": v[1] / 1e6,
+                "gflops": f * v[0] / v[1] / 1e3 if v[1] else None,
+                "mean_ms": v[1] / v[0] / 1e3,
+                "shapes": names.get(round(f), "?"),
+            }
+            for f, v in gemm_by_flops.items()
+        ),
         key=lambda d: -d["time_s"],
     )
     g = per.get("gemm", [0, 0.0, 0.0])
@@ -603,8 +718,11 @@ def gemm_shape_names(c: dict[str, Any], t: dict[str, Any]) -> dict[int, str]:
 
     def add(layer: str, m: int, n: int, k: int) -> None:
         # forward Y[m,n] = X[m,k] W[k,n]; dX[m,k] = dY[m,n] W^T; dW[k,n] = X^T dY (K = rows)
-        for kind, f, shape in (("fwd", m * n * k, f"{m}x{n}x{k}"), ("dX", m * k * n, f"{m}x{k}x{n}"),
-                               ("dW", k * n * m, f"{k}x{n}x{m}")):
+        for kind, f, shape in (
+            ("fwd", m * n * k, f"{m}x{n}x{k}"),
+            ("dX", m * k * n, f"{m}x{k}x{n}"),
+            ("dW", k * n * m, f"{k}x{n}x{m}"),
+        ):
             d = out[2 * f].setdefault(layer, [])
             d.append(f"{kind} {shape}")
 
@@ -618,8 +736,10 @@ def gemm_shape_names(c: dict[str, Any], t: dict[str, Any]) -> dict[int, str]:
                 add("fc-proj", r, k, n)
             for n in vs:
                 add("lm-head", r, n, k)
-    return {f: "; ".join(f"{layer} " + "/".join(dict.fromkeys(v)) for layer, v in d.items())
-            for f, d in out.items()}
+    return {
+        f: "; ".join(f"{layer} " + "/".join(dict.fromkeys(v)) for layer, v in d.items())
+        for f, d in out.items()
+    }
 
 
 def worker_ceiling(spec: dict[str, Any]) -> dict[str, Any]:
@@ -629,7 +749,12 @@ def worker_ceiling(spec: dict[str, Any]) -> dict[str, Any]:
     return {"machine": machine(), "ceiling_gflops": ceiling(spec["ncpu"])}
 
 
-WORKERS = {"init": worker_init, "gpt2rs": worker_gpt2rs, "torch": worker_torch, "ceiling": worker_ceiling}
+WORKERS = {
+    "init": worker_init,
+    "gpt2rs": worker_gpt2rs,
+    "torch": worker_torch,
+    "ceiling": worker_ceiling,
+}
 
 
 # --------------------------------------------------------------------------
@@ -642,19 +767,27 @@ QUIET_WAIT_S = 0.0
 def run_worker(kind: str, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     if QUIET_WAIT_S > 0 and kind != "init":
         wait_quiet(QUIET_WAIT_S)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false"
+    )
     if kind in ("torch", "ceiling"):
         env.setdefault("OMP_NUM_THREADS", str(spec["ncpu"]))
     if spec.get("inductor_cache"):
         env["TORCHINDUCTOR_CACHE_DIR"] = spec["inductor_cache"]
     p = subprocess.run(
         [sys.executable, os.path.abspath(__file__), "--_worker", kind, "--_spec", json.dumps(spec)],
-        capture_output=True, text=True, env=env, timeout=timeout, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
     )
     for line in reversed(p.stdout.splitlines()):
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    raise RuntimeError(f"{kind} worker failed (rc {p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}")
+            return json.loads(line[len("RESULT ") :])
+    raise RuntimeError(
+        f"{kind} worker failed (rc {p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}"
+    )
 
 
 def loadavg() -> float:
@@ -673,56 +806,114 @@ def fmt(x: Any, nd: int = 2) -> str:
 
 
 def print_profile(name: str, pr: dict[str, Any], mf: dict[str, float]) -> None:
-    print(f"\n[{name}] gpt2rs profile (traced run, {pr['steps']} steps, {pr['wall_s_per_step']:.3f} s/step, "
-          f"{pr['tasks_per_step']:.0f} tasks/step)")
-    print(f"  workers busy {pr['busy_share'] * 100:.1f}% of wall (per worker "
-          + ", ".join(f"{b * 100:.1f}%" for b in pr["worker_busy_share"])
-          + "); time with 0/1/2.. workers busy: "
-          + " / ".join(f"{x * 100:.1f}%" for x in pr["concurrency_share"]))
-    lead = statistics.median(x for x, _ in pr["lead_tail_ms"]) if pr["lead_tail_ms"] else float("nan")
-    tail = statistics.median(y for _, y in pr["lead_tail_ms"]) if pr["lead_tail_ms"] else float("nan")
-    print(f"  idle before the first task {lead:.1f} ms, after the last {tail:.1f} ms per step; other processes used "
-          + ", ".join(f"{f * 100:.1f}%" for f in pr.get("foreign_per_step", [])) + " of the CPUs per step")
-    print(f"  GEMM: {pr['gemm_share_of_busy'] * 100:.1f}% of busy time, {pr['gemm_share_of_wall'] * 100:.1f}% of "
-          f"worker wall time; {fmt(pr['gemm_gflops_per_worker'], 1)} GFLOP/s per worker while running, "
-          f"{fmt(pr['gemm_gflops_wall'], 1)} GFLOP/s over the step")
+    print(
+        f"\n[{name}] gpt2rs profile (traced run, {pr['steps']} steps, {pr['wall_s_per_step']:.3f} s/step, "
+        f"{pr['tasks_per_step']:.0f} tasks/step)"
+    )
+    print(
+        f"  workers busy {pr['busy_share'] * 100:.1f}% of wall (per worker "
+        + ", ".join(f"{b * 100:.1f}%" for b in pr["worker_busy_share"])
+        + "); time with 0/1/2.. workers busy: "
+        + " / ".join(f"{x * 100:.1f}%" for x in pr["concurrency_share"])
+    )
+    lead = (
+        statistics.median(x for x, _ in pr["lead_tail_ms"]) if pr["lead_tail_ms"] else float("nan")
+    )
+    tail = (
+        statistics.median(y for _, y in pr["lead_tail_ms"]) if pr["lead_tail_ms"] else float("nan")
+    )
+    print(
+        f"  idle before the first task {lead:.1f} ms, after the last {tail:.1f} ms per step; other processes used "
+        + ", ".join(f"{f * 100:.1f}%" for f in pr.get("foreign_per_step", []))
+        + " of the CPUs per step"
+    )
+    print(
+        f"  GEMM: {pr['gemm_share_of_busy'] * 100:.1f}% of busy time, {pr['gemm_share_of_wall'] * 100:.1f}% of "
+        f"worker wall time; {fmt(pr['gemm_gflops_per_worker'], 1)} GFLOP/s per worker while running, "
+        f"{fmt(pr['gemm_gflops_wall'], 1)} GFLOP/s over the step"
+    )
     print(f"  {'codelet':24s} {'tasks':>7s} {'time_s':>8s} {'%busy':>6s} {'GFLOP/s':>8s}")
     for d in pr["codelets"][:14]:
-        print(f"  {d['name']:24s} {d['count']:7d} {d['time_s']:8.3f} {d['share_of_busy'] * 100:6.1f} "
-              f"{fmt(d['gflops'], 1):>8s}")
-    print(f"  {'GEMM tile shapes (by flops)':60s} {'tasks':>6s} {'time_s':>7s} {'ms/task':>8s} {'GFLOP/s':>8s}")
+        print(
+            f"  {d['name']:24s} {d['count']:7d} {d['time_s']:8.3f} {d['share_of_busy'] * 100:6.1f} "
+            f"{fmt(d['gflops'], 1):>8s}"
+        )
+    print(
+        f"  {'GEMM tile shapes (by flops)':60s} {'tasks':>6s} {'time_s':>7s} {'ms/task':>8s} {'GFLOP/s':>8s}"
+    )
     for d in pr["gemm_shapes"][:10]:
-        print(f"  {d['shapes'][:60]:60s} {d['count']:6d} {d['time_s']:7.3f} {d['mean_ms']:8.2f} "
-              f"{fmt(d['gflops'], 1):>8s}")
+        print(
+            f"  {d['shapes'][:60]:60s} {d['count']:6d} {d['time_s']:7.3f} {d['mean_ms']:8.2f} "
+            f"{fmt(d['gflops'], 1):>8s}"
+        )
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="fewer steps (1 warmup + 3), no traced run for small")
-    ap.add_argument("--steps", type=int, default=None, help="timed steps per framework (default 5, quick 3)")
-    ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2, quick 1)")
-    ap.add_argument("--configs", default="small,4x256", help="comma-separated: " + ", ".join(CONFIGS))
-    ap.add_argument("--frameworks", default=DEFAULT_FRAMEWORKS,
-                    help="comma-separated competitors, run in this order each round: " + ", ".join(FRAMEWORKS)
-                    + f" (default {DEFAULT_FRAMEWORKS}; see above)")
-    ap.add_argument("--rounds", type=int, default=1,
-                    help="run the frameworks in turn this many times; keep each one's fastest (loaded machines)")
-    ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
-                    help="before each measured subprocess wait up to S seconds for the other processes to go quiet "
-                         "(steps during which others used >= 5%% of the CPUs are left out of the median anyway)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="fewer steps (1 warmup + 3), no traced run for small"
+    )
+    ap.add_argument(
+        "--steps", type=int, default=None, help="timed steps per framework (default 5, quick 3)"
+    )
+    ap.add_argument(
+        "--warmup", type=int, default=None, help="untimed steps first (default 2, quick 1)"
+    )
+    ap.add_argument(
+        "--configs", default="small,4x256", help="comma-separated: " + ", ".join(CONFIGS)
+    )
+    ap.add_argument(
+        "--frameworks",
+        default=DEFAULT_FRAMEWORKS,
+        help="comma-separated competitors, run in this order each round: "
+        + ", ".join(FRAMEWORKS)
+        + f" (default {DEFAULT_FRAMEWORKS}; see above)",
+    )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the frameworks in turn this many times; keep each one's fastest (loaded machines)",
+    )
+    ap.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="before each measured subprocess wait up to S seconds for the other processes to go quiet "
+        "(steps during which others used >= 5%% of the CPUs are left out of the median anyway)",
+    )
     ap.add_argument("--ncpu", type=int, default=2, help="gpt2rs CPU workers and torch threads")
-    ap.add_argument("--tiles", default="", help="gpt2rs tiling over the config default, e.g. 'mb=1,seq=128,sched=dmda'")
+    ap.add_argument(
+        "--tiles",
+        default="",
+        help="gpt2rs tiling over the config default, e.g. 'mb=1,seq=128,sched=dmda'",
+    )
     for k, long in TILE_KEYS.items():
-        ap.add_argument(f"--{long.replace('_', '-')}", dest=f"tile_{k}", default=None,
-                        help=f"gpt2rs {long} (int or none); overrides --tiles")
+        ap.add_argument(
+            f"--{long.replace('_', '-')}",
+            dest=f"tile_{k}",
+            default=None,
+            help=f"gpt2rs {long} (int or none); overrides --tiles",
+        )
     ap.add_argument("--scheduler", choices=["eager", "dmda"], default=None)
     ap.add_argument("--attn", default="sdpa", help="torch attention implementation (sdpa, eager)")
-    ap.add_argument("--adamw", default="default", choices=["default", "foreach", "fused"],
-                    help="torch.optim.AdamW implementation")
-    ap.add_argument("--no-trace", action="store_true", help="skip the traced gpt2rs run (codelet breakdown)")
+    ap.add_argument(
+        "--adamw",
+        default="default",
+        choices=["default", "foreach", "fused"],
+        help="torch.optim.AdamW implementation",
+    )
+    ap.add_argument(
+        "--no-trace", action="store_true", help="skip the traced gpt2rs run (codelet breakdown)"
+    )
     ap.add_argument("--no-torch-profile", action="store_true")
     ap.add_argument("--sweep", action="store_true", help="time gpt2rs only, over the SWEEP tilings")
-    ap.add_argument("--sweep-tiles", default=None, help="';'-separated tilings for --sweep instead of SWEEP")
+    ap.add_argument(
+        "--sweep-tiles", default=None, help="';'-separated tilings for --sweep instead of SWEEP"
+    )
     ap.add_argument("--keep-trace", default=None, help="directory to keep the traces in")
     ap.add_argument("--out", default="bench-out/train.json")
     ap.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
@@ -750,11 +941,21 @@ def main() -> None:
             raise SystemExit(f"unknown framework {f!r} (one of {', '.join(FRAMEWORKS)})")
     overrides = ",".join(
         [args.tiles]
-        + [f"{k}={getattr(args, 'tile_' + k)}" for k in TILE_KEYS if getattr(args, "tile_" + k) is not None]
+        + [
+            f"{k}={getattr(args, 'tile_' + k)}"
+            for k in TILE_KEYS
+            if getattr(args, "tile_" + k) is not None
+        ]
         + ([f"sched={args.scheduler}"] if args.scheduler else [])
     )
-    report: dict[str, Any] = {"ncpu": args.ncpu, "steps": steps, "warmup": warmup, "load_start": loadavg(),
-                              "frameworks": fws, "configs": {}}
+    report: dict[str, Any] = {
+        "ncpu": args.ncpu,
+        "steps": steps,
+        "warmup": warmup,
+        "load_start": loadavg(),
+        "frameworks": fws,
+        "configs": {},
+    }
     rows = []
     tmp = tempfile.TemporaryDirectory(prefix="gpt2rs-bench-train-")
     t_start = time.perf_counter()
@@ -771,24 +972,44 @@ def main() -> None:
             mf = matmul_flops(c)
             tok = c["B"] * c["T"]
             spec = {"cfg": c, "dir": wdir, "ncpu": args.ncpu, "steps": steps, "warmup": warmup}
-            entry: dict[str, Any] = {"config": c, "params": init["params"], "model_flops_per_step": mf}
+            entry: dict[str, Any] = {
+                "config": c,
+                "params": init["params"],
+                "model_flops_per_step": mf,
+            }
             if args.sweep:
-                tilings = args.sweep_tiles.split(";") if args.sweep_tiles is not None else SWEEP.get(name, [""])
+                tilings = (
+                    args.sweep_tiles.split(";")
+                    if args.sweep_tiles is not None
+                    else SWEEP.get(name, [""])
+                )
                 sweep = []
                 for s in tilings:
                     t = parse_tiles(s, base)
                     load = loadavg()
                     r = run_worker("gpt2rs", {**spec, "tiles": t}, 900)
                     tps = tok / r["median_s"]
-                    sweep.append({"tiles": tiles_str(t), "tokens_per_s": tps, "median_s": r["median_s"],
-                                  "busy_share": r["busy_share"], "tasks_per_step": r["tasks_per_step"],
-                                  "step_peak_rss_mb": r["step_peak_rss_mb"], "load": load,
-                                  "foreign_cpu_share": r["foreign_cpu_share"],
-                                  "minor_faults_per_step": r["minor_faults_per_step"], "times_s": r["times_s"]})
-                    print(f"[{name}] {tiles_str(t):70s} {tps:8.0f} tok/s  {r['median_s']:.3f} s  busy "
-                          f"{r['busy_share'] * 100:5.1f}%  {r['tasks_per_step']:6.0f} tasks  "
-                          f"rss {fmt(r['step_peak_rss_mb'], 0)} MB  {r['minor_faults_per_step'] / 1e3:.0f}k faults  other "
-                          f"{r['foreign_cpu_share'] * 100:4.1f}% cpu, {r['clean_steps']}/{steps} clean steps", flush=True)
+                    sweep.append(
+                        {
+                            "tiles": tiles_str(t),
+                            "tokens_per_s": tps,
+                            "median_s": r["median_s"],
+                            "busy_share": r["busy_share"],
+                            "tasks_per_step": r["tasks_per_step"],
+                            "step_peak_rss_mb": r["step_peak_rss_mb"],
+                            "load": load,
+                            "foreign_cpu_share": r["foreign_cpu_share"],
+                            "minor_faults_per_step": r["minor_faults_per_step"],
+                            "times_s": r["times_s"],
+                        }
+                    )
+                    print(
+                        f"[{name}] {tiles_str(t):70s} {tps:8.0f} tok/s  {r['median_s']:.3f} s  busy "
+                        f"{r['busy_share'] * 100:5.1f}%  {r['tasks_per_step']:6.0f} tasks  "
+                        f"rss {fmt(r['step_peak_rss_mb'], 0)} MB  {r['minor_faults_per_step'] / 1e3:.0f}k faults  other "
+                        f"{r['foreign_cpu_share'] * 100:4.1f}% cpu, {r['clean_steps']}/{steps} clean steps",
+                        flush=True,
+                    )
                 entry["sweep"] = sweep
                 report["configs"][name] = entry
                 continue
@@ -803,9 +1024,15 @@ def main() -> None:
                     if fw["worker"] == "gpt2rs":
                         fspec = {**spec, "tiles": base, "dtype": fw["dtype"]}
                     else:
-                        fspec = {**spec, "model": fw["model"], "compile": fw["compile"], "autocast": fw["autocast"],
-                                 "attn": args.attn, "adamw": args.adamw,
-                                 "profile": not args.no_torch_profile and rnd == 0}
+                        fspec = {
+                            **spec,
+                            "model": fw["model"],
+                            "compile": fw["compile"],
+                            "autocast": fw["autocast"],
+                            "attn": args.attn,
+                            "adamw": args.adamw,
+                            "profile": not args.no_torch_profile and rnd == 0,
+                        }
                         if fw["compile"]:
                             # compilation happens in the first warmup step; a fresh inductor cache per bench
                             # run (shared by its rounds and configs, so round 1 compiles cold)
@@ -816,13 +1043,22 @@ def main() -> None:
                     if r.get("compile_s") is not None:
                         compile_s[f].append(r["compile_s"])
                     if f not in best or r["median_s"] < best[f]["median_s"]:
-                        best[f] = {**r, "profile": r.get("profile") or best.get(f, {}).get("profile")}
+                        best[f] = {
+                            **r,
+                            "profile": r.get("profile") or best.get(f, {}).get("profile"),
+                        }
             load1 = loadavg()
             prof = None
             if "gpt2rs" in fws and not args.no_trace and not (args.quick and name == "small"):
-                tspec = {**spec, "tiles": base, "trace": True, "steps": 3, "warmup": 2,
-                         "trace_path": os.path.join(args.keep_trace or tmp.name, f"trace-{name}.json"),
-                         "keep_trace": bool(args.keep_trace)}
+                tspec = {
+                    **spec,
+                    "tiles": base,
+                    "trace": True,
+                    "steps": 3,
+                    "warmup": 2,
+                    "trace_path": os.path.join(args.keep_trace or tmp.name, f"trace-{name}.json"),
+                    "keep_trace": bool(args.keep_trace),
+                }
                 if args.keep_trace:
                     os.makedirs(args.keep_trace, exist_ok=True)
                 prof = run_worker("gpt2rs", tspec, 900)["profile"]
@@ -830,41 +1066,65 @@ def main() -> None:
             for f in fws:
                 r, prec = best[f], FRAMEWORKS[f]["prec"]
                 gf = mf["total"] / r["median_s"] / 1e9
-                results[f] = {**r, "prec": prec, "tokens_per_s": tok / r["median_s"], "model_gflops": gf,
-                          "ceiling_fraction": gf / ceil_gf[prec],
-                          # round 1's (cold inductor cache); every round's in compile_s_rounds
-                          "compile_s": compile_s[f][0] if compile_s[f] else None,
-                          "compile_s_rounds": compile_s[f]}
+                results[f] = {
+                    **r,
+                    "prec": prec,
+                    "tokens_per_s": tok / r["median_s"],
+                    "model_gflops": gf,
+                    "ceiling_fraction": gf / ceil_gf[prec],
+                    # round 1's (cold inductor cache); every round's in compile_s_rounds
+                    "compile_s": compile_s[f][0] if compile_s[f] else None,
+                    "compile_s_rounds": compile_s[f],
+                }
             for f in fws:
                 ref = BASELINE[results[f]["prec"]]
                 if FRAMEWORKS[f]["worker"] != "gpt2rs" and ref in results:
                     results[f]["ratio"] = results[ref]["tokens_per_s"] / results[f]["tokens_per_s"]
                     results[f]["ratio_vs"] = ref
-            entry.update({"tiles": tiles_str(base), "frameworks": results, "load": [load0, load1],
-                          "rounds_median_s": round_s, "profile": prof})
-            if "gpt2rs" in results and "hf" in results:  # the figures of the bench before nanoGPT and bf16
+            entry.update(
+                {
+                    "tiles": tiles_str(base),
+                    "frameworks": results,
+                    "load": [load0, load1],
+                    "rounds_median_s": round_s,
+                    "profile": prof,
+                }
+            )
+            if (
+                "gpt2rs" in results and "hf" in results
+            ):  # the figures of the bench before nanoGPT and bf16
                 g, h = results["gpt2rs"], results["hf"]
                 entry["ratio"] = g["tokens_per_s"] / h["tokens_per_s"]
-                entry["mem_ratio"] = (g["step_peak_rss_mb"] / h["step_peak_rss_mb"]
-                                      if g["step_peak_rss_mb"] and h["step_peak_rss_mb"] else None)
+                entry["mem_ratio"] = (
+                    g["step_peak_rss_mb"] / h["step_peak_rss_mb"]
+                    if g["step_peak_rss_mb"] and h["step_peak_rss_mb"]
+                    else None
+                )
             report["configs"][name] = entry
             rows.append((name, entry))
-            print(f"[{name}] {init['params']:,} parameters, {mf['total'] / 1e9:.2f} GFLOP of matmuls per step")
+            print(
+                f"[{name}] {init['params']:,} parameters, {mf['total'] / 1e9:.2f} GFLOP of matmuls per step"
+            )
             for f, r in results.items():
-                print(f"[{name}] {f:21s} {r['tokens_per_s']:8.0f} tok/s ({r['median_s']:.3f} s/step)"
-                      + (f", {r['ratio_vs']} / this {r['ratio']:.3f}" if "ratio" in r else "")
-                      + f"; {r['model_gflops']:.1f} GF/s = {r['ceiling_fraction'] * 100:.1f}% of {r['prec']} ceiling"
-                      + (f"; compile {r['compile_s']:.1f} s" if r["compile_s"] is not None else "")
-                      + f"; loss0 {r['losses'][0]:.5f}; other processes {r['foreign_cpu_share'] * 100:.1f}% of the "
-                      f"CPUs, clean steps {r['clean_steps']}/{len(r['times_s'])}", flush=True)
+                print(
+                    f"[{name}] {f:21s} {r['tokens_per_s']:8.0f} tok/s ({r['median_s']:.3f} s/step)"
+                    + (f", {r['ratio_vs']} / this {r['ratio']:.3f}" if "ratio" in r else "")
+                    + f"; {r['model_gflops']:.1f} GF/s = {r['ceiling_fraction'] * 100:.1f}% of {r['prec']} ceiling"
+                    + (f"; compile {r['compile_s']:.1f} s" if r["compile_s"] is not None else "")
+                    + f"; loss0 {r['losses'][0]:.5f}; other processes {r['foreign_cpu_share'] * 100:.1f}% of the "
+                    f"CPUs, clean steps {r['clean_steps']}/{len(r['times_s'])}",
+                    flush=True,
+                )
             if prof:
                 print_profile(name, prof, mf)
             for f, r in results.items():
                 if r.get("profile") and FRAMEWORKS[f]["worker"] == "torch":
                     p = r["profile"]
-                    print(f"  {f}: matmul ops {fmt(p['matmul_share'] and p['matmul_share'] * 100, 1)}% of op self "
-                          f"time, attention {fmt(p['attention_share'] and p['attention_share'] * 100, 1)}%; top: "
-                          + ", ".join(f"{k} {v:.0f} ms" for k, v in p["top_self_ms"][:6]))
+                    print(
+                        f"  {f}: matmul ops {fmt(p['matmul_share'] and p['matmul_share'] * 100, 1)}% of op self "
+                        f"time, attention {fmt(p['attention_share'] and p['attention_share'] * 100, 1)}%; top: "
+                        + ", ".join(f"{k} {v:.0f} ms" for k, v in p["top_self_ms"][:6])
+                    )
     finally:
         tmp.cleanup()
     report["wall_s"] = time.perf_counter() - t_start
@@ -875,11 +1135,15 @@ def main() -> None:
     if rows:
         print()
         print(describe(mach, ceil_gf, args.ncpu))
-        print(f"GPT-2 training step on the CPU ({args.ncpu} threads), median of {steps} steps after {warmup} "
-              f"warmup; load {report['load_start']:.2f} -> {report['load_end']:.2f}")
-        hdr = (f"{'config':12s} {'framework':20s} {'prec':4s} {'tok/s':>8s} {'s/step':>7s} {'ratio':>6s} {'GF/s':>6s} "
-               f"{'%ceil':>5s} {'compile s':>9s} {'step MB':>7s} {'max MB':>6s} {'rt peak MB':>10s} {'GEMM%':>6s} "
-               f"{'GEMM GF/s':>9s} {'busy%':>6s} {'clean':>5s}")
+        print(
+            f"GPT-2 training step on the CPU ({args.ncpu} threads), median of {steps} steps after {warmup} "
+            f"warmup; load {report['load_start']:.2f} -> {report['load_end']:.2f}"
+        )
+        hdr = (
+            f"{'config':12s} {'framework':20s} {'prec':4s} {'tok/s':>8s} {'s/step':>7s} {'ratio':>6s} {'GF/s':>6s} "
+            f"{'%ceil':>5s} {'compile s':>9s} {'step MB':>7s} {'max MB':>6s} {'rt peak MB':>10s} {'GEMM%':>6s} "
+            f"{'GEMM GF/s':>9s} {'busy%':>6s} {'clean':>5s}"
+        )
         print(hdr)
         for name, e in rows:
             pr = e["profile"] or {}
@@ -887,29 +1151,38 @@ def main() -> None:
                 rs = FRAMEWORKS[f]["worker"] == "gpt2rs"
                 traced = f == "gpt2rs"  # the traced run is fp32 gpt2rs
                 gs = pr.get("gemm_share_of_busy") if traced else None
-                print(f"{name:12s} {f:20s} {r['prec']:4s} {r['tokens_per_s']:8.0f} {r['median_s']:7.3f} "
-                      f"{fmt(r.get('ratio'), 3):>6s} {r['model_gflops']:6.1f} {r['ceiling_fraction'] * 100:5.1f} "
-                      f"{fmt(r['compile_s'], 1):>9s} {fmt(r['step_peak_rss_mb'], 0):>7s} {r['peak_rss_mb']:6.0f} "
-                      f"{fmt(r['runtime_nodes'][0]['peak_mb'] if rs else None, 0):>10s} "
-                      f"{fmt(gs * 100 if gs is not None else None, 1):>6s} "
-                      f"{fmt(pr.get('gemm_gflops_per_worker') if traced else None, 1):>9s} "
-                      f"{fmt(r['busy_share'] * 100 if rs else None, 1):>6s} "
-                      f"{str(r['clean_steps']) + '/' + str(len(r['times_s'])):>5s}")
-        print("ratio = gpt2rs tokens/s / this one's (fp32 runs against gpt2rs, bf16 runs against gpt2rs-bf16; "
-              "target >= 1.25); GF/s = analytic matmul flops per step (full T^2 attention) / median step time; "
-              "%ceil = that as a share of the machine's GEMM ceiling for the run's precision (prec); "
-              "compile s = first step minus the median step (torch.compile, round 1, not in the medians); step MB = "
-              "RSS high-water of the timed steps minus RSS after imports; max MB = ru_maxrss minus RSS after "
-              "imports; rt peak = gpt2rs runtime's peak tile bytes (host node); GEMM% = share of gpt2rs worker busy "
-              "time in gemm tasks (traced fp32 run); GEMM GF/s = per worker while in gemm; busy% = workers' busy "
-              "share of the step; clean = steps during which other processes used < 5% of the CPUs.")
+                print(
+                    f"{name:12s} {f:20s} {r['prec']:4s} {r['tokens_per_s']:8.0f} {r['median_s']:7.3f} "
+                    f"{fmt(r.get('ratio'), 3):>6s} {r['model_gflops']:6.1f} {r['ceiling_fraction'] * 100:5.1f} "
+                    f"{fmt(r['compile_s'], 1):>9s} {fmt(r['step_peak_rss_mb'], 0):>7s} {r['peak_rss_mb']:6.0f} "
+                    f"{fmt(r['runtime_nodes'][0]['peak_mb'] if rs else None, 0):>10s} "
+                    f"{fmt(gs * 100 if gs is not None else None, 1):>6s} "
+                    f"{fmt(pr.get('gemm_gflops_per_worker') if traced else None, 1):>9s} "
+                    f"{fmt(r['busy_share'] * 100 if rs else None, 1):>6s} "
+                    f"{str(r['clean_steps']) + '/' + str(len(r['times_s'])):>5s}"
+                )
+        print(
+            "ratio = gpt2rs tokens/s / this one's (fp32 runs against gpt2rs, bf16 runs against gpt2rs-bf16; "
+            "target >= 1.25); GF/s = analytic matmul flops per step (full T^2 attention) / median step time; "
+            "%ceil = that as a share of the machine's GEMM ceiling for the run's precision (prec); "
+            "compile s = first step minus the median step (torch.compile, round 1, not in the medians); step MB = "
+            "RSS high-water of the timed steps minus RSS after imports; max MB = ru_maxrss minus RSS after "
+            "imports; rt peak = gpt2rs runtime's peak tile bytes (host node); GEMM% = share of gpt2rs worker busy "
+            "time in gemm tasks (traced fp32 run); GEMM GF/s = per worker while in gemm; busy% = workers' busy "
+            "share of the step; clean = steps during which other processes used < 5% of the CPUs."
+        )
         for name, e in rows:
             tv = next((r for r in e["frameworks"].values() if "torch" in r), None)
-            print(f"  {name}: tiles {e['tiles']}"
-                  + (f"; torch {tv['torch']}" if tv else "")
-                  + "".join(f" / transformers {r['transformers']} attn={r['attn']}"
-                            for f, r in e["frameworks"].items() if f == "hf")
-                  + (f" adamw={tv['adamw']}" if tv else ""))
+            print(
+                f"  {name}: tiles {e['tiles']}"
+                + (f"; torch {tv['torch']}" if tv else "")
+                + "".join(
+                    f" / transformers {r['transformers']} attn={r['attn']}"
+                    for f, r in e["frameworks"].items()
+                    if f == "hf"
+                )
+                + (f" adamw={tv['adamw']}" if tv else "")
+            )
     print(f"wrote {out}")
 
 

@@ -34,7 +34,11 @@ def machine() -> dict[str, Any]:
         pass
     import os
 
-    return {"model": model, "features": [f for f in GEMM_FEATURES if f in flags], "cpus": os.cpu_count()}
+    return {
+        "model": model,
+        "features": [f for f in GEMM_FEATURES if f in flags],
+        "cpus": os.cpu_count(),
+    }
 
 
 def ceiling(threads: int, m: int = 2048, n: int = 3072, k: int = 768) -> dict[str, float]:
@@ -70,12 +74,18 @@ def describe(mach: dict[str, Any], ceil: dict[str, float], threads: int) -> str:
 def main() -> None:
     import os
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--json", action="store_true", help="print JSON instead of text")
     a = ap.parse_args()
     mach, ceil = machine(), ceiling(a.threads)
-    print(json.dumps({"machine": mach, "ceiling_gflops": ceil}) if a.json else describe(mach, ceil, a.threads))
+    print(
+        json.dumps({"machine": mach, "ceiling_gflops": ceil})
+        if a.json
+        else describe(mach, ceil, a.threads)
+    )
 
 
 if __name__ == "__main__":

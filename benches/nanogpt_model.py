@@ -76,7 +76,9 @@ class CausalSelfAttention(nn.Module):
         b, t, c = x.shape
         hs = c // self.n_head
         # [B, T, 3C] -> three [B, nh, T, hs]
-        q, k, v = (y.view(b, t, self.n_head, hs).transpose(1, 2) for y in self.c_attn(x).split(c, dim=2))
+        q, k, v = (
+            y.view(b, t, self.n_head, hs).transpose(1, 2) for y in self.c_attn(x).split(c, dim=2)
+        )
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.c_proj(y.transpose(1, 2).reshape(b, t, c))
 
@@ -158,7 +160,9 @@ def load_pretrained(directory: str | Path, dtype: torch.dtype = torch.float32) -
             if name.endswith(_CONV1D):
                 w = w.t()
             if tuple(w.shape) != tuple(p.shape):
-                raise ValueError(f"{d}: {name} has shape {tuple(w.shape)}, expected {tuple(p.shape)}")
+                raise ValueError(
+                    f"{d}: {name} has shape {tuple(w.shape)}, expected {tuple(p.shape)}"
+                )
             p.copy_(w)
     return model.to(dtype)
 
@@ -175,7 +179,9 @@ def _check(directory: str) -> None:
     with torch.no_grad():
         a = float(nano(ids))
         b = float(hf(input_ids=ids, labels=ids).loss)
-    print(f"activation {cfg.activation_function}: nanogpt {a:.7f}  hf {b:.7f}  |diff| {abs(a - b):.2e}")
+    print(
+        f"activation {cfg.activation_function}: nanogpt {a:.7f}  hf {b:.7f}  |diff| {abs(a - b):.2e}"
+    )
     assert math.isfinite(a) and abs(a - b) < 1e-4
 
 

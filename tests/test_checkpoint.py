@@ -31,7 +31,12 @@ def trained(rt: gpt2rs.Runtime) -> tuple[gpt2rs.GPT2LMHead, gpt2rs.Adam]:
 
 def _state(step: int) -> dict:
     rng = np.random.default_rng(7)
-    return {"epoch": 0, "position": step * 2, "rng_state": rng.bit_generator.state, "run": {"seq_len": 8}}
+    return {
+        "epoch": 0,
+        "position": step * 2,
+        "rng_state": rng.bit_generator.state,
+        "run": {"seq_len": 8},
+    }
 
 
 def _dead_pid() -> int:
@@ -90,7 +95,9 @@ def test_reused_root_prunes_by_save_time(tmp_path: Path, trained) -> None:
     assert [s for s, _ in ck.list_checkpoints(root)] == [1, 2]
 
 
-def test_failure_mid_save_keeps_previous(tmp_path: Path, trained, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failure_mid_save_keeps_previous(
+    tmp_path: Path, trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A failure at any rename of a save (model files, the checkpoint
     directory, `latest`) leaves the previous checkpoint as the one resolved."""
     model, opt = trained
@@ -197,7 +204,9 @@ def test_same_step_replaced(tmp_path: Path, trained) -> None:
         ("format", "not a gpt2rs-train checkpoint state"),
     ],
 )
-def test_corrupt_checkpoint_is_one_clear_error(tmp_path: Path, trained, damage: str, message: str) -> None:
+def test_corrupt_checkpoint_is_one_clear_error(
+    tmp_path: Path, trained, damage: str, message: str
+) -> None:
     model, opt = trained
     path = ck.save(tmp_path / "ck", 2, model, opt, _state(2))
     f = path / "model.safetensors"
@@ -260,6 +269,8 @@ def test_from_pretrained_reads_a_checkpoint_root_and_checks_it(
     weights.write_bytes(bytes(data))
     with pytest.raises(ck.CheckpointError, match="does not match its SHA-256"):
         gpt2rs.GPT2LMHead.from_pretrained(root, runtime=rt)
-    rc = gen_cli.main(["--model", str(root), "--ncpu", "2", "--max-new-tokens", "2", "--prompt-ids", "1,2,3"])
+    rc = gen_cli.main(
+        ["--model", str(root), "--ncpu", "2", "--max-new-tokens", "2", "--prompt-ids", "1,2,3"]
+    )
     err = capsys.readouterr().err
     assert rc != 0 and "SHA-256" in err and len(err.strip().splitlines()) == 1, err

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+
 from gpt2rs import cuda
 
 
@@ -19,9 +20,7 @@ def nvrtc() -> None:
 
     reason = cuda_nvrtc_status()
     if reason is not None:
-        pytest.skip(
-            f"NVRTC wheel absent (pip install 'nvidia-cuda-nvrtc==13.0.*'): {reason}"
-        )
+        pytest.skip(f"NVRTC wheel absent (pip install 'nvidia-cuda-nvrtc==13.0.*'): {reason}")
 
 
 @pytest.fixture()
@@ -88,9 +87,7 @@ def test_every_module_compiles(nvrtc, cache, arch: str) -> None:
         ),
     ],
 )
-def test_kernels_are_exported_by_name(
-    nvrtc, cache, module: str, kernels: list[str]
-) -> None:
+def test_kernels_are_exported_by_name(nvrtc, cache, module: str, kernels: list[str]) -> None:
     ptx, _ = cuda.compile_module(module, "sm_80")
     for k in kernels:
         assert f".entry {k}(" in ptx, f"{k} missing from {module}"
@@ -168,7 +165,13 @@ def test_missing_nvrtc_is_an_error_not_a_crash() -> None:
         (None, -1, 2, "ValueError"),
     ],
 )
-def test_choose_gpus(monkeypatch: pytest.MonkeyPatch, restrict: str | None, ncuda: int | None, visible: int, want: object) -> None:
+def test_choose_gpus(
+    monkeypatch: pytest.MonkeyPatch,
+    restrict: str | None,
+    ncuda: int | None,
+    visible: int,
+    want: object,
+) -> None:
     monkeypatch.setattr(cuda, "unavailable_reason", lambda: None if visible else "no driver here")
     monkeypatch.setattr(cuda, "device_count", lambda: visible)
     if want == "CudaError":

@@ -28,10 +28,22 @@ GOLDEN = Path(__file__).parent / "golden"
 
 TILINGS: dict[str, dict[str, Any]] = {
     "default": {},
-    "untiled": dict(seq_len_tile=-1, minibatch_size_tile=-1, intermediate_size_tile=-1, n_head_tile=-1, vocab_tile=-1),
+    "untiled": dict(
+        seq_len_tile=-1,
+        minibatch_size_tile=-1,
+        intermediate_size_tile=-1,
+        n_head_tile=-1,
+        vocab_tile=-1,
+    ),
     "seq1": dict(seq_len_tile=1, n_head_tile=1),
     "seq2": dict(seq_len_tile=2, minibatch_size_tile=1),
-    "odd": dict(seq_len_tile=3, minibatch_size_tile=2, hidden_size_tile=5, intermediate_size_tile=7, n_head_tile=1),
+    "odd": dict(
+        seq_len_tile=3,
+        minibatch_size_tile=2,
+        hidden_size_tile=5,
+        intermediate_size_tile=7,
+        n_head_tile=1,
+    ),
 }
 
 HAS_TOKENIZER = hasattr(_gpt2rs, "gpt2_encode_batch") and hasattr(_gpt2rs, "gpt2_decode_bytes")
@@ -110,9 +122,13 @@ def test_last_only(rt: gpt2rs.Runtime) -> None:
     ids = np.random.default_rng(4).integers(0, 37, (3, 9))
     full = model.forward(ids)
     cache = model._core.new_cache(3)
-    last = model._core.forward_cached(cache, np.ascontiguousarray(ids[:, :5]), last_only=True).reshape(3, 37)
+    last = model._core.forward_cached(
+        cache, np.ascontiguousarray(ids[:, :5]), last_only=True
+    ).reshape(3, 37)
     assert rel_err(last, full[:, 4]) <= 1e-12
-    last = model._core.forward_cached(cache, np.ascontiguousarray(ids[:, 5:]), last_only=True).reshape(3, 37)
+    last = model._core.forward_cached(
+        cache, np.ascontiguousarray(ids[:, 5:]), last_only=True
+    ).reshape(3, 37)
     assert rel_err(last, full[:, 8]) <= 1e-12
     assert len(cache) == 9
 
@@ -123,7 +139,9 @@ def test_cache_full_and_misuse(rt: gpt2rs.Runtime) -> None:
     cache = model._core.new_cache(2)
     assert (cache.batch, cache.capacity, len(cache)) == (2, 16, 0)
     model._core.forward_cached(cache, ids)
-    with pytest.raises(ValueError, match=r"KV cache is full: 16 cached \+ 1 new positions exceed n_positions = 16"):
+    with pytest.raises(
+        ValueError, match=r"KV cache is full: 16 cached \+ 1 new positions exceed n_positions = 16"
+    ):
         model._core.forward_cached(cache, ids[:, :1].copy())
     assert len(cache) == 16  # a refused call changes nothing
     # truncate / reset make room again, and the logits are those of the new prefix
@@ -152,10 +170,16 @@ def test_cache_full_and_misuse(rt: gpt2rs.Runtime) -> None:
 @pytest.mark.parametrize("dtype", ["fp64", "fp32"])
 @pytest.mark.parametrize(
     "sampling",
-    [dict(temperature=0.0), dict(temperature=1.0, seed=7), dict(temperature=0.8, top_k=5, top_p=0.9, seed=11)],
+    [
+        dict(temperature=0.0),
+        dict(temperature=1.0, seed=7),
+        dict(temperature=0.8, top_k=5, top_p=0.9, seed=11),
+    ],
     ids=["greedy", "sampled", "topk-topp"],
 )
-def test_generate_cache_equals_no_cache(rt: gpt2rs.Runtime, dtype: str, sampling: dict[str, Any]) -> None:
+def test_generate_cache_equals_no_cache(
+    rt: gpt2rs.Runtime, dtype: str, sampling: dict[str, Any]
+) -> None:
     model = load("odd", rt, dtype, seq_len_tile=2, n_head_tile=1)
     prompt = np.random.default_rng(6).integers(0, 53, (2, 3))
     a = model.generate(prompt, 8, use_cache=True, **sampling)
@@ -233,7 +257,9 @@ def test_generate_stops_at_eos(rt: gpt2rs.Runtime) -> None:
 # -- sampling semantics on a controlled distribution --------------------------------------
 
 
-def hf_reference(logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None) -> np.ndarray:
+def hf_reference(
+    logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None
+) -> np.ndarray:
     """HF's TemperatureLogitsWarper, TopKLogitsWarper and TopPLogitsWarper, in numpy."""
     x = logits / temperature
     if top_k:
@@ -264,7 +290,9 @@ def test_probs_semantics() -> None:
     np.testing.assert_allclose(next_token_probs(lg, top_k=2), [4 / 7, 3 / 7, 0, 0])
     np.testing.assert_allclose(next_token_probs(lg, top_k=0), p)  # 0: off
     # top-k keeps every token tied with the k-th
-    np.testing.assert_allclose(next_token_probs(np.log([0.4, 0.2, 0.2, 0.2]), top_k=2), [0.4, 0.2, 0.2, 0.2])
+    np.testing.assert_allclose(
+        next_token_probs(np.log([0.4, 0.2, 0.2, 0.2]), top_k=2), [0.4, 0.2, 0.2, 0.2]
+    )
     # top-p: the smallest prefix (by probability) whose mass reaches p, the crossing token included
     np.testing.assert_allclose(next_token_probs(lg, top_p=0.35), [1, 0, 0, 0])
     np.testing.assert_allclose(next_token_probs(lg, top_p=0.45), [4 / 7, 3 / 7, 0, 0])
@@ -279,9 +307,14 @@ def test_probs_semantics() -> None:
         temp = float(rng.uniform(0.2, 2.0))
         k = int(rng.integers(0, v + 2)) or None
         tp = float(rng.uniform(0.05, 1.0))
-        np.testing.assert_allclose(next_token_probs(x, temp, k, tp), hf_reference(x, temp, k, tp), atol=1e-12)
+        np.testing.assert_allclose(
+            next_token_probs(x, temp, k, tp), hf_reference(x, temp, k, tp), atol=1e-12
+        )
     # batches: the last axis is the vocabulary
-    assert next_token_probs(np.stack([lg, lg[::-1]]), top_k=1).tolist() == [[1, 0, 0, 0], [0, 0, 0, 1]]
+    assert next_token_probs(np.stack([lg, lg[::-1]]), top_k=1).tolist() == [
+        [1, 0, 0, 0],
+        [0, 0, 0, 1],
+    ]
 
 
 def test_sample_frequencies() -> None:
@@ -330,9 +363,14 @@ def test_time_per_token_by_context(rt: gpt2rs.Runtime, capsys: pytest.CaptureFix
         for _ in range(3):
             model.forward(ids)
         full = (time.perf_counter() - t0) / 3
-        lines.append(f"context {ctx:3d}: {cached * 1e3:6.2f} ms/token with the KV cache, {full * 1e3:7.2f} ms/token without")
+        lines.append(
+            f"context {ctx:3d}: {cached * 1e3:6.2f} ms/token with the KV cache, {full * 1e3:7.2f} ms/token without"
+        )
     with capsys.disabled():
-        print("\n[gpt2rs] decode time per token (2 layers, n_embd 64, vocab 512, 2 workers):\n  " + "\n  ".join(lines))
+        print(
+            "\n[gpt2rs] decode time per token (2 layers, n_embd 64, vocab 512, 2 workers):\n  "
+            + "\n  ".join(lines)
+        )
 
 
 # -- the CLI ---------------------------------------------------------------------------------
@@ -353,8 +391,25 @@ def test_cli_defaults_and_aliases() -> None:
     assert ns.prompt == "Once upon a time"
     assert (ns.max_new_tokens, ns.temperature, ns.top_k, ns.top_p, ns.seed) == (64, 1.0, 50, 1.0, 0)
     assert (ns.dtype, ns.restrict, ns.no_cache, ns.model_path) == ("fp32", None, False, ".model")
-    ns = cli.parse_args(["--max_new_tokens=5", "--top_k", "0", "--cache-dir", "/x", "--restrict", "None", "--no-cache"])
-    assert (ns.max_new_tokens, ns.top_k, ns.model_path, ns.restrict, ns.no_cache) == (5, 0, "/x", None, True)
+    ns = cli.parse_args(
+        [
+            "--max_new_tokens=5",
+            "--top_k",
+            "0",
+            "--cache-dir",
+            "/x",
+            "--restrict",
+            "None",
+            "--no-cache",
+        ]
+    )
+    assert (ns.max_new_tokens, ns.top_k, ns.model_path, ns.restrict, ns.no_cache) == (
+        5,
+        0,
+        "/x",
+        None,
+        True,
+    )
     assert cli.parse_args(["--prompt-ids", "1, 2 3"]).prompt_ids == [1, 2, 3]
     assert cli.parse_args(["--model-path", "/y"]).model_path == "/y"
 
@@ -386,8 +441,14 @@ def test_cli_bad_models(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> N
         (["--model", str(tmp_path / "missing")], "model directory not found"),
         (["--model", str(tmp_path)], "no config.json"),
         (["--restrict", "cuda"], "CUDA is not available"),
-        (["--model", str(GOLDEN / "tiny"), "--prompt-ids", "1", "--max-new-tokens", "40"], "at most 16 new tokens"),
-        (["--model", str(GOLDEN / "tiny"), "--prompt-ids", "99"], "outside the model's vocabulary [0, 37)"),
+        (
+            ["--model", str(GOLDEN / "tiny"), "--prompt-ids", "1", "--max-new-tokens", "40"],
+            "at most 16 new tokens",
+        ),
+        (
+            ["--model", str(GOLDEN / "tiny"), "--prompt-ids", "99"],
+            "outside the model's vocabulary [0, 37)",
+        ),
     ]
     (tmp_path / "root").mkdir()
     (tmp_path / "root" / "latest").write_text("checkpoint-9\n")
@@ -397,7 +458,10 @@ def test_cli_bad_models(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> N
     for argv, msg in cases:
         rc, out, err = run_cli(capsys, *argv)
         assert rc == 1 and out == "", argv
-        assert err.startswith("gpt2rs-generate: error:") and msg in err and err.count("\n") == 1, (argv, err)
+        assert err.startswith("gpt2rs-generate: error:") and msg in err and err.count("\n") == 1, (
+            argv,
+            err,
+        )
         assert "Traceback" not in err
 
 
@@ -405,11 +469,22 @@ def test_cli_hub_offline(tmp_path: Path) -> None:
     """The installed console script, an unknown hub id, no network: one line, exit 1."""
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     code = "import sys; from gpt2rs.cli.generate import main; sys.exit(main())"
-    argv = ["--model", "no-such-org/no-such-model", "--cache-dir", str(tmp_path / "hub"), "--ncpu", "1"]
-    r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, timeout=120)
+    argv = [
+        "--model",
+        "no-such-org/no-such-model",
+        "--cache-dir",
+        str(tmp_path / "hub"),
+        "--ncpu",
+        "1",
+    ]
+    r = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, timeout=120
+    )
     assert r.returncode == 1, r.stderr
     assert r.stdout == ""
-    assert r.stderr.startswith("gpt2rs-generate: error: cannot get 'no-such-org/no-such-model'"), r.stderr
+    assert r.stderr.startswith("gpt2rs-generate: error: cannot get 'no-such-org/no-such-model'"), (
+        r.stderr
+    )
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
 
 
@@ -421,7 +496,16 @@ def test_cli_ids_and_checkpoint_root(capsys: pytest.CaptureFixture[str], tmp_pat
     model.save_pretrained(ck)
     (ck / "optimizer.json").write_text("{}")  # checkpoints carry extra files
     (tmp_path / "ckpts" / "latest").write_text("checkpoint-12\n")
-    common = ["--prompt-ids", "1,2,3", "--max-new-tokens", "9", "--print-ids", "--ignore-eos", "--seed", "4"]
+    common = [
+        "--prompt-ids",
+        "1,2,3",
+        "--max-new-tokens",
+        "9",
+        "--print-ids",
+        "--ignore-eos",
+        "--seed",
+        "4",
+    ]
     rc, out, err = run_cli(capsys, "--model", str(tmp_path / "ckpts"), *common)
     assert rc == 0, err
     ids = [int(x) for x in out.split()]
@@ -431,7 +515,9 @@ def test_cli_ids_and_checkpoint_root(capsys: pytest.CaptureFixture[str], tmp_pat
     assert ids == expect.tolist()
     rc, out2, _ = run_cli(capsys, "--model", str(ck), "--no-cache", *common)
     assert rc == 0 and out2 == out
-    rc, out3, err3 = run_cli(capsys, "--model", str(GOLDEN / "tiny"), "--temperature", "0", "--quiet", *common)
+    rc, out3, err3 = run_cli(
+        capsys, "--model", str(GOLDEN / "tiny"), "--temperature", "0", "--quiet", *common
+    )
     assert rc == 0 and err3 == ""
     assert [int(x) for x in out3.split()] == model.generate([1, 2, 3], 9, temperature=0).tolist()
 
@@ -448,10 +534,14 @@ def test_cli_text(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     rc, out, err = run_cli(capsys, "--model", str(d), "--max-new-tokens", "12", "--ignore-eos")
     assert rc == 0, err
     assert out.startswith("Once upon a time") and out.endswith("\n")
-    rc, ids_out, _ = run_cli(capsys, "--model", str(d), "--max-new-tokens", "12", "--ignore-eos", "--print-ids")
+    rc, ids_out, _ = run_cli(
+        capsys, "--model", str(d), "--max-new-tokens", "12", "--ignore-eos", "--print-ids"
+    )
     ids = [int(x) for x in ids_out.split()]
     assert ids[:4] == encode("Once upon a time").tolist() and len(ids) == 16
     assert out == decode(ids) + "\n"
     # an empty prompt starts from end-of-text, which is not printed
-    rc, out, err = run_cli(capsys, "--model", str(d), "--prompt", "", "--max-new-tokens", "3", "--ignore-eos")
+    rc, out, err = run_cli(
+        capsys, "--model", str(d), "--prompt", "", "--max-new-tokens", "3", "--ignore-eos"
+    )
     assert rc == 0, err

@@ -69,7 +69,9 @@ def test_two_clients_one_disconnects(tmp_path: Path) -> None:
         assert a.dropped == 0 and b.dropped == 0
     assert _steps(tmp_path / "logs" / "run-a") == list(range(20))
     assert _steps(tmp_path / "logs" / "run-b") == list(range(5))
-    assert _steps(tmp_path / "logs" / "run_c") == [0]  # the name cannot climb out of the log directory
+    assert _steps(tmp_path / "logs" / "run_c") == [
+        0
+    ]  # the name cannot climb out of the log directory
     assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["run-a", "run-b", "run_c"]
 
 
@@ -111,7 +113,11 @@ def test_absent_server_never_blocks(tmp_path: Path) -> None:
 
 
 def test_runtime_scalars() -> None:
-    prev = {"workers": [{"name": "cpu0", "busy_s": 1.0}], "buses": [{"name": "host->sim0", "bytes": 100}], "nodes": []}
+    prev = {
+        "workers": [{"name": "cpu0", "busy_s": 1.0}],
+        "buses": [{"name": "host->sim0", "bytes": 100}],
+        "nodes": [],
+    }
     now = {
         "workers": [{"name": "cpu0", "busy_s": 1.5}, {"name": "cpu1", "busy_s": 0.25}],
         "buses": [{"name": "host->sim0", "bytes": 400}],
@@ -189,7 +195,9 @@ def test_logger_cli_port_in_use(tmp_path: Path) -> None:
             timeout=30,
         )
     assert (
-        p.returncode == 1 and p.stderr.startswith("gpt2rs-logger: error: cannot listen") and p.stderr.count("\n") == 1
+        p.returncode == 1
+        and p.stderr.startswith("gpt2rs-logger: error: cannot listen")
+        and p.stderr.count("\n") == 1
     )
 
 
@@ -198,7 +206,9 @@ def test_training_outlives_its_server(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     rng = np.random.default_rng(0)
     rng.integers(0, 64, 17 * 400).astype("<u2").tofile(tmp_path / "data" / "train.bin")
-    (tmp_path / "cfg.json").write_text(json.dumps(dict(vocab_size=64, n_positions=16, n_embd=16, n_layer=1, n_head=2)))
+    (tmp_path / "cfg.json").write_text(
+        json.dumps(dict(vocab_size=64, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+    )
     server = LoggerServer("127.0.0.1", 0, tmp_path / "logs").start()
     m = tmp_path / "m.jsonl"
     p = subprocess.Popen(
@@ -242,7 +252,7 @@ def test_training_outlives_its_server(tmp_path: Path) -> None:
     _wait_for(lambda: server.messages > 20, timeout=60)
     server.stop()
     t = time.perf_counter()
-    out, err = p.communicate(timeout=120)
+    _out, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
     assert time.perf_counter() - t < 10
     assert len(m.read_text().splitlines()) == 200
@@ -267,7 +277,11 @@ def test_a_full_disk_under_tensorboard_is_one_warning_not_a_hang(tmp_path: Path)
         sink.scalar("loss", 1.0, step)
     sink.flush()
     sink.close()
-    assert len(warnings) == 1 and "No space left on device" in warnings[0] and str(tmp_path / "tb") in warnings[0]
+    assert (
+        len(warnings) == 1
+        and "No space left on device" in warnings[0]
+        and str(tmp_path / "tb") in warnings[0]
+    )
     assert read_scalars(tmp_path / "tb")["loss"] == [(1, 1.0)]
 
 
@@ -277,7 +291,9 @@ def test_a_second_process_with_a_taken_run_name_gets_its_own_run(tmp_path: Path)
     def client(port: int, pid: int, steps: range) -> None:
         with socket.create_connection(("127.0.0.1", port)) as c:
             hello = {"type": "hello", "run": "same", "host": "h", "pid": pid, "protocol": 1}
-            lines = [hello] + [{"type": "scalar", "tag": "loss", "value": 1.0, "step": i} for i in steps]
+            lines = [hello] + [
+                {"type": "scalar", "tag": "loss", "value": 1.0, "step": i} for i in steps
+            ]
             c.sendall("".join(json.dumps(x) + "\n" for x in lines).encode())
 
     with LoggerServer("127.0.0.1", 0, tmp_path / "logs") as server:

@@ -11,8 +11,9 @@ import os
 import subprocess
 import sys
 
-import gpt2rs
 import pytest
+
+import gpt2rs
 
 NO_MKL = "the mkl wheel is not installed here (pip install 'gpt2rs[mkl]')"
 
@@ -33,7 +34,14 @@ print(json.dumps(out))
 
 def run_probe(setting: str) -> dict[str, object]:
     env = dict(os.environ, GPT2RS_BF16_GEMM=setting)
-    r = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=300, check=False)
+    r = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -64,7 +72,12 @@ def test_a_bad_setting_is_one_value_error_at_model_construction() -> None:
     ):
         env = dict(os.environ, GPT2RS_BF16_GEMM=setting)
         r = subprocess.run(
-            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=False
+            [sys.executable, "-c", code],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
         assert r.returncode == 0, r.stderr
         assert r.stdout.startswith("ValueError") and msg in r.stdout, r.stdout

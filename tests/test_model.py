@@ -42,8 +42,20 @@ TILINGS: dict[str, dict[str, int | None]] = {
         n_head_tile=-1,
         vocab_tile=-1,
     ),
-    "odd": dict(seq_len_tile=3, minibatch_size_tile=1, hidden_size_tile=5, intermediate_size_tile=7, n_head_tile=1),
-    "ones": dict(seq_len_tile=1, minibatch_size_tile=1, hidden_size_tile=1, intermediate_size_tile=1, n_head_tile=1),
+    "odd": dict(
+        seq_len_tile=3,
+        minibatch_size_tile=1,
+        hidden_size_tile=5,
+        intermediate_size_tile=7,
+        n_head_tile=1,
+    ),
+    "ones": dict(
+        seq_len_tile=1,
+        minibatch_size_tile=1,
+        hidden_size_tile=1,
+        intermediate_size_tile=1,
+        n_head_tile=1,
+    ),
 }
 
 
@@ -67,7 +79,7 @@ def check_case(model: gpt2rs.GPT2LMHead, ref: dict[str, Any], dtype: str) -> Non
     loss = model.forward_backward(ref["input_ids"], labels=ref["labels"])
     assert abs(loss - float(ref["loss"])) <= tol_out * abs(float(ref["loss"]))
     grads = model.gradients()
-    expected = {k[len("grad/"):]: v for k, v in ref.items() if k.startswith("grad/")}
+    expected = {k[len("grad/") :]: v for k, v in ref.items() if k.startswith("grad/")}
     assert set(grads) == set(expected)
     worst = max((rel_err(grads[k], v), k) for k, v in expected.items())
     assert worst[0] <= tol_grad, f"{dtype}: gradient of {worst[1]} off by {worst[0]:.2e}"
@@ -106,7 +118,9 @@ def test_gradient_accumulation_with_targets(rt: gpt2rs.Runtime) -> None:
 def test_recompute_gives_the_same_gradients(rt: gpt2rs.Runtime) -> None:
     ref = reference("tiny")
     a = load("tiny", rt, "fp64", seq_len_tile=3)
-    b = gpt2rs.GPT2LMHead.from_pretrained(GOLDEN / "tiny", dtype="fp64", runtime=rt, seq_len_tile=3, recompute=True)
+    b = gpt2rs.GPT2LMHead.from_pretrained(
+        GOLDEN / "tiny", dtype="fp64", runtime=rt, seq_len_tile=3, recompute=True
+    )
     for m in (a, b):
         m.zero_grad()
         m.forward_backward(ref["input_ids"], labels=ref["labels"])
@@ -120,7 +134,9 @@ def test_dropout_is_seeded_and_off_in_forward(rt: gpt2rs.Runtime) -> None:
     cfg = json.loads((GOLDEN / "tiny" / "config.json").read_text())
     cfg.update(resid_pdrop=0.3, embd_pdrop=0.3, attn_pdrop=0.3)
     model = gpt2rs.GPT2LMHead(cfg, dtype="fp64", runtime=rt, seq_len_tile=3)
-    model.load_state_dict(gpt2rs.GPT2LMHead.from_pretrained(GOLDEN / "tiny", dtype="fp64", runtime=rt).state_dict())
+    model.load_state_dict(
+        gpt2rs.GPT2LMHead.from_pretrained(GOLDEN / "tiny", dtype="fp64", runtime=rt).state_dict()
+    )
     # forward never drops
     assert rel_err(model.forward(ref["input_ids"]), ref["logits"]) <= 1e-12
     ids, labels = ref["input_ids"], ref["labels"]
@@ -136,8 +152,16 @@ def test_dropout_statistics(rt: gpt2rs.Runtime) -> None:
     """Embedding dropout only, one sequence: d(wpe)[t] = d(x0)[t] * mask[t] / (1 - p),
     so the share of exact zeros in the wpe gradient is the share dropped."""
     p = 0.25
-    cfg = dict(vocab_size=64, n_positions=64, n_embd=16, n_layer=1, n_head=2, embd_pdrop=p,
-               resid_pdrop=0.0, attn_pdrop=0.0)
+    cfg = dict(
+        vocab_size=64,
+        n_positions=64,
+        n_embd=16,
+        n_layer=1,
+        n_head=2,
+        embd_pdrop=p,
+        resid_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     model = gpt2rs.GPT2LMHead.from_config(cfg, seed=0, dtype="fp64", runtime=rt)
     rng = np.random.default_rng(1)
     ids, tg = rng.integers(0, 64, (1, 64)), rng.integers(0, 64, (1, 64))
@@ -165,11 +189,15 @@ def test_save_pretrained_round_trip(rt: gpt2rs.Runtime, tmp_path: Path) -> None:
     model.save_pretrained(tmp_path / "out")
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert files == ["config.json", "model.safetensors"]
-    again = gpt2rs.GPT2LMHead.from_pretrained(tmp_path / "out", dtype="fp64", runtime=rt, n_head_tile=1)
+    again = gpt2rs.GPT2LMHead.from_pretrained(
+        tmp_path / "out", dtype="fp64", runtime=rt, n_head_tile=1
+    )
     np.testing.assert_array_equal(again.forward(ref["input_ids"]), model.forward(ref["input_ids"]))
     transformers = pytest.importorskip("transformers")
     torch = pytest.importorskip("torch")
-    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out", attn_implementation="eager").double()
+    hf = transformers.GPT2LMHeadModel.from_pretrained(
+        tmp_path / "out", attn_implementation="eager"
+    ).double()
     with torch.no_grad():
         out = hf(torch.tensor(ref["input_ids"])).logits.numpy()
     assert rel_err(out, ref["logits"]) <= 1e-12
@@ -190,7 +218,9 @@ def test_sharded_weights_load(rt: gpt2rs.Runtime, tmp_path: Path) -> None:
         fname = f"model-0000{i + 1}-of-00002.safetensors"
         save_file({n: state[n] for n in part}, str(d / fname))
         weight_map.update({n: fname for n in part})
-    (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (d / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
     ref = reference("tiny")
     model = gpt2rs.GPT2LMHead.from_pretrained(d, dtype="fp64", runtime=rt)
     assert rel_err(model.forward(ref["input_ids"]), ref["logits"]) <= 1e-12
@@ -231,9 +261,15 @@ def test_bad_inputs(rt: gpt2rs.Runtime) -> None:
     with pytest.raises(ValueError, match="outside the vocabulary"):
         model.forward_backward([[1, 2]], targets=[[1, 99]])
     with pytest.raises(ValueError, match="not divisible"):
-        gpt2rs.GPT2LMHead(dict(n_embd=10, n_head=3, n_layer=1, vocab_size=5, n_positions=4), runtime=rt)
+        gpt2rs.GPT2LMHead(
+            dict(n_embd=10, n_head=3, n_layer=1, vocab_size=5, n_positions=4), runtime=rt
+        )
     with pytest.raises(ValueError, match="unknown dtype"):
-        gpt2rs.GPT2LMHead(dict(n_embd=4, n_head=2, n_layer=1, vocab_size=5, n_positions=4), dtype="int8", runtime=rt)
+        gpt2rs.GPT2LMHead(
+            dict(n_embd=4, n_head=2, n_layer=1, vocab_size=5, n_positions=4),
+            dtype="int8",
+            runtime=rt,
+        )
 
 
 def test_from_config_initialises_like_hf(rt: gpt2rs.Runtime) -> None:
@@ -242,7 +278,9 @@ def test_from_config_initialises_like_hf(rt: gpt2rs.Runtime) -> None:
     sd = model.state_dict()
     assert abs(sd["transformer.wte.weight"].std() - 0.02) < 0.002
     assert abs(sd["transformer.h.0.attn.c_proj.weight"].std() - 0.02 / np.sqrt(8)) < 0.001
-    assert np.all(sd["transformer.h.0.ln_1.weight"] == 1) and np.all(sd["transformer.h.0.mlp.c_fc.bias"] == 0)
+    assert np.all(sd["transformer.h.0.ln_1.weight"] == 1) and np.all(
+        sd["transformer.h.0.mlp.c_fc.bias"] == 0
+    )
     again = gpt2rs.GPT2LMHead.from_config(cfg, seed=3, runtime=rt).state_dict()
     assert all(np.array_equal(sd[k], again[k]) for k in sd)
 
@@ -257,8 +295,17 @@ def test_from_config_initialises_like_hf(rt: gpt2rs.Runtime) -> None:
         ("model_type", "llama", "model_type 'llama' is not gpt2"),
     ],
 )
-def test_bad_config_fields_name_the_field(tmp_path: Path, field: str, value: object, msg: str) -> None:
-    d = {"n_layer": 1, "n_embd": 32, "n_head": 2, "vocab_size": 50, "model_type": "gpt2", field: value}
+def test_bad_config_fields_name_the_field(
+    tmp_path: Path, field: str, value: object, msg: str
+) -> None:
+    d = {
+        "n_layer": 1,
+        "n_embd": 32,
+        "n_head": 2,
+        "vocab_size": 50,
+        "model_type": "gpt2",
+        field: value,
+    }
     (tmp_path / "config.json").write_text(json.dumps(d))
     with pytest.raises(ValueError, match=re.escape(msg)):
         gpt2rs.GPT2Config.coerce(tmp_path)

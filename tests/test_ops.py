@@ -14,7 +14,9 @@ import gpt2rs
 from gpt2rs import ops
 
 
-def tensor(rt: gpt2rs.Runtime, rng: np.random.Generator, shape: tuple, tile: tuple, dtype: str) -> gpt2rs.Tensor:
+def tensor(
+    rt: gpt2rs.Runtime, rng: np.random.Generator, shape: tuple, tile: tuple, dtype: str
+) -> gpt2rs.Tensor:
     return gpt2rs.Tensor.from_numpy(rand(rng, shape, dtype), tile, runtime=rt)
 
 
@@ -24,7 +26,9 @@ def tensor(rt: gpt2rs.Runtime, rng: np.random.Generator, shape: tuple, tile: tup
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
-def test_gemm_transposes(rt: gpt2rs.Runtime, rng: np.random.Generator, dtype: str, trans_a: bool, trans_b: bool) -> None:
+def test_gemm_transposes(
+    rt: gpt2rs.Runtime, rng: np.random.Generator, dtype: str, trans_a: bool, trans_b: bool
+) -> None:
     m, n, k = 13, 11, 17
     tm, tn, tk = 5, 4, 6
     a = tensor(rt, rng, (k, m) if trans_a else (m, k), (tk, tm) if trans_a else (tm, tk), dtype)
@@ -37,7 +41,9 @@ def test_gemm_transposes(rt: gpt2rs.Runtime, rng: np.random.Generator, dtype: st
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_gemm_alpha_beta_into_existing_c(rt: gpt2rs.Runtime, rng: np.random.Generator, dtype: str) -> None:
+def test_gemm_alpha_beta_into_existing_c(
+    rt: gpt2rs.Runtime, rng: np.random.Generator, dtype: str
+) -> None:
     a = tensor(rt, rng, (9, 10), (4, 3), dtype)
     b = tensor(rt, rng, (10, 7), (3, 5), dtype)
     c = tensor(rt, rng, (9, 7), (4, 5), dtype)
@@ -60,10 +66,12 @@ def test_gemm_two_contracted_axes(rt: gpt2rs.Runtime, rng: np.random.Generator, 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("trans_b", [False, True])
-def test_gemm_batched(rt: gpt2rs.Runtime, rng: np.random.Generator, dtype: str, trans_b: bool) -> None:
+def test_gemm_batched(
+    rt: gpt2rs.Runtime, rng: np.random.Generator, dtype: str, trans_b: bool
+) -> None:
     # A [B, M, K] @ B [B, K, N] (or B^T [B, N, K])
     a = tensor(rt, rng, (5, 6, 7), (2, 4, 3), dtype)
-    b = tensor(rt, rng, (5, 8, 7) if trans_b else (5, 7, 8), (2, 3, 3) if trans_b else (2, 3, 3), dtype)
+    b = tensor(rt, rng, (5, 8, 7) if trans_b else (5, 7, 8), (2, 3, 3), dtype)
     c = ops.gemm(a, b, trans_b=trans_b, batch_ndim=1)
     assert c.shape == (5, 6, 8)
     rb = f64(b)
@@ -78,7 +86,9 @@ def test_gemm_batched(rt: gpt2rs.Runtime, rng: np.random.Generator, dtype: str, 
     tiles=st.tuples(st.integers(1, 13), st.integers(1, 13), st.integers(1, 13)),
     seed=st.integers(0, 2**16),
 )
-def test_gemm_any_tiling(rt: gpt2rs.Runtime, m: int, n: int, k: int, tiles: tuple, seed: int) -> None:
+def test_gemm_any_tiling(
+    rt: gpt2rs.Runtime, m: int, n: int, k: int, tiles: tuple, seed: int
+) -> None:
     rng = np.random.default_rng(seed)
     tm, tn, tk = tiles
     a = tensor(rt, rng, (m, k), (tm, tk), "fp64")

@@ -29,14 +29,20 @@ def make(rt: gpt2rs.Runtime, dtype: str, **tiles: int) -> gpt2rs.GPT2LMHead:
 
 
 RUNS = {
-    "adamw_fp64": lambda m: gpt2rs.AdamW(m, lr=3e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01),
+    "adamw_fp64": lambda m: gpt2rs.AdamW(
+        m, lr=3e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01
+    ),
     "adam_fp64": lambda m: gpt2rs.Adam(m, lr=1e-3, weight_decay=0.1),
     "sgd_fp64": lambda m: gpt2rs.SGD(m, lr=0.05, momentum=0.9, dampening=0.1, weight_decay=0.01),
-    "sgd_nesterov_fp64": lambda m: gpt2rs.SGD(m, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
+    "sgd_nesterov_fp64": lambda m: gpt2rs.SGD(
+        m, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01
+    ),
 }
 
 
-def run(model: gpt2rs.GPT2LMHead, opt: gpt2rs.optim.Optimizer, steps: int) -> tuple[list[float], list[dict[str, np.ndarray]]]:
+def run(
+    model: gpt2rs.GPT2LMHead, opt: gpt2rs.optim.Optimizer, steps: int
+) -> tuple[list[float], list[dict[str, np.ndarray]]]:
     losses, states = [], []
     for ids, labels in batches()[:steps]:
         model.zero_grad()

@@ -20,7 +20,9 @@ import gpt2rs
 from gpt2rs import ops
 
 
-def gemm_chain(rt: gpt2rs.Runtime, n: int = 96, tile: int = 32, steps: int = 3, seed: int = 0) -> None:
+def gemm_chain(
+    rt: gpt2rs.Runtime, n: int = 96, tile: int = 32, steps: int = 3, seed: int = 0
+) -> None:
     """A chain of dependent tiled GEMMs, checked against numpy."""
     a_np = np.random.default_rng(seed).standard_normal((n, n))
     a = gpt2rs.Tensor.from_numpy(a_np, (tile, tile), runtime=rt)
@@ -60,7 +62,9 @@ def test_workers_and_schedulers(ncpu: int, scheduler: str) -> None:
     assert rt.is_shut_down
 
 
-@pytest.mark.parametrize("name,kind", [("lws", "eager"), ("prio", "eager"), ("dmdas", "dmda"), ("DMDA", "dmda")])
+@pytest.mark.parametrize(
+    "name,kind", [("lws", "eager"), ("prio", "eager"), ("dmdas", "dmda"), ("DMDA", "dmda")]
+)
 def test_starpu_scheduler_names(name: str, kind: str) -> None:
     with gpt2rs.Runtime(ncpu=1, scheduler=name) as rt:
         assert rt.scheduler == kind
@@ -71,17 +75,35 @@ def test_stats_layout() -> None:
         st = rt.stats()
         assert set(st) == {"scheduler", "wall_s", "tasks_submitted", "workers", "buses", "nodes"}
         assert [w["name"] for w in st["workers"]] == ["cpu0", "sim0", "sim1"]
-        assert set(st["workers"][0]) == {"id", "name", "kind", "node", "tasks", "failed", "busy_s", "flops"}
+        assert set(st["workers"][0]) == {
+            "id",
+            "name",
+            "kind",
+            "node",
+            "tasks",
+            "failed",
+            "busy_s",
+            "flops",
+        }
         assert [n["name"] for n in st["nodes"]] == ["host", "sim0", "sim1"]
         assert [n["limit"] for n in st["nodes"]] == [None, None, 1 << 20]
         assert set(st["nodes"][0]) == {
-            "id", "name", "kind", "limit", "used_bytes", "peak_bytes", "evictions", "writebacks"
+            "id",
+            "name",
+            "kind",
+            "limit",
+            "used_bytes",
+            "peak_bytes",
+            "evictions",
+            "writebacks",
         }
         assert len(st["buses"]) == 6  # every ordered pair of distinct nodes
         assert set(st["buses"][0]) == {"src", "dst", "name", "transfers", "bytes", "seconds"}
 
 
-@pytest.mark.parametrize("limits", [[None, 4096], {1: 4096}, {"sim0": 4096, "host": None}, (None, 4096)])
+@pytest.mark.parametrize(
+    "limits", [[None, 4096], {1: 4096}, {"sim0": 4096, "host": None}, (None, 4096)]
+)
 def test_memory_limits_forms(limits: Any) -> None:
     with gpt2rs.Runtime(ncpu=1, nsim=1, memory_limits=limits) as rt:
         assert [n["limit"] for n in rt.stats()["nodes"]] == [None, 4096]
@@ -145,12 +167,10 @@ def test_trace_file(tmp_path: Path) -> None:
 
 
 def test_trace_errors(tmp_path: Path) -> None:
-    with gpt2rs.Runtime(ncpu=1) as rt:
-        with pytest.raises(ValueError, match="trace=True"):
-            rt.save_trace(tmp_path / "x.json")
-    with gpt2rs.Runtime(ncpu=1, trace=True) as rt:
-        with pytest.raises(OSError):
-            rt.save_trace(tmp_path / "no" / "such" / "dir" / "x.json")
+    with gpt2rs.Runtime(ncpu=1) as rt, pytest.raises(ValueError, match="trace=True"):
+        rt.save_trace(tmp_path / "x.json")
+    with gpt2rs.Runtime(ncpu=1, trace=True) as rt, pytest.raises(OSError):
+        rt.save_trace(tmp_path / "no" / "such" / "dir" / "x.json")
 
 
 def test_perf_models_persist(tmp_path: Path) -> None:
@@ -176,7 +196,9 @@ def test_task_failure_is_reported_and_runtime_survives() -> None:
     b = gpt2rs.Tensor.from_numpy(np.ones((32, 32), np.float32), None, runtime=rt)
     c = ops.gemm(a, b)  # submission succeeds: the failure is the task's
     ops.scale(c, 2.0)  # depends on the failed task: cancelled
-    with pytest.raises(gpt2rs.TaskError, match=r"memory node host.*gemm#\d+ needs 12288 bytes") as ei:
+    with pytest.raises(
+        gpt2rs.TaskError, match=r"memory node host.*gemm#\d+ needs 12288 bytes"
+    ) as ei:
         rt.wait_all()
     assert isinstance(ei.value, RuntimeError)
     with pytest.raises(gpt2rs.TaskError, match=r"cancelled because task gemm#\d+ failed"):
@@ -185,7 +207,9 @@ def test_task_failure_is_reported_and_runtime_survives() -> None:
     del a, b, c
     gc.collect()
     # The runtime is still usable with operands that fit.
-    x = gpt2rs.Tensor.from_numpy(np.arange(16.0, dtype=np.float32).reshape(4, 4), (2, 4), runtime=rt)
+    x = gpt2rs.Tensor.from_numpy(
+        np.arange(16.0, dtype=np.float32).reshape(4, 4), (2, 4), runtime=rt
+    )
     y = gpt2rs.Tensor.zeros((4, 4), (2, 4), runtime=rt)
     ops.add(x, y, alpha=2.0)
     np.testing.assert_array_equal(y.to_numpy(), 2.0 * f64(x))
@@ -202,7 +226,12 @@ def test_context_manager_and_shutdown(tmp_path: Path) -> None:
     rt.shutdown()  # twice is fine
     rt.wait_all()
     assert rt.stats()["tasks_submitted"] == 2
-    for call in (lambda: ops.fill(x, 2.0), lambda: ops.norm(x), lambda: x.to_numpy(), lambda: x.astype("fp64")):
+    for call in (
+        lambda: ops.fill(x, 2.0),
+        lambda: ops.norm(x),
+        lambda: x.to_numpy(),
+        lambda: x.astype("fp64"),
+    ):
         with pytest.raises(gpt2rs.RuntimeShutdownError, match="shut down"):
             call()
 

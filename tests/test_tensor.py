@@ -60,7 +60,9 @@ def test_retile_keeps_values(rt: gpt2rs.Runtime, st_: tuple, seed: int) -> None:
 
 @pytest.mark.parametrize("src", DTYPES)
 @pytest.mark.parametrize("dst", DTYPES)
-def test_astype_matches_numpy(rt: gpt2rs.Runtime, rng: np.random.Generator, src: str, dst: str) -> None:
+def test_astype_matches_numpy(
+    rt: gpt2rs.Runtime, rng: np.random.Generator, src: str, dst: str
+) -> None:
     a = rand(rng, (7, 5, 3), src)
     t = gpt2rs.Tensor.from_numpy(a, (3, 2, 2), runtime=rt)
     c = t.astype(dst)
@@ -82,7 +84,12 @@ def test_from_numpy_converts_with_numpy(rt: gpt2rs.Runtime, rng: np.random.Gener
         assert t.dtype == name
         np.testing.assert_array_equal(t.to_numpy(), a.astype(np_dt))
     # numpy dtypes and names are accepted as well as ours.
-    for spec, name in [(np.float32, "fp32"), ("float64", "fp64"), (ml_dtypes.bfloat16, "bf16"), (np.dtype("float16"), "fp16")]:
+    for spec, name in [
+        (np.float32, "fp32"),
+        ("float64", "fp64"),
+        (ml_dtypes.bfloat16, "bf16"),
+        (np.dtype("float16"), "fp16"),
+    ]:
         assert gpt2rs.Tensor.from_numpy(a, None, dtype=spec, runtime=rt).dtype == name
     i = np.arange(12, dtype=np.int64).reshape(3, 4)
     t = gpt2rs.Tensor.from_numpy(i, (2, 2), dtype="fp32", runtime=rt)
@@ -116,7 +123,9 @@ def test_zeros_and_properties(rt: gpt2rs.Runtime) -> None:
     np.testing.assert_array_equal(z.to_numpy(), np.zeros((5, 7), np.float32))
     assert repr(z) == "Tensor(shape=(5, 7), tile_shape=(2, 3), dtype='fp32', ntiles=9)"
     one = gpt2rs.Tensor.zeros(10, 4, dtype="bf16", runtime=rt)
-    assert one.shape == (10,) and one.grid_shape == (3,) and one.to_numpy().dtype == ml_dtypes.bfloat16
+    assert (
+        one.shape == (10,) and one.grid_shape == (3,) and one.to_numpy().dtype == ml_dtypes.bfloat16
+    )
     big_tile = gpt2rs.Tensor.zeros((3, 4), (100, 100), runtime=rt)
     assert big_tile.tile_shape == (3, 4) and big_tile.ntiles == 1
     assert np.asarray(big_tile).shape == (3, 4)
@@ -145,7 +154,9 @@ def test_bad_tile_shapes_raise_shape_error(rt: gpt2rs.Runtime, tile: Any) -> Non
 
 
 def test_shape_error_is_a_value_error_with_a_clear_message(rt: gpt2rs.Runtime) -> None:
-    with pytest.raises(ValueError, match=r"tile_shape \[2\] has 1 entries but the tensor has 2 axes"):
+    with pytest.raises(
+        ValueError, match=r"tile_shape \[2\] has 1 entries but the tensor has 2 axes"
+    ):
         gpt2rs.Tensor.zeros((4, 5), (2,), runtime=rt)
     with pytest.raises(ValueError, match="every tile size must be >= 1"):
         gpt2rs.Tensor.zeros((4, 5), (0, 1), runtime=rt)
@@ -177,9 +188,21 @@ def test_bad_shapes_and_tile_types(rt: gpt2rs.Runtime) -> None:
         (np.ones(6, dtype=np.float32), "fp8"),
         (np.ones(6, dtype=np.float32), np.int16),
     ],
-    ids=["int64", "int32", "complex", "complex-to-fp32", "str", "object", "int64-target", "fp8", "np-int16"],
+    ids=[
+        "int64",
+        "int32",
+        "complex",
+        "complex-to-fp32",
+        "str",
+        "object",
+        "int64-target",
+        "fp8",
+        "np-int16",
+    ],
 )
-def test_unsupported_dtypes_raise_dtype_error(rt: gpt2rs.Runtime, array: np.ndarray, dtype: Any) -> None:
+def test_unsupported_dtypes_raise_dtype_error(
+    rt: gpt2rs.Runtime, array: np.ndarray, dtype: Any
+) -> None:
     with pytest.raises(gpt2rs.DTypeError):
         gpt2rs.Tensor.from_numpy(array, None, dtype=dtype, runtime=rt)
     assert issubclass(gpt2rs.DTypeError, TypeError)

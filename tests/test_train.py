@@ -29,10 +29,18 @@ from gpt2rs.train import MIN_LR_RATIO, TrainOptions, lr_at
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = dict(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=2)
-ENV_VARS = (
-    "STARPU_NCPU STARPU_NCUDA STARPU_SCHED STARPU_PERF_MODEL_DIR STARPU_SILENT STARPU_FXT_TRACE STARPU_FXT_PREFIX "
-    "NNTILE_LOGGER NNTILE_LOGGER_SERVER_ADDR NNTILE_LOGGER_SERVER_PORT"
-).split()
+ENV_VARS = [
+    "STARPU_NCPU",
+    "STARPU_NCUDA",
+    "STARPU_SCHED",
+    "STARPU_PERF_MODEL_DIR",
+    "STARPU_SILENT",
+    "STARPU_FXT_TRACE",
+    "STARPU_FXT_PREFIX",
+    "NNTILE_LOGGER",
+    "NNTILE_LOGGER_SERVER_ADDR",
+    "NNTILE_LOGGER_SERVER_PORT",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -112,10 +120,21 @@ def test_defaults_match_the_contract() -> None:
     opts, ui = cli.parse_args([])
     for k, v in CONTRACT.items():
         assert getattr(opts, k) == v, k
-    assert ui["quiet"] is False and opts.ncpu is None and opts.trace == "" and opts.logger_server_addr == ""
+    assert (
+        ui["quiet"] is False
+        and opts.ncpu is None
+        and opts.trace == ""
+        and opts.logger_server_addr == ""
+    )
     assert GPT2_DEFAULT_CONFIG.is_file()
     c = gpt2rs.GPT2Config.coerce(GPT2_DEFAULT_CONFIG)
-    assert (c.n_layer, c.n_head, c.n_embd, c.n_positions, c.vocab_size) == (12, 12, 768, 1024, 50257)
+    assert (c.n_layer, c.n_head, c.n_embd, c.n_positions, c.vocab_size) == (
+        12,
+        12,
+        768,
+        1024,
+        50257,
+    )
 
 
 def test_help_names_every_option_with_help_and_default(capsys: pytest.CaptureFixture[str]) -> None:
@@ -180,7 +199,12 @@ def test_underscore_spellings() -> None:
             "--grad_clip=1.5",
         ]
     )
-    assert (opts.remote_model_name, opts.seq_len, opts.batch_size, opts.minibatch_size) == ("some/model", 7, 4, 2)
+    assert (opts.remote_model_name, opts.seq_len, opts.batch_size, opts.minibatch_size) == (
+        "some/model",
+        7,
+        4,
+        2,
+    )
     assert (opts.dataset_file, opts.save_checkpoint_path, opts.n_head_tile) == ("f.bin", "s", 3)
     assert (opts.logger_server_addr, opts.logger_server_port, opts.max_steps) == ("h", 7000, 9)
     assert (opts.lr_schedule, opts.grad_clip) == ("cosine", 1.5)
@@ -205,7 +229,11 @@ def test_environment_and_flags_win(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     opts, ui = cli.parse_args([])
     assert (opts.ncpu, opts.scheduler, opts.perf_model_dir) == (3, "dmdasd", str(tmp_path))
     assert opts.trace == str(tmp_path / "gpt2rs.trace.json") and ui["quiet"] is True
-    assert (opts.logger, opts.logger_server_addr, opts.logger_server_port) == (True, "127.0.0.1", 7001)
+    assert (opts.logger, opts.logger_server_addr, opts.logger_server_port) == (
+        True,
+        "127.0.0.1",
+        7001,
+    )
     assert opts.ncuda == 1
     opts, ui = cli.parse_args(
         [
@@ -226,7 +254,12 @@ def test_environment_and_flags_win(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
         ]
     )
     assert (opts.ncpu, opts.scheduler, ui["quiet"], opts.logger) == (1, "eager", False, False)
-    assert (opts.logger_server_addr, opts.logger_server_port, opts.trace, opts.perf_model_dir) == ("h", 5002, "", "")
+    assert (opts.logger_server_addr, opts.logger_server_port, opts.trace, opts.perf_model_dir) == (
+        "h",
+        5002,
+        "",
+        "",
+    )
     monkeypatch.setenv("NNTILE_LOGGER", "0")
     monkeypatch.setenv("STARPU_NCPU", "many")
     with pytest.raises(SystemExit):
@@ -255,7 +288,9 @@ NOTEBOOK = [
 ]
 
 
-def test_notebook_command_line(ws: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_notebook_command_line(
+    ws: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(ws)
     rc, out, err = run(capsys, NOTEBOOK)
     assert rc == 1 and err.startswith("gpt2rs-train: error: CUDA is not available here")
@@ -267,7 +302,14 @@ def test_notebook_command_line(ws: Path, capsys: pytest.CaptureFixture[str], mon
     small[2] = f"--config-path={ws / 'cfg.json'}"
     with LoggerServer("127.0.0.1", 0, ws / "logs") as server:
         rc, out, err = run(
-            capsys, [*small, "--seq-len=16", f"--logger-server-port={server.port}", "--run-name=nb", "--quiet"]
+            capsys,
+            [
+                *small,
+                "--seq-len=16",
+                f"--logger-server-port={server.port}",
+                "--run-name=nb",
+                "--quiet",
+            ],
         )
         assert rc == 0, err
         deadline = time.time() + 10
@@ -293,18 +335,22 @@ def test_lr_schedule() -> None:
 # -- training, resume, checkpoints ----------------------------------------------
 
 
-def test_a_nonfinite_loss_stops_before_the_update(ws: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_nonfinite_loss_stops_before_the_update(
+    ws: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """SGD with a huge lr diverges; the run stops at the first NaN/inf loss with one line, keeping the checkpoint
     saved before it; --allow-nonfinite-loss runs to the end."""
     blow = ("--optimizer", "sgd", "--lr", "1e12", "--max-steps", "6", "--save-every", "1")
-    rc, out, err = run(capsys, args(ws, *blow))
+    rc, _out, err = run(capsys, args(ws, *blow))
     assert rc != 0
     (line,) = [x for x in err.splitlines() if x.strip()]
     assert "the loss is" in line and "step " in line, line
     step = int(line.split("step ")[1].split(":")[0])
     saved = ck.list_checkpoints(ws / "ck")
     assert saved and saved[-1][0] == step - 1
-    rc, _, _ = run(capsys, args(ws, *blow, "--allow-nonfinite-loss", "--save-checkpoint-path", str(ws / "ck2")))
+    rc, _, _ = run(
+        capsys, args(ws, *blow, "--allow-nonfinite-loss", "--save-checkpoint-path", str(ws / "ck2"))
+    )
     assert rc == 0
 
 
@@ -329,20 +375,36 @@ def test_one_checkpoint_root_one_trainer(ws: Path, capsys: pytest.CaptureFixture
     assert ck.list_checkpoints(root) and not lock.exists()
 
 
-@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (a device that is always full)")
-def test_a_full_metrics_file_warns_once_and_training_goes_on(ws: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc, out, err = run(capsys, args(ws, "--max-steps", "3", "--metrics-file", "/dev/full", "--no-quiet"))
+@pytest.mark.skipif(
+    not Path("/dev/full").exists(), reason="needs /dev/full (a device that is always full)"
+)
+def test_a_full_metrics_file_warns_once_and_training_goes_on(
+    ws: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, out, err = run(
+        capsys, args(ws, "--max-steps", "3", "--metrics-file", "/dev/full", "--no-quiet")
+    )
     assert rc == 0, err
     warnings = [x for x in (out + err).splitlines() if "/dev/full" in x]
     assert len(warnings) == 1 and "No space left on device" in warnings[0], out + err
     assert [s for s, _ in ck.list_checkpoints(ws / "ck")] == [3]
 
 
-def test_an_absent_logger_server_is_said_at_the_start(ws: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_absent_logger_server_is_said_at_the_start(
+    ws: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nobody listens there
-    extra = ("--max-steps", "2", "--logger", "--logger-server-addr", "127.0.0.1", "--logger-server-port", str(port))
+    extra = (
+        "--max-steps",
+        "2",
+        "--logger",
+        "--logger-server-addr",
+        "127.0.0.1",
+        "--logger-server-port",
+        str(port),
+    )
     rc, out, err = run(capsys, args(ws, *extra, "--no-quiet"))
     assert rc == 0, err
     lines = err.splitlines()
@@ -357,20 +419,43 @@ def test_resume_is_exact(ws: Path, capsys: pytest.CaptureFixture[str]) -> None:
     full, a, b = ws / "full.jsonl", ws / "a.jsonl", ws / "b.jsonl"
     assert (
         run(
-            capsys, args(ws, "--max-steps", "6", "--metrics-file", str(full), "--save-checkpoint-path", str(ws / "c0"))
+            capsys,
+            args(
+                ws,
+                "--max-steps",
+                "6",
+                "--metrics-file",
+                str(full),
+                "--save-checkpoint-path",
+                str(ws / "c0"),
+            ),
         )[0]
         == 0
     )
     assert run(capsys, args(ws, "--max-steps", "3", "--metrics-file", str(a)))[0] == 0
     assert (
-        run(capsys, args(ws, "--max-steps", "6", "--metrics-file", str(b), "--checkpoint-path", str(ws / "ck")))[0] == 0
+        run(
+            capsys,
+            args(
+                ws,
+                "--max-steps",
+                "6",
+                "--metrics-file",
+                str(b),
+                "--checkpoint-path",
+                str(ws / "ck"),
+            ),
+        )[0]
+        == 0
     )
     assert len(losses(full)) == 6
     assert losses(a) + losses(b) == losses(full)
     assert losses(full)[-1] < losses(full)[0]
 
 
-def test_resume_across_epochs_with_cosine_and_clipping(ws: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_resume_across_epochs_with_cosine_and_clipping(
+    ws: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """3 steps per epoch, 3 epochs; resume from a mid-epoch and an epoch-boundary checkpoint."""
     common = (
         "--nepochs",
@@ -390,7 +475,10 @@ def test_resume_across_epochs_with_cosine_and_clipping(ws: Path, capsys: pytest.
     )
     full = ws / "full.jsonl"
     rc, _, err = run(
-        capsys, args(ws, *common, "--save-every", "2", "--keep-checkpoints", "0", "--metrics-file", str(full))
+        capsys,
+        args(
+            ws, *common, "--save-every", "2", "--keep-checkpoints", "0", "--metrics-file", str(full)
+        ),
     )
     assert rc == 0, err
     ref = losses(full)
@@ -400,7 +488,7 @@ def test_resume_across_epochs_with_cosine_and_clipping(ws: Path, capsys: pytest.
     assert all(r["grad_norm"] is not None for r in recs) and "eval_loss" in recs[3]
     for step in (4, 6):  # mid-epoch, epoch boundary
         st = ck.load(ws / "ck" / f"checkpoint-{step}").trainer_state
-        assert (st["epoch"], st["position"]) == divmod(step, 3)[:1] + (step % 3 * 4,)
+        assert (st["epoch"], st["position"]) == (*divmod(step, 3)[:1], step % 3 * 4)
         m = ws / f"r{step}.jsonl"
         rc, _, err = run(
             capsys,
@@ -422,7 +510,9 @@ def test_resume_across_epochs_with_cosine_and_clipping(ws: Path, capsys: pytest.
     assert rc == 0 and ck.resolve(ws / "ck").name == "checkpoint-9"
 
 
-def test_checkpoint_is_an_hf_model(ws: Path, capsys: pytest.CaptureFixture[str], rt: gpt2rs.Runtime) -> None:
+def test_checkpoint_is_an_hf_model(
+    ws: Path, capsys: pytest.CaptureFixture[str], rt: gpt2rs.Runtime
+) -> None:
     rc, _, err = run(capsys, args(ws, "--max-steps", "2"))
     assert rc == 0, err
     path = ck.resolve(ws / "ck")
@@ -460,7 +550,9 @@ def test_checkpoint_is_an_hf_model(ws: Path, capsys: pytest.CaptureFixture[str],
 def test_progress_summary_and_tensorboard(ws: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = [
         a
-        for a in args(ws, "--max-steps", "3", "--logger", "--log-dir", str(ws / "tb"), "--log-every", "1")
+        for a in args(
+            ws, "--max-steps", "3", "--logger", "--log-dir", str(ws / "tb"), "--log-every", "1"
+        )
         if a != "--quiet"
     ]
     rc, out, err = run(capsys, argv)
@@ -490,7 +582,9 @@ def test_progress_summary_and_tensorboard(ws: Path, capsys: pytest.CaptureFixtur
         assert [s for s, _ in got[tag]] == [1, 2, 3], tag
 
 
-def test_silent(ws: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_silent(
+    ws: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("STARPU_SILENT", "1")
     rc, out, err = run(capsys, [a for a in args(ws, "--max-steps", "1") if a != "--quiet"])
     assert (rc, out, err) == (0, "", "")
@@ -518,22 +612,44 @@ def test_sigint_saves_and_resumes_exactly(ws: Path, capsys: pytest.CaptureFixtur
     p = _popen(args(ws, "--max-steps", "100000", "--nepochs", "1", "--metrics-file", str(m1)))
     _wait_for(lambda: m1.exists() and len(m1.read_text().splitlines()) >= 4)
     p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=60)
+    _out, err = p.communicate(timeout=60)
     assert p.returncode == 130, err
     n = len(losses(m1))
     assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert re.fullmatch(rf"gpt2rs-train: interrupted at step {n}; saved checkpoint \S+checkpoint-{n} .*\n", err), err
+    assert re.fullmatch(
+        rf"gpt2rs-train: interrupted at step {n}; saved checkpoint \S+checkpoint-{n} .*\n", err
+    ), err
     assert ck.load(ws / "ck").step == n
     m2, ref = ws / "m2.jsonl", ws / "ref.jsonl"
     end = str(n + 2)
     assert (
-        run(capsys, args(ws, "--max-steps", end, "--checkpoint-path", str(ws / "ck"), "--metrics-file", str(m2)))[0]
+        run(
+            capsys,
+            args(
+                ws,
+                "--max-steps",
+                end,
+                "--checkpoint-path",
+                str(ws / "ck"),
+                "--metrics-file",
+                str(m2),
+            ),
+        )[0]
         == 0
     )
     assert (
-        run(capsys, args(ws, "--max-steps", end, "--save-checkpoint-path", str(ws / "r"), "--metrics-file", str(ref)))[
-            0
-        ]
+        run(
+            capsys,
+            args(
+                ws,
+                "--max-steps",
+                end,
+                "--save-checkpoint-path",
+                str(ws / "r"),
+                "--metrics-file",
+                str(ref),
+            ),
+        )[0]
         == 0
     )
     assert losses(m1) + losses(m2) == losses(ref)
@@ -542,15 +658,31 @@ def test_sigint_saves_and_resumes_exactly(ws: Path, capsys: pytest.CaptureFixtur
 def test_kill_9_during_saves_leaves_a_good_checkpoint(tmp_path: Path, rt: gpt2rs.Runtime) -> None:
     (tmp_path / "data").mkdir()
     tokens(33 * 64, vocab=512).tofile(tmp_path / "data" / "train.bin")
-    (tmp_path / "cfg.json").write_text(json.dumps(dict(vocab_size=512, n_positions=32, n_embd=64, n_layer=2, n_head=2)))
+    (tmp_path / "cfg.json").write_text(
+        json.dumps(dict(vocab_size=512, n_positions=32, n_embd=64, n_layer=2, n_head=2))
+    )
     root = tmp_path / "ck"
-    base = args(tmp_path, "--seq-len", "32", "--max-steps", "100000", "--save-every", "1", "--keep-checkpoints", "2")
+    base = args(
+        tmp_path,
+        "--seq-len",
+        "32",
+        "--max-steps",
+        "100000",
+        "--save-every",
+        "1",
+        "--keep-checkpoints",
+        "2",
+    )
     steps = []
     for i, delay in enumerate((0.0, 0.07, 0.19, 0.33)):
         resume = ["--checkpoint-path", str(root)] if i else []
         p = _popen([*base, *resume])
         before = ck.load(root).step if i else 0
-        _wait_for(lambda b=before: (root / "latest").exists() and ck.resolve(root).name != f"checkpoint-{b}")
+        _wait_for(
+            lambda b=before: (
+                (root / "latest").exists() and ck.resolve(root).name != f"checkpoint-{b}"
+            )
+        )
         time.sleep(delay)
         p.kill()
         p.communicate(timeout=30)
@@ -599,24 +731,49 @@ def _bad_cases(ws: Path) -> dict[str, tuple[list[str], str]]:
 
 @pytest.mark.parametrize(
     "case",
-    "missing empty odd oov short no_dataset seq_len minibatch cuda ncuda cpu_ncuda cuda0 unwritable hub config "
-    "checkpoint_missing eval_without_val".split(),
+    [
+        "missing",
+        "empty",
+        "odd",
+        "oov",
+        "short",
+        "no_dataset",
+        "seq_len",
+        "minibatch",
+        "cuda",
+        "ncuda",
+        "cpu_ncuda",
+        "cuda0",
+        "unwritable",
+        "hub",
+        "config",
+        "checkpoint_missing",
+        "eval_without_val",
+    ],
 )
-def test_bad_input_is_one_error_line(ws: Path, capsys: pytest.CaptureFixture[str], case: str) -> None:
+def test_bad_input_is_one_error_line(
+    ws: Path, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
     extra, needle = _bad_cases(ws)[case]
-    rc, out, err = run(capsys, args(ws, *extra))
+    rc, _out, err = run(capsys, args(ws, *extra))
     assert rc == 1
     assert err.startswith("gpt2rs-train: error: ") and err.count("\n") == 1, err
     assert needle in err and "Traceback" not in err
     assert not (ws / "ck").exists()  # nothing written
 
 
-@pytest.mark.parametrize("extra", [["--dtype", "fp8"], ["--optimizer", "lion"], ["--scheduler", "fifo"], ["--lr", "x"]])
-def test_bad_option_is_one_error_line(ws: Path, capsys: pytest.CaptureFixture[str], extra: list[str]) -> None:
+@pytest.mark.parametrize(
+    "extra", [["--dtype", "fp8"], ["--optimizer", "lion"], ["--scheduler", "fifo"], ["--lr", "x"]]
+)
+def test_bad_option_is_one_error_line(
+    ws: Path, capsys: pytest.CaptureFixture[str], extra: list[str]
+) -> None:
     with pytest.raises(SystemExit) as e:
         cli.main(args(ws, *extra))
     err = capsys.readouterr().err
-    assert e.value.code == 2 and err.startswith("gpt2rs-train: error: ") and err.count("\n") == 1, err
+    assert e.value.code == 2 and err.startswith("gpt2rs-train: error: ") and err.count("\n") == 1, (
+        err
+    )
 
 
 def test_bad_checkpoints(ws: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -629,14 +786,25 @@ def test_bad_checkpoints(ws: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (ws / "big.json").write_text(json.dumps({**CFG, "n_embd": 64}))
     for extra, needle in cases.values():
         rc, _, err = run(
-            capsys, args(ws, "--checkpoint-path", str(ws / "ck"), "--save-checkpoint-path", str(ws / "o"), *extra)
+            capsys,
+            args(
+                ws,
+                "--checkpoint-path",
+                str(ws / "ck"),
+                "--save-checkpoint-path",
+                str(ws / "o"),
+                *extra,
+            ),
         )
         assert rc == 1 and needle in err and err.count("\n") == 1, err
     f = ck.resolve(ws / "ck") / "optimizer.safetensors"
     b = bytearray(f.read_bytes())
     b[len(b) // 2] ^= 0x40
     f.write_bytes(bytes(b))
-    rc, _, err = run(capsys, args(ws, "--checkpoint-path", str(ws / "ck"), "--save-checkpoint-path", str(ws / "o")))
+    rc, _, err = run(
+        capsys,
+        args(ws, "--checkpoint-path", str(ws / "ck"), "--save-checkpoint-path", str(ws / "o")),
+    )
     assert rc == 1 and err.startswith("gpt2rs-train: error: checkpoint ") and "SHA-256" in err, err
     assert not (ws / "o").exists()
 
@@ -645,7 +813,9 @@ def test_errors_from_the_console_script_have_no_traceback(ws: Path) -> None:
     p = _popen(args(ws, "--dataset-file", "nope.bin"))
     out, err = p.communicate(timeout=60)
     assert p.returncode == 1 and out == ""
-    assert err.startswith("gpt2rs-train: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert (
+        err.startswith("gpt2rs-train: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    )
 
 
 def test_options_dataclass_mirrors_the_parser() -> None:

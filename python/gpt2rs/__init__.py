@@ -41,25 +41,25 @@ __all__ = [
     "DTypeError",
     "GPT2Config",
     "GPT2LMHead",
-    "WeightsError",
-    "clip_grad_norm",
-    "optim",
     "Runtime",
     "RuntimeShutdownError",
     "ShapeError",
     "TaskError",
     "Tensor",
+    "WeightsError",
     "__version__",
+    "clip_grad_norm",
     "default_runtime",
     "mkl",
     "ops",
+    "optim",
     "set_default_runtime",
 ]
 
 # The pip wheels' NVRTC/cuBLAS must be loaded before the core dlopen()s them
 # (a Runtime with ncuda > 0); finding them is a few globs, loading is lazy in
 # the sense that absent wheels are simply skipped.
-from gpt2rs import cuda as _cuda  # noqa: E402
+from gpt2rs import cuda as _cuda
 
 _cuda.preload()
 # The mkl wheel's library for bf16 GEMMs (one glob; loaded at first use).

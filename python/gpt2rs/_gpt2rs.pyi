@@ -3,17 +3,40 @@
 
 import os
 from collections.abc import Sequence
-from types import TracebackType
-from typing import Any, Literal, final
+from typing import Any, Literal, TypeAlias, final
 
 import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "CudaError",
     "DTypeError",
+    "Gpt2Core",
+    "KvCache",
+    "OptimizerCore",
+    "Runtime",
     "RuntimeShutdownError",
     "ShapeError",
     "TaskError",
+    "Tensor",
+    "__version__",
+    "_shutdown_default_runtime",
+    "cpu_bf16_gemm",
+    "cpu_mkl_hint",
+    "cuda_cache_dir",
+    "cuda_compile_all",
+    "cuda_compile_module",
+    "cuda_compile_source",
+    "cuda_device_count",
+    "cuda_device_info",
+    "cuda_driver_status",
+    "cuda_modules",
+    "cuda_nvrtc_status",
+    "cuda_nvrtc_version",
+    "default_runtime",
+    "gpt2_decode_bytes",
+    "gpt2_encode_batch",
+    "gpt2_encode_reference",
     "op_add",
     "op_axpy",
     "op_cast",
@@ -23,19 +46,14 @@ __all__ = [
     "op_norm",
     "op_scale",
     "op_sum",
-    "_shutdown_default_runtime",
-    "default_runtime",
     "set_default_runtime",
-    "Runtime",
-    "Tensor",
-    "__version__",
 ]
 
 __version__: str
 
-_DType = str | type | np.dtype[Any]
-_TileShape = Sequence[int] | int | None
-_Path = str | os.PathLike[str]
+_DType: TypeAlias = str | type | np.dtype[Any]
+_TileShape: TypeAlias = Sequence[int] | int | None
+_Path: TypeAlias = str | os.PathLike[str]
 
 class ShapeError(ValueError):
     """Shapes or tilings of the operands do not fit together, or a tile shape is invalid."""
@@ -78,7 +96,7 @@ class Runtime:
     def __enter__(self) -> Runtime: ...
     def __exit__(
         self,
-        *_args: type[BaseException] | BaseException | TracebackType | None,
+        *_args: object,
     ) -> bool: ...
 
 @final
@@ -98,7 +116,9 @@ class Tensor:
         runtime: Runtime | None = None,
     ) -> Tensor: ...
     def to_numpy(self) -> np.ndarray[Any, np.dtype[Any]]: ...
-    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray[Any, np.dtype[Any]]: ...
+    def __array__(
+        self, dtype: Any = None, copy: bool | None = None
+    ) -> np.ndarray[Any, np.dtype[Any]]: ...
     def retile(self, tile_shape: _TileShape) -> Tensor: ...
     def astype(self, dtype: _DType, tile_shape: _TileShape = None) -> Tensor: ...
     @property
@@ -138,9 +158,16 @@ def op_fill(x: Tensor, value: float) -> Tensor: ...
 def op_copy(src: Tensor, dst: Tensor) -> Tensor: ...
 def op_cast(src: Tensor, dst: Tensor) -> Tensor: ...
 def op_sum(
-    x: Tensor, axis: int | None = None, *, alpha: float = 1.0, out: Tensor | None = None, beta: float = 0.0
+    x: Tensor,
+    axis: int | None = None,
+    *,
+    alpha: float = 1.0,
+    out: Tensor | None = None,
+    beta: float = 0.0,
 ) -> Tensor: ...
-def op_norm(x: Tensor, *, alpha: float = 1.0, out: Tensor | None = None, beta: float = 0.0) -> Tensor: ...
+def op_norm(
+    x: Tensor, *, alpha: float = 1.0, out: Tensor | None = None, beta: float = 0.0
+) -> Tensor: ...
 
 @final
 class Gpt2Core:

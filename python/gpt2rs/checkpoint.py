@@ -184,10 +184,16 @@ def save(
     try:
         model.save_pretrained(tmp)
         opt = optimizer.state_dict()
-        arrays = {f"{p}/{s}": np.ascontiguousarray(v) for p, d in opt["state"].items() for s, v in d.items()}
+        arrays = {
+            f"{p}/{s}": np.ascontiguousarray(v)
+            for p, d in opt["state"].items()
+            for s, v in d.items()
+        }
         from safetensors.numpy import save_file
 
-        save_file(arrays, str(tmp / "optimizer.safetensors"), metadata={"format": "gpt2rs-optimizer"})
+        save_file(
+            arrays, str(tmp / "optimizer.safetensors"), metadata={"format": "gpt2rs-optimizer"}
+        )
         scalars = {k: v for k, v in opt.items() if k != "state"}
         _write_json(tmp / "optimizer.json", scalars)
         files = {}
@@ -195,7 +201,9 @@ def save(
             _fsync_file(tmp / fname)
             files[fname] = {"bytes": (tmp / fname).stat().st_size, "sha256": _sha256(tmp / fname)}
         state = dict(trainer_state)
-        state.update(format=FORMAT, version=VERSION, step=int(step), files=files, saved_at=time.time())
+        state.update(
+            format=FORMAT, version=VERSION, step=int(step), files=files, saved_at=time.time()
+        )
         # trainer_state.json is written last: its presence marks a complete checkpoint.
         _write_json(tmp / STATE_FILE, state)
         _fsync_file(tmp / STATE_FILE)
@@ -222,7 +230,9 @@ def save(
     try:
         write_latest(root, name)
     except OSError as e:
-        raise CheckpointError(f"cannot update {root / LATEST}: {_reason(e)} ({target} is complete)") from None
+        raise CheckpointError(
+            f"cannot update {root / LATEST}: {_reason(e)} ({target} is complete)"
+        ) from None
     _clean_leftovers(root)
     if keep > 0:
         for _, old in list_checkpoints(root)[:-keep]:
@@ -264,7 +274,9 @@ def resolve(path: str | os.PathLike[str]) -> Path:
     if not p.exists():
         raise CheckpointError(f"checkpoint not found: {p}")
     if not p.is_dir():
-        raise CheckpointError(f"checkpoint {p} is a file; give a checkpoint directory (or the root holding `latest`)")
+        raise CheckpointError(
+            f"checkpoint {p} is a file; give a checkpoint directory (or the root holding `latest`)"
+        )
     if (p / STATE_FILE).exists():
         return p
     latest = p / LATEST
@@ -282,16 +294,22 @@ def resolve(path: str | os.PathLike[str]) -> Path:
             f"{p} is a model directory, not a gpt2rs-train checkpoint (no {STATE_FILE}); "
             "start from its weights with --pretrained remote --remote-model-name " + str(p)
         )
-    raise CheckpointError(f"no gpt2rs-train checkpoint in {p} (no {STATE_FILE}, no `latest`, no checkpoint-<step>)")
+    raise CheckpointError(
+        f"no gpt2rs-train checkpoint in {p} (no {STATE_FILE}, no `latest`, no checkpoint-<step>)"
+    )
 
 
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path.parent} is incomplete: {path.name} is missing") from None
+        raise CheckpointError(
+            f"checkpoint {path.parent} is incomplete: {path.name} is missing"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"checkpoint {path.parent} is corrupt: {path.name} is not valid JSON ({e})") from None
+        raise CheckpointError(
+            f"checkpoint {path.parent} is corrupt: {path.name} is not valid JSON ({e})"
+        ) from None
 
 
 def _checked_state(d: Path, verify: bool = True) -> dict[str, Any]:
@@ -301,7 +319,9 @@ def _checked_state(d: Path, verify: bool = True) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{d / STATE_FILE} is not a gpt2rs-train checkpoint state")
     if state.get("version") != VERSION:
-        raise CheckpointError(f"checkpoint {d} has format version {state.get('version')}, this gpt2rs reads {VERSION}")
+        raise CheckpointError(
+            f"checkpoint {d} has format version {state.get('version')}, this gpt2rs reads {VERSION}"
+        )
     for key in ("step", "epoch", "position", "rng_state", "files"):
         if key not in state:
             raise CheckpointError(f"checkpoint {d} is corrupt: {STATE_FILE} has no {key!r}")
@@ -356,7 +376,9 @@ def load(path: str | os.PathLike[str], verify: bool = True) -> Checkpoint:
     try:
         arrays = load_file(str(d / "optimizer.safetensors"))
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {d} is corrupt: optimizer.safetensors is unreadable ({e})") from None
+        raise CheckpointError(
+            f"checkpoint {d} is corrupt: optimizer.safetensors is unreadable ({e})"
+        ) from None
     opt = _read_json(d / "optimizer.json")
     if not isinstance(opt, dict) or "kind" not in opt or "step" not in opt:
         raise CheckpointError(f"checkpoint {d} is corrupt: optimizer.json lacks kind/step")
@@ -365,7 +387,9 @@ def load(path: str | os.PathLike[str], verify: bool = True) -> Checkpoint:
         p, _, s = k.rpartition("/")
         nested.setdefault(p, {})[s] = v
     opt = dict(opt, state=nested)
-    return Checkpoint(path=d, config=config, model_state=model_state, optimizer_state=opt, trainer_state=state)
+    return Checkpoint(
+        path=d, config=config, model_state=model_state, optimizer_state=opt, trainer_state=state
+    )
 
 
 LOCK = ".gpt2rs-train.lock"
@@ -388,7 +412,9 @@ def acquire_lock(root: str | os.PathLike[str]) -> Path:
             except FileNotFoundError:
                 continue  # released meanwhile
             mine = owner is not None and owner["host"] == me["host"]
-            if owner is None or (mine and (owner["pid"] == me["pid"] or not pid_alive(owner["pid"]))):
+            if owner is None or (
+                mine and (owner["pid"] == me["pid"] or not pid_alive(owner["pid"]))
+            ):
                 # Stale: set it aside atomically, so that of two runs taking it over one wins.
                 try:
                     os.replace(path, path.with_name(f"{LOCK}.stale.{os.getpid()}"))
@@ -413,7 +439,11 @@ def _lock_owner(path: Path) -> dict[str, Any] | None:
     for attempt in range(2):
         try:
             d = json.loads(path.read_text())
-            if isinstance(d, dict) and isinstance(d.get("pid"), int) and isinstance(d.get("host"), str):
+            if (
+                isinstance(d, dict)
+                and isinstance(d.get("pid"), int)
+                and isinstance(d.get("host"), str)
+            ):
                 return d
         except FileNotFoundError:
             raise

@@ -42,9 +42,13 @@ class GPT2Config:
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"GPT2Config.{name} must be an int >= 1, got {v!r}")
         if self.n_embd % self.n_head != 0:
-            raise ValueError(f"GPT2Config: n_embd = {self.n_embd} is not divisible by n_head = {self.n_head}")
+            raise ValueError(
+                f"GPT2Config: n_embd = {self.n_embd} is not divisible by n_head = {self.n_head}"
+            )
         if self.n_inner is not None and (not isinstance(self.n_inner, int) or self.n_inner < 1):
-            raise ValueError(f"GPT2Config.n_inner must be an int >= 1 or None, got {self.n_inner!r}")
+            raise ValueError(
+                f"GPT2Config.n_inner must be an int >= 1 or None, got {self.n_inner!r}"
+            )
         if self.activation_function not in ACTIVATIONS:
             raise ValueError(
                 f"GPT2Config.activation_function {self.activation_function!r} is not supported "
@@ -55,7 +59,13 @@ class GPT2Config:
                 f"GPT2Config.position_embedding_type {self.position_embedding_type!r} is not one of "
                 f"{', '.join(POSITION_EMBEDDINGS)}"
             )
-        for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "layer_norm_epsilon", "initializer_range"):
+        for name in (
+            "resid_pdrop",
+            "embd_pdrop",
+            "attn_pdrop",
+            "layer_norm_epsilon",
+            "initializer_range",
+        ):
             v = getattr(self, name)
             # A null or a string in config.json names its field, not a TypeError deep inside.
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
@@ -70,7 +80,9 @@ class GPT2Config:
                 f"initializer_range = {self.initializer_range} >= 0"
             )
         if not self.tie_word_embeddings:
-            raise ValueError("GPT2Config: only tied word embeddings (GPT-2's LM head) are supported")
+            raise ValueError(
+                "GPT2Config: only tied word embeddings (GPT-2's LM head) are supported"
+            )
 
     @property
     def inner_size(self) -> int:
@@ -83,9 +95,14 @@ class GPT2Config:
             raise ValueError(f"GPT2Config: model_type {d['model_type']!r} is not gpt2")
         if "n_positions" not in d and "n_ctx" in d:
             d["n_positions"] = d["n_ctx"]
-        for key, supported in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False)):
+        for key, supported in (
+            ("scale_attn_weights", True),
+            ("scale_attn_by_inverse_layer_idx", False),
+        ):
             if key in d and bool(d[key]) != supported:
-                raise ValueError(f"GPT2Config: {key} = {d[key]!r} is not supported (only {supported})")
+                raise ValueError(
+                    f"GPT2Config: {key} = {d[key]!r} is not supported (only {supported})"
+                )
         known = {f.name for f in fields(cls)} - {"extra"}
         kwargs = {k: v for k, v in d.items() if k in known}
         extra = {k: v for k, v in d.items() if k not in known}

@@ -17,6 +17,7 @@ the reason, never a crash.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import glob
 import os
@@ -41,10 +42,10 @@ from gpt2rs._gpt2rs import (
 __all__ = [
     "CudaError",
     "cache_dir",
+    "choose_gpus",
     "compile_all",
     "compile_module",
     "compile_source",
-    "choose_gpus",
     "device_count",
     "device_info",
     "is_available",
@@ -70,10 +71,8 @@ _loaded: dict[str, str] = {}
 def _lib_dirs() -> list[Path]:
     """Candidate ``nvidia/*/lib`` directories under every site-packages."""
     roots = list(sys.path)
-    try:
+    with contextlib.suppress(AttributeError):  # virtualenvs with an old site.py
         roots += site.getsitepackages()
-    except AttributeError:  # virtualenvs with an old site.py
-        pass
     user = site.getusersitepackages() if hasattr(site, "getusersitepackages") else None
     if user:
         roots.append(user)
@@ -163,7 +162,9 @@ def choose_gpus(restrict: str | None, ncuda: int | None) -> tuple[int, str | Non
         return visible, None
     if ncuda > visible:
         why = f": {reason}" if reason else ""
-        raise CudaError(f"CUDA is not available here ({ncuda} GPU(s) asked for, {visible} usable{why})")
+        raise CudaError(
+            f"CUDA is not available here ({ncuda} GPU(s) asked for, {visible} usable{why})"
+        )
     return ncuda, None
 
 

@@ -85,7 +85,13 @@ GPT2_TOKENIZERS = frozenset(
     }
 )
 #: Input file kinds by extension.
-EXTENSIONS = {".txt": "txt", ".text": "txt", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+EXTENSIONS = {
+    ".txt": "txt",
+    ".text": "txt",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+}
 #: End-of-text tokens looked for in a non-GPT-2 tokenizer, in this order.
 EOT_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|eos|>")
 
@@ -113,7 +119,9 @@ class Tokenizer:
     vocab_size: int
     eot_id: int
 
-    def encode_batch(self, texts: list[str]) -> tuple[npt.NDArray[np.uint16], npt.NDArray[np.int64]]:
+    def encode_batch(
+        self, texts: list[str]
+    ) -> tuple[npt.NDArray[np.uint16], npt.NDArray[np.int64]]:
         """(every document's ids with EOT appended, concatenated; len(texts) + 1 offsets)."""
         raise NotImplementedError
 
@@ -128,7 +136,9 @@ class Gpt2Tokenizer(Tokenizer):
         self.eot_id = EOT_ID
         self.workers = workers
 
-    def encode_batch(self, texts: list[str]) -> tuple[npt.NDArray[np.uint16], npt.NDArray[np.int64]]:
+    def encode_batch(
+        self, texts: list[str]
+    ) -> tuple[npt.NDArray[np.uint16], npt.NDArray[np.int64]]:
         from gpt2rs._gpt2rs import gpt2_encode_batch
 
         return gpt2_encode_batch(texts, append_eot=True, workers=self.workers)
@@ -144,7 +154,7 @@ class HfTokenizer(Tokenizer):
             raise DataError(_NEEDS_TOKENIZERS.format(name)) from None
         try:
             self._tok = _Tok.from_file(str(tokenizer_json))
-        except Exception as e:  # tokenizers raises its own Exception type
+        except Exception as e:  # noqa: BLE001 -- tokenizers raises its own Exception type
             raise DataError(
                 f"{tokenizer_json} is not a tokenizer.json the tokenizers package reads: {_line(e)}"
             ) from None
@@ -152,13 +162,19 @@ class HfTokenizer(Tokenizer):
         self.impl = f"tokenizers ({tokenizer_json})"
         self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
         if self.vocab_size > 1 << 16:
-            raise DataError(f"tokenizer {name!r} has {self.vocab_size} tokens; uint16 token files hold at most 65536")
+            raise DataError(
+                f"tokenizer {name!r} has {self.vocab_size} tokens; uint16 token files hold at most 65536"
+            )
         eot = next((i for t in EOT_CANDIDATES if (i := self._tok.token_to_id(t)) is not None), None)
         if eot is None:
-            raise DataError(f"tokenizer {name!r} has no end-of-text token (looked for {', '.join(EOT_CANDIDATES)})")
+            raise DataError(
+                f"tokenizer {name!r} has no end-of-text token (looked for {', '.join(EOT_CANDIDATES)})"
+            )
         self.eot_id = int(eot)
 
-    def encode_batch(self, texts: list[str]) -> tuple[npt.NDArray[np.uint16], npt.NDArray[np.int64]]:
+    def encode_batch(
+        self, texts: list[str]
+    ) -> tuple[npt.NDArray[np.uint16], npt.NDArray[np.int64]]:
         encs = self._tok.encode_batch(texts, add_special_tokens=False)
         lens = np.array([len(e.ids) + 1 for e in encs], dtype=np.int64)
         offsets = np.zeros(len(texts) + 1, dtype=np.int64)
@@ -208,16 +224,20 @@ def get_tokenizer(
 
     try:
         path = hf_hub_download(
-            hf_tokenizer, "tokenizer.json", cache_dir=None if tokenizer_path is None else str(tokenizer_path)
+            hf_tokenizer,
+            "tokenizer.json",
+            cache_dir=None if tokenizer_path is None else str(tokenizer_path),
         )
-    except Exception as e:  # the hub raises many kinds; all mean "could not get it"
+    except Exception as e:  # noqa: BLE001 -- the hub raises many kinds; all mean "could not get it"
         raise DataError(
             f"cannot get tokenizer.json of {hf_tokenizer!r} from the Hugging Face Hub: {_line(e)}"
         ) from None
     return HfTokenizer(Path(path), hf_tokenizer)
 
 
-def encode(texts: Sequence[str], *, append_eot: bool = True, workers: int = 0) -> list[npt.NDArray[np.uint16]]:
+def encode(
+    texts: Sequence[str], *, append_eot: bool = True, workers: int = 0
+) -> list[npt.NDArray[np.uint16]]:
     """GPT-2 ids of each text (uint16), EOT (50256) appended unless `append_eot` is False.
 
     Exactly GPT-2's tokenizer (tiktoken's r50k_base), on `workers` threads (0:
@@ -279,7 +299,9 @@ def txt_documents(
             try:
                 text = carry + decoder.decode(raw, final=eof)
             except UnicodeDecodeError as e:
-                raise DataError(f"{path} is not UTF-8 text (bad byte near offset {done + e.start})") from None
+                raise DataError(
+                    f"{path} is not UTF-8 text (bad byte near offset {done + e.start})"
+                ) from None
             done += len(raw)
             if split is None:
                 # Decided once, from the first read (see the module doc).
@@ -309,7 +331,9 @@ def jsonl_documents(path: Path, read_bytes: int = READ_BYTES) -> Iterator[tuple[
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise DataError(f"{path} line {lineno}: not valid JSON ({_line(e)})") from None
             if not isinstance(obj, dict):
-                raise DataError(f"{path} line {lineno}: expected one JSON object per line (JSON Lines)")
+                raise DataError(
+                    f"{path} line {lineno}: expected one JSON object per line (JSON Lines)"
+                )
             text = obj.get(TEXT_COLUMN)
             if not isinstance(text, str):
                 raise DataError(f"{path} line {lineno}: no {TEXT_COLUMN!r} string field")
@@ -334,10 +358,12 @@ def parquet_documents(path: Path, batch_rows: int = 4096) -> Iterator[tuple[list
     try:
         import pyarrow.parquet as pq  # type: ignore[import-not-found, import-untyped, unused-ignore]
     except ImportError:
-        raise DataError(f"{path}: reading .parquet files needs pyarrow (pip install pyarrow)") from None
+        raise DataError(
+            f"{path}: reading .parquet files needs pyarrow (pip install pyarrow)"
+        ) from None
     try:
         pf = pq.ParquetFile(path)
-    except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ...
+    except Exception as e:  # noqa: BLE001 -- pyarrow raises ArrowInvalid, OSError, ...
         raise DataError(f"{path} is not a readable parquet file: {_line(e)}") from None
     names = pf.schema_arrow.names
     if TEXT_COLUMN not in names:
@@ -392,7 +418,9 @@ def _split_words(path: str) -> list[str]:
     return [w for w in re.split(r"[-_./]", path.lower()) if w]
 
 
-def pick_split_files(files: Sequence[str], split: str = "train", have_pyarrow: bool = True) -> list[str]:
+def pick_split_files(
+    files: Sequence[str], split: str = "train", have_pyarrow: bool = True
+) -> list[str]:
     """The files of a dataset repo that hold `split`, in one format, in name order.
 
     A file holds the split when a word of its path (split at - _ . /) is the
@@ -408,7 +436,9 @@ def pick_split_files(files: Sequence[str], split: str = "train", have_pyarrow: b
         return by_kind["parquet"]  # without pyarrow, the read fails with a clear message
     if "parquet" in by_kind:
         other = "jsonl" if "jsonl" in by_kind else "txt"
-        log.warning("pyarrow is not installed: reading the dataset's %s files instead of its parquet", other)
+        log.warning(
+            "pyarrow is not installed: reading the dataset's %s files instead of its parquet", other
+        )
     if "jsonl" in by_kind:
         return by_kind["jsonl"]
     if "txt" in by_kind:
@@ -435,11 +465,15 @@ def hub_files(hf_dataset: str, cache_dir: Path) -> tuple[str, list[str]]:
         return repo, ["/".join(parts[2:])]
     try:
         files = HfApi().list_repo_files(repo, repo_type="dataset")
-    except Exception as e:  # offline, no network, no such repo, ...
+    except Exception as e:  # noqa: BLE001 -- offline, no network, no such repo, ...
         # Offline, a snapshot already in the cache still serves.
         try:
-            snap = Path(snapshot_download(repo, repo_type="dataset", cache_dir=str(cache_dir), local_files_only=True))
-        except Exception:
+            snap = Path(
+                snapshot_download(
+                    repo, repo_type="dataset", cache_dir=str(cache_dir), local_files_only=True
+                )
+            )
+        except Exception:  # noqa: BLE001 -- any failure here means the same thing
             raise _hub_error(repo, e) from None
         files = [str(p.relative_to(snap)) for p in snap.rglob("*") if p.is_file()]
     chosen = pick_split_files(files, "train", _have_pyarrow())
@@ -453,8 +487,10 @@ def hub_download(repo: str, filename: str, cache_dir: Path) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        snap = snapshot_download(repo, repo_type="dataset", cache_dir=str(cache_dir), allow_patterns=[filename])
-    except Exception as e:  # offline, no network, ...
+        snap = snapshot_download(
+            repo, repo_type="dataset", cache_dir=str(cache_dir), allow_patterns=[filename]
+        )
+    except Exception as e:  # noqa: BLE001 -- offline, no network, ...
         raise _hub_error(repo, e) from None
     p = Path(snap) / filename
     if not p.is_file():
@@ -671,9 +707,20 @@ def prepare(
             ThreadPoolExecutor(1, thread_name_prefix="gpt2rs-encode") as pool,
         ):
 
-            def write(fut: Future[tuple[npt.NDArray[np.uint16], npt.NDArray[np.int64]]], docs: list[str]) -> None:
+            def write(
+                fut: Future[tuple[npt.NDArray[np.uint16], npt.NDArray[np.int64]]], docs: list[str]
+            ) -> None:
                 ids, offsets = fut.result()
-                _write_batch(ids, offsets, state.documents, val_fraction, ftrain, fval, counts, tok.vocab_size)
+                _write_batch(
+                    ids,
+                    offsets,
+                    state.documents,
+                    val_fraction,
+                    ftrain,
+                    fval,
+                    counts,
+                    tok.vocab_size,
+                )
                 state.documents += len(docs)
                 state.tokens += len(ids)
                 state.text_bytes += sum(len(d.encode("utf-8")) for d in docs)
@@ -708,7 +755,11 @@ def prepare(
                 counts["train"][1] = keep
         seconds = max(time.perf_counter() - t0 - download_s, 1e-9)
         if val_fraction > 0 and counts["val"][0] == 0:
-            log.warning("val_fraction %g of %d documents selects none: val.bin is empty", val_fraction, state.documents)
+            log.warning(
+                "val_fraction %g of %d documents selects none: val.bin is empty",
+                val_fraction,
+                state.documents,
+            )
         meta: dict[str, Any] = {
             "format": "uint16 little-endian token ids, documents concatenated, each followed by eot_id",
             "dtype": "uint16",
@@ -740,7 +791,9 @@ def prepare(
         with open(atomic.tmp["meta.json"], "w") as f:
             json.dump(meta, f, indent=2)
             f.write("\n")
-        atomic.commit(["train.bin", "val.bin", "meta.json"])  # meta.json last: it marks a whole dataset
+        atomic.commit(
+            ["train.bin", "val.bin", "meta.json"]
+        )  # meta.json last: it marks a whole dataset
     except OSError as e:
         atomic.abort()
         raise DataError(f"{e.filename or out_dir}: {e.strerror or _line(e)}") from None
@@ -769,7 +822,9 @@ def _write_batch(
     """Appends one encoded batch to train.bin / val.bin, split by document."""
     ndocs = len(offsets) - 1
     if len(ids) and int(ids.max()) >= vocab_size:  # only a foreign tokenizer could
-        raise DataError(f"the tokenizer produced id {int(ids.max())} >= its vocabulary size {vocab_size}")
+        raise DataError(
+            f"the tokenizer produced id {int(ids.max())} >= its vocabulary size {vocab_size}"
+        )
     ids = ids.astype("<u2", copy=False)
     is_val = _val_mask(first_doc, ndocs, val_fraction)
     nval = int(is_val.sum())
@@ -833,7 +888,9 @@ class TokenFile:
         if size == 0:
             raise DataError(f"token file {p} is empty")
         if size % 2:
-            raise DataError(f"token file {p} has an odd size ({size} bytes); token files hold 2-byte (uint16) ids")
+            raise DataError(
+                f"token file {p} has an odd size ({size} bytes); token files hold 2-byte (uint16) ids"
+            )
         _check_against_meta(p, size // 2)
         self.tokens: np.memmap[Any, np.dtype[np.uint16]] = np.memmap(p, dtype="<u2", mode="r")
         self.vocab_size = vocab_size
@@ -865,12 +922,16 @@ class TokenFile:
         """(input ids, target ids) of window `i`, each `seq_len` long (int64)."""
         n = self.windows(seq_len)
         if not -n <= i < n:
-            raise IndexError(f"window {i} out of range: {self.path} holds {n} windows of {seq_len} + 1 tokens")
+            raise IndexError(
+                f"window {i} out of range: {self.path} holds {n} windows of {seq_len} + 1 tokens"
+            )
         i %= n
         w = np.asarray(self.tokens[i * (seq_len + 1) : (i + 1) * (seq_len + 1)], dtype=np.int64)
         return w[:-1], w[1:]
 
-    def batch(self, indices: Sequence[int], seq_len: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    def batch(
+        self, indices: Sequence[int], seq_len: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """(inputs, targets) of the windows `indices`, each ``(len(indices), seq_len)`` int64."""
         x = np.empty((len(indices), seq_len), dtype=np.int64)
         y = np.empty_like(x)

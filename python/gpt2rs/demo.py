@@ -48,8 +48,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="byte limit of the simulated device (None: 12 tiles, a fraction of the working set)",
     )
-    ap.add_argument("--trace", default="gpt2rs-demo.trace.json", help="Chrome trace file to write ('' for none)")
-    ap.add_argument("--perf_model_dir", default=None, help="where to load and save performance models (None: not saved)")
+    ap.add_argument(
+        "--trace", default="gpt2rs-demo.trace.json", help="Chrome trace file to write ('' for none)"
+    )
+    ap.add_argument(
+        "--perf_model_dir",
+        default=None,
+        help="where to load and save performance models (None: not saved)",
+    )
     ap.add_argument("--seed", type=int, default=0, help="random seed")
     args = ap.parse_args(argv)
     if args.size < 1 or args.tile < 1:
@@ -110,7 +116,9 @@ def run(args: argparse.Namespace) -> int:
     nerr = abs(float(nrm.to_numpy()) - np.linalg.norm(ref)) / np.linalg.norm(ref)
     gflop = 2 * 2 * n**3 / 1e9
     print(f"\n{gflop:.1f} GFLOP in {elapsed:.3f} s: {gflop / elapsed:.1f} GFLOP/s")
-    print(f"relative error vs numpy: D {err:.2e}, ||D|| {nerr:.2e} (tolerance {TOLERANCE[args.dtype]:.0e})")
+    print(
+        f"relative error vs numpy: D {err:.2e}, ||D|| {nerr:.2e} (tolerance {TOLERANCE[args.dtype]:.0e})"
+    )
 
     st = rt.stats()
     print()

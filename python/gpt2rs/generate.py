@@ -44,7 +44,9 @@ class TokenizerUnavailable(RuntimeError):
 # -- sampling -------------------------------------------------------------------
 
 
-def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> tuple[float, int | None, float | None]:
+def check_sampling(
+    temperature: float, top_k: int | None, top_p: float | None
+) -> tuple[float, int | None, float | None]:
     """Validated (temperature, top_k, top_p); top_k 0 and top_p 1 mean off (None)."""
     try:
         t = float(temperature)
@@ -146,9 +148,15 @@ def generate(
 ) -> np.ndarray:
     """See GPT2LMHead.generate."""
     t, k, p = check_sampling(temperature, top_k, top_p)
-    if not isinstance(max_new_tokens, (int, np.integer)) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
+    if (
+        not isinstance(max_new_tokens, (int, np.integer))
+        or isinstance(max_new_tokens, bool)
+        or max_new_tokens < 0
+    ):
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0):
+    if seed is not None and (
+        not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0
+    ):
         raise ValueError(f"seed must be an int >= 0 or None, got {seed!r}")
     arr = np.asarray(input_ids)
     one_d = arr.ndim == 1
@@ -157,7 +165,9 @@ def generate(
     ids = model._check_ids(_ids("input_ids", arr[None] if one_d else arr))
     cfg = model.config
     if eos_token_id is not None and not 0 <= int(eos_token_id) < cfg.vocab_size:
-        raise ValueError(f"eos_token_id {eos_token_id} is outside the vocabulary [0, {cfg.vocab_size})")
+        raise ValueError(
+            f"eos_token_id {eos_token_id} is outside the vocabulary [0, {cfg.vocab_size})"
+        )
     n_new = int(max_new_tokens)
     bsz, t0 = ids.shape
     # The last new token is sampled, never fed back: t0 + n_new - 1 positions run.
@@ -178,7 +188,9 @@ def generate(
     length = t0
     for _ in range(n_new):
         if cache is not None:
-            logits = model._core.forward_cached(cache, np.ascontiguousarray(feed), last_only=True).reshape(bsz, vocab)
+            logits = model._core.forward_cached(
+                cache, np.ascontiguousarray(feed), last_only=True
+            ).reshape(bsz, vocab)
         else:
             logits = model.forward(out[:, :length])[:, -1]
         nxt = sample(logits, rng, t, k, p)
@@ -202,7 +214,9 @@ def _ext(name: str) -> Any:
 
     fn = getattr(_gpt2rs, name, None)
     if fn is None:
-        raise TokenizerUnavailable(f"this build of gpt2rs has no GPT-2 tokenizer (gpt2rs._gpt2rs.{name} is missing)")
+        raise TokenizerUnavailable(
+            f"this build of gpt2rs has no GPT-2 tokenizer (gpt2rs._gpt2rs.{name} is missing)"
+        )
     return fn
 
 

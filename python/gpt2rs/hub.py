@@ -25,13 +25,17 @@ class WeightsError(ValueError):
     """A weights file is missing, unreadable, or does not fit the model."""
 
 
-def resolve(name_or_path: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None) -> Path:
+def resolve(
+    name_or_path: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None
+) -> Path:
     """A local directory, or the snapshot directory of a hub repo id."""
     p = Path(name_or_path)
     if p.is_dir():
         return p
     if p.exists():
-        raise WeightsError(f"{p} is a file; give the directory holding config.json and model.safetensors")
+        raise WeightsError(
+            f"{p} is a file; give the directory holding config.json and model.safetensors"
+        )
     name = str(name_or_path)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise WeightsError(f"model directory not found: {name}")
@@ -45,7 +49,7 @@ def resolve(name_or_path: str | os.PathLike[str], cache_dir: str | os.PathLike[s
             cache_dir=None if cache_dir is None else str(cache_dir),
             allow_patterns=["config.json", "*.safetensors", "*.safetensors.index.json"],
         )
-    except Exception as e:  # the hub raises many kinds; all mean "could not get it"
+    except Exception as e:  # noqa: BLE001 -- the hub raises many kinds; all mean "could not get it"
         raise WeightsError(
             f"cannot get {name!r} from the Hugging Face hub ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
             "check the name and the network, or pass a local directory"
@@ -79,7 +83,9 @@ def read_state(directory: Path) -> dict[str, np.ndarray]:
             state.update(_load_file(directory / shard))
         return state
     if (directory / "pytorch_model.bin").exists():
-        raise WeightsError(f"{directory} has only pytorch_model.bin; gpt2rs reads safetensors files")
+        raise WeightsError(
+            f"{directory} has only pytorch_model.bin; gpt2rs reads safetensors files"
+        )
     raise WeightsError(f"no model.safetensors (or model.safetensors.index.json) in {directory}")
 
 
@@ -88,14 +94,16 @@ def normalize(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     `lm_head.weight` dropped."""
     out: dict[str, np.ndarray] = {}
     for k, v in state.items():
-        name = k[len(PREFIX):] if k.startswith(PREFIX) else k
+        name = k[len(PREFIX) :] if k.startswith(PREFIX) else k
         if name.endswith(IGNORED_SUFFIXES) or name == "lm_head.weight":
             continue
         out[name] = v
     return out
 
 
-def check(state: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...]], source: str) -> None:
+def check(
+    state: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...]], source: str
+) -> None:
     """Raises one WeightsError naming every missing, unexpected or mis-shaped tensor."""
     problems = []
     missing = [n for n in expected if n not in state]
@@ -114,7 +122,9 @@ def check(state: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...
         raise WeightsError(f"weights from {source} do not fit the model: " + "; ".join(problems))
 
 
-def write_pretrained(directory: str | os.PathLike[str], config: dict, state: Mapping[str, np.ndarray]) -> None:
+def write_pretrained(
+    directory: str | os.PathLike[str], config: dict, state: Mapping[str, np.ndarray]
+) -> None:
     """Writes config.json and model.safetensors (names with the `transformer.`
     prefix, as transformers saves them) into `directory`, atomically: the files
     are written in a temporary directory beside it and then moved in."""

@@ -15,6 +15,7 @@ run directory. Malformed lines are counted and skipped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -26,6 +27,8 @@ import subprocess
 import threading
 from pathlib import Path
 from typing import Any
+
+from typing_extensions import Self
 
 from .metrics import TensorBoardSink
 
@@ -90,7 +93,9 @@ class LoggerServer:
         log_dir: run logs go to <log_dir>/<run name>/.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 5001, log_dir: str | os.PathLike[str] = "logs") -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 5001, log_dir: str | os.PathLike[str] = "logs"
+    ) -> None:
         self.host = host
         self.log_dir = Path(log_dir)
         self._requested_port = int(port)
@@ -107,11 +112,13 @@ class LoggerServer:
     def port(self) -> int:
         return self._server.server_address[1] if self._server else self._requested_port
 
-    def start(self) -> LoggerServer:
+    def start(self) -> Self:
         """Binds the port and serves in a background thread."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._server = _TCPServer((self.host, self._requested_port), self)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="gpt2rs-logger", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="gpt2rs-logger", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -131,16 +138,14 @@ class LoggerServer:
         with self._lock:
             conns = list(self._conns)
         for c in conns:
-            try:
+            with contextlib.suppress(OSError):
                 c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         with self._lock:
             for w in self._writers.values():
                 w.close()
             self._writers.clear()
 
-    def __enter__(self) -> LoggerServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -169,14 +174,22 @@ class LoggerServer:
         who = (msg.get("host"), msg.get("pid"))
         with self._lock:
             run, n = asked, 1
-            while run in self.clients and (self.clients[run].get("host"), self.clients[run].get("pid")) != who:
+            while (
+                run in self.clients
+                and (self.clients[run].get("host"), self.clients[run].get("pid")) != who
+            ):
                 n += 1
                 run = f"{asked}-{n}"
             info = self.clients.setdefault(run, {"connects": 0})
             info.update(connects=info["connects"] + 1, host=who[0], pid=who[1], connected=True)
         self._writer(run)
         if run != asked:
-            log.warning("run name %s is taken by another process: host %s pid %s logs as %s", asked, *who, run)
+            log.warning(
+                "run name %s is taken by another process: host %s pid %s logs as %s",
+                asked,
+                *who,
+                run,
+            )
         log.info("run %s connected (host %s, pid %s)", run, *who)
         return run
 

@@ -59,7 +59,9 @@ def _events_writer(log_dir: str | os.PathLike[str]) -> Any:
     try:
         from tensorboardX.event_file_writer import EventsWriter
     except ImportError:  # pragma: no cover - a dependency of the package
-        raise RuntimeError("TensorBoard logging needs tensorboardX: pip install tensorboardX") from None
+        raise RuntimeError(
+            "TensorBoard logging needs tensorboardX: pip install tensorboardX"
+        ) from None
     # Event file names carry the time in whole seconds only: a unique suffix
     # keeps a writer reopened within the same second (a reconnect after a
     # server restart) from truncating the previous file.
@@ -93,7 +95,9 @@ class TensorBoardSink:
         with self._lock:
             if self._closed:
                 return
-            ev = event_pb2.Event(wall_time=time.time() if walltime is None else walltime, step=step, summary=summary)
+            ev = event_pb2.Event(
+                wall_time=time.time() if walltime is None else walltime, step=step, summary=summary
+            )
             self._w.write_event(ev)
             if time.monotonic() - self._flushed > self._flush_secs:
                 self._w.flush()
@@ -127,7 +131,8 @@ class JsonlSink:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._f = open(self.path, "a", buffering=1)
+        # Open for the run's lifetime; `close` ends it.
+        self._f = open(self.path, "a", buffering=1)  # noqa: SIM115
 
     def record(self, obj: dict[str, Any]) -> None:
         self._f.write(json.dumps(obj, sort_keys=True) + "\n")
@@ -190,10 +195,26 @@ class RemoteSink:
             self.dropped += 1
 
     def scalar(self, tag: str, value: float, step: int) -> None:
-        self._put({"type": "scalar", "tag": tag, "value": float(value), "step": int(step), "time": time.time()})
+        self._put(
+            {
+                "type": "scalar",
+                "tag": tag,
+                "value": float(value),
+                "step": int(step),
+                "time": time.time(),
+            }
+        )
 
     def text(self, tag: str, value: str, step: int) -> None:
-        self._put({"type": "text", "tag": tag, "value": str(value), "step": int(step), "time": time.time()})
+        self._put(
+            {
+                "type": "text",
+                "tag": tag,
+                "value": str(value),
+                "step": int(step),
+                "time": time.time(),
+            }
+        )
 
     def flush(self, timeout: float = 0.0) -> None:
         """Waits up to `timeout` seconds for the queue to drain while the
@@ -225,10 +246,8 @@ class RemoteSink:
 
     def _disconnect(self) -> None:
         if self._sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self._sock.close()
-            except OSError:
-                pass
             self._sock = None
 
     def _connect(self) -> bool:
@@ -306,7 +325,9 @@ class Guarded:
     naming `where`, and the sink drops out. Checkpoints are what must not be
     lost; they fail loudly on their own."""
 
-    def __init__(self, sink: Any, where: str | os.PathLike[str], warn: Callable[[str], None]) -> None:
+    def __init__(
+        self, sink: Any, where: str | os.PathLike[str], warn: Callable[[str], None]
+    ) -> None:
         self.sink: Any = sink
         self.where = str(where)
         self.warn = warn
@@ -318,7 +339,9 @@ class Guarded:
             getattr(self.sink, name)(*args)
         except OSError as e:
             sink, self.sink = self.sink, None
-            self.warn(f"cannot write metrics to {self.where}: {e.strerror or e}; going on without them")
+            self.warn(
+                f"cannot write metrics to {self.where}: {e.strerror or e}; going on without them"
+            )
             with contextlib.suppress(OSError):
                 sink.close()
 
@@ -362,7 +385,9 @@ class MultiSink:
             s.close()
 
 
-def runtime_scalars(prev: dict[str, Any] | None, now: dict[str, Any], interval_s: float) -> dict[str, float]:
+def runtime_scalars(
+    prev: dict[str, Any] | None, now: dict[str, Any], interval_s: float
+) -> dict[str, float]:
     """Scalars from two Runtime.stats() snapshots: each worker's busy share of
     the interval, bytes per bus in the interval, memory (used, peak) per node."""
     out: dict[str, float] = {}

@@ -32,7 +32,9 @@ def _tile(name: str, v: int | None) -> int | None:
 def _ids(name: str, a: Any) -> np.ndarray:
     arr = np.asarray(a)
     if arr.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array [batch, seq_len] of token ids, got shape {arr.shape}")
+        raise ValueError(
+            f"{name} must be a 2-D array [batch, seq_len] of token ids, got shape {arr.shape}"
+        )
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
         raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
@@ -96,7 +98,12 @@ class GPT2LMHead:
         self.tiles = tiles
         self._runtime = runtime if runtime is not None else default_runtime()
         self._core = Gpt2Core(
-            self._config.core_dict(), tiles, dtype, self._runtime, recompute=recompute, deterministic=deterministic
+            self._config.core_dict(),
+            tiles,
+            dtype,
+            self._runtime,
+            recompute=recompute,
+            deterministic=deterministic,
         )
         self._names = list(self._core.param_names())
         self._shapes = {n: tuple(self._core.param_shape(n)) for n in self._names}
@@ -143,7 +150,11 @@ class GPT2LMHead:
 
     @classmethod
     def from_config(
-        cls, config: GPT2Config | dict[str, Any] | str | os.PathLike[str], seed: int = 0, dtype: str = "fp32", **kwargs: Any
+        cls,
+        config: GPT2Config | dict[str, Any] | str | os.PathLike[str],
+        seed: int = 0,
+        dtype: str = "fp32",
+        **kwargs: Any,
     ) -> GPT2LMHead:
         """A randomly initialised model, as HF initialises GPT-2: weights
         ~ N(0, initializer_range), the residual projections scaled by
@@ -204,7 +215,9 @@ class GPT2LMHead:
         input_ids. -100 is ignored. dropout_seed: apply the config's dropout
         with masks drawn from this seed (None: dropout off)."""
         ids, tg = self._targets(input_ids, targets, labels)
-        if dropout_seed is not None and (not isinstance(dropout_seed, (int, np.integer)) or dropout_seed < 0):
+        if dropout_seed is not None and (
+            not isinstance(dropout_seed, (int, np.integer)) or dropout_seed < 0
+        ):
             raise ValueError(f"dropout_seed must be an int >= 0 or None, got {dropout_seed!r}")
         return float(self._core.forward_backward(ids, tg, float(grad_scale), dropout_seed))
 
@@ -223,7 +236,9 @@ class GPT2LMHead:
         else:
             lab = ids if labels is None else _ids("labels", labels)
             if lab.shape != ids.shape:
-                raise ValueError(f"labels shape {lab.shape} differs from input_ids shape {ids.shape}")
+                raise ValueError(
+                    f"labels shape {lab.shape} differs from input_ids shape {ids.shape}"
+                )
             tg = np.full_like(lab, IGNORE_INDEX)
             tg[:, :-1] = lab[:, 1:]
         if tg.shape != ids.shape:
@@ -241,7 +256,9 @@ class GPT2LMHead:
             bad = ids[(ids < 0) | (ids >= v)][0]
             raise ValueError(f"token id {int(bad)} is outside the vocabulary [0, {v})")
         if ids.shape[1] > self._config.n_positions:
-            raise ValueError(f"sequence length {ids.shape[1]} exceeds n_positions = {self._config.n_positions}")
+            raise ValueError(
+                f"sequence length {ids.shape[1]} exceeds n_positions = {self._config.n_positions}"
+            )
         return ids
 
     def zero_grad(self) -> None:
@@ -273,7 +290,7 @@ class GPT2LMHead:
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
         """Writes config.json and model.safetensors; transformers loads them."""
-        state = {n: v for n, v in ((k[len(hub.PREFIX):], v) for k, v in self.state_dict().items())}
+        state = {n: v for n, v in ((k[len(hub.PREFIX) :], v) for k, v in self.state_dict().items())}
         hub.write_pretrained(directory, self._config.to_dict(), state)
 
     def clip_grad_norm(self, max_norm: float) -> float:

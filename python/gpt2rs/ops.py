@@ -8,7 +8,8 @@ their docstrings come from the Rust doc comments.
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from gpt2rs import _gpt2rs as _rs
 from gpt2rs._gpt2rs import Tensor
@@ -42,7 +43,15 @@ def gemm(
     batch_ndim: int = 0,
 ) -> Tensor:
     return _rs.op_gemm(
-        a, b, c, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta, ndim=ndim, batch_ndim=batch_ndim
+        a,
+        b,
+        c,
+        trans_a=trans_a,
+        trans_b=trans_b,
+        alpha=alpha,
+        beta=beta,
+        ndim=ndim,
+        batch_ndim=batch_ndim,
     )
 
 
@@ -77,8 +86,13 @@ def cast(src: Tensor, dst: Tensor) -> Tensor:
 
 
 @_doc_from(_rs.op_sum)
-def sum(  # noqa: A001 - mirrors numpy.sum
-    x: Tensor, axis: int | None = None, *, alpha: float = 1.0, out: Tensor | None = None, beta: float = 0.0
+def sum(
+    x: Tensor,
+    axis: int | None = None,
+    *,
+    alpha: float = 1.0,
+    out: Tensor | None = None,
+    beta: float = 0.0,
 ) -> Tensor:
     return _rs.op_sum(x, axis, alpha=alpha, out=out, beta=beta)
 

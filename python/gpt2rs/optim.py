@@ -3,7 +3,7 @@ tiles next to the parameters, in the compiled core."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -15,7 +15,14 @@ from .model import GPT2LMHead
 class Optimizer:
     """Common part: step, lr, state_dict / load_state_dict."""
 
-    def __init__(self, model: GPT2LMHead, kind: str, lr: float, weight_decay: float, **hyper: Any) -> None:
+    def __init__(
+        self,
+        model: GPT2LMHead,
+        kind: Literal["sgd", "adam", "adamw"],
+        lr: float,
+        weight_decay: float,
+        **hyper: Any,
+    ) -> None:
         if not isinstance(model, GPT2LMHead):
             raise TypeError(f"expected a gpt2rs.GPT2LMHead, got {type(model).__name__}")
         self.model = model
@@ -47,7 +54,9 @@ class Optimizer:
         state: dict[str, dict[str, np.ndarray]] = {}
         for p, s in self._core.state_keys():
             shape = self.model._shapes[p]
-            state.setdefault(PREFIX + p, {})[s] = np.asarray(self._core.get_state(p, s)).reshape(shape)
+            state.setdefault(PREFIX + p, {})[s] = np.asarray(self._core.get_state(p, s)).reshape(
+                shape
+            )
         return {
             "kind": self.kind,
             "step": self.step_count,
@@ -59,7 +68,9 @@ class Optimizer:
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         if d.get("kind") != self.kind:
-            raise ValueError(f"optimizer state is for {d.get('kind')!r}, this optimizer is {self.kind!r}")
+            raise ValueError(
+                f"optimizer state is for {d.get('kind')!r}, this optimizer is {self.kind!r}"
+            )
         state = d.get("state", {})
         for p, s in self._core.state_keys():
             try:
@@ -67,7 +78,9 @@ class Optimizer:
             except KeyError:
                 raise ValueError(f"optimizer state has no {s!r} for {PREFIX + p}") from None
             if v.shape != self.model._shapes[p]:
-                raise ValueError(f"optimizer state {s!r} of {PREFIX + p} has shape {v.shape}, expected {self.model._shapes[p]}")
+                raise ValueError(
+                    f"optimizer state {s!r} of {PREFIX + p} has shape {v.shape}, expected {self.model._shapes[p]}"
+                )
             a = np.ascontiguousarray(v, dtype=self.model._np_dtype).reshape(-1)
             self._core.set_state(p, s, a.view(np.uint8))
         self._core.step_count = int(d["step"])
@@ -85,7 +98,15 @@ class AdamW(Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.01,
     ) -> None:
-        super().__init__(model, "adamw", lr, weight_decay, beta1=float(betas[0]), beta2=float(betas[1]), eps=float(eps))
+        super().__init__(
+            model,
+            "adamw",
+            lr,
+            weight_decay,
+            beta1=float(betas[0]),
+            beta2=float(betas[1]),
+            eps=float(eps),
+        )
 
 
 class Adam(Optimizer):
@@ -99,7 +120,15 @@ class Adam(Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
     ) -> None:
-        super().__init__(model, "adam", lr, weight_decay, beta1=float(betas[0]), beta2=float(betas[1]), eps=float(eps))
+        super().__init__(
+            model,
+            "adam",
+            lr,
+            weight_decay,
+            beta1=float(betas[0]),
+            beta2=float(betas[1]),
+            eps=float(eps),
+        )
 
 
 class SGD(Optimizer):
@@ -115,7 +144,13 @@ class SGD(Optimizer):
         weight_decay: float = 0.0,
     ) -> None:
         super().__init__(
-            model, "sgd", lr, weight_decay, momentum=float(momentum), dampening=float(dampening), nesterov=bool(nesterov)
+            model,
+            "sgd",
+            lr,
+            weight_decay,
+            momentum=float(momentum),
+            dampening=float(dampening),
+            nesterov=bool(nesterov),
         )
 
 

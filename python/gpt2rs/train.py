@@ -35,7 +35,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -44,6 +44,7 @@ from . import hub
 from ._gpt2rs import cpu_bf16_gemm
 from .config import GPT2Config
 from .configs import GPT2_DEFAULT_CONFIG
+from .data import DataError, TokenFile
 from .metrics import (
     DEFAULT_SERVER_PORT,
     Guarded,
@@ -54,8 +55,6 @@ from .metrics import (
     runtime_scalars,
 )
 from .model import DTYPES, GPT2LMHead
-
-from .data import DataError, TokenFile
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +96,7 @@ class TrainOptions:
     n_head_tile: int | None = None
     vocab_tile: int | None = None
     dtype: str = "fp32"
-    restrict: str | None = None
+    restrict: Literal["cpu", "cuda"] | None = None
     dataset_path: str = ".data"
     dataset_file: str = ""
     logger: bool = False
@@ -160,7 +159,11 @@ def model_flops_per_token(config: GPT2Config, n_params: int, seq_len: int) -> fl
 
 def dropout_seed(seed: int, step: int, micro: int) -> int:
     """A dropout seed that depends on (seed, step, minibatch) only."""
-    return int(np.random.SeedSequence([seed & (2**63 - 1), step, micro, 0x67707432]).generate_state(1, np.uint64)[0])
+    return int(
+        np.random.SeedSequence([seed & (2**63 - 1), step, micro, 0x67707432]).generate_state(
+            1, np.uint64
+        )[0]
+    )
 
 
 class Reporter(Protocol):
@@ -254,7 +257,9 @@ class Trainer:
             n, notice = cuda.choose_gpus(self.opts.restrict, self.opts.ncuda)
         except (ValueError, cuda.CudaError) as e:
             msg = str(e).replace("restrict ", "--restrict ").replace("ncuda ", "--ncuda ")
-            raise TrainError(msg + ("; use --restrict cpu" if isinstance(e, cuda.CudaError) else "")) from None
+            raise TrainError(
+                msg + ("; use --restrict cpu" if isinstance(e, cuda.CudaError) else "")
+            ) from None
         # Said once training starts, so that a bad option stays one error line.
         self._gpu_notice = notice
         return n
@@ -268,18 +273,26 @@ class Trainer:
         if o.dtype not in DTYPES:
             raise TrainError(f"unknown dtype {o.dtype!r} (expected one of {', '.join(DTYPES)})")
         if o.optimizer not in OPTIMIZERS:
-            raise TrainError(f"unknown optimizer {o.optimizer!r} (expected one of {', '.join(OPTIMIZERS)})")
+            raise TrainError(
+                f"unknown optimizer {o.optimizer!r} (expected one of {', '.join(OPTIMIZERS)})"
+            )
         if o.pretrained not in ("local", "remote"):
             raise TrainError(f"--pretrained must be local or remote, got {o.pretrained!r}")
         if o.lr_schedule not in LR_SCHEDULES:
-            raise TrainError(f"unknown --lr-schedule {o.lr_schedule!r} (expected constant or cosine)")
+            raise TrainError(
+                f"unknown --lr-schedule {o.lr_schedule!r} (expected constant or cosine)"
+            )
         if o.scheduler not in SCHEDULERS:
-            raise TrainError(f"unknown scheduler {o.scheduler!r} (expected one of {', '.join(sorted(SCHEDULERS))})")
+            raise TrainError(
+                f"unknown scheduler {o.scheduler!r} (expected one of {', '.join(sorted(SCHEDULERS))})"
+            )
         for name in ("seq_len", "batch_size", "nepochs"):
             if getattr(o, name) < 1:
                 raise TrainError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(o, name)}")
         if o.minibatch < 1:
-            raise TrainError(f"--minibatch-size must be >= 1 or -1 (= batch size), got {o.minibatch_size}")
+            raise TrainError(
+                f"--minibatch-size must be >= 1 or -1 (= batch size), got {o.minibatch_size}"
+            )
         if o.batch_size % o.minibatch != 0:
             raise TrainError(
                 f"--batch-size {o.batch_size} is not a multiple of --minibatch-size {o.minibatch} "
@@ -295,13 +308,19 @@ class Trainer:
         ):
             v = getattr(o, name)
             if v is not None and v != -1 and v < 1:
-                raise TrainError(f"--{name.replace('_', '-')} must be >= 1 or -1 (untiled), got {v}")
+                raise TrainError(
+                    f"--{name.replace('_', '-')} must be >= 1 or -1 (untiled), got {v}"
+                )
         if not (o.lr > 0 and math.isfinite(o.lr)):
             raise TrainError(f"--lr must be a positive number, got {o.lr}")
         if o.eval_every and not o.val_file:
-            raise TrainError(f"--eval-every {o.eval_every} needs --val-file (the data to evaluate on)")
+            raise TrainError(
+                f"--eval-every {o.eval_every} needs --val-file (the data to evaluate on)"
+            )
         if o.warmup_steps < 0 or o.save_every < 0 or o.eval_every < 0 or o.keep_checkpoints < 0:
-            raise TrainError("--warmup-steps, --save-every, --eval-every and --keep-checkpoints must be >= 0")
+            raise TrainError(
+                "--warmup-steps, --save-every, --eval-every and --keep-checkpoints must be >= 0"
+            )
         if o.max_steps == 0 or o.max_steps < -1:
             raise TrainError(f"--max-steps must be >= 1 or -1 (no limit), got {o.max_steps}")
         if o.grad_clip < 0:
@@ -347,9 +366,13 @@ class Trainer:
         self._check_options()
         config = self._load_config()
         if o.dropout != -1 and self.ckpt_dir is None:
-            config = replace(config, resid_pdrop=o.dropout, embd_pdrop=o.dropout, attn_pdrop=o.dropout)
+            config = replace(
+                config, resid_pdrop=o.dropout, embd_pdrop=o.dropout, attn_pdrop=o.dropout
+            )
         if o.seq_len > config.n_positions:
-            raise TrainError(f"--seq-len {o.seq_len} exceeds the model's n_positions = {config.n_positions}")
+            raise TrainError(
+                f"--seq-len {o.seq_len} exceeds the model's n_positions = {config.n_positions}"
+            )
         self.config = config
 
         # Data.
@@ -368,7 +391,9 @@ class Trainer:
             self.val_path = _dataset_file(o.dataset_path, o.val_file)
             self.val = TokenFile(self.val_path, config.vocab_size)
             if self.val.windows(o.seq_len) < 1:
-                raise TrainError(f"--val-file {self.val_path} is shorter than one window of --seq-len {o.seq_len} + 1")
+                raise TrainError(
+                    f"--val-file {self.val_path} is shorter than one window of --seq-len {o.seq_len} + 1"
+                )
 
         # Checkpoint to resume from: read and check it fully before writing anything.
         self.resume: ckpt_io.Checkpoint | None = None
@@ -421,7 +446,9 @@ class Trainer:
         elif self.remote_dir is not None:
             self.model = GPT2LMHead.from_pretrained(self.remote_dir, **kw)
             if o.dropout != -1:
-                log.warning("--dropout applies to --pretrained local runs; the remote model's config is kept")
+                log.warning(
+                    "--dropout applies to --pretrained local runs; the remote model's config is kept"
+                )
         else:
             self.model = GPT2LMHead.from_config(config, seed=o.seed, **kw)
         self.optimizer = self._make_optimizer()
@@ -431,7 +458,9 @@ class Trainer:
             try:
                 self.optimizer.load_state_dict(self.resume.optimizer_state)
             except (ValueError, KeyError, TypeError) as e:
-                raise ckpt_io.CheckpointError(f"checkpoint {self.resume.path}: optimizer state: {e}") from None
+                raise ckpt_io.CheckpointError(
+                    f"checkpoint {self.resume.path}: optimizer state: {e}"
+                ) from None
             self.rng.bit_generator.state = self.resume.trainer_state["rng_state"]
             self.step = self.resume.step
         self.start_step = self.step
@@ -463,16 +492,24 @@ class Trainer:
         spe = recorded.get("steps_per_epoch", self.steps_per_epoch)
         step = ck.step
         if st["epoch"] != step // spe or st["position"] != (step % spe) * o.batch_size:
-            raise ckpt_io.CheckpointError(f"checkpoint {ck.path} is corrupt: its step, epoch and position disagree")
+            raise ckpt_io.CheckpointError(
+                f"checkpoint {ck.path} is corrupt: its step, epoch and position disagree"
+            )
 
     def _make_optimizer(self) -> Any:
         import gpt2rs
 
         o = self.opts
         if o.optimizer == "sgd":
-            return gpt2rs.SGD(self.model, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay or 0.0)
+            return gpt2rs.SGD(
+                self.model, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay or 0.0
+            )
         cls = gpt2rs.AdamW if o.optimizer == "adamw" else gpt2rs.Adam
-        wd = o.weight_decay if o.weight_decay is not None else (0.01 if o.optimizer == "adamw" else 0.0)
+        wd = (
+            o.weight_decay
+            if o.weight_decay is not None
+            else (0.01 if o.optimizer == "adamw" else 0.0)
+        )
         return cls(self.model, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=wd)
 
     # -- data ------------------------------------------------------------------
@@ -572,7 +609,9 @@ class Trainer:
                         "metrics are queued and sent if it comes up (the summary counts what was dropped)"
                     )
                 sinks.append(self.remote)
-        self.jsonl = Guarded(JsonlSink(o.metrics_file), o.metrics_file, warn) if o.metrics_file else None
+        self.jsonl = (
+            Guarded(JsonlSink(o.metrics_file), o.metrics_file, warn) if o.metrics_file else None
+        )
         self.sink = MultiSink(sinks)
         if sinks:
             self.sink.text("args", json.dumps(asdict(o), indent=1, sort_keys=True), self.step)
@@ -630,7 +669,11 @@ class Trainer:
                     tf = time.perf_counter()
                     self.phases.data += tf - td
                     seed = dropout_seed(o.seed, self.step, m) if self._dropout_on() else None
-                    losses.append(self.model.forward_backward(ids, targets=tg, grad_scale=1.0 / nmb, dropout_seed=seed))
+                    losses.append(
+                        self.model.forward_backward(
+                            ids, targets=tg, grad_scale=1.0 / nmb, dropout_seed=seed
+                        )
+                    )
                     self.phases.forward_backward += time.perf_counter() - tf
                     if self.stop.is_set() and m + 1 < nmb:
                         stopped = True  # parameters untouched: the state is that of `self.step`
@@ -683,7 +726,11 @@ class Trainer:
         elapsed = time.perf_counter() - t_start
         self.sink.flush()
         res.interrupted = self.stop.is_set() and self.step < self.total_steps
-        if self.val is not None and not res.interrupted and (eval_loss is None or self.step % max(o.eval_every, 1)):
+        if (
+            self.val is not None
+            and not res.interrupted
+            and (eval_loss is None or self.step % max(o.eval_every, 1))
+        ):
             eval_loss = self.evaluate()
             self.sink.scalar("eval/loss", eval_loss, self.step)
         if self.saved_step != self.step and not (res.interrupted and self.step == self.start_step):
@@ -736,8 +783,14 @@ class Trainer:
             "final_loss": res.losses[-1] if res.losses else None,
             "eval_loss": eval_loss,
             "phases": asdict(self.phases),
-            "nodes": [{"name": n["name"], "peak_bytes": n["peak_bytes"], "limit": n["limit"]} for n in st["nodes"]],
-            "workers": [{"name": w["name"], "busy_s": w["busy_s"], "tasks": w["tasks"]} for w in st["workers"]],
+            "nodes": [
+                {"name": n["name"], "peak_bytes": n["peak_bytes"], "limit": n["limit"]}
+                for n in st["nodes"]
+            ],
+            "workers": [
+                {"name": w["name"], "busy_s": w["busy_s"], "tasks": w["tasks"]}
+                for w in st["workers"]
+            ],
             "checkpoint": res.checkpoint,
             "interrupted": res.interrupted,
             "dropped_metrics": self.remote.dropped if self.remote is not None else 0,
@@ -774,7 +827,9 @@ def _version() -> str:
         return "unknown"
 
 
-def train(opts: TrainOptions, reporter: Reporter | None = None, stop: threading.Event | None = None) -> TrainResult:
+def train(
+    opts: TrainOptions, reporter: Reporter | None = None, stop: threading.Event | None = None
+) -> TrainResult:
     """Sets up and runs one training run; shuts its runtime down at the end."""
     t = Trainer(opts, reporter, stop)
     try:
@@ -785,11 +840,11 @@ def train(opts: TrainOptions, reporter: Reporter | None = None, stop: threading.
 
 
 __all__ = [
-    "DataError",
     "LR_SCHEDULES",
     "MIN_LR_RATIO",
     "OPTIMIZERS",
     "SCHEDULERS",
+    "DataError",
     "Phases",
     "Reporter",
     "TokenFile",

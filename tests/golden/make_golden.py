@@ -72,46 +72,100 @@ NO_DROPOUT = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
 CASES = [
     dict(
         name="tiny",
-        config=dict(n_layer=2, n_embd=12, n_head=3, vocab_size=37, n_positions=16,
-                    activation_function="gelu_new", layer_norm_epsilon=1e-5, **NO_DROPOUT),
-        B=2, T=7, seed=101, labels="same",
+        config=dict(
+            n_layer=2,
+            n_embd=12,
+            n_head=3,
+            vocab_size=37,
+            n_positions=16,
+            activation_function="gelu_new",
+            layer_norm_epsilon=1e-5,
+            **NO_DROPOUT,
+        ),
+        B=2,
+        T=7,
+        seed=101,
+        labels="same",
         doc="2 layers, n_embd 12, 3 heads, V 37, gelu_new; labels = input_ids",
     ),
     dict(
         name="odd",
-        config=dict(n_layer=3, n_embd=20, n_head=4, n_inner=36, vocab_size=53, n_positions=11,
-                    activation_function="gelu", layer_norm_epsilon=1e-6, **NO_DROPOUT),
-        B=3, T=11, seed=202, labels="same",
+        config=dict(
+            n_layer=3,
+            n_embd=20,
+            n_head=4,
+            n_inner=36,
+            vocab_size=53,
+            n_positions=11,
+            activation_function="gelu",
+            layer_norm_epsilon=1e-6,
+            **NO_DROPOUT,
+        ),
+        B=3,
+        T=11,
+        seed=202,
+        labels="same",
         ignore=[(0, 3), (1, 10), (2, 1), (2, 2), (2, 7)],
         doc="3 layers, n_embd 20, 4 heads, n_inner 36, V 53, exact gelu, eps 1e-6, "
-            "T = n_positions; labels = input_ids with five -100",
+        "T = n_positions; labels = input_ids with five -100",
     ),
     dict(
         name="relu",
-        config=dict(n_layer=1, n_embd=8, n_head=2, vocab_size=29, n_positions=9,
-                    activation_function="relu", **NO_DROPOUT),
-        B=1, T=5, seed=303, labels="random",
+        config=dict(
+            n_layer=1,
+            n_embd=8,
+            n_head=2,
+            vocab_size=29,
+            n_positions=9,
+            activation_function="relu",
+            **NO_DROPOUT,
+        ),
+        B=1,
+        T=5,
+        seed=303,
+        labels="random",
         ignore=[(0, 2)],
-        doc="1 layer, n_embd 8, 2 heads, V 29, relu; labels independent of "
-            "input_ids, one -100",
+        doc="1 layer, n_embd 8, 2 heads, V 29, relu; labels independent of input_ids, one -100",
     ),
     dict(
         name="hubstyle",
-        config=dict(n_layer=2, n_embd=16, n_head=2, vocab_size=41, n_positions=12,
-                    activation_function="gelu_new"),
-        B=2, T=6, seed=404, labels="same", hubstyle=True,
+        config=dict(
+            n_layer=2,
+            n_embd=16,
+            n_head=2,
+            vocab_size=41,
+            n_positions=12,
+            activation_function="gelu_new",
+        ),
+        B=2,
+        T=6,
+        seed=404,
+        labels="same",
+        hubstyle=True,
         ignore=[(1, 5)],
         doc="2 layers, n_embd 16, 2 heads, V 41, gelu_new; weight file laid out "
-            "like openai-community/gpt2 (no `transformer.` prefix, h.N.attn.bias "
-            "buffers, float32); references in float64 from the float32 weights",
+        "like openai-community/gpt2 (no `transformer.` prefix, h.N.attn.bias "
+        "buffers, float32); references in float64 from the float32 weights",
     ),
     dict(
         name="sinusoidal",
-        config=dict(n_layer=2, n_embd=12, n_head=3, vocab_size=37, n_positions=16,
-                    activation_function="gelu_new", layer_norm_epsilon=1e-5, **NO_DROPOUT),
-        B=2, T=7, seed=505, labels="same", sinusoidal=True,
+        config=dict(
+            n_layer=2,
+            n_embd=12,
+            n_head=3,
+            vocab_size=37,
+            n_positions=16,
+            activation_function="gelu_new",
+            layer_norm_epsilon=1e-5,
+            **NO_DROPOUT,
+        ),
+        B=2,
+        T=7,
+        seed=505,
+        labels="same",
+        sinusoidal=True,
         doc="as tiny, but wpe is the fixed sinusoidal table (not a parameter, "
-            "not in the file, no gradient); config has position_embedding_type",
+        "not in the file, no gradient); config has position_embedding_type",
     ),
 ]
 
@@ -167,8 +221,10 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """HF ForCausalLMLoss semantics without its `logits.float()` downcast."""
     v = logits.shape[-1]
     return F.cross_entropy(
-        logits[:, :-1, :].reshape(-1, v), labels[:, 1:].reshape(-1),
-        ignore_index=IGNORE, reduction="mean",
+        logits[:, :-1, :].reshape(-1, v),
+        labels[:, 1:].reshape(-1),
+        ignore_index=IGNORE,
+        reduction="mean",
     )
 
 
@@ -226,7 +282,7 @@ def save_hf(model, config_extra: dict | None, drop: tuple[str, ...], out: Path) 
         else:
             with safe_open(str(src), framework="pt") as f:
                 meta = f.metadata()
-                tensors = {k: f.get_tensor(k) for k in f.keys() if k not in drop}
+                tensors = {k: f.get_tensor(k) for k in f if k not in drop}
             save_file(tensors, str(out / "model.safetensors"), metadata=meta)
 
 
@@ -239,7 +295,7 @@ def save_hubstyle(model, config: GPT2Config, out: Path) -> None:
     tensors = {}
     for name, p in model.named_parameters():
         assert name.startswith("transformer."), name
-        tensors[name[len("transformer."):]] = p.detach().float().contiguous()
+        tensors[name[len("transformer.") :]] = p.detach().float().contiguous()
     P = config.n_positions
     mask = torch.tril(torch.ones(P, P, dtype=torch.float32)).view(1, 1, P, P)
     for i in range(config.n_layer):
@@ -264,7 +320,8 @@ def make_case(case: dict) -> dict:
     if case.get("sinusoidal"):
         with torch.no_grad():
             model.transformer.wpe.weight.copy_(
-                torch.from_numpy(sinusoidal_table(config.n_positions, config.n_embd)))
+                torch.from_numpy(sinusoidal_table(config.n_positions, config.n_embd))
+            )
         model.transformer.wpe.weight.requires_grad_(False)
         drop = ("transformer.wpe.weight",)
         extra = {"position_embedding_type": "sinusoidal"}
@@ -274,8 +331,9 @@ def make_case(case: dict) -> dict:
             for p in model.parameters():
                 p.copy_(p.float().double())
 
-    ids, labels = make_batch(rng, case["B"], case["T"], config.vocab_size,
-                             case["labels"], case.get("ignore", ()))
+    ids, labels = make_batch(
+        rng, case["B"], case["T"], config.vocab_size, case["labels"], case.get("ignore", ())
+    )
     logits, loss = forward_backward(model, ids, labels)
 
     arrays = {
@@ -304,9 +362,17 @@ def make_case(case: dict) -> dict:
     savez(out / "reference.npz", arrays)
 
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return dict(case=case["name"], params=n_params, loss=loss.item(), hf_loss_rel=rel,
-                model=model, ids=ids, labels=labels, logits=arrays["logits"],
-                grad_names=grad_names)
+    return dict(
+        case=case["name"],
+        params=n_params,
+        loss=loss.item(),
+        hf_loss_rel=rel,
+        model=model,
+        ids=ids,
+        labels=labels,
+        logits=arrays["logits"],
+        grad_names=grad_names,
+    )
 
 
 # --------------------------------------------------------------------------
@@ -352,23 +418,45 @@ def rel_frob(a: dict, ref: dict) -> float:
 
 
 OPTIMIZERS = [
-    ("adamw_fp64", torch.float64, 8,
-     lambda ps: torch.optim.AdamW(ps, lr=3e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01),
-     "AdamW lr 3e-3 betas (0.9, 0.999) eps 1e-8 weight_decay 0.01"),
-    ("adamw_fp32", torch.float32, 8,
-     lambda ps: torch.optim.AdamW(ps, lr=3e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01),
-     "same as adamw_fp64, model and optimizer in float32"),
-    ("adam_fp64", torch.float64, 4,
-     lambda ps: torch.optim.Adam(ps, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1),
-     "Adam lr 1e-3 betas (0.9, 0.999) eps 1e-8 weight_decay 0.1 (L2, added to the gradient)"),
-    ("sgd_fp64", torch.float64, 4,
-     lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, dampening=0.1, weight_decay=0.01,
-                                nesterov=False),
-     "SGD lr 0.05 momentum 0.9 dampening 0.1 weight_decay 0.01"),
-    ("sgd_nesterov_fp64", torch.float64, 4,
-     lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, dampening=0.0, weight_decay=0.01,
-                                nesterov=True),
-     "SGD lr 0.05 momentum 0.9 nesterov weight_decay 0.01"),
+    (
+        "adamw_fp64",
+        torch.float64,
+        8,
+        lambda ps: torch.optim.AdamW(ps, lr=3e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01),
+        "AdamW lr 3e-3 betas (0.9, 0.999) eps 1e-8 weight_decay 0.01",
+    ),
+    (
+        "adamw_fp32",
+        torch.float32,
+        8,
+        lambda ps: torch.optim.AdamW(ps, lr=3e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01),
+        "same as adamw_fp64, model and optimizer in float32",
+    ),
+    (
+        "adam_fp64",
+        torch.float64,
+        4,
+        lambda ps: torch.optim.Adam(ps, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1),
+        "Adam lr 1e-3 betas (0.9, 0.999) eps 1e-8 weight_decay 0.1 (L2, added to the gradient)",
+    ),
+    (
+        "sgd_fp64",
+        torch.float64,
+        4,
+        lambda ps: torch.optim.SGD(
+            ps, lr=0.05, momentum=0.9, dampening=0.1, weight_decay=0.01, nesterov=False
+        ),
+        "SGD lr 0.05 momentum 0.9 dampening 0.1 weight_decay 0.01",
+    ),
+    (
+        "sgd_nesterov_fp64",
+        torch.float64,
+        4,
+        lambda ps: torch.optim.SGD(
+            ps, lr=0.05, momentum=0.9, dampening=0.0, weight_decay=0.01, nesterov=True
+        ),
+        "SGD lr 0.05 momentum 0.9 nesterov weight_decay 0.01",
+    ),
 ]
 
 
@@ -423,7 +511,7 @@ def make_optim(tiny_model) -> list[dict]:
     savez(out / "clip.npz", clip)
 
     summary = []
-    for name, dtype, steps, _m, _doc in OPTIMIZERS:
+    for name, _dtype, steps, _m, _doc in OPTIMIZERS:
         losses = results[name][0]
         summary.append(dict(name=name, steps=steps, first=losses[0], last=losses[-1]))
     return summary, per_step[-1], float(total)
@@ -449,14 +537,15 @@ def verify_hubstyle(case_dir: Path, ref_logits: np.ndarray, ids: np.ndarray) -> 
 
 def verify_roundtrip(case_dir: Path, model, ids, ref_logits) -> float:
     """Load our safetensors back into a fresh model (HF names) and recompute."""
-    m = GPT2LMHeadModel.from_pretrained(str(case_dir), attn_implementation="eager",
-                                        dtype=torch.float64).eval()
+    m = GPT2LMHeadModel.from_pretrained(
+        str(case_dir), attn_implementation="eager", dtype=torch.float64
+    ).eval()
     if "sinusoidal" in case_dir.name:
         with torch.no_grad():
             m.transformer.wpe.weight.copy_(model.transformer.wpe.weight)
     with torch.no_grad():
-        l = m(input_ids=torch.from_numpy(ids)).logits.numpy()
-    return float(np.linalg.norm(l - ref_logits) / np.linalg.norm(ref_logits))
+        logits = m(input_ids=torch.from_numpy(ids)).logits.numpy()
+    return float(np.linalg.norm(logits - ref_logits) / np.linalg.norm(ref_logits))
 
 
 def gradcheck_one(model, ids, labels) -> None:
@@ -472,7 +561,7 @@ def gradcheck_one(model, ids, labels) -> None:
         finally:
             p.data.copy_(saved)
 
-    _, loss = forward_backward(model, ids, labels)
+    _, _loss = forward_backward(model, ids, labels)
     g = p.grad.detach().clone()
     h = 1e-6
     for j in range(min(3, p.numel())):
@@ -488,8 +577,10 @@ def human(n: int) -> str:
 
 
 def main() -> int:
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
-          f"numpy {np.__version__}")
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"numpy {np.__version__}"
+    )
     rows = []
     tiny_model = None
     for case in CASES:

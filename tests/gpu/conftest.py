@@ -51,7 +51,9 @@ def gpu_unavailable() -> str | None:
                 n, reason = 0, f"gpt2rs.cuda.device_count() raised {e!r}"
             if reason is None and n < 1:
                 why = getattr(cuda, "unavailable_reason", lambda: None)()
-                reason = "no CUDA device visible (gpt2rs.cuda.device_count() == 0)" + (f": {why}" if why else "")
+                reason = "no CUDA device visible (gpt2rs.cuda.device_count() == 0)" + (
+                    f": {why}" if why else ""
+                )
     _reason.append(reason)
     return reason
 
@@ -144,4 +146,6 @@ def cuda_impl_or_skip(what: str, optional: bool) -> Iterator[None]:
             raise
         if optional:
             pytest.skip(f"{what}: no CUDA implementation ({e})")
-        raise AssertionError(f"{what} must run on the GPU but has no CUDA implementation: {e}") from e
+        raise AssertionError(
+            f"{what} must run on the GPU but has no CUDA implementation: {e}"
+        ) from e

@@ -26,8 +26,16 @@ import gpt2rs
 
 from .conftest import cuda_impl_or_skip, ran_on_gpu
 
-CFG: dict[str, Any] = {"vocab_size": 500, "n_positions": 256, "n_embd": 192, "n_layer": 2, "n_head": 3,
-                       "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+CFG: dict[str, Any] = {
+    "vocab_size": 500,
+    "n_positions": 256,
+    "n_embd": 192,
+    "n_layer": 2,
+    "n_head": 3,
+    "resid_pdrop": 0.0,
+    "embd_pdrop": 0.0,
+    "attn_pdrop": 0.0,
+}
 B, T = 3, 200
 
 # (logits and loss, each gradient): GPU vs CPU in the same dtype. The blas
@@ -40,8 +48,15 @@ Result = tuple[np.ndarray, float, dict[str, np.ndarray]]
 
 def step(rt: gpt2rs.Runtime, dtype: str, seq_tile: int, dropout: bool) -> Result:
     cfg = dict(CFG, attn_pdrop=0.2 if dropout else 0.0)
-    model = gpt2rs.GPT2LMHead.from_config(cfg, seed=0, dtype=dtype, runtime=rt, seq_len_tile=seq_tile,
-                                          minibatch_size_tile=2, n_head_tile=2)
+    model = gpt2rs.GPT2LMHead.from_config(
+        cfg,
+        seed=0,
+        dtype=dtype,
+        runtime=rt,
+        seq_len_tile=seq_tile,
+        minibatch_size_tile=2,
+        n_head_tile=2,
+    )
     rng = np.random.default_rng(11)
     ids = rng.integers(0, CFG["vocab_size"], (B, T))
     tg = rng.integers(0, CFG["vocab_size"], (B, T))
@@ -64,9 +79,14 @@ def compare(got: Result, ref: Result, dtype: str, what: str) -> None:
 @pytest.mark.parametrize("dropout", [False, True], ids=["nodrop", "drop"])
 @pytest.mark.parametrize("seq_tile", [64, 100])
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_blas_and_warp_paths_match_cpu(cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.Runtime,
-                                       monkeypatch: pytest.MonkeyPatch, dtype: str, seq_tile: int,
-                                       dropout: bool) -> None:
+def test_blas_and_warp_paths_match_cpu(
+    cpu_rt: gpt2rs.Runtime,
+    cuda_rt: gpt2rs.Runtime,
+    monkeypatch: pytest.MonkeyPatch,
+    dtype: str,
+    seq_tile: int,
+    dropout: bool,
+) -> None:
     monkeypatch.delenv("GPT2RS_ATTN", raising=False)
     ref = step(cpu_rt, dtype, seq_tile, dropout)
     out: dict[str, Result] = {}

@@ -17,8 +17,14 @@ from gpt2rs import ops
 from .conftest import ran_on_gpu
 
 CFG = {"vocab_size": 4096, "n_positions": 256, "n_embd": 256, "n_layer": 4, "n_head": 4}
-TILES = {"seq_len_tile": 64, "minibatch_size_tile": 1, "hidden_size_tile": 128, "intermediate_size_tile": 256,
-             "n_head_tile": 2, "vocab_tile": 1024}
+TILES = {
+    "seq_len_tile": 64,
+    "minibatch_size_tile": 1,
+    "hidden_size_tile": 128,
+    "intermediate_size_tile": 256,
+    "n_head_tile": 2,
+    "vocab_tile": 1024,
+}
 B, T, STEPS = 4, 256, 3
 
 
@@ -30,7 +36,9 @@ def train(limit: int | None) -> tuple[list[float], dict[str, np.ndarray], dict[s
     """STEPS AdamW steps on one GPU; (losses, weights, cuda0 stats, model bytes)."""
     limits = None if limit is None else {"cuda0": limit}
     with gpt2rs.Runtime(ncpu=1, ncuda=1, restrict="cuda", memory_limits=limits) as rt:
-        model = gpt2rs.GPT2LMHead.from_config(CFG, seed=0, dtype="fp32", runtime=rt, deterministic=True, **TILES)
+        model = gpt2rs.GPT2LMHead.from_config(
+            CFG, seed=0, dtype="fp32", runtime=rt, deterministic=True, **TILES
+        )
         opt = gpt2rs.AdamW(model, lr=1e-3, weight_decay=0.01)
         rng = np.random.default_rng(0)
         losses = []
@@ -49,7 +57,9 @@ def train(limit: int | None) -> tuple[list[float], dict[str, np.ndarray], dict[s
 def test_training_beyond_the_gpu_memory_limit() -> None:
     losses, state, free, model_bytes = train(None)
     limit = model_bytes // 3
-    assert free["peak_bytes"] > limit, "the unlimited run fits in the limit: the test would prove nothing"
+    assert free["peak_bytes"] > limit, (
+        "the unlimited run fits in the limit: the test would prove nothing"
+    )
     assert free["evictions"] == 0
     small_losses, small_state, st, _ = train(limit)
     assert st["limit"] == limit
@@ -69,8 +79,9 @@ def test_gemm_chain_evicts_on_the_gpu(scheduler: str) -> None:
     limit = 6 * 32 * 32 * 8
     rng = np.random.default_rng(0)
     a_np = rng.standard_normal((96, 96))
-    with gpt2rs.Runtime(ncpu=1, ncuda=1, restrict="cuda", scheduler=scheduler,
-                        memory_limits={"cuda0": limit}) as rt:
+    with gpt2rs.Runtime(
+        ncpu=1, ncuda=1, restrict="cuda", scheduler=scheduler, memory_limits={"cuda0": limit}
+    ) as rt:
         with ran_on_gpu(rt):
             a = gpt2rs.Tensor.from_numpy(a_np, (32, 32), runtime=rt)
             c, ref = a, a_np
@@ -93,7 +104,9 @@ def test_task_bigger_than_the_gpu_limit_fails_cleanly() -> None:
         with pytest.raises(gpt2rs.TaskError):
             c.to_numpy()
         # still usable with operands that fit
-        x = gpt2rs.Tensor.from_numpy(np.arange(16.0, dtype=np.float32).reshape(4, 4), (2, 4), runtime=rt)
+        x = gpt2rs.Tensor.from_numpy(
+            np.arange(16.0, dtype=np.float32).reshape(4, 4), (2, 4), runtime=rt
+        )
         y = gpt2rs.Tensor.zeros((4, 4), (2, 4), runtime=rt)
         with ran_on_gpu(rt):
             ops.add(x, y, alpha=2.0)

@@ -42,10 +42,20 @@ TOL: dict[str, tuple[float, float]] = {
 
 TILINGS: dict[str, dict[str, int | None]] = {
     "untiled": {},
-    "odd": {"seq_len_tile": 3, "minibatch_size_tile": 1, "hidden_size_tile": 5, "intermediate_size_tile": 7,
-            "n_head_tile": 1},
-    "ones": {"seq_len_tile": 1, "minibatch_size_tile": 1, "hidden_size_tile": 1, "intermediate_size_tile": 1,
-             "n_head_tile": 1},
+    "odd": {
+        "seq_len_tile": 3,
+        "minibatch_size_tile": 1,
+        "hidden_size_tile": 5,
+        "intermediate_size_tile": 7,
+        "n_head_tile": 1,
+    },
+    "ones": {
+        "seq_len_tile": 1,
+        "minibatch_size_tile": 1,
+        "hidden_size_tile": 1,
+        "intermediate_size_tile": 1,
+        "n_head_tile": 1,
+    },
 }
 
 # fp64 on the GPU is a convenience, not part of the contract: skipped if the
@@ -75,7 +85,7 @@ def check_against_hf(model: gpt2rs.GPT2LMHead, ref: dict[str, Any], dtype: str) 
     loss = model.forward_backward(ref["input_ids"], labels=ref["labels"])
     assert abs(loss - loss_ref) <= tol_out * abs(loss_ref), (loss, loss_ref)
     grads = model.gradients()
-    expected = {k[len("grad/"):]: v for k, v in ref.items() if k.startswith("grad/")}
+    expected = {k[len("grad/") :]: v for k, v in ref.items() if k.startswith("grad/")}
     assert set(grads) == set(expected)
     worst = max((rel_err(grads[k], v), k) for k, v in expected.items())
     assert worst[0] <= tol_grad, f"{dtype}: gradient of {worst[1]} off by {worst[0]:.2e}"
@@ -112,8 +122,14 @@ def test_other_dtypes_match_hf(cuda_rt: gpt2rs.Runtime, case: str, dtype: str, t
 # partial last tile on every axis (rows 64+64+64+8, hidden 128+64, inner
 # 320+320+128, heads 2+1, vocab 384+384+232, batch 2+1).
 MID = {"vocab_size": 1000, "n_positions": 256, "n_embd": 192, "n_layer": 2, "n_head": 3}
-MID_TILES = {"seq_len_tile": 64, "minibatch_size_tile": 2, "hidden_size_tile": 128, "intermediate_size_tile": 320,
-                 "n_head_tile": 2, "vocab_tile": 384}
+MID_TILES = {
+    "seq_len_tile": 64,
+    "minibatch_size_tile": 2,
+    "hidden_size_tile": 128,
+    "intermediate_size_tile": 320,
+    "n_head_tile": 2,
+    "vocab_tile": 384,
+}
 MID_B, MID_T = 3, 200
 
 # (reference dtype on the CPU, tolerances): GPU and CPU differ by summation
@@ -125,8 +141,9 @@ MID_CASES = {
 }
 
 
-def mid_step(model: gpt2rs.GPT2LMHead, ids: np.ndarray,
-             tg: np.ndarray) -> tuple[np.ndarray, float, dict[str, np.ndarray]]:
+def mid_step(
+    model: gpt2rs.GPT2LMHead, ids: np.ndarray, tg: np.ndarray
+) -> tuple[np.ndarray, float, dict[str, np.ndarray]]:
     logits = model.forward(ids)
     model.zero_grad()
     loss = model.forward_backward(ids, targets=tg)
@@ -151,7 +168,9 @@ def test_mid_model_matches_cpu(cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.Runtime, 
     assert worst[0] <= tol_grad, f"{dtype}: gradient of {worst[1]} off by {worst[0]:.2e}"
 
 
-def test_mid_model_greedy_generation_matches_cpu(cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.Runtime) -> None:
+def test_mid_model_greedy_generation_matches_cpu(
+    cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.Runtime
+) -> None:
     prompt = np.random.default_rng(3).integers(0, MID["vocab_size"], (2, 70))
     cpu = gpt2rs.GPT2LMHead.from_config(MID, seed=1, runtime=cpu_rt, **MID_TILES)
     ref = cpu.generate(prompt, 8, temperature=0.0)
@@ -175,7 +194,10 @@ def test_dropout_masks_match_cpu(cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.Runtime
         m = gpt2rs.GPT2LMHead(cfg, dtype="fp32", runtime=rt, seq_len_tile=3, hidden_size_tile=5)
         m.load_state_dict(weights)
         m.zero_grad()
-        losses = [m.forward_backward(ref["input_ids"], labels=ref["labels"], dropout_seed=s) for s in (1, 2)]
+        losses = [
+            m.forward_backward(ref["input_ids"], labels=ref["labels"], dropout_seed=s)
+            for s in (1, 2)
+        ]
         return losses, m.gradients()
 
     cpu_losses, cpu_grads = run(cpu_rt)
@@ -200,7 +222,9 @@ def trajectory(name: str) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def adamw_run(rt: gpt2rs.Runtime, dtype: str, steps: int) -> tuple[list[float], dict[str, np.ndarray]]:
+def adamw_run(
+    rt: gpt2rs.Runtime, dtype: str, steps: int
+) -> tuple[list[float], dict[str, np.ndarray]]:
     model = load("tiny", rt, dtype, seq_len_tile=4, hidden_size_tile=5)
     opt = gpt2rs.AdamW(model, lr=3e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
     losses = []

@@ -25,12 +25,22 @@ from .conftest import GPU_TOL, cuda_impl_or_skip, ran_on_gpu, task_counts
 Fn = Callable[[gpt2rs.Runtime], list[np.ndarray]]
 
 
-def on(rt: gpt2rs.Runtime, a: np.ndarray, tile: Sequence[int] | None, dtype: str | None = None) -> gpt2rs.Tensor:
-    return gpt2rs.Tensor.from_numpy(a, None if tile is None else tuple(tile), dtype=dtype, runtime=rt)
+def on(
+    rt: gpt2rs.Runtime, a: np.ndarray, tile: Sequence[int] | None, dtype: str | None = None
+) -> gpt2rs.Tensor:
+    return gpt2rs.Tensor.from_numpy(
+        a, None if tile is None else tuple(tile), dtype=dtype, runtime=rt
+    )
 
 
-def check(cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.Runtime, fn: Fn, dtype: str, what: str,
-          tol: float | None = None) -> list[np.ndarray]:
+def check(
+    cpu_rt: gpt2rs.Runtime,
+    cuda_rt: gpt2rs.Runtime,
+    fn: Fn,
+    dtype: str,
+    what: str,
+    tol: float | None = None,
+) -> list[np.ndarray]:
     """Runs fn on both runtimes and compares every array it returns."""
     ref = fn(cpu_rt)
     with cuda_impl_or_skip(what, optional=False), ran_on_gpu(cuda_rt):
@@ -39,9 +49,13 @@ def check(cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.Runtime, fn: Fn, dtype: str, w
     t = GPU_TOL[dtype] if tol is None else tol
     for i, (o, r) in enumerate(zip(out, ref)):
         assert o.shape == r.shape and o.dtype == r.dtype, (i, o.shape, r.shape, o.dtype, r.dtype)
-        assert np.all(np.isfinite(np.asarray(o, np.float64))), f"{what}: output {i} has non-finite values"
+        assert np.all(np.isfinite(np.asarray(o, np.float64))), (
+            f"{what}: output {i} has non-finite values"
+        )
         err = rel_err(o, r)
-        assert err <= t, f"{what} [{dtype}] output {i}: GPU vs CPU relative error {err:.3e} > {t:.0e}"
+        assert err <= t, (
+            f"{what} [{dtype}] output {i}: GPU vs CPU relative error {err:.3e} > {t:.0e}"
+        )
     return out
 
 
@@ -56,7 +70,7 @@ def test_runtime_reports_the_gpu() -> None:
     from gpt2rs import cuda
 
     n = cuda.device_count()
-    with pytest.raises(Exception, match="(?i)cuda|gpu|device"):
+    with pytest.raises(Exception, match=r"(?i)cuda|gpu|device"):
         gpt2rs.Runtime(ncpu=1, ncuda=n + 1)
 
 
@@ -84,8 +98,15 @@ GEMM_SHAPES = [
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
 @pytest.mark.parametrize("shape", range(len(GEMM_SHAPES)))
-def test_gemm_transposes(cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.Runtime, rng: np.random.Generator,
-                         dtype: str, trans_a: bool, trans_b: bool, shape: int) -> None:
+def test_gemm_transposes(
+    cpu_rt: gpt2rs.Runtime,
+    cuda_rt: gpt2rs.Runtime,
+    rng: np.random.Generator,
+    dtype: str,
+    trans_a: bool,
+    trans_b: bool,
+    shape: int,
+) -> None:
     (m, n, k), (tm, tn, tk) = GEMM_SHAPES[shape]
     a = rand(rng, (k, m) if trans_a else (m, k), dtype)
     b = rand(rng, (n, k) if trans_b else (k, n), dtype)
@@ -100,13 +121,18 @@ def test_gemm_transposes(cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.Runtime, rng: n
     out = check(cpu_rt, cuda_rt, fn, dtype, "gemm")
     # Also against float64 numpy: a GPU GEMM in a lower precision than asked
     # (TF32 for fp32, say) is caught even if the CPU were wrong the same way.
-    ref = 0.5 * (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b).astype(np.float64)
+    ref = (
+        0.5
+        * (a.T if trans_a else a).astype(np.float64)
+        @ (b.T if trans_b else b).astype(np.float64)
+    )
     assert rel_err(out[0], ref) <= {"fp64": 1e-12, "fp32": 1e-5, "bf16": 1e-2, "fp16": 2e-3}[dtype]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_gemm_alpha_beta_into_existing_c(cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.Runtime,
-                                         rng: np.random.Generator, dtype: str) -> None:
+def test_gemm_alpha_beta_into_existing_c(
+    cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.Runtime, rng: np.random.Generator, dtype: str
+) -> None:
     a, b, c = rand(rng, (70, 50), dtype), rand(rng, (50, 33), dtype), rand(rng, (70, 33), dtype)
 
     def fn(rt: gpt2rs.Runtime) -> list[np.ndarray]:
@@ -118,8 +144,9 @@ def test_gemm_alpha_beta_into_existing_c(cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_gemm_beta_zero_does_not_read_c(cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.Runtime,
-                                        rng: np.random.Generator, dtype: str) -> None:
+def test_gemm_beta_zero_does_not_read_c(
+    cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.Runtime, rng: np.random.Generator, dtype: str
+) -> None:
     a, b = rand(rng, (9, 10), dtype), rand(rng, (10, 7), dtype)
     nan = np.full((9, 7), np.nan, dtype=NP_DTYPE[dtype])
 
@@ -132,8 +159,9 @@ def test_gemm_beta_zero_does_not_read_c(cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_gemm_two_contracted_axes(cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.Runtime,
-                                  rng: np.random.Generator, dtype: str) -> None:
+def test_gemm_two_contracted_axes(
+    cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.Runtime, rng: np.random.Generator, dtype: str
+) -> None:
     # A [M, K1, K2] @ B [K1, K2, N1, N2]
     a, b = rand(rng, (6, 4, 5), dtype), rand(rng, (4, 5, 3, 7), dtype)
 
@@ -148,8 +176,14 @@ def test_gemm_two_contracted_axes(cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.Runtim
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
-def test_gemm_batched(cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.Runtime, rng: np.random.Generator,
-                      dtype: str, trans_a: bool, trans_b: bool) -> None:
+def test_gemm_batched(
+    cpu_rt: gpt2rs.Runtime,
+    cuda_rt: gpt2rs.Runtime,
+    rng: np.random.Generator,
+    dtype: str,
+    trans_a: bool,
+    trans_b: bool,
+) -> None:
     # A [B, M, K] (or [B, K, M]) @ B [B, K, N] (or [B, N, K]), batch tiled unevenly
     nb, m, n, k = 5, 37, 29, 23
     a = rand(rng, (nb, k, m) if trans_a else (nb, m, k), dtype)
@@ -165,8 +199,9 @@ def test_gemm_batched(cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.Runtime, rng: np.r
     check(cpu_rt, cuda_rt, fn, dtype, "batched gemm")
 
 
-def test_gemm_chain_stays_on_the_device(cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.Runtime,
-                                        rng: np.random.Generator) -> None:
+def test_gemm_chain_stays_on_the_device(
+    cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.Runtime, rng: np.random.Generator
+) -> None:
     # Dependent GEMMs reading and accumulating tiles written on the device.
     a = rng.standard_normal((200, 200))
 
@@ -188,8 +223,13 @@ ELEM_SHAPES = [((7, 9, 4), (3, 4, 3)), ((5, 3), (1, 1)), ((300, 130), (128, 64))
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", range(len(ELEM_SHAPES)))
-def test_elementwise_ops(cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.Runtime, rng: np.random.Generator,
-                         dtype: str, shape: int) -> None:
+def test_elementwise_ops(
+    cpu_rt: gpt2rs.Runtime,
+    cuda_rt: gpt2rs.Runtime,
+    rng: np.random.Generator,
+    dtype: str,
+    shape: int,
+) -> None:
     shp, tile = ELEM_SHAPES[shape]
     x0, y0 = rand(rng, shp, dtype), rand(rng, shp, dtype)
 
@@ -213,8 +253,9 @@ def test_elementwise_ops(cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.Runtime, rng: n
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_add_beta_zero_does_not_read_y(cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.Runtime,
-                                       rng: np.random.Generator, dtype: str) -> None:
+def test_add_beta_zero_does_not_read_y(
+    cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.Runtime, rng: np.random.Generator, dtype: str
+) -> None:
     x0 = rand(rng, (11, 6), dtype)
     nan = np.full((11, 6), np.nan, dtype=NP_DTYPE[dtype])
 
@@ -227,8 +268,9 @@ def test_add_beta_zero_does_not_read_y(cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.R
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_copy_retile_is_exact(cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.Runtime, rng: np.random.Generator,
-                              dtype: str) -> None:
+def test_copy_retile_is_exact(
+    cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.Runtime, rng: np.random.Generator, dtype: str
+) -> None:
     x0 = rand(rng, (37, 26), dtype)
 
     def fn(rt: gpt2rs.Runtime) -> list[np.ndarray]:
@@ -244,8 +286,9 @@ def test_copy_retile_is_exact(cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.Runtime, r
 
 @pytest.mark.parametrize("src", DTYPES)
 @pytest.mark.parametrize("dst", DTYPES)
-def test_cast(cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.Runtime, rng: np.random.Generator,
-              src: str, dst: str) -> None:
+def test_cast(
+    cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.Runtime, rng: np.random.Generator, src: str, dst: str
+) -> None:
     x0 = rand(rng, (23, 17), src)
 
     def fn(rt: gpt2rs.Runtime) -> list[np.ndarray]:
@@ -269,8 +312,13 @@ SUM_SHAPES = [((5, 7, 6), (2, 3, 4)), ((300, 130), (128, 64)), ((4, 1, 3), (1, 1
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", range(len(SUM_SHAPES)))
-def test_sum_every_axis(cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.Runtime, rng: np.random.Generator,
-                        dtype: str, shape: int) -> None:
+def test_sum_every_axis(
+    cpu_rt: gpt2rs.Runtime,
+    cuda_rt: gpt2rs.Runtime,
+    rng: np.random.Generator,
+    dtype: str,
+    shape: int,
+) -> None:
     shp, tile = SUM_SHAPES[shape]
     # Mean 1, so that no sum is near 0 and relative errors stay meaningful.
     x0 = (rng.standard_normal(shp) + 1.0).astype(NP_DTYPE[dtype])
@@ -287,8 +335,9 @@ def test_sum_every_axis(cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.Runtime, rng: np
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_sum_into_out_with_beta(cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.Runtime, rng: np.random.Generator,
-                                dtype: str) -> None:
+def test_sum_into_out_with_beta(
+    cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.Runtime, rng: np.random.Generator, dtype: str
+) -> None:
     x0 = (rng.standard_normal((80, 45)) + 1.0).astype(NP_DTYPE[dtype])
     o0 = rand(rng, (45,), dtype)
     nan = np.full((45,), np.nan, dtype=NP_DTYPE[dtype])
@@ -307,11 +356,16 @@ def test_sum_into_out_with_beta(cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.Runtime,
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_norm(cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.Runtime, rng: np.random.Generator, dtype: str) -> None:
+def test_norm(
+    cpu_rt: gpt2rs.Runtime, cuda_rt: gpt2rs.Runtime, rng: np.random.Generator, dtype: str
+) -> None:
     x0, y0 = rand(rng, (9, 4, 5), dtype), rand(rng, (300, 200), dtype)
 
     def fn(rt: gpt2rs.Runtime) -> list[np.ndarray]:
-        res = [ops.norm(on(rt, x0, (4, 3, 2)), alpha=3.0).to_numpy(), ops.norm(on(rt, y0, (128, 64))).to_numpy()]
+        res = [
+            ops.norm(on(rt, x0, (4, 3, 2)), alpha=3.0).to_numpy(),
+            ops.norm(on(rt, y0, (128, 64))).to_numpy(),
+        ]
         out = gpt2rs.Tensor.from_numpy(np.array([2.0]), None, dtype=dtype, runtime=rt)
         ops.norm(on(rt, x0, (4, 3, 2)), out=out, beta=0.5)
         res.append(out.to_numpy())
@@ -351,8 +405,9 @@ def mixed_program(rt: gpt2rs.Runtime, a: np.ndarray, b: np.ndarray) -> list[np.n
 
 @pytest.mark.parametrize("scheduler", ["eager", "dmda"])
 @pytest.mark.parametrize("dtype", ["fp32", "fp64"])
-def test_cpu_and_gpu_in_one_runtime(cpu_rt: gpt2rs.Runtime, rng: np.random.Generator, scheduler: str,
-                                    dtype: str) -> None:
+def test_cpu_and_gpu_in_one_runtime(
+    cpu_rt: gpt2rs.Runtime, rng: np.random.Generator, scheduler: str, dtype: str
+) -> None:
     a, b = rand(rng, (400, 400), dtype), rand(rng, (400, 400), dtype)
     ref = mixed_program(cpu_rt, a, b)
     with gpt2rs.Runtime(ncpu=2, ncuda=1, scheduler=scheduler) as rt:
@@ -374,7 +429,9 @@ def test_cpu_and_gpu_in_one_runtime(cpu_rt: gpt2rs.Runtime, rng: np.random.Gener
         assert moved.get("host->cuda0", 0) > 0, moved
 
 
-def test_dmda_prefers_the_gpu_for_big_gemms(cpu_rt: gpt2rs.Runtime, rng: np.random.Generator) -> None:
+def test_dmda_prefers_the_gpu_for_big_gemms(
+    cpu_rt: gpt2rs.Runtime, rng: np.random.Generator
+) -> None:
     a = rand(rng, (1024, 1024), "fp32")
     with gpt2rs.Runtime(ncpu=2, ncuda=1, scheduler="dmda") as rt:
         at = on(rt, a, (512, 512))
@@ -384,8 +441,12 @@ def test_dmda_prefers_the_gpu_for_big_gemms(cpu_rt: gpt2rs.Runtime, rng: np.rand
         out = ops.gemm(at, at, alpha=1.0 / 1024).to_numpy()
         rt.wait_all()
         c1, o1 = task_counts(rt)
-    ref = ops.gemm(on(cpu_rt, a, (512, 512)), on(cpu_rt, a, (512, 512)), alpha=1.0 / 1024).to_numpy()
+    ref = ops.gemm(
+        on(cpu_rt, a, (512, 512)), on(cpu_rt, a, (512, 512)), alpha=1.0 / 1024
+    ).to_numpy()
     assert rel_err(out, ref) <= 1e-5
     # 8 tile GEMMs of 512^3: a GPU does one (with its transfers) in well under
     # a millisecond, a CPU core in a few milliseconds.
-    assert c1 - c0 >= (c1 - c0 + o1 - o0) // 2, f"dmda sent {o1 - o0} of {c1 - c0 + o1 - o0} GEMM tasks to the CPU"
+    assert c1 - c0 >= (c1 - c0 + o1 - o0) // 2, (
+        f"dmda sent {o1 - o0} of {c1 - c0 + o1 - o0} GEMM tasks to the CPU"
+    )

@@ -51,7 +51,9 @@ def _prompt_ids(v: str) -> list[int]:
     try:
         ids = [int(x) for x in v.replace(",", " ").split()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{v!r} is not a list of token ids (e.g. '464,1893,286')") from None
+        raise argparse.ArgumentTypeError(
+            f"{v!r} is not a list of token ids (e.g. '464,1893,286')"
+        ) from None
     if not ids:
         raise argparse.ArgumentTypeError("no token ids given")
     return ids
@@ -60,30 +62,56 @@ def _prompt_ids(v: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     from ..model import DTYPES
 
-    ap = Parser(prog=PROG, description=__doc__.split("\n\n")[0], epilog=EPILOG, formatter_class=Formatter)
+    ap = Parser(
+        prog=PROG, description=__doc__.split("\n\n")[0], epilog=EPILOG, formatter_class=Formatter
+    )
     g = ap.add_argument_group("model")
     g.add_argument("--model", default="openai-community/gpt2",
                    help="HF hub id, HF model directory, or gpt2rs-train checkpoint (or its root)")  # fmt: skip
     g.add_argument("--model-path", "--cache-dir", dest="model_path", default=".model",
                    help="cache directory for models from the HF hub (as gpt2rs-train's)")  # fmt: skip
-    g.add_argument("--dtype", choices=DTYPES, default="fp32", help="precision mode (on the CPU the fast modes compute in fp32)")
+    g.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="fp32",
+        help="precision mode (on the CPU the fast modes compute in fp32)",
+    )
     g.add_argument("--restrict", type=_restrict, default=None, metavar="{cpu,cuda,None}",
                    help="prefer these workers (None: every visible GPU, else the CPU)")  # fmt: skip
     g.add_argument("--ncpu", type=int, default=None, help="CPU workers (default: every core)")
-    g.add_argument("--ncuda", type=int, default=None, help="GPUs (default: $STARPU_NCUDA or every visible GPU)")
+    g.add_argument(
+        "--ncuda", type=int, default=None, help="GPUs (default: $STARPU_NCUDA or every visible GPU)"
+    )
 
     g = ap.add_argument_group("prompt and sampling")
-    g.add_argument("--prompt", default="Once upon a time", help="text to continue ('' starts from end-of-text)")
+    g.add_argument(
+        "--prompt", default="Once upon a time", help="text to continue ('' starts from end-of-text)"
+    )
     g.add_argument("--prompt-ids", type=_prompt_ids, default=None,
                    help="token ids to continue instead of --prompt (comma or space separated)")  # fmt: skip
     g.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate")
     g.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (0: greedy)")
-    g.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens (0: all)")
-    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: the smallest set of mass >= p (1: all)")
+    g.add_argument(
+        "--top-k", type=int, default=50, help="sample among the k most likely tokens (0: all)"
+    )
+    g.add_argument(
+        "--top-p",
+        type=float,
+        default=1.0,
+        help="nucleus sampling: the smallest set of mass >= p (1: all)",
+    )
     g.add_argument("--seed", type=int, default=0, help="random seed of the sampler")
     g.add_argument("--ignore-eos", action="store_true", help="do not stop at the end-of-text token")
-    g.add_argument("--no-cache", action="store_true", help="recompute the whole sequence each step (no KV cache)")
-    g.add_argument("--print-ids", action="store_true", help="print the token ids (prompt and new) instead of text")
+    g.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="recompute the whole sequence each step (no KV cache)",
+    )
+    g.add_argument(
+        "--print-ids",
+        action="store_true",
+        help="print the token ids (prompt and new) instead of text",
+    )
     g.add_argument("--quiet", action="store_true", help="no timing line on stderr")
     return ap
 
@@ -118,7 +146,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     try:
         check_sampling(ns.temperature, ns.top_k, ns.top_p)
     except ValueError as e:
-        ap.error(str(e).replace("top_k", "--top-k").replace("top_p", "--top-p").replace("temperature", "--temperature"))
+        ap.error(
+            str(e)
+            .replace("top_k", "--top-k")
+            .replace("top_p", "--top-p")
+            .replace("temperature", "--temperature")
+        )
     return ns
 
 
@@ -137,24 +170,29 @@ def resolve_model(name: str, cache_dir: str | None) -> Path:
             d = p / sub
             if sub and (d / "config.json").is_file():
                 return d
-            raise GenerateError(f"{latest} names {sub!r}, which is not a model directory with a config.json")
-        raise GenerateError(f"{p} is not a model directory: no config.json, and no `latest` naming a checkpoint")
+            raise GenerateError(
+                f"{latest} names {sub!r}, which is not a model directory with a config.json"
+            )
+        raise GenerateError(
+            f"{p} is not a model directory: no config.json, and no `latest` naming a checkpoint"
+        )
     return hub.resolve(name, cache_dir or None)
 
 
 def run(ns: argparse.Namespace) -> int:
     import gpt2rs
 
-    from ..generate import decode, encode
-
     from .. import cuda
+    from ..generate import decode, encode
 
     ncuda = ns.ncuda
     if ncuda is None and os.environ.get("STARPU_NCUDA", "").strip():
         try:
             ncuda = int(os.environ["STARPU_NCUDA"])
         except ValueError:
-            raise GenerateError(f"STARPU_NCUDA must be an integer, got {os.environ['STARPU_NCUDA']!r}") from None
+            raise GenerateError(
+                f"STARPU_NCUDA must be an integer, got {os.environ['STARPU_NCUDA']!r}"
+            ) from None
     try:
         ncuda, notice = cuda.choose_gpus(ns.restrict, ncuda)
     except (ValueError, cuda.CudaError) as e:
@@ -176,7 +214,11 @@ def run(ns: argparse.Namespace) -> int:
         if bad.size:
             raise GenerateError(
                 f"prompt token id {int(bad[0])} is outside the model's vocabulary [0, {cfg.vocab_size})"
-                + ("" if ns.prompt_ids is not None else " (the model does not use GPT-2's tokenizer? give --prompt-ids)")
+                + (
+                    ""
+                    if ns.prompt_ids is not None
+                    else " (the model does not use GPT-2's tokenizer? give --prompt-ids)"
+                )
             )
         room = cfg.n_positions - prompt.size + 1
         if ns.max_new_tokens > room:
@@ -210,7 +252,10 @@ def run(ns: argparse.Namespace) -> int:
             rate = f", {new / dt:.1f} tokens/s" if dt > 0 and new else ""
             cache = "no KV cache" if ns.no_cache else "KV cache"
             where = f"{ncuda} GPU(s)" if ncuda else "CPU"
-            print(f"{PROG}: {new} new tokens in {dt:.2f} s{rate} ({cache}, {ns.dtype}, {where}, {rt.nworkers} workers)", file=sys.stderr)
+            print(
+                f"{PROG}: {new} new tokens in {dt:.2f} s{rate} ({cache}, {ns.dtype}, {where}, {rt.nworkers} workers)",
+                file=sys.stderr,
+            )
             if notice:
                 print(f"{PROG}: note: {notice}", file=sys.stderr)
     finally:
@@ -225,7 +270,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return run(ns)
-    except (GenerateError, WeightsError, TokenizerUnavailable, ValueError, OSError, RuntimeError) as e:
+    except (
+        GenerateError,
+        WeightsError,
+        TokenizerUnavailable,
+        ValueError,
+        OSError,
+        RuntimeError,
+    ) as e:
         msg = " ".join(str(e).split()) or type(e).__name__
         sys.stderr.write(f"{PROG}: error: {msg}\n")
         return 1

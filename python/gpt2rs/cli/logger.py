@@ -30,7 +30,9 @@ def _env_port(*names: str, default: int) -> int:
             try:
                 return int(v)
             except ValueError:
-                raise SystemExit(f"{PROG}: error: environment variable {n}={v!r} is not a port number") from None
+                raise SystemExit(
+                    f"{PROG}: error: environment variable {n}={v!r} is not a port number"
+                ) from None
     return default
 
 
@@ -87,12 +89,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         for t in raw
     ]
     args = ap.parse_args(raw)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format=f"{PROG}: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format=f"{PROG}: %(message)s"
+    )
     server = LoggerServer(args.host, args.port, args.log_dir)
     try:
         server.start()
     except OSError as e:
-        sys.stderr.write(f"{PROG}: error: cannot listen on {args.host}:{args.port}: {e.strerror or e}\n")
+        sys.stderr.write(
+            f"{PROG}: error: cannot listen on {args.host}:{args.port}: {e.strerror or e}\n"
+        )
         return 1
 
     def say(text: str) -> None:
@@ -126,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tb.terminate()
             try:
                 tb.wait(5)
-            except Exception:
+            except Exception:  # noqa: BLE001 -- any failure here means the same thing
                 tb.kill()
     say(f"stopped: {server.messages:,} metrics from {len(server.clients)} run(s)")
     return 0

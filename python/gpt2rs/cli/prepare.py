@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from typing_extensions import Self
+
 from ._common import Formatter, Parser
 
 PROG = "gpt2rs-prepare"
@@ -74,15 +76,33 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="keep the first N documents, -1 for all (default: 100 for --hf-dataset, as NNTile; all for --input)",
     )
-    opt("--hf-tokenizer", default="openai-community/gpt2", help="tokenizer name (GPT-2 names use the built-in BPE)")
+    opt(
+        "--hf-tokenizer",
+        default="openai-community/gpt2",
+        help="tokenizer name (GPT-2 names use the built-in BPE)",
+    )
     opt(
         "--tokenizer-path",
         default=None,
         help="a tokenizer.json (or a directory holding one) to use instead; else the cache for a hub tokenizer",
     )
-    opt("--seq-len", type=int, default=1024, help="sequence length (train.bin trimmed to batches of seq-len + 1)")
-    opt("--batch-size", type=int, default=1, help="sequences per batch (train.bin trimmed to whole batches)")
-    opt("--no-trim", action="store_true", help="keep every train token instead of trimming to whole batches")
+    opt(
+        "--seq-len",
+        type=int,
+        default=1024,
+        help="sequence length (train.bin trimmed to batches of seq-len + 1)",
+    )
+    opt(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="sequences per batch (train.bin trimmed to whole batches)",
+    )
+    opt(
+        "--no-trim",
+        action="store_true",
+        help="keep every train token instead of trimming to whole batches",
+    )
     opt(
         "--input",
         nargs="+",
@@ -150,7 +170,7 @@ class _Bar:
         )
         self.task = self.progress.add_task("tokenizing", total=None, docs=0, tokens=0, mbps=0.0)
 
-    def __enter__(self) -> _Bar:
+    def __enter__(self) -> Self:
         self.progress.start()
         return self
 

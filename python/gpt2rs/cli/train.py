@@ -53,7 +53,9 @@ def _restrict(v: str) -> str | None:
 
 def build_parser() -> argparse.ArgumentParser:
     d = TrainOptions()
-    ap = Parser(prog=PROG, description=__doc__.split("\n\n")[0], epilog=EPILOG, formatter_class=Formatter)
+    ap = Parser(
+        prog=PROG, description=__doc__.split("\n\n")[0], epilog=EPILOG, formatter_class=Formatter
+    )
 
     g = ap.add_argument_group("model (NNTile's options)")
     g.add_argument(
@@ -78,10 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.config_path,
         help="HF config.json for --pretrained local ('': the shipped GPT-2 small config)",
     )
-    g.add_argument("--save-checkpoint-path", default=d.save_checkpoint_path, help="directory for checkpoints")
-    g.add_argument("--model-path", default=d.model_path, help="cache directory for models from the HF hub")
     g.add_argument(
-        "--dtype", choices=DTYPES, default=d.dtype, help="precision mode (on the CPU the fast modes compute in fp32)"
+        "--save-checkpoint-path", default=d.save_checkpoint_path, help="directory for checkpoints"
+    )
+    g.add_argument(
+        "--model-path", default=d.model_path, help="cache directory for models from the HF hub"
+    )
+    g.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=d.dtype,
+        help="precision mode (on the CPU the fast modes compute in fp32)",
     )
     g.add_argument(
         "--restrict",
@@ -90,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="{cpu,cuda,None}",
         help="worker kinds to use (None: all available)",
     )
-    g.add_argument("--recompute", action="store_true", help="recompute activations in backward (less memory)")
+    g.add_argument(
+        "--recompute", action="store_true", help="recompute activations in backward (less memory)"
+    )
     g.add_argument(
         "--dropout",
         type=float,
@@ -109,23 +120,40 @@ def build_parser() -> argparse.ArgumentParser:
         "n_head_tile",
         "vocab_tile",
     ):
-        g.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=f"tile size along {name[:-5]}")
+        g.add_argument(
+            "--" + name.replace("_", "-"),
+            type=int,
+            default=None,
+            help=f"tile size along {name[:-5]}",
+        )
 
     g = ap.add_argument_group("data")
-    g.add_argument("--dataset-path", default=d.dataset_path, help="directory of the prepared datasets")
     g.add_argument(
-        "--dataset-file", default=d.dataset_file, help="training .bin (uint16 token ids), relative to --dataset-path"
+        "--dataset-path", default=d.dataset_path, help="directory of the prepared datasets"
     )
-    g.add_argument("--val-file", default=d.val_file, help="validation .bin, relative to --dataset-path ('': none)")
+    g.add_argument(
+        "--dataset-file",
+        default=d.dataset_file,
+        help="training .bin (uint16 token ids), relative to --dataset-path",
+    )
+    g.add_argument(
+        "--val-file",
+        default=d.val_file,
+        help="validation .bin, relative to --dataset-path ('': none)",
+    )
     g.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per sequence")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="sequences per optimizer step")
+    g.add_argument(
+        "--batch-size", type=int, default=d.batch_size, help="sequences per optimizer step"
+    )
     g.add_argument(
         "--minibatch-size",
         type=int,
         default=d.minibatch_size,
         help="sequences per forward/backward (-1: --batch-size); must divide --batch-size",
     )
-    g.add_argument("--seed", type=int, default=d.seed, help="seed of the init, the data order and dropout")
+    g.add_argument(
+        "--seed", type=int, default=d.seed, help="seed of the init, the data order and dropout"
+    )
 
     g = ap.add_argument_group("optimization")
     g.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer, help="optimizer")
@@ -155,7 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eps", type=float, default=d.eps, help="Adam epsilon")
     g.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
     g.add_argument(
-        "--grad-clip", type=float, default=d.grad_clip, help="clip the global gradient norm to this (0: off)"
+        "--grad-clip",
+        type=float,
+        default=d.grad_clip,
+        help="clip the global gradient norm to this (0: off)",
     )
     g.add_argument(
         "--allow-nonfinite-loss",
@@ -165,15 +196,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = ap.add_argument_group("checkpoints and evaluation")
     g.add_argument(
-        "--save-every", type=int, default=d.save_every, help="save a checkpoint every N steps (0: at the end only)"
+        "--save-every",
+        type=int,
+        default=d.save_every,
+        help="save a checkpoint every N steps (0: at the end only)",
     )
     g.add_argument(
-        "--keep-checkpoints", type=int, default=d.keep_checkpoints, help="newest checkpoints to keep (0: all)"
+        "--keep-checkpoints",
+        type=int,
+        default=d.keep_checkpoints,
+        help="newest checkpoints to keep (0: all)",
     )
     g.add_argument(
-        "--eval-every", type=int, default=d.eval_every, help="evaluate on --val-file every N steps (0: at the end only)"
+        "--eval-every",
+        type=int,
+        default=d.eval_every,
+        help="evaluate on --val-file every N steps (0: at the end only)",
     )
-    g.add_argument("--eval-batches", type=int, default=d.eval_batches, help="minibatches per evaluation")
+    g.add_argument(
+        "--eval-batches", type=int, default=d.eval_batches, help="minibatches per evaluation"
+    )
 
     g = ap.add_argument_group("runtime (StarPU's environment maps onto these)")
     g.add_argument(
@@ -182,15 +224,24 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"scheduling policy: eager or dmda, or a StarPU name ({', '.join(sorted(SCHEDULERS))}); "
         "default: $STARPU_SCHED or eager",
     )
-    g.add_argument("--ncpu", type=int, default=None, help="CPU workers; default: $STARPU_NCPU or every core")
     g.add_argument(
-        "--ncuda", type=int, default=None, help="GPUs (one CUDA worker each); default: $STARPU_NCUDA or every visible GPU"
+        "--ncpu", type=int, default=None, help="CPU workers; default: $STARPU_NCPU or every core"
     )
     g.add_argument(
-        "--perf-model-dir", default=None, help="performance models directory; default: $STARPU_PERF_MODEL_DIR or none"
+        "--ncuda",
+        type=int,
+        default=None,
+        help="GPUs (one CUDA worker each); default: $STARPU_NCUDA or every visible GPU",
     )
     g.add_argument(
-        "--trace", default=None, help="write a Chrome trace of every task here (open in Perfetto); default: none"
+        "--perf-model-dir",
+        default=None,
+        help="performance models directory; default: $STARPU_PERF_MODEL_DIR or none",
+    )
+    g.add_argument(
+        "--trace",
+        default=None,
+        help="write a Chrome trace of every task here (open in Perfetto); default: none",
     )
 
     g = ap.add_argument_group("logging")
@@ -212,10 +263,18 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"gpt2rs-logger server port; default: $NNTILE_LOGGER_SERVER_PORT or {DEFAULT_SERVER_PORT}",
     )
     g.add_argument(
-        "--log-dir", default=d.log_dir, help="local TensorBoard directory ('': runs/<run name> when there is no server)"
+        "--log-dir",
+        default=d.log_dir,
+        help="local TensorBoard directory ('': runs/<run name> when there is no server)",
     )
-    g.add_argument("--run-name", default=d.run_name, help="run name in TensorBoard ('': <time>-<host>-<pid>)")
-    g.add_argument("--metrics-file", default=d.metrics_file, help="append one JSON line per step here ('': none)")
+    g.add_argument(
+        "--run-name", default=d.run_name, help="run name in TensorBoard ('': <time>-<host>-<pid>)"
+    )
+    g.add_argument(
+        "--metrics-file",
+        default=d.metrics_file,
+        help="append one JSON line per step here ('': none)",
+    )
     g.add_argument(
         "--log-every",
         type=int,
@@ -282,13 +341,17 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainOptions, dict[st
     if ns.scheduler is None:
         ns.scheduler = os.environ.get("STARPU_SCHED", "").strip() or "eager"
     if ns.scheduler not in SCHEDULERS:
-        ap.error(f"unknown scheduler {ns.scheduler!r} (expected one of {', '.join(sorted(SCHEDULERS))})")
+        ap.error(
+            f"unknown scheduler {ns.scheduler!r} (expected one of {', '.join(sorted(SCHEDULERS))})"
+        )
     if ns.perf_model_dir is None:
         ns.perf_model_dir = os.environ.get("STARPU_PERF_MODEL_DIR", "")
     if ns.trace is None:
         ns.trace = ""
         if _env_flag("STARPU_FXT_TRACE"):
-            ns.trace = os.path.join(os.environ.get("STARPU_FXT_PREFIX", "") or ".", "gpt2rs.trace.json")
+            ns.trace = os.path.join(
+                os.environ.get("STARPU_FXT_PREFIX", "") or ".", "gpt2rs.trace.json"
+            )
     if ns.logger is None:
         ns.logger = bool(_env_flag("NNTILE_LOGGER"))
     if ns.logger_server_addr is None:
@@ -305,7 +368,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainOptions, dict[st
 
 
 def _fmt_time(s: float) -> str:
-    s = int(round(s))
+    s = round(s)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
@@ -353,7 +416,13 @@ class RichReporter(_Base):
     """A progress bar (step, epoch, loss, tokens/s, ETA) on a terminal."""
 
     def start(self, info: dict[str, Any]) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         self.info = info
         self.err.print(self._header(info), markup=False, highlight=False, soft_wrap=True)
@@ -384,7 +453,11 @@ class RichReporter(_Base):
     def step(self, r: dict[str, Any]) -> None:
         loss = f"{r['loss']:.4f}" + (f" (val {r['eval_loss']:.4f})" if "eval_loss" in r else "")
         self.progress.update(
-            self.task, completed=r["step"], epoch=r["epoch"], loss=loss, tps=f"{r['tokens_per_s']:,.0f}"
+            self.task,
+            completed=r["step"],
+            epoch=r["epoch"],
+            loss=loss,
+            tps=f"{r['tokens_per_s']:,.0f}",
         )
 
     def message(self, text: str) -> None:
@@ -524,7 +597,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted; not saved (the last checkpoint is kept)\n")
         return 130
-    except (TrainError, DataError, WeightsError, CheckpointError, ValueError, OSError, RuntimeError, MemoryError) as e:
+    except (
+        TrainError,
+        DataError,
+        WeightsError,
+        CheckpointError,
+        ValueError,
+        OSError,
+        RuntimeError,
+        MemoryError,
+    ) as e:
         sys.stderr.write(f"{PROG}: error: {_one_line(e)}\n")
         return 1
     finally:

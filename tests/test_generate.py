@@ -29,11 +29,11 @@ GOLDEN = Path(__file__).parent / "golden"
 TILINGS: dict[str, dict[str, Any]] = {
     "default": {},
     "untiled": dict(
-        seq_len_tile=-1,
-        minibatch_size_tile=-1,
-        intermediate_size_tile=-1,
-        n_head_tile=-1,
-        vocab_tile=-1,
+        seq_len_tile="whole",
+        minibatch_size_tile="whole",
+        intermediate_size_tile="whole",
+        n_head_tile="whole",
+        vocab_tile="whole",
     ),
     "seq1": dict(seq_len_tile=1, n_head_tile=1),
     "seq2": dict(seq_len_tile=2, minibatch_size_tile=1),
@@ -56,11 +56,11 @@ def load(case: str, rt: gpt2rs.Runtime, dtype: str = "fp64", **tiles: Any) -> gp
 def cached_logits(model: gpt2rs.GPT2LMHead, ids: np.ndarray, chunks: list[int]) -> np.ndarray:
     """Logits [B, T, V] of ids fed through one cache in chunks of these lengths."""
     bsz, v = ids.shape[0], model.config.vocab_size
-    cache = model._core.new_cache(bsz)
+    cache = model.new_cache(bsz)
     out, t = [], 0
     for n in chunks:
         part = np.ascontiguousarray(ids[:, t : t + n])
-        out.append(model._core.forward_cached(cache, part).reshape(bsz, n, v))
+        out.append(model.forward_cached(cache, part).reshape(bsz, n, v))
         t += n
         assert len(cache) == t
     return np.concatenate(out, axis=1)
@@ -121,14 +121,14 @@ def test_last_only(rt: gpt2rs.Runtime) -> None:
     model = load("tiny", rt, seq_len_tile=2, minibatch_size_tile=1)
     ids = np.random.default_rng(4).integers(0, 37, (3, 9))
     full = model.forward(ids)
-    cache = model._core.new_cache(3)
-    last = model._core.forward_cached(
-        cache, np.ascontiguousarray(ids[:, :5]), last_only=True
-    ).reshape(3, 37)
+    cache = model.new_cache(3)
+    last = model.forward_cached(cache, np.ascontiguousarray(ids[:, :5]), last_only=True).reshape(
+        3, 37
+    )
     assert rel_err(last, full[:, 4]) <= 1e-12
-    last = model._core.forward_cached(
-        cache, np.ascontiguousarray(ids[:, 5:]), last_only=True
-    ).reshape(3, 37)
+    last = model.forward_cached(cache, np.ascontiguousarray(ids[:, 5:]), last_only=True).reshape(
+        3, 37
+    )
     assert rel_err(last, full[:, 8]) <= 1e-12
     assert len(cache) == 9
 
@@ -136,31 +136,31 @@ def test_last_only(rt: gpt2rs.Runtime) -> None:
 def test_cache_full_and_misuse(rt: gpt2rs.Runtime) -> None:
     model = load("tiny", rt, seq_len_tile=4)
     ids = np.random.default_rng(5).integers(0, 37, (2, 16))
-    cache = model._core.new_cache(2)
+    cache = model.new_cache(2)
     assert (cache.batch, cache.capacity, len(cache)) == (2, 16, 0)
-    model._core.forward_cached(cache, ids)
+    model.forward_cached(cache, ids)
     with pytest.raises(
         ValueError, match=r"KV cache is full: 16 cached \+ 1 new positions exceed n_positions = 16"
     ):
-        model._core.forward_cached(cache, ids[:, :1].copy())
+        model.forward_cached(cache, ids[:, :1].copy())
     assert len(cache) == 16  # a refused call changes nothing
     # truncate / reset make room again, and the logits are those of the new prefix
     cache.truncate(10)
     with pytest.raises(ValueError, match="cannot truncate"):
         cache.truncate(11)
     other = np.ascontiguousarray(ids[:, ::-1][:, :6])
-    got = model._core.forward_cached(cache, other).reshape(2, 6, 37)
+    got = model.forward_cached(cache, other).reshape(2, 6, 37)
     assert rel_err(got, model.forward(np.concatenate([ids[:, :10], other], 1))[:, 10:]) <= 1e-12
     cache.reset()
     assert len(cache) == 0
     with pytest.raises(ValueError, match="batch of 1 rows for a cache of 2"):
-        model._core.forward_cached(cache, ids[:1, :2].copy())
+        model.forward_cached(cache, ids[:1, :2].copy())
     with pytest.raises(ValueError, match="another model"):
-        load("tiny", rt)._core.forward_cached(cache, ids[:, :2].copy())
+        load("tiny", rt).forward_cached(cache, ids[:, :2].copy())
     with pytest.raises(ValueError, match="outside the vocabulary"):
-        model._core.forward_cached(cache, np.full((2, 1), 37, np.int64))
+        model.forward_cached(cache, np.full((2, 1), 37, np.int64))
     with pytest.raises(ValueError, match="batch size"):
-        model._core.new_cache(0)
+        model.new_cache(0)
     assert "len=0" in repr(cache)
 
 
@@ -352,12 +352,12 @@ def test_time_per_token_by_context(rt: gpt2rs.Runtime, capsys: pytest.CaptureFix
     lines = []
     for ctx in (32, 256):
         ids = rng.integers(0, 512, (1, ctx))
-        cache = model._core.new_cache(1)
-        model._core.forward_cached(cache, ids, last_only=True)
+        cache = model.new_cache(1)
+        model.forward_cached(cache, ids, last_only=True)
         steps = 16
         t0 = time.perf_counter()
         for i in range(steps):
-            model._core.forward_cached(cache, np.array([[i]], np.int64), last_only=True)
+            model.forward_cached(cache, np.array([[i]], np.int64), last_only=True)
         cached = (time.perf_counter() - t0) / steps
         t0 = time.perf_counter()
         for _ in range(3):

@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -35,12 +36,12 @@ TILINGS: dict[str, dict[str, int | None]] = {
     # No tile arguments: cut from the shapes and the runtime's CPU workers.
     "default": {},
     "untiled": dict(
-        seq_len_tile=-1,
-        minibatch_size_tile=-1,
-        hidden_size_tile=-1,
-        intermediate_size_tile=-1,
-        n_head_tile=-1,
-        vocab_tile=-1,
+        seq_len_tile="whole",
+        minibatch_size_tile="whole",
+        hidden_size_tile="whole",
+        intermediate_size_tile="whole",
+        n_head_tile="whole",
+        vocab_tile="whole",
     ),
     "odd": dict(
         seq_len_tile=3,
@@ -270,6 +271,49 @@ def test_bad_inputs(rt: gpt2rs.Runtime) -> None:
             dtype="int8",
             runtime=rt,
         )
+
+
+def test_model_options_one_object_for_every_constructor(rt: gpt2rs.Runtime) -> None:
+    """One ModelOptions (or its fields as keywords) for the constructor,
+    from_config and from_pretrained; validated once in Python, read by the
+    core attribute by attribute."""
+    opts = gpt2rs.ModelOptions(dtype="fp64", seq_len_tile=3, vocab_tile=np.int64(16))
+    assert opts.vocab_tile == 16 and type(opts.vocab_tile) is int
+    a = gpt2rs.GPT2LMHead.from_pretrained(GOLDEN / "tiny", opts, runtime=rt)
+    b = gpt2rs.GPT2LMHead.from_pretrained(
+        GOLDEN / "tiny", runtime=rt, dtype="fp64", seq_len_tile=3, vocab_tile=16
+    )
+    assert a.options == b.options == opts and a.dtype == "fp64"
+    ids = np.arange(12).reshape(2, 6) % 37
+    np.testing.assert_array_equal(a.forward(ids), b.forward(ids))
+    # Keywords replace the object's fields; dropout sets the config's three pdrops.
+    c = gpt2rs.GPT2LMHead.from_config(a.config, opts, seed=1, runtime=rt, dropout=0.25)
+    assert c.options.seq_len_tile == 3 and c.options.dropout == 0.25
+    assert (c.config.resid_pdrop, c.config.embd_pdrop, c.config.attn_pdrop) == (0.25,) * 3
+    whole = gpt2rs.GPT2LMHead.from_pretrained(
+        GOLDEN / "tiny", runtime=rt, dtype="fp64", **{k: "whole" for k in opts.tiles()}
+    )
+    assert rel_err(whole.forward(ids), a.forward(ids)) <= 1e-12
+    for bad, needle in [
+        ({"vocab_tile": -1}, "vocab_tile must be an int >= 1, 'whole'"),
+        ({"n_head_tile": 0}, "n_head_tile must be"),
+        ({"seq_len_tile": True}, "seq_len_tile must be"),
+        ({"dtype": "float32"}, "unknown dtype 'float32'"),
+        ({"dropout": 1.0}, "dropout must be in"),
+        ({"recompute": "yes"}, "recompute must be True or False"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(needle)):
+            gpt2rs.ModelOptions(**bad)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'tile'"):
+        gpt2rs.GPT2LMHead(a.config, runtime=rt, tile=4)
+    with pytest.raises(TypeError, match=r"options must be a gpt2rs\.ModelOptions"):
+        gpt2rs.GPT2LMHead(a.config, "fp64", runtime=rt)  # type: ignore[arg-type]
+    # The core reads the same object (and still refuses what Python would).
+    from gpt2rs._gpt2rs import Gpt2Core
+
+    with pytest.raises(TypeError, match=r"ModelOptions\.vocab_tile") as e:
+        Gpt2Core(a.config, SimpleNamespace(**{**vars(opts), "vocab_tile": -1}), rt)
+    assert "a tile size must be" in str(e.value.__cause__)
 
 
 def test_from_config_initialises_like_hf(rt: gpt2rs.Runtime) -> None:

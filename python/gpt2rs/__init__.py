@@ -33,6 +33,7 @@ from gpt2rs.config import GPT2Config
 from gpt2rs.hub import WeightsError
 from gpt2rs.model import GPT2LMHead
 from gpt2rs.optim import SGD, Adam, AdamW, clip_grad_norm
+from gpt2rs.options import ModelOptions
 
 __all__ = [
     "SGD",
@@ -41,6 +42,7 @@ __all__ = [
     "DTypeError",
     "GPT2Config",
     "GPT2LMHead",
+    "ModelOptions",
     "Runtime",
     "RuntimeShutdownError",
     "ShapeError",

@@ -8,6 +8,9 @@ from typing import Any, Literal, TypeAlias, final
 import numpy as np
 import numpy.typing as npt
 
+from gpt2rs.config import GPT2Config
+from gpt2rs.options import ModelOptions
+
 __all__ = [
     "CudaError",
     "DTypeError",
@@ -174,13 +177,7 @@ class Gpt2Core:
     """The compiled GPT-2 model; use gpt2rs.GPT2LMHead."""
 
     def __new__(
-        cls,
-        config: dict[str, Any],
-        tiles: dict[str, int | None],
-        precision: str,
-        runtime: Runtime | None = None,
-        recompute: bool = False,
-        deterministic: bool = False,
+        cls, config: GPT2Config, options: ModelOptions, runtime: Runtime | None = None
     ) -> Gpt2Core: ...
     def param_names(self) -> list[str]: ...
     def param_shape(self, name: str) -> list[int]: ...

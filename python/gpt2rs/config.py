@@ -141,19 +141,21 @@ class GPT2Config:
             d.setdefault(k, v)
         return d
 
-    def core_dict(self) -> dict[str, Any]:
-        """The fields the compiled model needs."""
-        return {
-            "vocab_size": self.vocab_size,
-            "n_positions": self.n_positions,
-            "n_embd": self.n_embd,
-            "n_layer": self.n_layer,
-            "n_head": self.n_head,
-            "n_inner": self.inner_size,
-            "activation_function": self.activation_function,
-            "layer_norm_epsilon": float(self.layer_norm_epsilon),
-            "resid_pdrop": float(self.resid_pdrop),
-            "embd_pdrop": float(self.embd_pdrop),
-            "attn_pdrop": float(self.attn_pdrop),
-            "position_embedding_type": self.position_embedding_type,
-        }
+    def same_network(self, other: GPT2Config) -> bool:
+        """Whether both describe the same network: every field the compiled
+        model reads, dropout aside (the token ids and init do not change it)."""
+
+        def key(c: GPT2Config) -> tuple[Any, ...]:
+            return (
+                c.vocab_size,
+                c.n_positions,
+                c.n_embd,
+                c.n_layer,
+                c.n_head,
+                c.inner_size,
+                c.activation_function,
+                float(c.layer_norm_epsilon),
+                c.position_embedding_type,
+            )
+
+        return key(self) == key(other)

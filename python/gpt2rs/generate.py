@@ -160,9 +160,7 @@ def generate(
         raise ValueError(f"seed must be an int >= 0 or None, got {seed!r}")
     arr = np.asarray(input_ids)
     one_d = arr.ndim == 1
-    from .model import _ids  # the same checks as forward
-
-    ids = model._check_ids(_ids("input_ids", arr[None] if one_d else arr))
+    ids = model.check_ids(arr[None] if one_d else arr)
     cfg = model.config
     if eos_token_id is not None and not 0 <= int(eos_token_id) < cfg.vocab_size:
         raise ValueError(
@@ -179,18 +177,15 @@ def generate(
     if n_new == 0:
         return ids[0] if one_d else ids
     rng = np.random.default_rng(seed)
-    vocab = cfg.vocab_size
     out = np.empty((bsz, t0 + n_new), dtype=np.int64)
     out[:, :t0] = ids
     done = np.zeros(bsz, dtype=bool)
-    cache = model._core.new_cache(bsz) if use_cache else None
+    cache = model.new_cache(bsz) if use_cache else None
     feed = ids
     length = t0
     for _ in range(n_new):
         if cache is not None:
-            logits = model._core.forward_cached(
-                cache, np.ascontiguousarray(feed), last_only=True
-            ).reshape(bsz, vocab)
+            logits = model.forward_cached(cache, feed, last_only=True)
         else:
             logits = model.forward(out[:, :length])[:, -1]
         nxt = sample(logits, rng, t, k, p)

@@ -7,26 +7,18 @@ inputs, maps HF names and shapes, and moves numpy arrays in and out.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from . import checkpoint as ckpt_io
 from . import hub
-from ._gpt2rs import Gpt2Core, Runtime, cpu_bf16_gemm, default_runtime
+from ._gpt2rs import Gpt2Core, KvCache, Runtime, cpu_bf16_gemm, default_runtime
 from .config import GPT2Config
+from .options import ModelOptions
 
-DTYPES = ("fp32", "fp64", "tf32", "bf16", "fp32_fast_fp16", "fp32_fast_bf16", "fp32_fast_tf32")
 IGNORE_INDEX = -100
-
-
-def _tile(name: str, v: int | None) -> int | None:
-    """None: chosen from the shapes and the CPU workers; -1: untiled (NNTile's)."""
-    if v is None:
-        return None
-    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or (v < 1 and v != -1):
-        raise ValueError(f"{name} must be an int >= 1, -1 (untiled) or None (default), got {v!r}")
-    return int(v)
 
 
 def _ids(name: str, a: Any) -> np.ndarray:
@@ -47,20 +39,11 @@ class GPT2LMHead:
 
     Args:
         config: a GPT2Config, a dict of HF config fields, or a config.json path.
-        dtype: one of fp32, fp64, tf32, bf16, fp32_fast_fp16, fp32_fast_bf16,
-            fp32_fast_tf32 (on the CPU, tf32 and the fast modes compute in fp32).
-        seq_len_tile, minibatch_size_tile, hidden_size_tile,
-        intermediate_size_tile, n_head_tile, vocab_tile: tile size per axis;
-            -1 leaves that axis whole; None (the default) picks a size from
-            the shapes and the runtime's CPU workers, so that every worker
-            stays busy (at least one row tile per worker, inner size and
-            heads cut per worker, vocabulary tiles of at most 8192; on a GPU
-            every axis stays whole).
+        options: how it computes (precision, tiling, recompute, determinism,
+            dropout): a gpt2rs.ModelOptions; None: the defaults.
         runtime: the gpt2rs.Runtime to run on; None uses the default one.
-        recompute: recompute LayerNorm outputs and activations in backward
-            instead of keeping them (less memory, a little more compute).
-        deterministic: accumulate the embedding gradient in a fixed order, so
-            that runs repeat bit for bit.
+        **overrides: ModelOptions fields (``dtype="bf16"``, ``vocab_tile=1024``,
+            ...) that replace those of `options`.
 
     The parameters start at zero; use `from_pretrained`, `from_config` or
     `load_state_dict`.
@@ -69,42 +52,21 @@ class GPT2LMHead:
     def __init__(
         self,
         config: GPT2Config | dict[str, Any] | str | os.PathLike[str],
+        options: ModelOptions | None = None,
         *,
-        dtype: str = "fp32",
-        seq_len_tile: int | None = None,
-        minibatch_size_tile: int | None = None,
-        hidden_size_tile: int | None = None,
-        intermediate_size_tile: int | None = None,
-        n_head_tile: int | None = None,
-        vocab_tile: int | None = None,
         runtime: Runtime | None = None,
-        recompute: bool = False,
-        deterministic: bool = False,
+        **overrides: Any,
     ) -> None:
-        self._config = GPT2Config.coerce(config)
-        if dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r} (expected one of {', '.join(DTYPES)})")
-        if "bf16" in dtype:
+        self.options = ModelOptions.of(options, **overrides)
+        config = GPT2Config.coerce(config)
+        d = self.options.dropout
+        if d is not None:
+            config = replace(config, resid_pdrop=d, embd_pdrop=d, attn_pdrop=d)
+        self._config = config
+        if "bf16" in self.options.dtype:
             cpu_bf16_gemm()  # a bad GPT2RS_BF16_GEMM is one ValueError here, not at the first GEMM
-        self.dtype = dtype
-        tiles = {
-            "seq_len_tile": _tile("seq_len_tile", seq_len_tile),
-            "minibatch_size_tile": _tile("minibatch_size_tile", minibatch_size_tile),
-            "hidden_size_tile": _tile("hidden_size_tile", hidden_size_tile),
-            "intermediate_size_tile": _tile("intermediate_size_tile", intermediate_size_tile),
-            "n_head_tile": _tile("n_head_tile", n_head_tile),
-            "vocab_tile": _tile("vocab_tile", vocab_tile),
-        }
-        self.tiles = tiles
         self._runtime = runtime if runtime is not None else default_runtime()
-        self._core = Gpt2Core(
-            self._config.core_dict(),
-            tiles,
-            dtype,
-            self._runtime,
-            recompute=recompute,
-            deterministic=deterministic,
-        )
+        self._core = Gpt2Core(self._config, self.options, self._runtime)
         self._names = list(self._core.param_names())
         self._shapes = {n: tuple(self._core.param_shape(n)) for n in self._names}
         self._np_dtype = np.dtype(self._core.export_dtype)
@@ -115,36 +77,24 @@ class GPT2LMHead:
     def from_pretrained(
         cls,
         name_or_path: str | os.PathLike[str],
-        dtype: str = "fp32",
-        seq_len_tile: int | None = None,
-        minibatch_size_tile: int | None = None,
-        hidden_size_tile: int | None = None,
-        intermediate_size_tile: int | None = None,
-        n_head_tile: int | None = None,
+        options: ModelOptions | None = None,
+        *,
         runtime: Runtime | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
-        **kwargs: Any,
+        **overrides: Any,
     ) -> GPT2LMHead:
         """A model from an HF repo id (downloaded with huggingface_hub), a
         local HF-format directory (config.json + model.safetensors, or shards
         with an index), or a gpt2rs-train checkpoint or checkpoint root (its
-        files checked against their recorded SHA-256, as a resume does)."""
+        files checked against their recorded SHA-256, as a resume does).
+        options, runtime and overrides as for the constructor."""
+        options = ModelOptions.of(options, **overrides)
         directory = hub.resolve(name_or_path, cache_dir)
         if ckpt_io.is_checkpoint(directory):
             directory = ckpt_io.verified(directory)
         config = GPT2Config.from_json_file(directory / "config.json")
         state = hub.read_state(directory)
-        model = cls(
-            config,
-            dtype=dtype,
-            seq_len_tile=seq_len_tile,
-            minibatch_size_tile=minibatch_size_tile,
-            hidden_size_tile=hidden_size_tile,
-            intermediate_size_tile=intermediate_size_tile,
-            n_head_tile=n_head_tile,
-            runtime=runtime,
-            **kwargs,
-        )
+        model = cls(config, options, runtime=runtime)
         model._load(state, source=str(directory))
         return model
 
@@ -152,14 +102,18 @@ class GPT2LMHead:
     def from_config(
         cls,
         config: GPT2Config | dict[str, Any] | str | os.PathLike[str],
+        options: ModelOptions | None = None,
+        *,
         seed: int = 0,
-        dtype: str = "fp32",
-        **kwargs: Any,
+        runtime: Runtime | None = None,
+        **overrides: Any,
     ) -> GPT2LMHead:
         """A randomly initialised model, as HF initialises GPT-2: weights
         ~ N(0, initializer_range), the residual projections scaled by
-        1/sqrt(2 n_layer), biases 0, LayerNorm weights 1."""
-        model = cls(config, dtype=dtype, **kwargs)
+        1/sqrt(2 n_layer), biases 0, LayerNorm weights 1, drawn from
+        numpy's default_rng(seed). options, runtime and overrides as for
+        the constructor."""
+        model = cls(config, options, runtime=runtime, **overrides)
         cfg = model.config
         rng = np.random.default_rng(seed)
         std = cfg.initializer_range
@@ -183,8 +137,30 @@ class GPT2LMHead:
         return self._config
 
     @property
+    def dtype(self) -> str:
+        """The precision mode (``options.dtype``)."""
+        return self.options.dtype
+
+    @property
     def runtime(self) -> Runtime:
         return self._runtime
+
+    @property
+    def core(self) -> Gpt2Core:
+        """The compiled model, which gpt2rs's optimizers bind to."""
+        return self._core
+
+    @property
+    def numpy_dtype(self) -> np.dtype[Any]:
+        """The dtype arrays cross in: float64 for fp64 models, else float32."""
+        return self._np_dtype
+
+    def param_shape(self, name: str) -> tuple[int, ...]:
+        """HF shape of parameter `name` (HF's name, with or without `transformer.`)."""
+        key = name[len(hub.PREFIX) :] if name.startswith(hub.PREFIX) else name
+        if key not in self._shapes:
+            raise KeyError(f"no parameter named {name!r}")
+        return self._shapes[key]
 
     def num_parameters(self) -> int:
         return int(sum(np.prod(s) for s in self._shapes.values()))
@@ -249,6 +225,25 @@ class GPT2LMHead:
                 f"target id {int(tg[bad][0])} is outside the vocabulary [0, {self._config.vocab_size}) (and not -100)"
             )
         return ids, tg
+
+    def check_ids(self, input_ids: Any) -> np.ndarray:
+        """input_ids as a C-contiguous int64 [batch, seq_len] array, or one
+        ValueError/TypeError saying what is wrong with them (shape, dtype,
+        an id outside the vocabulary, longer than n_positions)."""
+        return self._check_ids(_ids("input_ids", input_ids))
+
+    def new_cache(self, batch: int) -> KvCache:
+        """An empty KV cache for `batch` rows, for `forward_cached`."""
+        return self._core.new_cache(batch)
+
+    def forward_cached(self, cache: KvCache, input_ids: Any, last_only: bool = False) -> np.ndarray:
+        """Logits of input_ids [B, n] continuing what `cache` holds, which
+        then holds them too: [B, n, vocab_size], or [B, vocab_size] of the
+        last position with last_only."""
+        ids = self.check_ids(input_ids)
+        flat = self._core.forward_cached(cache, ids, last_only=last_only)
+        b, v = ids.shape[0], self._config.vocab_size
+        return flat.reshape(b, v) if last_only else flat.reshape(b, ids.shape[1], v)
 
     def _check_ids(self, ids: np.ndarray) -> np.ndarray:
         v = self._config.vocab_size

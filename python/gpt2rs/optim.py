@@ -28,7 +28,7 @@ class Optimizer:
         self.model = model
         self.kind = kind
         self.hyper = dict(hyper)
-        self._core = OptimizerCore(model._core, kind, float(lr), float(weight_decay), **hyper)
+        self._core = OptimizerCore(model.core, kind, float(lr), float(weight_decay), **hyper)
 
     def step(self) -> None:
         """One update of every parameter from its gradient."""
@@ -53,7 +53,7 @@ class Optimizer:
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, dict[str, np.ndarray]] = {}
         for p, s in self._core.state_keys():
-            shape = self.model._shapes[p]
+            shape = self.model.param_shape(p)
             state.setdefault(PREFIX + p, {})[s] = np.asarray(self._core.get_state(p, s)).reshape(
                 shape
             )
@@ -77,11 +77,11 @@ class Optimizer:
                 v = np.asarray(state[PREFIX + p][s])
             except KeyError:
                 raise ValueError(f"optimizer state has no {s!r} for {PREFIX + p}") from None
-            if v.shape != self.model._shapes[p]:
+            if v.shape != self.model.param_shape(p):
                 raise ValueError(
-                    f"optimizer state {s!r} of {PREFIX + p} has shape {v.shape}, expected {self.model._shapes[p]}"
+                    f"optimizer state {s!r} of {PREFIX + p} has shape {v.shape}, expected {self.model.param_shape(p)}"
                 )
-            a = np.ascontiguousarray(v, dtype=self.model._np_dtype).reshape(-1)
+            a = np.ascontiguousarray(v, dtype=self.model.numpy_dtype).reshape(-1)
             self._core.set_state(p, s, a.view(np.uint8))
         self._core.step_count = int(d["step"])
         self.lr = float(d["lr"])

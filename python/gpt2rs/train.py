@@ -54,7 +54,8 @@ from .metrics import (
     TensorBoardSink,
     runtime_scalars,
 )
-from .model import DTYPES, GPT2LMHead
+from .model import GPT2LMHead
+from .options import ModelOptions
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,10 @@ class TrainError(ValueError):
 
 @dataclass
 class TrainOptions:
-    """Every option of gpt2rs-train; the CLI's flags mirror these fields."""
+    """Every option of gpt2rs-train; the CLI's flags mirror these fields and
+    those of `model` (precision, tiling, recompute, dropout)."""
+
+    model: ModelOptions = field(default_factory=ModelOptions)
 
     remote_model_name: str = "openai-community/gpt2"
     pretrained: str = "local"
@@ -87,15 +91,8 @@ class TrainOptions:
     lr: float = 1e-4
     nepochs: int = 1
     seq_len: int = 1024
-    seq_len_tile: int | None = None
     batch_size: int = 1
     minibatch_size: int = -1
-    minibatch_size_tile: int | None = None
-    hidden_size_tile: int | None = None
-    intermediate_size_tile: int | None = None
-    n_head_tile: int | None = None
-    vocab_tile: int | None = None
-    dtype: str = "fp32"
     restrict: Literal["cpu", "cuda"] | None = None
     dataset_path: str = ".data"
     dataset_file: str = ""
@@ -116,7 +113,6 @@ class TrainOptions:
     grad_clip: float = 0.0
     #: Go on past a NaN or infinite loss (by default the run stops before that step's update).
     allow_nonfinite_loss: bool = False
-    dropout: float = -1.0
     val_file: str = ""
     eval_every: int = 0
     eval_batches: int = 50
@@ -128,7 +124,6 @@ class TrainOptions:
     ncuda: int | None = None
     perf_model_dir: str = ""
     trace: str = ""
-    recompute: bool = False
     metrics_file: str = ""
 
     @property
@@ -270,8 +265,6 @@ class Trainer:
             raise TrainError(f"--restrict must be cpu, cuda or None, got {o.restrict!r}")
         # Before any data or weights are touched: a GPU run without a GPU fails first.
         self.ncuda = self._gpus()
-        if o.dtype not in DTYPES:
-            raise TrainError(f"unknown dtype {o.dtype!r} (expected one of {', '.join(DTYPES)})")
         if o.optimizer not in OPTIMIZERS:
             raise TrainError(
                 f"unknown optimizer {o.optimizer!r} (expected one of {', '.join(OPTIMIZERS)})"
@@ -298,19 +291,6 @@ class Trainer:
                 f"--batch-size {o.batch_size} is not a multiple of --minibatch-size {o.minibatch} "
                 "(each step accumulates whole minibatches)"
             )
-        for name in (
-            "seq_len_tile",
-            "minibatch_size_tile",
-            "hidden_size_tile",
-            "intermediate_size_tile",
-            "n_head_tile",
-            "vocab_tile",
-        ):
-            v = getattr(o, name)
-            if v is not None and v != -1 and v < 1:
-                raise TrainError(
-                    f"--{name.replace('_', '-')} must be >= 1 or -1 (untiled), got {v}"
-                )
         if not (o.lr > 0 and math.isfinite(o.lr)):
             raise TrainError(f"--lr must be a positive number, got {o.lr}")
         if o.eval_every and not o.val_file:
@@ -325,8 +305,6 @@ class Trainer:
             raise TrainError(f"--max-steps must be >= 1 or -1 (no limit), got {o.max_steps}")
         if o.grad_clip < 0:
             raise TrainError(f"--grad-clip must be >= 0 (0: off), got {o.grad_clip}")
-        if not (o.dropout == -1 or 0 <= o.dropout < 1):
-            raise TrainError(f"--dropout must be in [0, 1) or -1 (the config's), got {o.dropout}")
         if o.ncpu is not None and o.ncpu < 1:
             raise TrainError(f"--ncpu must be >= 1, got {o.ncpu}")
         if o.eval_batches < 1:
@@ -348,10 +326,7 @@ class Trainer:
                 raise ckpt_io.CheckpointError(f"checkpoint {self.ckpt_dir}: {e}") from None
             if o.config_path:
                 given = GPT2Config.coerce(o.config_path)
-                if (
-                    replace(given, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0).core_dict()
-                    != replace(config, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0).core_dict()
-                ):
+                if not given.same_network(config):
                     raise ckpt_io.CheckpointError(
                         f"checkpoint {self.ckpt_dir} holds a different model than --config-path {o.config_path}"
                     )
@@ -365,10 +340,14 @@ class Trainer:
         o = self.opts
         self._check_options()
         config = self._load_config()
-        if o.dropout != -1 and self.ckpt_dir is None:
-            config = replace(
-                config, resid_pdrop=o.dropout, embd_pdrop=o.dropout, attn_pdrop=o.dropout
-            )
+        # A resumed run keeps its checkpoint's dropout, a remote model its own config.
+        model_opts = replace(o.model, deterministic=True)
+        if self.ckpt_dir is not None or self.remote_dir is not None:
+            if o.model.dropout is not None and self.remote_dir is not None:
+                log.warning(
+                    "--dropout applies to --pretrained local runs; the remote model's config is kept"
+                )
+            model_opts = replace(model_opts, dropout=None)
         if o.seq_len > config.n_positions:
             raise TrainError(
                 f"--seq-len {o.seq_len} exceeds the model's n_positions = {config.n_positions}"
@@ -425,32 +404,22 @@ class Trainer:
             perf_model_dir=o.perf_model_dir or None,
             trace=bool(o.trace),
         )
-        kw: dict[str, Any] = dict(
-            dtype=o.dtype,
-            seq_len_tile=o.seq_len_tile,
-            minibatch_size_tile=o.minibatch_size_tile,
-            hidden_size_tile=o.hidden_size_tile,
-            intermediate_size_tile=o.intermediate_size_tile,
-            n_head_tile=o.n_head_tile,
-            vocab_tile=o.vocab_tile,
-            runtime=self.runtime,
-            recompute=o.recompute,
-            deterministic=True,
-        )
         if self.resume is not None:
-            self.model = GPT2LMHead(config, **kw)
+            self.model = GPT2LMHead(config, model_opts, runtime=self.runtime)
             try:
                 self.model.load_state_dict(self.resume.model_state)
             except hub.WeightsError as e:
                 raise ckpt_io.CheckpointError(f"checkpoint {self.resume.path}: {e}") from None
         elif self.remote_dir is not None:
-            self.model = GPT2LMHead.from_pretrained(self.remote_dir, **kw)
-            if o.dropout != -1:
-                log.warning(
-                    "--dropout applies to --pretrained local runs; the remote model's config is kept"
-                )
+            self.model = GPT2LMHead.from_pretrained(
+                self.remote_dir, model_opts, runtime=self.runtime
+            )
         else:
-            self.model = GPT2LMHead.from_config(config, seed=o.seed, **kw)
+            self.model = GPT2LMHead.from_config(
+                config, model_opts, seed=o.seed, runtime=self.runtime
+            )
+        # The model's config carries the dropout it trains with (and checkpoints save).
+        self.config = self.model.config
         self.optimizer = self._make_optimizer()
         self.rng = np.random.default_rng(o.seed)
         self.step = 0
@@ -642,7 +611,7 @@ class Trainer:
                 "windows": self.nwindows,
                 "dataset": str(self.data_file),
                 "config": self.config,
-                "dtype": o.dtype,
+                "dtype": self.model.dtype,
                 "workers": self.runtime.nworkers,
                 "scheduler": self.runtime.scheduler,
                 "run_name": self.run_name,

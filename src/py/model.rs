@@ -13,30 +13,100 @@ use numpy::prelude::*;
 use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArray2};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
 use std::sync::Mutex;
 
-fn get<'py, T: for<'a> FromPyObject<'a, 'py>>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<T> {
-    d.get_item(key)?
-        .ok_or_else(|| PyValueError::new_err(format!("config is missing {key:?}")))?
-        .extract::<T>()
-        .map_err(|_| PyValueError::new_err(format!("config field {key:?} has the wrong type")))
+/// `gpt2rs.GPT2Config`, read attribute by attribute (validated there).
+#[derive(FromPyObject)]
+struct ModelConfig {
+    vocab_size: usize,
+    n_positions: usize,
+    n_embd: usize,
+    n_layer: usize,
+    n_head: usize,
+    #[pyo3(attribute("inner_size"))]
+    n_inner: usize,
+    activation_function: String,
+    layer_norm_epsilon: f64,
+    resid_pdrop: f64,
+    embd_pdrop: f64,
+    attn_pdrop: f64,
+    position_embedding_type: String,
 }
 
-fn opt_tile(d: &Bound<'_, PyDict>, key: &str) -> PyResult<Option<usize>> {
-    let bad = || {
-        PyValueError::new_err(format!(
-            "{key} must be an int >= 1, -1 (untiled) or None (default)"
-        ))
-    };
-    match d.get_item(key)? {
-        None => Ok(None),
-        Some(v) if v.is_none() => Ok(None),
-        Some(v) => match v.extract::<i64>().map_err(|_| bad())? {
-            -1 => Ok(Some(WHOLE)),
-            n if n >= 1 => Ok(Some(n as usize)),
-            _ => Err(bad()),
-        },
+impl ModelConfig {
+    fn into_core(self) -> PyResult<Gpt2Config> {
+        let act = &self.activation_function;
+        let activation = Activation::parse(act).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "activation_function {act:?} is not supported (gelu_new, gelu_pytorch_tanh, gelu or relu)"
+            ))
+        })?;
+        Ok(Gpt2Config {
+            vocab_size: self.vocab_size,
+            n_positions: self.n_positions,
+            n_embd: self.n_embd,
+            n_layer: self.n_layer,
+            n_head: self.n_head,
+            n_inner: self.n_inner,
+            activation,
+            layer_norm_epsilon: self.layer_norm_epsilon,
+            resid_pdrop: self.resid_pdrop,
+            embd_pdrop: self.embd_pdrop,
+            attn_pdrop: self.attn_pdrop,
+            sinusoidal: self.position_embedding_type == "sinusoidal",
+        })
+    }
+}
+
+/// One axis's tile: None (chosen from the shapes), "whole" or a size >= 1.
+struct Tile(Option<usize>);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Tile {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        if obj.is_none() {
+            return Ok(Tile(None));
+        }
+        if let Ok(s) = obj.extract::<&str>() {
+            if s == "whole" {
+                return Ok(Tile(Some(WHOLE)));
+            }
+        }
+        match obj.extract::<i64>() {
+            Ok(n) if n >= 1 => Ok(Tile(Some(n as usize))),
+            _ => Err(PyValueError::new_err(
+                "a tile size must be an int >= 1, \"whole\" or None",
+            )),
+        }
+    }
+}
+
+/// `gpt2rs.ModelOptions`, read attribute by attribute (validated there; its
+/// dropout reaches the core through the config's pdrops).
+#[derive(FromPyObject)]
+struct ModelOptions {
+    dtype: String,
+    seq_len_tile: Tile,
+    minibatch_size_tile: Tile,
+    hidden_size_tile: Tile,
+    intermediate_size_tile: Tile,
+    n_head_tile: Tile,
+    vocab_tile: Tile,
+    recompute: bool,
+    deterministic: bool,
+}
+
+impl ModelOptions {
+    fn tiling(&self) -> Tiling {
+        Tiling {
+            batch: self.minibatch_size_tile.0,
+            seq: self.seq_len_tile.0,
+            hidden: self.hidden_size_tile.0,
+            inner: self.intermediate_size_tile.0,
+            heads: self.n_head_tile.0,
+            vocab: self.vocab_tile.0,
+        }
     }
 }
 
@@ -61,50 +131,21 @@ pub struct PyGpt2Core {
 #[pymethods]
 impl PyGpt2Core {
     #[new]
-    #[pyo3(signature = (config, tiles, precision, runtime=None, recompute=false, deterministic=false))]
+    #[pyo3(signature = (config, options, runtime=None))]
     fn new(
         py: Python<'_>,
-        config: &Bound<'_, PyDict>,
-        tiles: &Bound<'_, PyDict>,
-        precision: &str,
+        config: ModelConfig,
+        options: ModelOptions,
         runtime: Option<Py<PyRuntime>>,
-        recompute: bool,
-        deterministic: bool,
     ) -> PyResult<Self> {
-        let act: String = get(config, "activation_function")?;
-        let activation = Activation::parse(&act).ok_or_else(|| {
-            PyValueError::new_err(format!(
-                "activation_function {act:?} is not supported (gelu_new, gelu_pytorch_tanh, gelu or relu)"
-            ))
-        })?;
-        let cfg = Gpt2Config {
-            vocab_size: get(config, "vocab_size")?,
-            n_positions: get(config, "n_positions")?,
-            n_embd: get(config, "n_embd")?,
-            n_layer: get(config, "n_layer")?,
-            n_head: get(config, "n_head")?,
-            n_inner: get(config, "n_inner")?,
-            activation,
-            layer_norm_epsilon: get(config, "layer_norm_epsilon")?,
-            resid_pdrop: get(config, "resid_pdrop")?,
-            embd_pdrop: get(config, "embd_pdrop")?,
-            attn_pdrop: get(config, "attn_pdrop")?,
-            sinusoidal: get::<String>(config, "position_embedding_type")? == "sinusoidal",
-        };
-        let tiling = Tiling {
-            batch: opt_tile(tiles, "minibatch_size_tile")?,
-            seq: opt_tile(tiles, "seq_len_tile")?,
-            hidden: opt_tile(tiles, "hidden_size_tile")?,
-            inner: opt_tile(tiles, "intermediate_size_tile")?,
-            heads: opt_tile(tiles, "n_head_tile")?,
-            vocab: opt_tile(tiles, "vocab_tile")?,
-        };
-        let precision = Precision::parse(precision)?;
+        let cfg = config.into_core()?;
+        let tiling = options.tiling();
+        let precision = Precision::parse(&options.dtype)?;
         let rt = runtime_or_default(py, runtime)?;
         let r = rt.get().rt.clone();
         let mut m = py.detach(|| guard(|| Gpt2::new(&r, cfg, tiling, precision)))?;
-        m.recompute = recompute;
-        m.deterministic = deterministic;
+        m.recompute = options.recompute;
+        m.deterministic = options.deterministic;
         Ok(PyGpt2Core { m, rt })
     }
 

@@ -8,7 +8,6 @@ directory, or a gpt2rs-train checkpoint).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import Formatter, Parser
+from ._common import Formatter, Parser, add_model_flags, env_int, model_options, restrict
 
 PROG = "gpt2rs-generate"
 
@@ -39,14 +38,6 @@ class GenerateError(ValueError):
     """Options, model or prompt that do not fit together."""
 
 
-def _restrict(v: str) -> str | None:
-    if v.lower() in ("none", ""):
-        return None
-    if v not in ("cpu", "cuda"):
-        raise argparse.ArgumentTypeError(f"invalid choice: {v!r} (choose from cpu, cuda, None)")
-    return v
-
-
 def _prompt_ids(v: str) -> list[int]:
     try:
         ids = [int(x) for x in v.replace(",", " ").split()]
@@ -60,8 +51,6 @@ def _prompt_ids(v: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..model import DTYPES
-
     ap = Parser(
         prog=PROG, description=__doc__.split("\n\n")[0], epilog=EPILOG, formatter_class=Formatter
     )
@@ -70,13 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HF hub id, HF model directory, or gpt2rs-train checkpoint (or its root)")  # fmt: skip
     g.add_argument("--model-path", "--cache-dir", dest="model_path", default=".model",
                    help="cache directory for models from the HF hub (as gpt2rs-train's)")  # fmt: skip
-    g.add_argument(
-        "--dtype",
-        choices=DTYPES,
-        default="fp32",
-        help="precision mode (on the CPU the fast modes compute in fp32)",
-    )
-    g.add_argument("--restrict", type=_restrict, default=None, metavar="{cpu,cuda,None}",
+    add_model_flags(g, ap, training=False)
+    g.add_argument("--restrict", type=restrict, default=None, metavar="{cpu,cuda,None}",
                    help="prefer these workers (None: every visible GPU, else the CPU)")  # fmt: skip
     g.add_argument("--ncpu", type=int, default=None, help="CPU workers (default: every core)")
     g.add_argument(
@@ -116,33 +100,23 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _normalize(argv: Sequence[str], ap: argparse.ArgumentParser) -> list[str]:
-    """--foo_bar -> --foo-bar for every known option (NNTile's spelling)."""
-    known = set(ap._option_string_actions)
-    out: list[str] = []
-    for i, tok in enumerate(argv):
-        if tok == "--":
-            return out + list(argv[i:])
-        if tok.startswith("--") and "_" in tok:
-            name, eq, val = tok.partition("=")
-            dashed = name.replace("_", "-")
-            if dashed in known:
-                tok = dashed + eq + val
-        out.append(tok)
-    return out
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     from ..generate import check_sampling
 
     ap = build_parser()
-    ns = ap.parse_args(_normalize(sys.argv[1:] if argv is None else argv, ap))
+    ns = ap.parse_args(argv)
     if ns.max_new_tokens < 0:
         ap.error(f"--max-new-tokens must be >= 0, got {ns.max_new_tokens}")
     if ns.ncpu is not None and ns.ncpu < 1:
         ap.error(f"--ncpu must be >= 1, got {ns.ncpu}")
     if ns.seed < 0:
         ap.error(f"--seed must be >= 0, got {ns.seed}")
+    try:
+        ns.options = model_options(ns)
+        if ns.ncuda is None:
+            ns.ncuda = env_int("STARPU_NCUDA")
+    except ValueError as e:
+        ap.error(str(e))
     try:
         check_sampling(ns.temperature, ns.top_k, ns.top_p)
     except ValueError as e:
@@ -185,23 +159,15 @@ def run(ns: argparse.Namespace) -> int:
     from .. import cuda
     from ..generate import decode, encode
 
-    ncuda = ns.ncuda
-    if ncuda is None and os.environ.get("STARPU_NCUDA", "").strip():
-        try:
-            ncuda = int(os.environ["STARPU_NCUDA"])
-        except ValueError:
-            raise GenerateError(
-                f"STARPU_NCUDA must be an integer, got {os.environ['STARPU_NCUDA']!r}"
-            ) from None
     try:
-        ncuda, notice = cuda.choose_gpus(ns.restrict, ncuda)
+        ncuda, notice = cuda.choose_gpus(ns.restrict, ns.ncuda)
     except (ValueError, cuda.CudaError) as e:
         hint = "; use --restrict cpu" if isinstance(e, cuda.CudaError) else ""
         raise GenerateError(f"{e}{hint}") from None
     directory = resolve_model(ns.model, ns.model_path)
     rt = gpt2rs.Runtime(ncpu=ns.ncpu, ncuda=ncuda, restrict=ns.restrict if ncuda else None)
     try:
-        model = gpt2rs.GPT2LMHead.from_pretrained(directory, dtype=ns.dtype, runtime=rt)
+        model = gpt2rs.GPT2LMHead.from_pretrained(directory, ns.options, runtime=rt)
         cfg = model.config
         from_eot = False  # an empty text prompt starts from end-of-text, not printed
         if ns.prompt_ids is not None:

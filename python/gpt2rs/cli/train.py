@@ -20,9 +20,16 @@ from types import FrameType
 from typing import Any
 
 from ..metrics import DEFAULT_SERVER_PORT
-from ..model import DTYPES
 from ..train import LR_SCHEDULES, OPTIMIZERS, SCHEDULERS, TrainOptions
-from ._common import Formatter, Parser
+from ._common import (
+    Formatter,
+    Parser,
+    add_model_flags,
+    env_flag,
+    env_int,
+    model_options,
+    restrict,
+)
 
 PROG = "gpt2rs-train"
 
@@ -41,14 +48,6 @@ an HF model directory; optimizer.safetensors + optimizer.json; trainer_state.jso
 <save-checkpoint-path>/latest naming the newest. Resume with --checkpoint-path <dir>.
 Ctrl-C (or SIGTERM) saves a checkpoint and exits with status 130.
 """
-
-
-def _restrict(v: str) -> str | None:
-    if v.lower() in ("none", ""):
-        return None
-    if v not in ("cpu", "cuda"):
-        raise argparse.ArgumentTypeError(f"invalid choice: {v!r} (choose from cpu, cuda, None)")
-    return v
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,47 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--model-path", default=d.model_path, help="cache directory for models from the HF hub"
     )
-    g.add_argument(
-        "--dtype",
-        choices=DTYPES,
-        default=d.dtype,
-        help="precision mode (on the CPU the fast modes compute in fp32)",
-    )
+    add_model_flags(g, ap, training=True)
     g.add_argument(
         "--restrict",
-        type=_restrict,
+        type=restrict,
         default=d.restrict,
         metavar="{cpu,cuda,None}",
         help="worker kinds to use (None: all available)",
     )
-    g.add_argument(
-        "--recompute", action="store_true", help="recompute activations in backward (less memory)"
-    )
-    g.add_argument(
-        "--dropout",
-        type=float,
-        default=d.dropout,
-        help="dropout for all three of the config's pdrops (-1: the config's values; 0: off)",
-    )
-
-    g = ap.add_argument_group(
-        "tiling (default: cut from the shapes and the CPU workers so every worker stays busy; -1 = untiled)"
-    )
-    for name in (
-        "seq_len_tile",
-        "minibatch_size_tile",
-        "hidden_size_tile",
-        "intermediate_size_tile",
-        "n_head_tile",
-        "vocab_tile",
-    ):
-        g.add_argument(
-            "--" + name.replace("_", "-"),
-            type=int,
-            default=None,
-            help=f"tile size along {name[:-5]}",
-        )
-
     g = ap.add_argument_group("data")
     g.add_argument(
         "--dataset-path", default=d.dataset_path, help="directory of the prepared datasets"
@@ -290,52 +256,19 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _normalize(argv: Sequence[str], ap: argparse.ArgumentParser) -> list[str]:
-    """--foo_bar -> --foo-bar for every known option (NNTile's spelling)."""
-    known = set(ap._option_string_actions)
-    out: list[str] = []
-    for i, tok in enumerate(argv):
-        if tok == "--":
-            return out + list(argv[i:])
-        if tok.startswith("--") and "_" in tok:
-            name, eq, val = tok.partition("=")
-            dashed = name.replace("_", "-")
-            if dashed in known:
-                tok = dashed + eq + val
-        out.append(tok)
-    return out
-
-
-def _env_int(name: str) -> int | None:
-    v = os.environ.get(name, "").strip()
-    if not v:
-        return None
-    try:
-        return int(v)
-    except ValueError:
-        raise ValueError(f"environment variable {name}={v!r} is not an integer") from None
-
-
-def _env_flag(name: str) -> bool | None:
-    v = os.environ.get(name)
-    if v is None or v.strip() == "":
-        return None
-    return v.strip().lower() not in ("0", "false", "no", "off")
-
-
 def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainOptions, dict[str, Any]]:
     """TrainOptions from the command line and the environment (flags win),
     plus the UI settings (quiet, log_every, notes about ignored variables)."""
     ap = build_parser()
-    ns = ap.parse_args(_normalize(sys.argv[1:] if argv is None else argv, ap))
+    ns = ap.parse_args(argv)
     notes: list[str] = []
     try:
         if ns.ncpu is None:
-            ns.ncpu = _env_int("STARPU_NCPU")
+            ns.ncpu = env_int("STARPU_NCPU")
         if ns.ncuda is None:
-            ns.ncuda = _env_int("STARPU_NCUDA")
+            ns.ncuda = env_int("STARPU_NCUDA")
         if ns.logger_server_port is None:
-            ns.logger_server_port = _env_int("NNTILE_LOGGER_SERVER_PORT") or DEFAULT_SERVER_PORT
+            ns.logger_server_port = env_int("NNTILE_LOGGER_SERVER_PORT") or DEFAULT_SERVER_PORT
     except ValueError as e:
         ap.error(str(e))
     if ns.scheduler is None:
@@ -348,19 +281,23 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainOptions, dict[st
         ns.perf_model_dir = os.environ.get("STARPU_PERF_MODEL_DIR", "")
     if ns.trace is None:
         ns.trace = ""
-        if _env_flag("STARPU_FXT_TRACE"):
+        if env_flag("STARPU_FXT_TRACE"):
             ns.trace = os.path.join(
                 os.environ.get("STARPU_FXT_PREFIX", "") or ".", "gpt2rs.trace.json"
             )
     if ns.logger is None:
-        ns.logger = bool(_env_flag("NNTILE_LOGGER"))
+        ns.logger = bool(env_flag("NNTILE_LOGGER"))
     if ns.logger_server_addr is None:
         ns.logger_server_addr = os.environ.get("NNTILE_LOGGER_SERVER_ADDR", "").strip()
     if ns.quiet is None:
-        ns.quiet = bool(_env_flag("STARPU_SILENT"))
+        ns.quiet = bool(env_flag("STARPU_SILENT"))
     ui = {"quiet": ns.quiet, "log_every": ns.log_every, "notes": notes}
-    fields = {f.name for f in dataclasses.fields(TrainOptions)}
-    opts = TrainOptions(**{k: v for k, v in vars(ns).items() if k in fields})
+    try:
+        model = model_options(ns)
+    except ValueError as e:
+        ap.error(str(e))
+    fields = {f.name for f in dataclasses.fields(TrainOptions)} - {"model"}
+    opts = TrainOptions(model=model, **{k: v for k, v in vars(ns).items() if k in fields})
     return opts, ui
 
 

@@ -115,7 +115,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
 
 # The tilings the bench runs unless --tiles says otherwise: None = the
 # library's default (model/autotile.rs: cut from the shapes and the CPU
-# workers), "none" in a --tiles string = untiled (-1). On a 2-core Zen 4 the
+# workers), "none" in a --tiles string = untiled ("whole"). On a 2-core Zen 4 the
 # sweep found one sequence per row tile, T, C, 4C and heads whole, and the
 # vocabulary in 8192-wide tiles best at B=8, T=256 (within ~2 % of each
 # other for row tiles of 256..512 tokens, inner 768..3072, heads 3..12;
@@ -255,7 +255,11 @@ def parse_tiles(s: str, base: dict[str, Any]) -> dict[str, Any]:
             out[k] = v
         elif k in TILE_KEYS:
             out[k] = (
-                -1 if v.lower() in ("none", "-1") else None if v.lower() in ("", "auto") else int(v)
+                "whole"
+                if v.lower() in ("none", "-1", "whole")
+                else None
+                if v.lower() in ("", "auto")
+                else int(v)
             )
         else:
             raise SystemExit(
@@ -266,7 +270,7 @@ def parse_tiles(s: str, base: dict[str, Any]) -> dict[str, Any]:
 
 def tiles_str(t: dict[str, Any]) -> str:
     def show(v: Any) -> str:
-        return "auto" if v is None else "none" if v == -1 else str(v)
+        return "auto" if v is None else "none" if v == "whole" else str(v)
 
     return ",".join(f"{k}={show(t.get(k))}" for k in (*TILE_KEYS, "sched"))
 

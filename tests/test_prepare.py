@@ -358,7 +358,7 @@ def test_prepare_jsonl_and_val_split(tmp_path: Path) -> None:
 
 
 def test_val_split_is_evenly_spread() -> None:
-    from gpt2rs.data import _val_mask
+    from gpt2rs.data.preparation import _val_mask
 
     m = np.concatenate([_val_mask(a, 250, 0.01) for a in range(0, 1000, 250)])
     assert m.sum() == 10 and np.flatnonzero(m).tolist() == list(range(99, 1000, 100))
@@ -767,7 +767,7 @@ def test_hub_dataset_through_a_fake_hub(
 
     monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", list_repo_files)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
-    monkeypatch.setattr("gpt2rs.data._have_pyarrow", lambda: False)
+    monkeypatch.setattr("gpt2rs.data.download._have_pyarrow", lambda: False)
     rc = main(["--dataset-path", str(tmp_path / "d"), "--seq-len", "4", "--batch-size", "2"])
     assert rc == 0, capsys.readouterr().err
     meta = json.loads((tmp_path / "d" / "tinystories" / "meta.json").read_text())

@@ -13,10 +13,10 @@ Layout of a checkpoint root (`gpt2rs-train --save-checkpoint-path`)::
                               RNG state, the LR schedule, the run's options, and the
                               size and SHA-256 of every other file (written last)
 
-Atomicity: a checkpoint is built in a hidden temporary directory beside its
-target (`<root>/.tmp-checkpoint-<step>-<pid>`), every file and the directory are
-fsynced, and the directory is renamed into place; then `latest` is replaced
-atomically (write `.latest.tmp`, fsync, rename, fsync the root). Older
+Atomicity (`gpt2rs.atomic`): a checkpoint is built in a hidden temporary
+directory beside its target (`<root>/.tmp-checkpoint-<step>-<pid>`), every file
+and the directory are fsynced, and the directory is renamed into place; then
+`latest` is replaced atomically (written beside it, fsynced, renamed). Older
 checkpoints are pruned only after that. A kill at any moment therefore leaves
 the previous checkpoint, complete, named by `latest` (or, in the one window
 where a checkpoint of the same step is being replaced, found by the fallback
@@ -37,7 +37,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,8 +44,10 @@ from typing import Any
 
 import numpy as np
 
-from . import hub
+from . import atomic, hub, lock
 from .config import GPT2Config
+from .lock import pid_alive
+from .lock import release as release_lock
 
 FORMAT = "gpt2rs-train-checkpoint"
 VERSION = 1
@@ -54,8 +55,9 @@ STATE_FILE = "trainer_state.json"
 LATEST = "latest"
 PREFIX = "checkpoint-"
 DATA_FILES = ("config.json", "model.safetensors", "optimizer.safetensors", "optimizer.json")
-_NAME = re.compile(r"^checkpoint-(\d+)$")
-_TMP = re.compile(r"^\.(?:tmp|trash)-checkpoint-\d+-(\d+)$")
+_NAME = re.compile(r"^checkpoint-(?P<step>\d+)$")
+#: `atomic.replace_dir`'s temporaries of a checkpoint directory.
+_TMP = atomic.dir_temporaries(r"checkpoint-(?P<step>\d+)")
 
 
 class CheckpointError(ValueError):
@@ -80,28 +82,6 @@ class Checkpoint:
 # -- writing -----------------------------------------------------------------
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    # Directory fsync makes a rename durable; some file systems refuse it.
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _reason(e: BaseException) -> str:
     """One line for an I/O failure: the OS's words when there are some."""
     if isinstance(e, OSError) and e.strerror:
@@ -119,47 +99,13 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process `pid` still runs here (this process counts as alive)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed process not yet reaped by its parent is a zombie: gone
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def _clean_leftovers(root: Path) -> None:
-    """Removes temporary directories left by processes that died mid-save."""
-    for p in root.iterdir():
-        m = _TMP.match(p.name)
-        if m and p.is_dir() and not pid_alive(int(m.group(1))):
-            shutil.rmtree(p, ignore_errors=True)
-
-
 def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def write_latest(root: Path, name: str) -> None:
     """Points `root/latest` at `name`, atomically."""
-    tmp = root / f".{LATEST}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            f.write(name + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, root / LATEST)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(root)
+    atomic.write_file(root / LATEST, name + "\n")
 
 
 def save(
@@ -177,63 +123,44 @@ def save(
     root.mkdir(parents=True, exist_ok=True)
     name = f"{PREFIX}{step}"
     target = root / name
-    tmp = root / f".tmp-{name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
     try:
-        model.save_pretrained(tmp)
-        opt = optimizer.state_dict()
-        arrays = {
-            f"{p}/{s}": np.ascontiguousarray(v)
-            for p, d in opt["state"].items()
-            for s, v in d.items()
-        }
-        from safetensors.numpy import save_file
+        with atomic.replace_dir(target) as tmp:
+            model.save_pretrained(tmp)
+            opt = optimizer.state_dict()
+            arrays = {
+                f"{p}/{s}": np.ascontiguousarray(v)
+                for p, d in opt["state"].items()
+                for s, v in d.items()
+            }
+            from safetensors.numpy import save_file
 
-        save_file(
-            arrays, str(tmp / "optimizer.safetensors"), metadata={"format": "gpt2rs-optimizer"}
-        )
-        scalars = {k: v for k, v in opt.items() if k != "state"}
-        _write_json(tmp / "optimizer.json", scalars)
-        files = {}
-        for fname in DATA_FILES:
-            _fsync_file(tmp / fname)
-            files[fname] = {"bytes": (tmp / fname).stat().st_size, "sha256": _sha256(tmp / fname)}
-        state = dict(trainer_state)
-        state.update(
-            format=FORMAT, version=VERSION, step=int(step), files=files, saved_at=time.time()
-        )
-        # trainer_state.json is written last: its presence marks a complete checkpoint.
-        _write_json(tmp / STATE_FILE, state)
-        _fsync_file(tmp / STATE_FILE)
-        _fsync_dir(tmp)
-        if target.exists():
-            # Replacing a checkpoint of the same step (a run restarted into an
-            # old root): move the old one aside first; `resolve` falls back to
-            # the highest complete step if a kill lands between the renames.
-            trash = root / f".trash-{name}-{os.getpid()}"
-            os.replace(target, trash)
-            os.replace(tmp, target)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-        _fsync_dir(root)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, Exception):
-            # A full disk surfaces as OSError or safetensors' SafetensorError: one line, the older checkpoints kept.
-            raise CheckpointError(
-                f"cannot save checkpoint {target}: {_reason(e)} (the previous checkpoints are kept)"
-            ) from None
-        raise
+            save_file(
+                arrays, str(tmp / "optimizer.safetensors"), metadata={"format": "gpt2rs-optimizer"}
+            )
+            scalars = {k: v for k, v in opt.items() if k != "state"}
+            _write_json(tmp / "optimizer.json", scalars)
+            files = {
+                f: {"bytes": (tmp / f).stat().st_size, "sha256": _sha256(tmp / f)}
+                for f in DATA_FILES
+            }
+            state = dict(trainer_state)
+            state.update(
+                format=FORMAT, version=VERSION, step=int(step), files=files, saved_at=time.time()
+            )
+            # trainer_state.json is written last: its presence marks a complete checkpoint.
+            _write_json(tmp / STATE_FILE, state)
+    except Exception as e:  # noqa: BLE001 -- safetensors and the model's writer raise their own kinds
+        # A full disk surfaces as OSError or safetensors' SafetensorError: one line, the older checkpoints kept.
+        raise CheckpointError(
+            f"cannot save checkpoint {target}: {_reason(e)} (the previous checkpoints are kept)"
+        ) from None
     try:
         write_latest(root, name)
     except OSError as e:
         raise CheckpointError(
             f"cannot update {root / LATEST}: {_reason(e)} ({target} is complete)"
         ) from None
-    _clean_leftovers(root)
+    atomic.remove_stale(root, _TMP)
     if keep > 0:
         for _, old in list_checkpoints(root)[:-keep]:
             if old != target:
@@ -260,11 +187,9 @@ def list_checkpoints(root: str | os.PathLike[str], hidden: bool = False) -> list
     out = []
     if root.is_dir():
         for p in root.iterdir():
-            m = _NAME.match(p.name)
-            if m is None and hidden and _TMP.match(p.name):
-                m = re.match(r"^\.(?:tmp|trash)-checkpoint-(\d+)-", p.name)
+            m = _NAME.match(p.name) or (_TMP.match(p.name) if hidden else None)
             if m and (p / STATE_FILE).is_file():
-                out.append((_saved_at(p), int(m.group(1)), p))
+                out.append((_saved_at(p), int(m.group("step")), p))
     return [(step, p) for _, step, p in sorted(out)]
 
 
@@ -396,74 +321,21 @@ LOCK = ".gpt2rs-train.lock"
 
 
 def acquire_lock(root: str | os.PathLike[str]) -> Path:
-    """Claims the checkpoint root for this process: a lock file holding its
-    PID and host, so that a second run on the same root refuses instead of
+    """Claims the checkpoint root for this process (`lock.acquire` on its `LOCK`
+    file), so that a second run on the same root refuses instead of
     interleaving checkpoints with the first. A lock left by a process of this
     host that is gone (kill -9), or by this process, is taken over. Raises
     CheckpointError naming the owner otherwise."""
     path = Path(root) / LOCK
-    me = {"pid": os.getpid(), "host": socket.gethostname()}
-    for _ in range(3):
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            try:
-                owner = _lock_owner(path)
-            except FileNotFoundError:
-                continue  # released meanwhile
-            mine = owner is not None and owner["host"] == me["host"]
-            if owner is None or (
-                mine and (owner["pid"] == me["pid"] or not pid_alive(owner["pid"]))
-            ):
-                # Stale: set it aside atomically, so that of two runs taking it over one wins.
-                try:
-                    os.replace(path, path.with_name(f"{LOCK}.stale.{os.getpid()}"))
-                    path.with_name(f"{LOCK}.stale.{os.getpid()}").unlink(missing_ok=True)
-                except FileNotFoundError:
-                    pass
-                continue
-            raise CheckpointError(
-                f"{root} is in use by another gpt2rs-train (pid {owner['pid']} on {owner['host']}); stop it, "
-                f"choose another --save-checkpoint-path, or remove {path} if that run is gone"
-            ) from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        return path
-    raise CheckpointError(f"cannot lock {root}: {path} keeps changing")
-
-
-def _lock_owner(path: Path) -> dict[str, Any] | None:
-    """The lock's owner, or None when the file is unreadable or half-written
-    (a run killed while writing it; a fresh one is given a second to finish).
-    FileNotFoundError when it is gone."""
-    for attempt in range(2):
-        try:
-            d = json.loads(path.read_text())
-            if (
-                isinstance(d, dict)
-                and isinstance(d.get("pid"), int)
-                and isinstance(d.get("host"), str)
-            ):
-                return d
-        except FileNotFoundError:
-            raise
-        except (OSError, ValueError):
-            pass
-        if attempt == 0 and time.time() - path.stat().st_mtime < 1.0:
-            time.sleep(1.0)
-        else:
-            break
-    return None
-
-
-def release_lock(path: Path) -> None:
-    """Removes the lock if this process holds it."""
     try:
-        owner = _lock_owner(path)
-    except FileNotFoundError:
-        return
-    if owner is not None and owner["pid"] == os.getpid() and owner["host"] == socket.gethostname():
-        path.unlink(missing_ok=True)
+        return lock.acquire(path)
+    except lock.LockHeld as e:
+        if e.owner is None:
+            raise CheckpointError(f"cannot lock {root}: {path} keeps changing") from None
+        raise CheckpointError(
+            f"{root} is in use by another gpt2rs-train (pid {e.owner['pid']} on {e.owner['host']}); stop it, "
+            f"choose another --save-checkpoint-path, or remove {path} if that run is gone"
+        ) from None
 
 
 def check_writable(root: str | os.PathLike[str]) -> None:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+
+from . import atomic
 
 PREFIX = "transformer."
 #: Buffers HF files may carry that are not parameters (the causal mask).
@@ -126,18 +126,12 @@ def write_pretrained(
     directory: str | os.PathLike[str], config: dict, state: Mapping[str, np.ndarray]
 ) -> None:
     """Writes config.json and model.safetensors (names with the `transformer.`
-    prefix, as transformers saves them) into `directory`, atomically: the files
-    are written in a temporary directory beside it and then moved in."""
+    prefix, as transformers saves them) into `directory`, atomically
+    (`atomic.Staged`): each is written under a temporary name beside it and
+    then renamed onto it."""
     from safetensors.numpy import save_file
 
-    target = Path(directory)
-    target.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".gpt2rs-save-", dir=target))
-    try:
+    with atomic.Staged(Path(directory), ["model.safetensors", "config.json"]) as tmp:
         tensors = {PREFIX + k: np.ascontiguousarray(v) for k, v in state.items()}
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        for name in ("model.safetensors", "config.json"):
-            os.replace(tmp / name, target / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        save_file(tensors, str(tmp["model.safetensors"]), metadata={"format": "pt"})
+        tmp["config.json"].write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -40,3 +40,35 @@ fn gemm_tiled_matches_naive() {
         assert!(st.workers.iter().map(|w| w.tasks).sum::<u64>() >= 3 * 3 * 3);
     }
 }
+
+#[test]
+fn stats_count_tasks_by_the_phase_they_were_submitted_in() {
+    let rt = Runtime::new(RuntimeConfig {
+        ncpu: Some(2),
+        ..Default::default()
+    })
+    .unwrap();
+    let t = Tensor::zeros(&rt, &[8, 8], &[4, 4], DType::F32).unwrap();
+    ops::fill(&t, 1.0).unwrap(); // before any phase: ""
+    rt.set_phase("forward");
+    ops::scale(&t, 2.0).unwrap();
+    ops::scale(&t, 2.0).unwrap();
+    rt.set_phase("optimizer");
+    ops::fill(&t, 0.0).unwrap();
+    rt.set_phase("forward"); // a name used before resumes its phase
+    ops::scale(&t, 2.0).unwrap();
+    rt.wait_all().unwrap();
+    let st = rt.stats();
+    let by: Vec<(&str, u64)> = st
+        .phases
+        .iter()
+        .map(|p| (p.name.as_str(), p.tasks))
+        .collect();
+    assert_eq!(by, [("", 4), ("forward", 12), ("optimizer", 4)]);
+    let busy: f64 = st.phases.iter().map(|p| p.busy_s).sum();
+    let workers: f64 = st.workers.iter().map(|w| w.busy_s).sum();
+    assert!(
+        (busy - workers).abs() <= 1e-9 * workers.max(1.0),
+        "{busy} vs {workers}"
+    );
+}

@@ -190,7 +190,8 @@ impl PyRuntime {
     ///     dicts "workers" (id, name, kind, node, tasks, failed, busy_s,
     ///     flops), "buses" (src, dst, name, transfers, bytes, seconds) and
     ///     "nodes" (id, name, kind, limit, used_bytes, peak_bytes, evictions,
-    ///     writebacks).
+    ///     writebacks) and "phases" (name, tasks, busy_s: the tasks submitted
+    ///     in each `set_phase` phase; "" for those before any).
     #[pyo3(text_signature = "($self)")]
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let json = py.detach(|| {
@@ -199,6 +200,17 @@ impl PyRuntime {
             })
         })?;
         py.import("json")?.call_method1("loads", (json,))
+    }
+
+    /// Tags the tasks submitted from now on with phase `name`; `stats()`
+    /// then says what each phase cost in tasks and worker-busy seconds
+    /// ("phases"), however the phases' tasks overlap in time.
+    ///
+    /// Args:
+    ///     name: the phase (any string; a name used before resumes that phase).
+    #[pyo3(text_signature = "($self, name)")]
+    fn set_phase(&self, name: &str) {
+        self.rt.set_phase(name);
     }
 
     /// Writes a Chrome trace (JSON; opens in Perfetto or chrome://tracing) of

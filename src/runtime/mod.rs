@@ -85,6 +85,24 @@ pub struct Stats {
     pub workers: Vec<WorkerStats>,
     pub buses: Vec<BusStats>,
     pub nodes: Vec<NodeStats>,
+    /// Tasks and worker-busy seconds by the phase they were submitted in.
+    pub phases: Vec<PhaseStats>,
+}
+
+/// What the tasks submitted during one phase (`Runtime::set_phase`) cost.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PhaseStats {
+    pub name: String,
+    pub tasks: u64,
+    pub busy_s: f64,
+}
+
+/// The phase tasks are tagged with at submission; names are kept in order,
+/// so a task stores an index. Phase 0 is "" (none set).
+#[derive(Default)]
+struct Phases {
+    names: Vec<String>,
+    current: usize,
 }
 
 pub(crate) struct Inner {
@@ -97,6 +115,7 @@ pub(crate) struct Inner {
     idle: Condvar,
     first_error: Mutex<Option<Error>>,
     submitted: Mutex<u64>,
+    phases: Mutex<Phases>,
     shut: AtomicBool,
     kind: SchedKind,
     restrict: Where,
@@ -211,6 +230,10 @@ impl Runtime {
             idle: Condvar::new(),
             first_error: Mutex::new(None),
             submitted: Mutex::new(0),
+            phases: Mutex::new(Phases {
+                names: vec![String::new()],
+                current: 0,
+            }),
             shut: AtomicBool::new(false),
             kind: cfg.scheduler,
             restrict: cfg.restrict,
@@ -341,7 +364,8 @@ impl Runtime {
                 }
             }
         }
-        let t = Arc::new(TaskInner::new(codelet, accesses, restrict, priority));
+        let phase = inner.phases.lock().unwrap().current;
+        let t = Arc::new(TaskInner::new(codelet, accesses, restrict, priority, phase));
         if !self.can_run(t.where_) {
             return Err(arg_err(name, "no worker of this runtime can run this task"));
         }
@@ -402,19 +426,53 @@ impl Runtime {
         Ok(r)
     }
 
+    /// Tags the tasks submitted from now on with phase `name` (a loop's
+    /// forward/backward, optimizer, evaluation), so that `stats` can say what
+    /// each phase cost in worker time, however the phases' tasks overlap.
+    pub fn set_phase(&self, name: &str) {
+        let mut p = self.inner().phases.lock().unwrap();
+        p.current = match p.names.iter().position(|n| n == name) {
+            Some(i) => i,
+            None => {
+                p.names.push(name.to_owned());
+                p.names.len() - 1
+            }
+        };
+    }
+
     pub fn stats(&self) -> Stats {
         let inner = self.inner();
+        let workers: Vec<WorkerStats> = inner
+            .wstats
+            .iter()
+            .map(|s| s.lock().unwrap().clone())
+            .collect();
+        let names = inner.phases.lock().unwrap().names.clone();
+        let mut phases: Vec<PhaseStats> = names
+            .into_iter()
+            .map(|name| PhaseStats {
+                name,
+                ..Default::default()
+            })
+            .collect();
+        for w in &workers {
+            for (p, &(tasks, busy_s)) in phases.iter_mut().zip(&w.by_phase) {
+                p.tasks += tasks;
+                p.busy_s += busy_s;
+            }
+        }
+        // Phase 0 ("": none set) only when it ran something.
+        if phases[0].tasks == 0 {
+            phases.remove(0);
+        }
         Stats {
             scheduler: inner.kind.name().into(),
             wall_s: inner.mem.trace.t0.elapsed().as_secs_f64(),
             tasks_submitted: *inner.submitted.lock().unwrap(),
-            workers: inner
-                .wstats
-                .iter()
-                .map(|s| s.lock().unwrap().clone())
-                .collect(),
+            workers,
             buses: inner.mem.bus_stats(),
             nodes: inner.mem.nodes.iter().map(|n| n.stats()).collect(),
+            phases,
         }
     }
 

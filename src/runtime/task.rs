@@ -150,6 +150,8 @@ pub struct TaskInner {
     pub where_: Where,
     pub flops: f64,
     pub footprint: u64,
+    /// The runtime's phase when the task was submitted (`Runtime::set_phase`).
+    pub(crate) phase: usize,
     pub(crate) body: Mutex<Option<TaskBody>>,
     /// Unfinished predecessors, plus one while the task is being submitted.
     pub(crate) remaining: AtomicUsize,
@@ -174,6 +176,7 @@ impl TaskInner {
         accesses: Vec<(DataHandle, Access)>,
         restrict: Where,
         priority: i32,
+        phase: usize,
     ) -> TaskInner {
         let mut footprint = codelet.footprint() ^ 0x9e37_79b9_7f4a_7c15;
         for (h, _) in &accesses {
@@ -186,6 +189,7 @@ impl TaskInner {
             where_: codelet.where_().and(restrict),
             flops: codelet.flops(),
             footprint,
+            phase,
             body: Mutex::new(Some(TaskBody { codelet, accesses })),
             remaining: AtomicUsize::new(1),
             succ: Mutex::new(Successors::default()),

@@ -63,6 +63,9 @@ pub struct WorkerStats {
     pub failed: u64,
     pub busy_s: f64,
     pub flops: f64,
+    /// (tasks, busy seconds) per phase id; `Runtime::stats` names them.
+    #[serde(skip)]
+    pub(crate) by_phase: Vec<(u64, f64)>,
 }
 
 pub(crate) fn run(inner: Arc<Inner>, wid: usize) {
@@ -193,6 +196,12 @@ pub(crate) fn record(inner: &Inner, wid: usize, task: &TaskInner, t0: Instant, d
         let mut s = inner.wstats[wid].lock().unwrap();
         s.tasks += 1;
         s.busy_s += dt;
+        if s.by_phase.len() <= task.phase {
+            s.by_phase.resize(task.phase + 1, (0, 0.0));
+        }
+        let p = &mut s.by_phase[task.phase];
+        p.0 += 1;
+        p.1 += dt;
         if ok {
             s.flops += task.flops;
         } else {

@@ -296,14 +296,22 @@ def test_a_second_process_with_a_taken_run_name_gets_its_own_run(tmp_path: Path)
             ]
             c.sendall("".join(json.dumps(x) + "\n" for x in lines).encode())
 
+    def registered(server: LoggerServer, names: set[str]) -> None:
+        # Each connection has its own server thread: wait, so that the order
+        # of the hellos is the order of the connections.
+        deadline = time.time() + 10
+        while time.time() < deadline and set(server.clients) != names:
+            time.sleep(0.02)
+
     with LoggerServer("127.0.0.1", 0, tmp_path / "logs") as server:
         client(server.port, 1, range(0, 3))
+        registered(server, {"same"})
         client(server.port, 2, range(10, 12))
+        registered(server, {"same", "same-2"})
         client(server.port, 1, range(3, 5))  # process 1 again: a reconnect
         deadline = time.time() + 10
-        while time.time() < deadline and set(server.clients) != {"same", "same-2"}:
-            time.sleep(0.05)
-        time.sleep(0.3)
+        while time.time() < deadline and server.messages < 7:
+            time.sleep(0.02)
     assert set(server.clients) == {"same", "same-2"}
     assert _steps(tmp_path / "logs" / "same") == [0, 1, 2, 3, 4]
     assert _steps(tmp_path / "logs" / "same-2") == [10, 11]

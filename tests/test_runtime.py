@@ -70,10 +70,36 @@ def test_starpu_scheduler_names(name: str, kind: str) -> None:
         assert rt.scheduler == kind
 
 
+def test_stats_by_phase() -> None:
+    """Tasks count in the phase current at their submission, whenever they run."""
+    with gpt2rs.Runtime(ncpu=2) as rt:
+        a = gpt2rs.Tensor.from_numpy(np.ones((64, 64), np.float32), (16, 16), runtime=rt)
+        rt.set_phase("one")
+        ops.scale(a, 2.0)
+        rt.set_phase("two")
+        ops.scale(a, 2.0)
+        ops.scale(a, 2.0)
+        rt.wait_all()
+        st = rt.stats()
+        by = {p["name"]: p for p in st["phases"]}
+        assert (by["one"]["tasks"], by["two"]["tasks"]) == (16, 32)
+        assert set(by) <= {"", "one", "two"}
+        total = sum(p["busy_s"] for p in st["phases"])
+        assert total == pytest.approx(sum(w["busy_s"] for w in st["workers"]), rel=1e-9)
+
+
 def test_stats_layout() -> None:
     with gpt2rs.Runtime(ncpu=1, nsim=2, memory_limits={"sim1": 1 << 20}) as rt:
         st = rt.stats()
-        assert set(st) == {"scheduler", "wall_s", "tasks_submitted", "workers", "buses", "nodes"}
+        assert set(st) == {
+            "scheduler",
+            "wall_s",
+            "tasks_submitted",
+            "workers",
+            "buses",
+            "nodes",
+            "phases",
+        }
         assert [w["name"] for w in st["workers"]] == ["cpu0", "sim0", "sim1"]
         assert set(st["workers"][0]) == {
             "id",

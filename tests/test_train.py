@@ -569,7 +569,9 @@ def test_progress_summary_and_tensorboard(ws: Path, capsys: pytest.CaptureFixtur
         "MFU",
         "n/a",
         "peak memory host",
-        "time forward-backward",
+        "worker time forward-backward",
+        "worker time optimizer",
+        "host time",
         "checkpoint-3",
     ):
         assert word in out, word
@@ -584,6 +586,23 @@ def test_progress_summary_and_tensorboard(ws: Path, capsys: pytest.CaptureFixtur
         "memory/host/peak_bytes",
     ):
         assert [s for s, _ in got[tag]] == [1, 2, 3], tag
+
+
+def test_time_breakdown_is_measured_per_task(ws: Path) -> None:
+    """Each loop phase is charged the worker time of the tasks it submitted:
+    the optimizer's update is cheap next to forward+backward, however long
+    its wait for the last backward tasks."""
+    from gpt2rs.train import train
+
+    opts, _ = cli.parse_args(args(ws, "--max-steps", "3", "--grad-clip", "1"))
+    res = train(opts)
+    wt, host = res.summary["worker_time"], res.summary["host_time"]
+    assert set(wt) == {"forward_backward", "optimizer", "eval", "checkpoint"}
+    assert wt["forward_backward"] > 3 * wt["optimizer"] > 0, wt
+    assert wt["eval"] == 0 and wt["checkpoint"] >= 0
+    assert set(host) == {"data", "checkpoint"} and host["checkpoint"] > 0
+    busy = sum(w["busy_s"] for w in res.summary["workers"])
+    assert sum(wt.values()) <= busy * (1 + 1e-9)
 
 
 def test_silent(

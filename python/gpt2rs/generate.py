@@ -144,9 +144,22 @@ def generate(
     top_p: float | None = None,
     seed: int | None = None,
     use_cache: bool = True,
+    *,
     eos_token_id: int | None = None,
 ) -> np.ndarray:
-    """See GPT2LMHead.generate."""
+    """Continues each row of input_ids by max_new_tokens tokens; returns
+    prompt + new tokens, int64 [B, T + max_new_tokens] ([T + ...] for a
+    1-D prompt).
+
+    temperature == 0 is greedy (argmax); otherwise tokens are drawn from
+    softmax(logits / temperature) cut to the top_k most likely and then to
+    the smallest set of mass >= top_p (HF's semantics; None: no cut),
+    with numpy's default_rng(seed). use_cache: run the prompt once and
+    then one token per step over a KV cache (time linear in the context);
+    False recomputes the whole sequence each step (same tokens, slower).
+    eos_token_id: a row that produces it keeps producing it, and
+    generation stops early once every row has (the result is shorter).
+    The prompt plus max_new_tokens - 1 must fit n_positions."""
     t, k, p = check_sampling(temperature, top_k, top_p)
     if (
         not isinstance(max_new_tokens, (int, np.integer))

@@ -16,6 +16,7 @@ from . import checkpoint as ckpt_io
 from . import hub
 from ._gpt2rs import Gpt2Core, KvCache, Runtime, cpu_bf16_gemm, default_runtime
 from .config import GPT2Config
+from .generate import generate as _generate
 from .options import ModelOptions
 
 IGNORE_INDEX = -100
@@ -291,44 +292,8 @@ class GPT2LMHead:
     def clip_grad_norm(self, max_norm: float) -> float:
         return float(self._core.clip_grad_norm(float(max_norm)))
 
-    def generate(
-        self,
-        input_ids: Any,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        use_cache: bool = True,
-        *,
-        eos_token_id: int | None = None,
-    ) -> np.ndarray:
-        """Continues each row of input_ids by max_new_tokens tokens; returns
-        prompt + new tokens, int64 [B, T + max_new_tokens] ([T + ...] for a
-        1-D prompt).
-
-        temperature == 0 is greedy (argmax); otherwise tokens are drawn from
-        softmax(logits / temperature) cut to the top_k most likely and then to
-        the smallest set of mass >= top_p (HF's semantics; None: no cut),
-        with numpy's default_rng(seed). use_cache: run the prompt once and
-        then one token per step over a KV cache (time linear in the context);
-        False recomputes the whole sequence each step (same tokens, slower).
-        eos_token_id: a row that produces it keeps producing it, and
-        generation stops early once every row has (the result is shorter).
-        The prompt plus max_new_tokens - 1 must fit n_positions."""
-        from .generate import generate
-
-        return generate(
-            self,
-            input_ids,
-            max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-            use_cache=use_cache,
-            eos_token_id=eos_token_id,
-        )
+    #: See `gpt2rs.generate.generate` (the decoding loop, with its sampling).
+    generate = _generate
 
     def __repr__(self) -> str:
         c = self._config

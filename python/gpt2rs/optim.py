@@ -87,30 +87,10 @@ class Optimizer:
         self.lr = float(d["lr"])
 
 
-class AdamW(Optimizer):
-    """torch.optim.AdamW: decoupled weight decay."""
-
-    def __init__(
-        self,
-        model: GPT2LMHead,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.01,
-    ) -> None:
-        super().__init__(
-            model,
-            "adamw",
-            lr,
-            weight_decay,
-            beta1=float(betas[0]),
-            beta2=float(betas[1]),
-            eps=float(eps),
-        )
-
-
 class Adam(Optimizer):
     """torch.optim.Adam: weight decay added to the gradient (L2)."""
+
+    KIND: Literal["adam", "adamw"] = "adam"
 
     def __init__(
         self,
@@ -122,13 +102,29 @@ class Adam(Optimizer):
     ) -> None:
         super().__init__(
             model,
-            "adam",
+            self.KIND,
             lr,
             weight_decay,
             beta1=float(betas[0]),
             beta2=float(betas[1]),
             eps=float(eps),
         )
+
+
+class AdamW(Adam):
+    """torch.optim.AdamW: decoupled weight decay (0.01 by default, as torch's)."""
+
+    KIND = "adamw"
+
+    def __init__(
+        self,
+        model: GPT2LMHead,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+    ) -> None:
+        super().__init__(model, lr, betas, eps, weight_decay)
 
 
 class SGD(Optimizer):

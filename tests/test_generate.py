@@ -412,6 +412,26 @@ def test_cli_defaults_and_aliases() -> None:
     )
     assert cli.parse_args(["--prompt-ids", "1, 2 3"]).prompt_ids == [1, 2, 3]
     assert cli.parse_args(["--model-path", "/y"]).model_path == "/y"
+    # The model flags are gpt2rs-train's: one ModelOptions, -1 = "whole".
+    opts = cli.parse_args(["--vocab-tile", "-1", "--seq_len_tile", "8", "--dtype", "bf16"]).options
+    assert (opts.vocab_tile, opts.seq_len_tile, opts.dtype) == ("whole", 8, "bf16")
+
+
+def test_cli_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """StarPU's variables fill the flags left unset, as for gpt2rs-train."""
+    monkeypatch.setenv("STARPU_NCPU", "3")
+    monkeypatch.setenv("STARPU_NCUDA", "0")
+    ns = cli.parse_args([])
+    assert (ns.ncpu, ns.ncuda) == (3, 0)
+    assert cli.parse_args(["--ncpu", "1"]).ncpu == 1
+    monkeypatch.setenv("STARPU_NCPU", "many")
+    with pytest.raises(SystemExit) as e:
+        cli.parse_args([])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "STARPU_NCPU='many' is not an integer" in err, err
+    assert err.count("\n") == 1
 
 
 @pytest.mark.parametrize(
@@ -424,6 +444,7 @@ def test_cli_defaults_and_aliases() -> None:
         (["--max-new-tokens", "-1"], "--max-new-tokens"),
         (["--seed", "-1"], "--seed"),
         (["--ncpu", "0"], "--ncpu"),
+        (["--n-head-tile", "0"], "--n-head-tile must be >= 1 or -1"),
         (["--dtype", "fp8"], "invalid choice"),
         (["--restrict", "tpu"], "invalid choice"),
         (["--prompt-ids", "1,x"], "not a list of token ids"),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from ..options import PRECISIONS, TILE_AXES, WHOLE, ModelOptions
@@ -74,6 +74,42 @@ def env_flag(name: str) -> bool | None:
     if v is None or v.strip() == "":
         return None
     return v.strip().lower() not in ("0", "false", "no", "off")
+
+
+def _env_str(name: str) -> str | None:
+    v = os.environ.get(name, "").strip()
+    return v or None
+
+
+def _env_trace(name: str) -> str | None:
+    # StarPU's FxT switch; our trace is one Chrome JSON file under its prefix.
+    if not env_flag(name):
+        return None
+    return os.path.join(os.environ.get("STARPU_FXT_PREFIX", "") or ".", "gpt2rs.trace.json")
+
+
+#: Flag destination -> (variable, reader): StarPU's and NNTile's environment,
+#: read only for a flag the command line left unset (flags win).
+ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "ncpu": ("STARPU_NCPU", env_int),
+    "ncuda": ("STARPU_NCUDA", env_int),
+    "scheduler": ("STARPU_SCHED", _env_str),
+    "perf_model_dir": ("STARPU_PERF_MODEL_DIR", _env_str),
+    "trace": ("STARPU_FXT_TRACE", _env_trace),
+    "quiet": ("STARPU_SILENT", env_flag),
+    "logger": ("NNTILE_LOGGER", env_flag),
+    "logger_server_addr": ("NNTILE_LOGGER_SERVER_ADDR", _env_str),
+    "logger_server_port": ("NNTILE_LOGGER_SERVER_PORT", env_int),
+}
+
+
+def apply_environment(ns: argparse.Namespace, defaults: dict[str, Any]) -> None:
+    """Fills each ENVIRONMENT flag of `ns` that is None from its variable,
+    else from `defaults`; a malformed variable is a ValueError naming it."""
+    for dest, (var, read) in ENVIRONMENT.items():
+        if getattr(ns, dest, "absent") is None:
+            v = read(var)
+            setattr(ns, dest, defaults.get(dest) if v is None else v)
 
 
 def restrict(v: str) -> str | None:

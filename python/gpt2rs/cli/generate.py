@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import Formatter, Parser, add_model_flags, env_int, model_options, restrict
+from ._common import Formatter, Parser, add_model_flags, apply_environment, model_options, restrict
 
 PROG = "gpt2rs-generate"
 
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_flags(g, ap, training=False)
     g.add_argument("--restrict", type=restrict, default=None, metavar="{cpu,cuda,None}",
                    help="prefer these workers (None: every visible GPU, else the CPU)")  # fmt: skip
-    g.add_argument("--ncpu", type=int, default=None, help="CPU workers (default: every core)")
+    g.add_argument("--ncpu", type=int, default=None, help="CPU workers (default: $STARPU_NCPU or every core)")
     g.add_argument(
         "--ncuda", type=int, default=None, help="GPUs (default: $STARPU_NCUDA or every visible GPU)"
     )
@@ -107,16 +107,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ns = ap.parse_args(argv)
     if ns.max_new_tokens < 0:
         ap.error(f"--max-new-tokens must be >= 0, got {ns.max_new_tokens}")
-    if ns.ncpu is not None and ns.ncpu < 1:
-        ap.error(f"--ncpu must be >= 1, got {ns.ncpu}")
     if ns.seed < 0:
         ap.error(f"--seed must be >= 0, got {ns.seed}")
     try:
         ns.options = model_options(ns)
-        if ns.ncuda is None:
-            ns.ncuda = env_int("STARPU_NCUDA")
+        apply_environment(ns, {})
     except ValueError as e:
         ap.error(str(e))
+    if ns.ncpu is not None and ns.ncpu < 1:
+        ap.error(f"--ncpu must be >= 1, got {ns.ncpu}")
     try:
         check_sampling(ns.temperature, ns.top_k, ns.top_p)
     except ValueError as e:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import signal
 import sys
 import threading
@@ -24,8 +23,7 @@ from ._common import (
     Formatter,
     Parser,
     add_model_flags,
-    env_flag,
-    env_int,
+    apply_environment,
     model_options,
     restrict,
 )
@@ -262,35 +260,26 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainOptions, dict[st
     ap = build_parser()
     ns = ap.parse_args(argv)
     notes: list[str] = []
+    d = TrainOptions()
     try:
-        if ns.ncpu is None:
-            ns.ncpu = env_int("STARPU_NCPU")
-        if ns.ncuda is None:
-            ns.ncuda = env_int("STARPU_NCUDA")
-        if ns.logger_server_port is None:
-            ns.logger_server_port = env_int("NNTILE_LOGGER_SERVER_PORT") or DEFAULT_SERVER_PORT
+        apply_environment(
+            ns,
+            {
+                "scheduler": d.scheduler,
+                "perf_model_dir": "",
+                "trace": "",
+                "quiet": False,
+                "logger": False,
+                "logger_server_addr": "",
+                "logger_server_port": DEFAULT_SERVER_PORT,
+            },
+        )
     except ValueError as e:
         ap.error(str(e))
-    if ns.scheduler is None:
-        ns.scheduler = os.environ.get("STARPU_SCHED", "").strip() or "eager"
     if ns.scheduler not in SCHEDULERS:
         ap.error(
             f"unknown scheduler {ns.scheduler!r} (expected one of {', '.join(sorted(SCHEDULERS))})"
         )
-    if ns.perf_model_dir is None:
-        ns.perf_model_dir = os.environ.get("STARPU_PERF_MODEL_DIR", "")
-    if ns.trace is None:
-        ns.trace = ""
-        if env_flag("STARPU_FXT_TRACE"):
-            ns.trace = os.path.join(
-                os.environ.get("STARPU_FXT_PREFIX", "") or ".", "gpt2rs.trace.json"
-            )
-    if ns.logger is None:
-        ns.logger = bool(env_flag("NNTILE_LOGGER"))
-    if ns.logger_server_addr is None:
-        ns.logger_server_addr = os.environ.get("NNTILE_LOGGER_SERVER_ADDR", "").strip()
-    if ns.quiet is None:
-        ns.quiet = bool(env_flag("STARPU_SILENT"))
     ui = {"quiet": ns.quiet, "log_every": ns.log_every, "notes": notes}
     try:
         model = model_options(ns)

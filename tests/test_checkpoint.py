@@ -274,3 +274,27 @@ def test_from_pretrained_reads_a_checkpoint_root_and_checks_it(
     )
     err = capsys.readouterr().err
     assert rc != 0 and "SHA-256" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_checkpoint_of_an_earlier_version_resumes(tmp_path: Path) -> None:
+    """tests/golden/checkpoint-v1 (written before ModelOptions and the train
+    package; see its README) resumes into the losses that version logged for
+    the same run uninterrupted."""
+    import shutil
+
+    from gpt2rs.cli import train as cli
+
+    src = Path(__file__).parent / "golden" / "checkpoint-v1"
+    root = tmp_path / "v1"
+    shutil.copytree(src, root)
+    argv = (
+        f"--restrict cpu --config-path {root / 'cfg.json'} --dataset-path {root} "
+        "--dataset-file train.bin --seq-len 16 --batch-size 4 --minibatch-size 2 --lr 3e-3 "
+        "--ncpu 2 --seq-len-tile 8 --vocab-tile -1 --dropout 0.2 --max-steps 6 --quiet "
+        f"--checkpoint-path {root} --save-checkpoint-path {tmp_path / 'ck'} "
+        f"--metrics-file {tmp_path / 'm.jsonl'}"
+    ).split()
+    assert cli.main(argv) == 0
+    got = [json.loads(line)["loss"] for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    want = [3.934168409664745, 3.904661833733761, 3.9274327199664003]
+    np.testing.assert_allclose(got, want, rtol=1e-6)

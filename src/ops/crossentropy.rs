@@ -188,9 +188,7 @@ struct DevTargets {
 
 impl DevTargets {
     fn upload(b: &DevBuffers, tg: &[i64]) -> Result<DevTargets> {
-        let bytes: &[u8] = bytemuck::cast_slice(tg);
-        let mut buf = b.dev().alloc(bytes.len())?;
-        b.dev().htod(bytes, &mut buf)?;
+        let buf = b.dev().upload(bytemuck::cast_slice(tg))?;
         Ok(DevTargets { buf, n: tg.len() })
     }
     fn view(&self) -> Result<cudarc::driver::CudaView<'_, i64>> {

@@ -74,10 +74,7 @@ fn check(ids: &[i64], y: &Tensor, wte: &Tensor, pos: Option<&Tensor>) -> Result<
 /// Copies `v` to a new device buffer through the device's pinned staging
 /// (asynchronous; `v` may be dropped on return).
 fn upload(b: &DevBuffers, v: &[i64]) -> Result<CudaSlice<u8>> {
-    let bytes: &[u8] = bytemuck::cast_slice(v);
-    let mut buf = b.dev().alloc(bytes.len())?;
-    b.dev().htod(bytes, &mut buf)?;
-    Ok(buf)
+    b.dev().upload(bytemuck::cast_slice(v))
 }
 
 /// The rows of one y tile from the vocabulary tiles `chunk` (operands

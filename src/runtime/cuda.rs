@@ -14,8 +14,6 @@ use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::kernels::cuda::launch::CudaKernels;
 use crate::kernels::cuda::{cuda_err, driver_available};
-use cudarc::cublas::CudaBlas;
-use cudarc::cublaslt::CudaBlasLT;
 use cudarc::driver::{
     CudaContext, CudaEvent, CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr,
     PinnedHostSlice,
@@ -53,9 +51,83 @@ pub struct CudaDevice {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
     pub kernels: CudaKernels,
-    blas: OnceLock<std::result::Result<CudaBlas, String>>,
-    blaslt: OnceLock<std::result::Result<CudaBlasLT, String>>,
+    blas: OnceLock<std::result::Result<BlasHandle, String>>,
+    blaslt: OnceLock<std::result::Result<BlasLtHandle, String>>,
     staging: Mutex<Staging>,
+}
+
+/// A cuBLAS handle bound to a device's stream. Held raw rather than as
+/// cudarc's `CudaBlas`, whose `Drop` unwraps `cublasDestroy`: after a device
+/// error that would panic during teardown (and abort if already unwinding).
+pub struct BlasHandle(cudarc::cublas::sys::cublasHandle_t);
+
+/// A cuBLASLt handle (the stream and workspace go with each matmul). Raw for
+/// the same reason as [`BlasHandle`]; it also spares cudarc's `CudaBlasLT`
+/// its own 32 MiB workspace, which gpt2rs never uses.
+pub struct BlasLtHandle(cudarc::cublaslt::sys::cublasLtHandle_t);
+
+// SAFETY: cuBLAS handles may be used from any thread, one call at a time;
+// every call on a device's handle is made by its one worker (or under the
+// device's OnceLock at creation).
+unsafe impl Send for BlasHandle {}
+unsafe impl Sync for BlasHandle {}
+unsafe impl Send for BlasLtHandle {}
+unsafe impl Sync for BlasLtHandle {}
+
+impl BlasHandle {
+    pub fn raw(&self) -> cudarc::cublas::sys::cublasHandle_t {
+        self.0
+    }
+}
+
+impl BlasLtHandle {
+    pub fn raw(&self) -> cudarc::cublaslt::sys::cublasLtHandle_t {
+        self.0
+    }
+}
+
+impl Drop for BlasHandle {
+    fn drop(&mut self) {
+        // SAFETY: created by cublasCreate, destroyed once; a failure (a
+        // device already in error) leaves nothing to do.
+        let _ = unsafe { cudarc::cublas::result::destroy_handle(self.0) };
+    }
+}
+
+impl Drop for BlasLtHandle {
+    fn drop(&mut self) {
+        // SAFETY: as for BlasHandle.
+        let _ = unsafe { cudarc::cublaslt::result::destroy_handle(self.0) };
+    }
+}
+
+/// Makes `ctx` current on this thread. Unlike `CudaContext::bind_to_thread`,
+/// which first returns (and clears) an error a `Drop` stored earlier and
+/// then skips the binding, this always binds: it is for the paths that must
+/// work on a context in error (freeing replicas, polling events).
+pub(crate) fn make_current(ctx: &CudaContext) -> Result<()> {
+    // SAFETY: the context is alive (borrowed) and `cu_ctx` is its handle.
+    unsafe { cudarc::driver::result::ctx::set_current(ctx.cu_ctx()) }.map_err(drv)
+}
+
+/// Keeps memory freed into the device's default pool (which cudarc's
+/// stream-ordered allocations use) instead of returning it to the driver at
+/// every synchronisation: a training step frees and reallocates the same
+/// tiles, and `cuMemAllocAsync` is then a pool hit.
+fn keep_freed_memory(ctx: &CudaContext) -> Result<()> {
+    use cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD;
+    let mut threshold: u64 = u64::MAX;
+    // SAFETY: the device is this context's; the attribute takes a cuuint64_t.
+    unsafe {
+        let pool =
+            cudarc::driver::result::device::get_default_mem_pool(ctx.cu_device()).map_err(drv)?;
+        cudarc::driver::result::mem_pool::set_attribute(
+            pool,
+            CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            &mut threshold as *mut u64 as *mut std::ffi::c_void,
+        )
+        .map_err(drv)
+    }
 }
 
 /// Runs a call into cudarc, turning its panic (a missing library or symbol)
@@ -100,6 +172,7 @@ impl CudaDevice {
             // orders cross-stream work itself (see the module doc).
             unsafe { ctx.disable_event_tracking() };
             let stream = ctx.new_stream().map_err(drv)?;
+            keep_freed_memory(&ctx)?;
             let (major, minor) = ctx.compute_capability().map_err(drv)?;
             if major < 8 {
                 return Err(cuda_err(format!(
@@ -123,36 +196,54 @@ impl CudaDevice {
     }
 
     /// The cuBLAS handle of this device's stream (created on first use).
-    pub fn blas(&self) -> Result<&CudaBlas> {
+    pub fn blas(&self) -> Result<&BlasHandle> {
         self.blas
             .get_or_init(|| {
-                guard("loading cuBLAS", || {
-                    CudaBlas::new(self.stream.clone()).map_err(|e| cuda_err(format!("cuBLAS: {e}")))
-                })
-                .map_err(|e| match e {
-                    Error::Cuda(m) => m,
-                    e => e.to_string(),
+                self.handle("cuBLAS", || {
+                    let h = cudarc::cublas::result::create_handle()
+                        .map_err(|e| cuda_err(format!("cuBLAS: {e:?}")))?;
+                    let h = BlasHandle(h);
+                    // SAFETY: a live handle and this device's live stream.
+                    unsafe {
+                        cudarc::cublas::result::set_stream(h.0, self.stream.cu_stream() as _)
+                    }
+                    .map_err(|e| cuda_err(format!("cuBLAS: {e:?}")))?;
+                    Ok(h)
                 })
             })
             .as_ref()
             .map_err(|e| Error::Cuda(e.clone()))
     }
 
-    /// The cuBLASLt handle of this device's stream (created on first use).
-    pub fn blaslt(&self) -> Result<&CudaBlasLT> {
+    /// The cuBLASLt handle of this device (created on first use).
+    pub fn blaslt(&self) -> Result<&BlasLtHandle> {
         self.blaslt
             .get_or_init(|| {
-                guard("loading cuBLASLt", || {
-                    CudaBlasLT::new(self.stream.clone())
-                        .map_err(|e| cuda_err(format!("cuBLASLt: {e}")))
-                })
-                .map_err(|e| match e {
-                    Error::Cuda(m) => m,
-                    e => e.to_string(),
+                self.handle("cuBLASLt", || {
+                    cudarc::cublaslt::result::create_handle()
+                        .map(BlasLtHandle)
+                        .map_err(|e| cuda_err(format!("cuBLASLt: {e:?}")))
                 })
             })
             .as_ref()
             .map_err(|e| Error::Cuda(e.clone()))
+    }
+
+    /// Creates a library handle in this device's context; a missing library
+    /// (cudarc panics) or a failure is kept as the error every later use gets.
+    fn handle<H>(
+        &self,
+        what: &str,
+        make: impl FnOnce() -> Result<H>,
+    ) -> std::result::Result<H, String> {
+        guard(&format!("loading {what}"), || {
+            self.ctx.bind_to_thread().map_err(drv)?;
+            make()
+        })
+        .map_err(|e| match e {
+            Error::Cuda(m) => m,
+            e => e.to_string(),
+        })
     }
 
     /// (free, total) device memory in bytes.
@@ -161,11 +252,19 @@ impl CudaDevice {
         self.ctx.mem_get_info().map_err(drv)
     }
 
-    /// A zeroed device buffer of `bytes` (stream-ordered allocation).
-    pub(crate) fn alloc(&self, bytes: usize) -> Result<CudaSlice<u8>> {
+    /// A device buffer of `bytes` (stream-ordered allocation), zeroed when
+    /// `zeroed`; otherwise its contents are undefined, for a replica that a
+    /// transfer or a write-only task fills before anything reads it.
+    pub(crate) fn alloc(&self, bytes: usize, zeroed: bool) -> Result<CudaSlice<u8>> {
         self.ctx.bind_to_thread().map_err(drv)?;
         // cuMemAlloc refuses 0 bytes; empty tiles get a token allocation.
-        self.stream.alloc_zeros::<u8>(bytes.max(16)).map_err(|e| {
+        let r = if zeroed {
+            self.stream.alloc_zeros::<u8>(bytes.max(16))
+        } else {
+            // SAFETY: bytes; the caller writes all of them before reading.
+            unsafe { self.stream.alloc::<u8>(bytes.max(16)) }
+        };
+        r.map_err(|e| {
             if matches!(
                 e.0,
                 cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY
@@ -179,6 +278,14 @@ impl CudaDevice {
                 drv(e)
             }
         })
+    }
+
+    /// A new device buffer holding `src` (copied through the pinned
+    /// staging, asynchronously: `src` may be dropped on return).
+    pub fn upload(&self, src: &[u8]) -> Result<CudaSlice<u8>> {
+        let mut buf = self.alloc(src.len(), false)?;
+        self.htod(src, &mut buf)?;
+        Ok(buf)
     }
 
     /// Enqueues host->device: `src` is staged through pinned chunks, so the
@@ -349,7 +456,7 @@ impl super::async_worker::Stream for DeviceStream {
     }
 
     fn query(&self, e: &CudaEvent) -> bool {
-        let _ = self.0.ctx.bind_to_thread();
+        let _ = make_current(&self.0.ctx);
         !matches!(e.try_is_complete(), Ok(false))
     }
 

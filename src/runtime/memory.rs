@@ -38,6 +38,16 @@ pub(crate) struct Memory {
 /// Default bus bandwidth for estimates before any transfer was measured.
 const DEFAULT_BANDWIDTH: f64 = 10e9;
 
+/// `GPT2RS_POISON_UNINITIALISED=1`: host replicas that a GPU would leave
+/// uninitialised (write-only accesses, see `make_valid`) are filled with
+/// 0xFF bytes (NaN in every float dtype), so that a CPU test run shows a
+/// codelet that does not write all of a W operand, which the GPU would
+/// expose as garbage.
+fn poison_uninitialised() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("GPT2RS_POISON_UNINITIALISED").is_ok_and(|v| v == "1"))
+}
+
 impl Memory {
     pub fn new(nodes: Vec<MemoryNode>, trace: Arc<Trace>) -> Memory {
         let n = nodes.len();
@@ -114,17 +124,23 @@ impl Memory {
         self.note_memory(node, used);
     }
 
-    /// A zeroed buffer of `bytes` on `node`. A GPU that refuses the
-    /// allocation (memory taken outside the runtime's accounting: cuBLAS
-    /// workspaces, other processes) gets one round of eviction first.
-    fn alloc(&self, node: usize, bytes: usize) -> Result<Buf> {
+    /// A buffer of `bytes` on `node`, zeroed when `zeroed` (host buffers
+    /// always are: calloc costs nothing). A GPU that refuses the allocation
+    /// (memory taken outside the runtime's accounting: cuBLAS workspaces,
+    /// other processes) gets one round of eviction first.
+    fn alloc(&self, node: usize, bytes: usize, zeroed: bool) -> Result<Buf> {
         let Some(dev) = &self.nodes[node].device else {
-            return Ok(Buf::Host(HostBuffer::zeroed(bytes)));
+            let b = HostBuffer::zeroed(bytes);
+            if !zeroed && poison_uninitialised() {
+                // SAFETY: a new buffer nobody else holds yet.
+                unsafe { b.bytes_mut() }.fill(0xFF);
+            }
+            return Ok(Buf::Host(b));
         };
-        match dev.alloc(bytes) {
+        match dev.alloc(bytes, zeroed) {
             Err(Error::OutOfMemory { .. }) => {
                 self.evict(node, 2 * bytes as u64 + (64 << 20));
-                dev.alloc(bytes).map(Buf::Cuda)
+                dev.alloc(bytes, zeroed).map(Buf::Cuda)
             }
             r => r.map(Buf::Cuda),
         }
@@ -200,7 +216,11 @@ impl Memory {
     ) -> Result<()> {
         let bytes = h.bytes() as u64;
         if coh.replicas[node].is_none() {
-            let mut buf = match self.alloc(node, h.bytes()) {
+            // A handle with no replica holds zeros; a write-only access or a
+            // copy from another replica fills the buffer before it is read.
+            let source = (0..coh.replicas.len()).find(|&i| coh.replicas[i].is_some());
+            let zeroed = mode.reads() && source.is_none();
+            let mut buf = match self.alloc(node, h.bytes(), zeroed) {
                 Ok(b) => b,
                 Err(e) => {
                     if reserved {
@@ -210,8 +230,8 @@ impl Memory {
                 }
             };
             if mode.reads() {
-                // Prefer the host copy as the source; a handle with no replica holds zeros.
-                if let Some(src) = (0..coh.replicas.len()).find(|&i| coh.replicas[i].is_some()) {
+                // The first replica found (the host's, when it has one) is the source.
+                if let Some(src) = source {
                     let from = &coh.replicas[src].as_ref().unwrap().buf;
                     if let Err(e) = self.transfer(src, node, from, &mut buf) {
                         if reserved {

@@ -41,7 +41,7 @@ use crate::kernels::cuda::cuda_err;
 use crate::kernels::cuda::launch::DevElement;
 use crate::runtime::cuda::CudaDevice;
 use cudarc::cublas::{result as blas_result, sys as blas_sys};
-use cudarc::cublaslt::{result as lt_result, sys as lt_sys, MatmulShared};
+use cudarc::cublaslt::{result as lt_result, sys as lt_sys};
 use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr};
 use std::ffi::c_void;
 use std::mem::size_of;
@@ -277,7 +277,7 @@ where
     let p = col_major(op, trans_a, trans_b, m, n, k, batch)?;
     let blas = dev.blas()?;
     dev.ctx.bind_to_thread().map_err(drv)?;
-    let handle = *blas.handle();
+    let handle = blas.raw();
     let (dt, ct) = cublas_types(T::DTYPE, compute);
     let s = Scalars::new(T::DTYPE, alpha, beta);
     let stream = &dev.stream;
@@ -465,7 +465,7 @@ pub fn gemm_strided<T: Element + DeviceRepr, C: Element + DeviceRepr>(
     let (stride1, stride2, stride_c) = (stride(&lb)?, stride(&la)?, stride(&lc)?);
     let blas = dev.blas()?;
     dev.ctx.bind_to_thread().map_err(drv)?;
-    let handle = *blas.handle();
+    let handle = blas.raw();
     let (dt, ct) = cublas_types(T::DTYPE, compute);
     let (dt_c, _) = cublas_types(C::DTYPE, compute);
     // The scale type follows the compute type: f64 only for COMPUTE_64F.
@@ -683,6 +683,9 @@ fn lt_workspace_bytes(arch: &str) -> usize {
 /// bias to the f32 (or f64) accumulator and round to C's type once.
 ///
 /// `k >= 1` and `alpha != 0` (the caller routes those corners elsewhere).
+/// When cuBLASLt's heuristic has no algorithm for the problem (an unusual
+/// shape, alignment or epilogue on some GPU), it is done unfused instead:
+/// bias fill, GEMM with beta = 1, activation in place, as the CPU does.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_bias_act<T: DevElement>(
     dev: &CudaDevice,
@@ -703,11 +706,81 @@ pub fn gemm_bias_act<T: DevElement>(
 where
     T::Acc: DeviceRepr,
 {
+    let fused = gemm_bias_act_fused(
+        dev, compute, trans_a, trans_b, m, n, k, batch, alpha, a, b, bias, act, c,
+    )?;
+    if fused {
+        return Ok(());
+    }
+    dev.kernels.bias::<T>(false, bias, batch * m, n, c)?;
+    gemm::<T>(
+        dev, compute, trans_a, trans_b, m, n, k, batch, alpha, a, b, 1.0, c,
+    )?;
+    let name = match act {
+        BiasAct::Bias => return Ok(()),
+        BiasAct::BiasGeluTanh => "gelu_fwd",
+        BiasAct::BiasRelu => "relu_fwd",
+    };
+    activation_in_place::<T>(dev, name, c)
+}
+
+/// `y = act(y)` with activation.cu's `<name>_<T>(n, x, y)` given y twice
+/// (elementwise: each thread reads its element before writing it).
+fn activation_in_place<T: DevElement>(
+    dev: &CudaDevice,
+    name: &str,
+    y: &mut CudaViewMut<T>,
+) -> Result<()>
+where
+    T::Acc: DeviceRepr,
+{
+    use crate::kernels::cuda::{grid_for, kernel_name, Module, ELEMENTWISE_BLOCK};
+    use cudarc::driver::{LaunchConfig, PushKernelArg};
+    let f = dev
+        .kernels
+        .func(Module::Activation, &kernel_name(name, &[T::DTYPE]))?;
+    let n = y.len();
+    let (p, _guard) = y.device_ptr_mut(&dev.stream);
+    let cfg = LaunchConfig {
+        grid_dim: (grid_for(n, ELEMENTWISE_BLOCK), 1, 1),
+        block_dim: (ELEMENTWISE_BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut b = dev.stream.launch_builder(&f);
+    b.arg(&n).arg(&p).arg(&p);
+    // SAFETY: `<name>_<T>(usize, const T*, T*)` with both pointers at y's n
+    // elements; the kernel reads x[i] before writing y[i] in the same thread.
+    unsafe { b.launch(cfg) }.map_err(drv)?;
+    Ok(())
+}
+
+/// The fused cuBLASLt matmul of `gemm_bias_act`; Ok(false) when the
+/// heuristic finds no algorithm (nothing was launched).
+#[allow(clippy::too_many_arguments)]
+fn gemm_bias_act_fused<T: DevElement>(
+    dev: &CudaDevice,
+    compute: GemmCompute,
+    trans_a: bool,
+    trans_b: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    batch: usize,
+    alpha: f64,
+    a: &CudaView<T>,
+    b: &CudaView<T>,
+    bias: &CudaView<T>,
+    act: BiasAct,
+    c: &mut CudaViewMut<T>,
+) -> Result<bool>
+where
+    T::Acc: DeviceRepr,
+{
     let op = "cuda.gemm_bias_act";
     check_shapes(op, m, n, k, batch, a.len(), b.len(), c.len())?;
     check_len(op, "bias", n, bias.len())?;
     if c.is_empty() {
-        return Ok(());
+        return Ok(true);
     }
     if k == 0 || alpha == 0.0 {
         return Err(crate::error::arg_err(
@@ -718,7 +791,7 @@ where
     let p = col_major(op, trans_a, trans_b, m, n, k, batch)?;
     let lt = dev.blaslt()?;
     dev.ctx.bind_to_thread().map_err(drv)?;
-    let handle = *lt.handle();
+    let handle = lt.raw();
     let (dt, ct, st) = lt_types(T::DTYPE, compute);
     let esize = T::DTYPE.size() as u64;
 
@@ -782,20 +855,23 @@ where
 
     // SAFETY: the descriptors are live; the layouts describe exactly the
     // buffers passed below (checked lengths, see `gemm`).
-    let heur = unsafe {
+    let heur = match unsafe {
         lt_result::get_matmul_algo_heuristic(handle, desc.0, l1.0, l2.0, ld.0, ld.0, pref.0)
-    }
-    .map_err(|e| {
-        lt_err(
-            &format!(
-                "no algorithm for {:?} {:?} epilogue {act:?} (m={m} n={n} k={k} batch={batch}); \
-                 use gemm + bias + activation",
-                T::DTYPE,
-                compute
-            ),
-            e,
-        )
-    })?;
+    } {
+        Ok(h) => h,
+        // cudarc's reading of "zero algorithms returned".
+        Err(e) if e.0 == lt_sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED => return Ok(false),
+        Err(e) => {
+            return Err(lt_err(
+                &format!(
+                    "heuristic for {:?} {:?} epilogue {act:?} (m={m} n={n} k={k} batch={batch})",
+                    T::DTYPE,
+                    compute
+                ),
+                e,
+            ))
+        }
+    };
 
     // beta = 0: C is not read, so C and D may both be the output (same layout).
     let s = Scalars::new(T::DTYPE, alpha, 0.0);
@@ -823,7 +899,8 @@ where
             stream.cu_stream() as lt_sys::cudaStream_t,
         )
     }
-    .map_err(|e| lt_err("cublasLtMatmul", e))
+    .map_err(|e| lt_err("cublasLtMatmul", e))?;
+    Ok(true)
 }
 
 #[cfg(test)]

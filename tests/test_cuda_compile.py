@@ -20,7 +20,7 @@ def nvrtc() -> None:
 
     reason = cuda_nvrtc_status()
     if reason is not None:
-        pytest.skip(f"NVRTC wheel absent (pip install 'nvidia-cuda-nvrtc==13.0.*'): {reason}")
+        pytest.skip(f"NVRTC wheel absent (pip install 'nvidia-cuda-nvrtc>=13.0,<14'): {reason}")
 
 
 @pytest.fixture()

@@ -1,11 +1,20 @@
 """CUDA support: NVRTC compilation of the kernels in ``cuda/*.cu`` and probes.
 
 The CUDA libraries come from pip (``pip install 'gpt2rs[cuda]'``: the
-``nvidia-cuda-nvrtc``, ``nvidia-cublas`` and ``nvidia-cuda-runtime`` 13.0
+``nvidia-cuda-nvrtc``, ``nvidia-cublas`` and ``nvidia-cuda-runtime`` 13.x
 wheels). Before the first CUDA call this module finds them under
 ``site-packages/nvidia/cu13/lib`` (the 13.x wheel layout; 12.x wheels used
 ``nvidia/cuda_nvrtc/lib``) and loads them with ``RTLD_GLOBAL``, so the Rust
 core's ``dlopen("libnvrtc.so.13")`` finds them with no ``LD_LIBRARY_PATH``.
+
+Library identity: the core's loader (cudarc) asks for the bare names
+``libnvrtc.so``, ``libcublas.so``, ``libcublasLt.so`` before ``*.so.13``. Where
+a CUDA toolkit puts those names on the loader's path, it would load the
+toolkit's copies beside the wheels' files. :func:`check_library_identity`
+turns that into one :class:`CudaError` line naming both files and the fix
+(:func:`link_dir`); it runs where gpt2rs starts using CUDA (a device found by
+:func:`device_count`, :func:`device_info`, :func:`require`, NVRTC calls), never
+at import. :func:`info` says what was loaded, from ``/proc/self/maps``.
 
 A missing library or driver is a :class:`CudaError` (a ``RuntimeError``) with
 the reason, never a crash.
@@ -21,8 +30,13 @@ import contextlib
 import ctypes
 import glob
 import os
+import re
+import shutil
 import site
+import subprocess
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from gpt2rs._gpt2rs import (
@@ -42,13 +56,17 @@ from gpt2rs._gpt2rs import (
 __all__ = [
     "CudaError",
     "cache_dir",
+    "check_library_identity",
     "choose_gpus",
     "compile_all",
     "compile_module",
     "compile_source",
     "device_count",
     "device_info",
+    "info",
     "is_available",
+    "link_dir",
+    "loaded_libraries",
     "modules",
     "nvrtc_version",
     "preload",
@@ -66,6 +84,16 @@ _LIBS = (
     ("cublas", "libcublas.so.13*"),
 )
 _loaded: dict[str, str] = {}
+
+# The libraries the core uses: one file each, or check_library_identity()
+# fails. loaded_libraries() also lists cudart and NCCL (torch's and others').
+_CORE_LIBS = ("nvrtc", "nvrtc-builtins", "cublas", "cublasLt", "cuda")
+# The bare names cudarc's loader tries before `*.so.13` (its
+# get_lib_name_candidates; the `64_NN` variants are Windows names).
+_BARE = {"nvrtc": "libnvrtc.so", "cublas": "libcublas.so", "cublasLt": "libcublasLt.so"}
+_LIB_FILE = re.compile(
+    r"^lib(nvrtc-builtins|nvrtc|cublasLt|cublas|cudart|cuda|nccl)(?:\.alt)?\.so(?:\.[0-9.]+)?$"
+)
 
 
 def _lib_dirs() -> list[Path]:
@@ -88,6 +116,9 @@ def _lib_dirs() -> list[Path]:
 def preload() -> dict[str, str]:
     """Load the pip wheels' NVRTC and cuBLAS with RTLD_GLOBAL (once).
 
+    A library whose soname is already in the process (torch imported first,
+    say) is adopted rather than loaded a second time: the core binds to it.
+
     Returns:
         The libraries loaded so far, by name, with their paths. A wheel that
         is absent is skipped (the Rust core then reports it as missing).
@@ -101,13 +132,271 @@ def preload() -> dict[str, str]:
             hits = sorted(p for p in glob.glob(str(d / pattern)) if ".alt." not in p)
             if not hits:
                 continue
-            try:
-                ctypes.CDLL(hits[0], mode=os.RTLD_GLOBAL)
-            except OSError:
-                continue
-            _loaded[name] = hits[0]
+            path = hits[0]
+            if _dlopen_noload(os.path.basename(path)) == "loaded":
+                path = next(iter(_mapped().get(name, {})), path)
+            else:
+                try:
+                    ctypes.CDLL(path, mode=os.RTLD_GLOBAL)
+                except OSError:
+                    continue
+            _loaded[name] = path
             break
     return dict(_loaded)
+
+
+# ---------------------------------------------------------------- library identity
+
+
+def _read_maps() -> str:
+    try:
+        return Path("/proc/self/maps").read_text()
+    except OSError:  # not Linux, or no procfs
+        return ""
+
+
+def _mapped(maps: str | None = None) -> dict[str, dict[str, tuple[str, str]]]:
+    """The CUDA library files in ``maps`` (/proc/self/maps text; read when
+    None): name -> {path: (device, inode)}, each file once, in map order."""
+    out: dict[str, dict[str, tuple[str, str]]] = {}
+    seen: set[tuple[str, str, str]] = set()
+    for line in (_read_maps() if maps is None else maps).splitlines():
+        parts = line.split(maxsplit=5)
+        if len(parts) < 6 or not parts[5].startswith("/"):
+            continue
+        dev, inode, path = parts[3], parts[4], parts[5].removesuffix(" (deleted)")
+        m = _LIB_FILE.match(os.path.basename(path))
+        if m is None:
+            continue
+        # One file is one (device, inode) however many paths lead to it.
+        key = (m.group(1), dev, inode) if inode != "0" else (m.group(1), "", path)
+        if key not in seen:
+            seen.add(key)
+            out.setdefault(m.group(1), {})[path] = (dev, inode)
+    return out
+
+
+def loaded_libraries(maps: str | None = None) -> dict[str, list[str]]:
+    """The CUDA library files mapped into this process, from ``/proc/self/maps``.
+
+    Args:
+        maps: the text of a maps file (default: this process's).
+
+    Returns:
+        ``{name: [path, ...]}`` for the libraries found among ``nvrtc``,
+        ``nvrtc-builtins``, ``cublas``, ``cublasLt``, ``cudart``, ``cuda`` (the
+        driver) and ``nccl``; more than one path for a name means two different
+        files of that library (``.alt`` variants count as the library).
+    """
+    return {name: list(files) for name, files in _mapped(maps).items()}
+
+
+def _same_file(a: str, b: str) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _dlopen_noload(name: str) -> str:
+    """What the dynamic loader would do with ``dlopen(name)``, without loading
+    anything: "loaded" (it names an object already in the process), "unloaded"
+    (it finds a file that is not loaded: dlopen would load it) or "absent"."""
+    if sys.platform != "linux":
+        return "absent"
+    try:
+        libc = ctypes.CDLL(None)
+        dlopen, dlerror, dlclose = libc.dlopen, libc.dlerror, libc.dlclose
+    except (OSError, AttributeError):
+        return "absent"
+    dlopen.restype, dlopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_int]
+    dlerror.restype, dlerror.argtypes = ctypes.c_char_p, []
+    dlclose.argtypes = [ctypes.c_void_p]
+    dlerror()
+    handle = dlopen(name.encode(), os.RTLD_NOLOAD | os.RTLD_LAZY)
+    if handle:
+        dlclose(handle)
+        return "loaded"
+    # glibc: a file found but not loaded fails RTLD_NOLOAD without an error
+    # message; a name found nowhere sets one.
+    return "absent" if dlerror() else "unloaded"
+
+
+def _search_path_file(bare: str) -> str | None:
+    """Where the loader finds ``bare`` (LD_LIBRARY_PATH, then ``ldconfig -p``),
+    for an error message; None if neither has it."""
+    for d in os.environ.get("LD_LIBRARY_PATH", "").split(":"):
+        if d and os.path.exists(os.path.join(d, bare)):
+            return os.path.join(d, bare)
+    ldconfig = shutil.which("ldconfig") or next(
+        (p for p in ("/sbin/ldconfig", "/usr/sbin/ldconfig") if os.path.exists(p)), None
+    )
+    if ldconfig:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run(
+                [ldconfig, "-p"], capture_output=True, text=True, timeout=10, check=False
+            ).stdout
+            for line in out.splitlines():
+                if line.strip().startswith(bare + " ") and "=>" in line:
+                    return line.split("=>", 1)[1].strip()
+    return None
+
+
+def _fix(name: str, other: str) -> str:
+    """The fix for a library identity error: the links (for a name cudarc
+    asks for bare), or the other file's folder off the loader's path."""
+    bare = _BARE.get(name)
+    found = _search_path_file(bare) if bare else None
+    off = (
+        f"take {os.path.dirname(found or other)} off the loader's path (LD_LIBRARY_PATH, ldconfig)"
+    )
+    if bare is None:
+        return f"fix: {off}"
+    return (
+        "fix: export LD_LIBRARY_PATH=\"$(python3 -c 'from gpt2rs import cuda; "
+        f"print(cuda.link_dir())'):$LD_LIBRARY_PATH\" (links from {bare} to the wheel's files) "
+        f"before starting Python, or {off}"
+    )
+
+
+def check_library_identity(
+    maps: str | None = None,
+    *,
+    preloaded: dict[str, str] | None = None,
+    resolve: Callable[[str], str | None] | None = None,
+) -> None:
+    """Fail with one line unless gpt2rs uses exactly one file per CUDA library,
+    the pip wheel's where :func:`preload` loaded one.
+
+    Three checks, over ``/proc/self/maps`` and the loader's search path:
+
+    - each library the core uses (NVRTC and its builtins, cuBLAS, cuBLASLt,
+      the driver) is mapped from one file;
+    - a library the wheels provide is mapped from the file :func:`preload`
+      loaded;
+    - the bare names cudarc tries first (``libnvrtc.so``, ``libcublas.so``,
+      ``libcublasLt.so``) do not lead the loader to another file, which the
+      core would load beside the wheel's (a CUDA toolkit in the loader cache).
+
+    Args:
+        maps: maps text (default: this process's /proc/self/maps).
+        preloaded: name -> path of the wheels' files (default: :func:`preload`'s).
+        resolve: for a bare name, the file dlopen() would load beside those in
+            the process, or None if it loads none (default: asks the loader).
+
+    Raises:
+        CudaError: one line naming both files and the fix.
+    """
+    wheel = dict(_loaded) if preloaded is None else preloaded
+    mapped = _mapped(maps)
+    for name in _CORE_LIBS:
+        files = list(mapped.get(name, {}))
+        mine = wheel.get(name)
+        if len(files) > 1:
+            ours = [f for f in files if mine and _same_file(f, mine)]
+            first = ours[0] if ours else files[0]
+            other = next(f for f in files if f != first)
+            role = " (the pip wheel's, preloaded by gpt2rs)" if ours else ""
+            raise CudaError(
+                f"CUDA library identity: {name} is loaded from {len(files)} files, "
+                f"{first}{role} and {other}; {_fix(name, other)}"
+            )
+        if mine and files and not _same_file(files[0], mine):
+            raise CudaError(
+                f"CUDA library identity: {name} is loaded from {files[0]}, not from the pip "
+                f"wheel's {mine} that gpt2rs preloaded; {_fix(name, files[0])}"
+            )
+    for name, bare in _BARE.items():
+        mine = wheel.get(name)
+        if not mine:
+            continue
+        found = (resolve or _resolve_bare)(bare)
+        if found is not None:
+            raise CudaError(
+                f"CUDA library identity: the core would load {bare} from {found} beside the "
+                f"pip wheel's {mine} that gpt2rs preloaded (cudarc tries {bare} before "
+                f"{os.path.basename(mine)}); {_fix(name, found)}"
+            )
+
+
+def _resolve_bare(bare: str) -> str | None:
+    if _dlopen_noload(bare) != "unloaded":
+        return None
+    found = _search_path_file(bare)
+    if found is None:
+        return f"a {bare} on the loader's search path"
+    real = os.path.realpath(found)
+    return found if real == found else f"{found} (= {real})"
+
+
+def link_dir(path: str | os.PathLike[str] | None = None) -> str:
+    """A folder of links from the bare names cudarc asks for first
+    (``libnvrtc.so``, ``libcublas.so``, ``libcublasLt.so``) to the wheels'
+    files :func:`preload` loaded. With it first on ``LD_LIBRARY_PATH`` (set
+    before Python starts: the loader reads it once) those names lead to the
+    wheels' files and not to a CUDA toolkit's copies.
+
+    Args:
+        path: the folder (default: ``lib`` in :func:`cache_dir`, else in the
+            temporary folder).
+
+    Returns:
+        The folder, for ``LD_LIBRARY_PATH``.
+    """
+    d = Path(path) if path is not None else Path(cache_dir() or tempfile.gettempdir()) / "lib"
+    d.mkdir(parents=True, exist_ok=True)
+    for name, target in preload().items():
+        bare = _BARE.get(name)
+        if bare is None:
+            continue
+        tmp = d / f".{bare}.{os.getpid()}"
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        tmp.symlink_to(os.path.realpath(target))
+        os.replace(tmp, d / bare)
+    return str(d)
+
+
+_driver: list[tuple[int, int]] = []
+
+
+def _driver_version() -> tuple[int, int] | None:
+    """The CUDA version of the driver already in the process (None while none is)."""
+    if _driver:
+        return _driver[0]
+    if _dlopen_noload("libcuda.so.1") != "loaded":
+        return None
+    try:
+        lib = ctypes.CDLL("libcuda.so.1", mode=os.RTLD_NOLOAD)
+        v = ctypes.c_int(0)
+        if lib.cuDriverGetVersion(ctypes.byref(v)) != 0:
+            return None
+    except (OSError, AttributeError):
+        return None
+    _driver.append((v.value // 1000, (v.value % 1000) // 10))
+    return _driver[0]
+
+
+def _check_nvrtc_against_driver() -> None:
+    """NVRTC newer than the driver writes PTX that the driver cannot load."""
+    driver = _driver_version()
+    if driver is None or cuda_nvrtc_status() is not None:
+        return
+    nvrtc = cuda_nvrtc_version()
+    if nvrtc > driver:
+        raise CudaError(
+            f"NVRTC {nvrtc[0]}.{nvrtc[1]} writes PTX that this driver (CUDA {driver[0]}."
+            f"{driver[1]}) cannot load: pip install 'nvidia-cuda-nvrtc=={driver[0]}."
+            f"{driver[1]}.*', or update the NVIDIA driver"
+        )
+
+
+def _verify() -> None:
+    """The checks run where gpt2rs starts using CUDA."""
+    check_library_identity()
+    _check_nvrtc_against_driver()
 
 
 def unavailable_reason() -> str | None:
@@ -120,15 +409,25 @@ def unavailable_reason() -> str | None:
 
 
 def device_count() -> int:
-    """GPUs visible to this process: 0 without a driver or GPU (never raises)."""
+    """GPUs visible to this process: 0 without a driver or GPU.
+
+    Raises:
+        CudaError: a GPU is visible but the CUDA libraries in the process are
+            not the right ones (:func:`check_library_identity`, or an NVRTC
+            newer than the driver). With no GPU it never raises.
+    """
     preload()
-    return cuda_device_count()
+    n = cuda_device_count()
+    if n > 0:
+        _verify()
+    return n
 
 
 def device_info(ordinal: int = 0) -> dict[str, object]:
     """Name, architecture (``sm_90``) and total memory of GPU ``ordinal``; CudaError if absent."""
     preload()
     name, arch, total = cuda_device_info(ordinal)
+    _verify()
     return {"name": name, "arch": arch, "total_mem": total}
 
 
@@ -178,12 +477,15 @@ def require() -> None:
     reason = unavailable_reason()
     if reason is not None:
         raise CudaError(f"CUDA was required but is unavailable: {reason}")
+    _verify()
 
 
 def nvrtc_version() -> tuple[int, int]:
     """The NVRTC version ``(major, minor)``; CudaError if NVRTC is missing."""
     preload()
-    return cuda_nvrtc_version()
+    version = cuda_nvrtc_version()
+    check_library_identity()
+    return version
 
 
 def compile_all(arch: str = "sm_90") -> list[tuple[str, int]]:
@@ -192,19 +494,25 @@ def compile_all(arch: str = "sm_90") -> list[tuple[str, int]]:
     Needs only NVRTC (no GPU). Results are cached on disk (see :func:`cache_dir`).
     """
     preload()
-    return cuda_compile_all(arch)
+    out = cuda_compile_all(arch)
+    check_library_identity()
+    return out
 
 
 def compile_module(module: str, arch: str = "sm_90") -> tuple[str, bool]:
     """The PTX of one module (e.g. ``"layernorm.cu"``) and whether it was cached."""
     preload()
-    return cuda_compile_module(module, arch)
+    out = cuda_compile_module(module, arch)
+    check_library_identity()
+    return out
 
 
 def compile_source(name: str, source: str, arch: str = "sm_90") -> tuple[int, bool]:
     """Compile a source (with the kernel prelude) named ``name``: (PTX bytes, cached)."""
     preload()
-    return cuda_compile_source(name, source, arch)
+    out = cuda_compile_source(name, source, arch)
+    check_library_identity()
+    return out
 
 
 def modules() -> list[str]:
@@ -215,3 +523,36 @@ def modules() -> list[str]:
 def cache_dir() -> str | None:
     """The compile cache directory ($GPT2RS_CUDA_CACHE or ~/.cache/gpt2rs/cuda)."""
     return cuda_cache_dir()
+
+
+def info() -> dict[str, object]:
+    """What gpt2rs's CUDA layer found and loaded, for logs; never raises.
+
+    Returns:
+        A dict: ``nvrtc_version`` (``"13.0"`` or None) and ``nvrtc_status``
+        (None, or why NVRTC is missing); ``driver_status`` (None, or why no
+        driver/GPU), ``driver_version`` (the driver's CUDA version, once it is
+        loaded) and ``device_count``; ``preloaded`` (the wheels' files
+        :func:`preload` loaded), ``loaded`` (:func:`loaded_libraries`) and
+        ``problem`` (None, or the one-line error of the library checks);
+        ``cache_dir``.
+    """
+    preload()
+    out: dict[str, object] = {"nvrtc_status": cuda_nvrtc_status(), "nvrtc_version": None}
+    if out["nvrtc_status"] is None:
+        with contextlib.suppress(CudaError):
+            major, minor = cuda_nvrtc_version()
+            out["nvrtc_version"] = f"{major}.{minor}"
+    out["driver_status"] = cuda_driver_status()
+    out["device_count"] = cuda_device_count() if out["driver_status"] is None else 0
+    driver = _driver_version()
+    out["driver_version"] = f"{driver[0]}.{driver[1]}" if driver else None
+    out["preloaded"] = dict(_loaded)
+    out["loaded"] = loaded_libraries()
+    try:
+        _verify()
+        out["problem"] = None
+    except CudaError as e:
+        out["problem"] = str(e)
+    out["cache_dir"] = cache_dir()
+    return out

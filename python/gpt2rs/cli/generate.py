@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_flags(g, ap, training=False)
     g.add_argument("--restrict", type=restrict, default=None, metavar="{cpu,cuda,None}",
                    help="prefer these workers (None: every visible GPU, else the CPU)")  # fmt: skip
-    g.add_argument("--ncpu", type=int, default=None, help="CPU workers (default: $STARPU_NCPU or every core)")
+    g.add_argument(
+        "--ncpu", type=int, default=None, help="CPU workers (default: $STARPU_NCPU or every core)"
+    )
     g.add_argument(
         "--ncuda", type=int, default=None, help="GPUs (default: $STARPU_NCUDA or every visible GPU)"
     )

@@ -9,9 +9,18 @@
 //   fwd:            y = (x - mean) * rstd * gamma + beta (thread per element)
 //   bwd_reduce:     sums[r] += (sum_c dy*gamma, sum_c dy*gamma*xhat) (block per row)
 //   bwd:            dx (=|+=) rstd * (dy*gamma - sums0/N - xhat*sums1/N), N = total_cols
-//   param_grad:     dgamma[c] += sum_r dy*xhat, dbeta[c] += sum_r dy (thread per
-//                   column walking the rows: partial sums in acc_t over blocks of
-//                   LN_ROW_BLOCK rows flushed into f64 totals, as the CPU; deterministic)
+//   param_grad:     dgamma[c] += sum_r dy*xhat, dbeta[c] += sum_r dy, in two
+//                   launches, bit for bit the CPU's sums (acc_t sums over blocks
+//                   of 256 rows, added in block order into f64 totals from 0.0,
+//                   then G(d + total)), as bias_grad in bias.cu:
+//     param_grad_part: part [2, nblk, cols]: part[0, k, c] and part[1, k, c]
+//                   the acc_t sums of dy*xhat and dy over row block k (rows
+//                   k * rblk .. (k + 1) * rblk, rblk = 256 from the launcher)
+//                   of column c, as f64 (exact). Block b (1-D grid-stride) owns row
+//                   block b / strips and the b % strips-th strip of blockDim.x
+//                   columns, a thread one column (coalesced across c).
+//     add_col_parts (reduce.cu, y0 = dgamma, y1 = dbeta): the totals in k order.
+//                   Fixed partition (the CPU's row block), no atomics: deterministic.
 // Fused residual + LayerNorm (ops::layernorm::add_layernorm), s = x + r rounded
 // to T and stored, then the statistics of the STORED s, so the result is that
 // of an add followed by a LayerNorm. `r` may be null: then `sum` holds r on
@@ -21,8 +30,6 @@
 // Each thread re-reads only the elements of `sum` it wrote itself (same
 // strided loop), so no barrier is needed between the store and the reads.
 // Launch: row kernels with blockDim a multiple of 32 (ROW_BLOCK).
-
-#define LN_ROW_BLOCK 256
 
 // (mean, M2) of the row `xr` (cols > 0), by block reductions; every thread
 // gets both.
@@ -176,28 +183,26 @@ FOR_ALL_DTYPES(LAYERNORM)
 LN_FINALIZE(float, f32)
 LN_FINALIZE(double, f64)
 
-#define LN_PARAM_GRAD(T, S, G, GS)                                                          \
-    extern "C" __global__ void layernorm_param_grad_##S##_##GS(const T* x, const T* dy,     \
-                                                              const ACC(T)* stats, usize rows, \
-                                                              usize cols, G* dgamma, G* dbeta) { \
+#define LN_PARAM_GRAD(T, S)                                                                 \
+    extern "C" __global__ void layernorm_param_grad_part_##S(const T* x, const T* dy,       \
+                                                             const ACC(T)* stats, usize rows, \
+                                                             usize cols, usize rblk,        \
+                                                             double* part) {                \
         typedef ACC(T) A;                                                                   \
-        GRID_LOOP(c, cols) {                                                                \
-            double tg = 0.0, tb = 0.0;                                                      \
-            for (usize r0 = 0; r0 < rows; r0 += LN_ROW_BLOCK) {                             \
-                usize r1 = r0 + LN_ROW_BLOCK < rows ? r0 + LN_ROW_BLOCK : rows;             \
-                A pg = 0, pb = 0;                                                           \
-                for (usize r = r0; r < r1; r++) {                                           \
-                    A d = ld(dy[r * cols + c]);                                             \
-                    pg += d * ((ld(x[r * cols + c]) - stats[2 * r]) * stats[2 * r + 1]);    \
-                    pb += d;                                                                \
-                }                                                                           \
-                tg += (double)pg;                                                           \
-                tb += (double)pb;                                                           \
+        usize strips = (cols + blockDim.x - 1) / blockDim.x;                                \
+        usize nblk = (rows + rblk - 1) / rblk;                                              \
+        for (usize b = blockIdx.x; b < nblk * strips; b += gridDim.x) {                     \
+            usize k = b / strips, c = (b % strips) * blockDim.x + threadIdx.x;              \
+            if (c >= cols) continue;                                                        \
+            usize r1 = (k + 1) * rblk < rows ? (k + 1) * rblk : rows;                       \
+            A pg = 0, pb = 0;                                                               \
+            for (usize r = k * rblk; r < r1; r++) {                                         \
+                A d = ld(dy[r * cols + c]);                                                 \
+                pg += d * ((ld(x[r * cols + c]) - stats[2 * r]) * stats[2 * r + 1]);        \
+                pb += d;                                                                    \
             }                                                                               \
-            if (rows > 0) {                                                                 \
-                dgamma[c] = st<G>((double)ld(dgamma[c]) + tg);                              \
-                dbeta[c] = st<G>((double)ld(dbeta[c]) + tb);                                \
-            }                                                                               \
+            part[k * cols + c] = (double)pg;                                                \
+            part[(nblk + k) * cols + c] = (double)pb;                                       \
         }                                                                                   \
     }
-FOR_GRAD_PAIRS(LN_PARAM_GRAD)
+FOR_ALL_DTYPES(LN_PARAM_GRAD)

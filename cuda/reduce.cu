@@ -21,6 +21,13 @@
 //   block order, each as the CPU merges one chunk (same NaN / inf rules).
 //   ssq_update's suffix names the dtype of x; its code does not depend on it.
 // norm_from_ssq: y[0] = alpha * scale * sqrt(ssq) + beta * y[0].
+// add_col_parts: the second pass of the column reductions of bias.cu and
+//   layernorm.cu (bias_grad, param_grad), whose first pass writes the
+//   partial sums part [nout, nparts, cols] (f64): y0[c] and y1[c] (y1 null:
+//   one output) += t, t = ((0.0 + part[j, 0, c]) + part[j, 1, c]) + ... in
+//   f64 in part order, then one rounding of y_j[c] + t into T (the CPU's
+//   `G::from_f64(g + total)`). One thread per (j, c); T is the gradient's
+//   dtype, whatever the first pass's was.
 
 #define AXIS_SPLIT 8
 
@@ -133,5 +140,16 @@ template <typename T> __device__ __forceinline__ void combine(double alpha, doub
     extern "C" __global__ void norm_from_ssq_##S(const double* acc, double alpha, double beta, T* y) { \
         if (blockIdx.x != 0 || threadIdx.x != 0) return;                                    \
         combine(alpha, acc[0] * sqrt(acc[1]), beta, &y[0]);                                 \
+    }                                                                                       \
+    extern "C" __global__ void add_col_parts_##S(usize nparts, usize cols, const double* part, \
+                                                 T* y0, T* y1) {                            \
+        GRID_LOOP(i, (y1 ? 2 : 1) * cols) {                                                 \
+            usize j = i / cols, c = i % cols;                                               \
+            const double* p = part + j * nparts * cols + c;                                 \
+            double t = 0.0;                                                                 \
+            for (usize k = 0; k < nparts; k++) t += p[k * cols];                            \
+            T* y = j ? y1 : y0;                                                             \
+            y[c] = st<T>((double)ld(y[c]) + t);                                             \
+        }                                                                                   \
     }
 FOR_ALL_DTYPES(REDUCE)

@@ -6,14 +6,14 @@
 //! compiled by NVRTC) in the ordinary test suite.
 
 use super::{
-    compile_module, cuda_err, grid_for, kernel_name, Module, ATTN_BLOCK, ELEMENTWISE_BLOCK,
-    ROW_BLOCK, WARP_SIZE,
+    ceil_div, compile_module, cuda_err, grid_for, kernel_name, Module, ATTN_BLOCK,
+    ELEMENTWISE_BLOCK, MAX_GRID, ROW_BLOCK, WARP_SIZE,
 };
 use crate::dtype::Element;
 use crate::error::Result;
 use cudarc::driver::{
-    CudaFunction, CudaModule, CudaStream, CudaView, CudaViewMut, DeviceRepr, LaunchConfig,
-    PushKernelArg,
+    CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr,
+    LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 use std::sync::{Arc, Mutex};
@@ -50,6 +50,28 @@ fn per_row(rows: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (rows.max(1) as u32, 1, 1),
         block_dim: (ROW_BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Threads per block of the column-strip kernels (the first passes of
+/// `bias_grad` and `layernorm_param_grad`, `embedding_bwd_sorted`): a block
+/// owns one item (a row block, a distinct id) and `COL_BLOCK` consecutive
+/// columns of it, a thread one column.
+pub const COL_BLOCK: u32 = 128;
+
+/// Rows per partial sum of the column reductions (the `rblk` argument of
+/// `bias_grad_part` and `layernorm_param_grad_part`): the CPU kernels'
+/// `BLOCK`, so the partial sums are the CPU's.
+pub const COL_ROW_BLOCK: usize = 256;
+
+/// `items` x `ceil(cols / COL_BLOCK)` blocks of `COL_BLOCK` threads, the
+/// grid capped (the kernels stride over the rest).
+pub(super) fn col_strips(items: usize, cols: usize) -> LaunchConfig {
+    let blocks = items * ceil_div(cols, COL_BLOCK as usize);
+    LaunchConfig {
+        grid_dim: (blocks.clamp(1, MAX_GRID as usize) as u32, 1, 1),
+        block_dim: (COL_BLOCK, 1, 1),
         shared_mem_bytes: 0,
     }
 }
@@ -100,6 +122,48 @@ impl CudaKernels {
         let m = mods[idx].as_ref().expect("loaded above");
         m.load_function(name)
             .map_err(|e| cuda_err(format!("kernel {name} in {}: {e}", module.file())))
+    }
+
+    /// `n` f64 of scratch on the stream, not cleared (no memset), freed
+    /// stream-ordered when dropped.
+    ///
+    /// # Safety
+    /// The caller's first kernel writes every element before any kernel
+    /// reads one.
+    pub(super) unsafe fn scratch_f64(&self, n: usize) -> Result<CudaSlice<f64>> {
+        // SAFETY: passed on to the caller (uninitialised device memory).
+        unsafe { self.stream.alloc::<f64>(n) }.map_err(drv)
+    }
+
+    /// The second pass of the column reductions: `y0[c] (, y1[c]) +=` the
+    /// sums over `k` of `part [nout, nparts, cols]` (`add_col_parts` in
+    /// reduce.cu; `nout` is 2 with `y1`, else 1).
+    fn add_col_parts<G: DevElement>(
+        &self,
+        nparts: usize,
+        cols: usize,
+        part: &CudaSlice<f64>,
+        y0: &mut CudaViewMut<G>,
+        y1: Option<&mut CudaViewMut<G>>,
+    ) -> Result<()>
+    where
+        G::Acc: DeviceRepr,
+    {
+        let nout = 1 + y1.is_some() as usize;
+        check_len("add_col_parts", nout * nparts * cols, part.len())?;
+        let f = self.func(Module::Reduce, &kernel_name("add_col_parts", &[G::DTYPE]))?;
+        let null: u64 = 0;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&nparts).arg(&cols).arg(part).arg(y0);
+        match y1 {
+            Some(y1) => b.arg(y1),
+            None => b.arg(&null),
+        };
+        // SAFETY: matches `add_col_parts_<G>(usize, usize, const double*, G*,
+        // G* (nullable))`; `part` holds `nout * nparts * cols` values and the
+        // callers checked that y0 (and y1) hold `cols`.
+        unsafe { b.launch(elementwise(nout * cols)) }.map_err(drv)?;
+        Ok(())
     }
 
     /// `y = value`.
@@ -265,7 +329,10 @@ impl CudaKernels {
         Ok(())
     }
 
-    /// `db[c] += sum_r dy[r, c]`.
+    /// `db[c] += sum_r dy[r, c]` (`kernels::cpu::bias::bias_grad`, bit for
+    /// bit): `bias_grad_part` sums each block of `COL_ROW_BLOCK` rows of
+    /// each column into `ceil(rows / COL_ROW_BLOCK) * cols` f64 partial
+    /// sums, `add_col_parts` adds them into `db` in block order.
     pub fn bias_grad<T: DevElement, G: DevElement>(
         &self,
         dy: &CudaView<T>,
@@ -279,15 +346,25 @@ impl CudaKernels {
     {
         check_len("bias_grad", rows * cols, dy.len())?;
         check_len("bias_grad", cols, db.len())?;
-        let f = self.func(
-            Module::Bias,
-            &kernel_name("bias_grad", &[T::DTYPE, G::DTYPE]),
-        )?;
+        if rows * cols == 0 {
+            return Ok(());
+        }
+        let nblk = ceil_div(rows, COL_ROW_BLOCK);
+        // SAFETY: bias_grad_part writes part[k, c] for every row block k <
+        // nblk and column c < cols (its grid-stride loop covers all nblk *
+        // strips blocks) before add_col_parts, next on the stream, reads it.
+        let mut part = unsafe { self.scratch_f64(nblk * cols) }?;
+        let f = self.func(Module::Bias, &kernel_name("bias_grad_part", &[T::DTYPE]))?;
         let mut b = self.stream.launch_builder(&f);
-        b.arg(dy).arg(&rows).arg(&cols).arg(db);
-        // SAFETY: matches `bias_grad_<T>_<G>(const T*, usize, usize, G*)`.
-        unsafe { b.launch(elementwise(cols)) }.map_err(drv)?;
-        Ok(())
+        b.arg(dy)
+            .arg(&rows)
+            .arg(&cols)
+            .arg(&COL_ROW_BLOCK)
+            .arg(&mut part);
+        // SAFETY: matches `bias_grad_part_<T>(const T*, usize, usize, usize,
+        // double*)`; `part` holds ceil(rows / COL_ROW_BLOCK) * cols values.
+        unsafe { b.launch(col_strips(nblk, cols)) }.map_err(drv)?;
+        self.add_col_parts(nblk, cols, &part, db, None)
     }
 
     /// `acc [rows, 3] = (count, mean, M2)` merged with this tile's rows.
@@ -447,7 +524,10 @@ impl CudaKernels {
         Ok(())
     }
 
-    /// `dgamma[c] += sum_r dy*xhat`, `dbeta[c] += sum_r dy`.
+    /// `dgamma[c] += sum_r dy*xhat`, `dbeta[c] += sum_r dy`
+    /// (`kernels::cpu::layernorm::layernorm_param_grad`, bit for bit): as
+    /// [`CudaKernels::bias_grad`], through `2 * ceil(rows / COL_ROW_BLOCK) *
+    /// cols` f64 partial sums.
     #[allow(clippy::too_many_arguments)]
     pub fn layernorm_param_grad<T: DevElement, G: DevElement>(
         &self,
@@ -463,11 +543,22 @@ impl CudaKernels {
         T::Acc: DeviceRepr,
         G::Acc: DeviceRepr,
     {
+        check_len("layernorm_param_grad", rows * cols, x.len())?;
+        check_len("layernorm_param_grad", rows * cols, dy.len())?;
+        check_len("layernorm_param_grad", rows * 2, stats.len())?;
         check_len("layernorm_param_grad", cols, dgamma.len())?;
         check_len("layernorm_param_grad", cols, dbeta.len())?;
+        if rows * cols == 0 {
+            return Ok(());
+        }
+        let nblk = ceil_div(rows, COL_ROW_BLOCK);
+        // SAFETY: layernorm_param_grad_part writes part[j, k, c] for both
+        // sums j, every row block k < nblk and column c < cols before
+        // add_col_parts, next on the stream, reads it.
+        let mut part = unsafe { self.scratch_f64(2 * nblk * cols) }?;
         let f = self.func(
             Module::LayerNorm,
-            &kernel_name("layernorm_param_grad", &[T::DTYPE, G::DTYPE]),
+            &kernel_name("layernorm_param_grad_part", &[T::DTYPE]),
         )?;
         let mut b = self.stream.launch_builder(&f);
         b.arg(x)
@@ -475,11 +566,13 @@ impl CudaKernels {
             .arg(stats)
             .arg(&rows)
             .arg(&cols)
-            .arg(dgamma)
-            .arg(dbeta);
-        // SAFETY: matches `layernorm_param_grad_<T>_<G>(...)` in layernorm.cu.
-        unsafe { b.launch(elementwise(cols)) }.map_err(drv)?;
-        Ok(())
+            .arg(&COL_ROW_BLOCK)
+            .arg(&mut part);
+        // SAFETY: matches `layernorm_param_grad_part_<T>(const T*, const T*,
+        // const A*, usize, usize, usize, double*)`; x, dy and stats were
+        // checked above, `part` holds 2 * ceil(rows / COL_ROW_BLOCK) * cols values.
+        unsafe { b.launch(col_strips(nblk, cols)) }.map_err(drv)?;
+        self.add_col_parts(nblk, cols, &part, dgamma, Some(dbeta))
     }
 
     /// `acc [rows, 2] = (max, sumexp)` merged with this logits tile.

@@ -5,7 +5,7 @@
 //! `cuda/embedding.cu`. Each mirrors a CPU kernel's signature (named in its
 //! doc) and checks operand lengths before launching on the stream.
 
-use super::launch::{CudaKernels, DevElement};
+use super::launch::{col_strips, CudaKernels, DevElement};
 use super::{
     ceil_div, cuda_err, grid_for, kernel_name, Module, ELEMENTWISE_BLOCK, MAX_GRID, ROW_BLOCK,
     WARP_SIZE,
@@ -288,7 +288,9 @@ impl CudaKernels {
         check_len("sum_all", 1, y.len())?;
         let n = x.len();
         let parts = reduce_parts(n);
-        let mut part = self.stream().alloc_zeros::<f64>(parts).map_err(drv)?;
+        // SAFETY: block b of sum_partial (grid = parts blocks) writes
+        // part[b] before sum_all, next on the stream, reads it.
+        let mut part = unsafe { self.scratch_f64(parts) }?;
         let f = self.func(Module::Reduce, &kernel_name("sum_partial", &[T::DTYPE]))?;
         let mut b = self.stream().launch_builder(&f);
         b.arg(&n).arg(x).arg(&mut part);
@@ -322,7 +324,9 @@ impl CudaKernels {
         check_len("ssq_update", 2, acc.len())?;
         let n = x.len();
         let parts = reduce_parts(n);
-        let mut part = self.stream().alloc_zeros::<f64>(3 * parts).map_err(drv)?;
+        // SAFETY: block b of ssq_partial (grid = parts blocks) writes
+        // part[3b..3b + 3] before ssq_update, next on the stream, reads it.
+        let mut part = unsafe { self.scratch_f64(3 * parts) }?;
         let f = self.func(Module::Reduce, &kernel_name("ssq_partial", &[T::DTYPE]))?;
         let mut b = self.stream().launch_builder(&f);
         b.arg(&n).arg(x).arg(&mut part);
@@ -406,7 +410,8 @@ impl CudaKernels {
     /// `dwte[id - vocab_lo, :] += dy[r, :]` for each distinct id `uniq[u]`
     /// of this vocabulary tile and its rows `rows[offs[u]..offs[u + 1]]`
     /// (increasing), in that order (`kernels::cpu::embedding::embedding_bwd`,
-    /// bit for bit). `rows` must index rows of dy.
+    /// bit for bit), one thread per (distinct id, column). `rows` must index
+    /// rows of dy.
     #[allow(clippy::too_many_arguments)]
     pub fn embedding_bwd_sorted<T: DevElement, G: DevElement>(
         &self,
@@ -456,7 +461,7 @@ impl CudaKernels {
         // SAFETY: matches `embedding_bwd_sorted_<T>_<G>(usize, const i64*,
         // const i64*, const i64*, usize, const T*, usize, usize, G*)`; ids
         // outside the tile are skipped, rows index dy (the caller's contract).
-        unsafe { b.launch(per_row(nuniq)) }.map_err(drv)?;
+        unsafe { b.launch(col_strips(nuniq, cols)) }.map_err(drv)?;
         Ok(())
     }
 

@@ -55,6 +55,7 @@ pub fn launch<F: Fn()>(g: Geom, f: F) {
 /// so they are restated here from the same public constants.
 pub mod geom {
     use super::Geom;
+    pub use gpt2rs::kernels::cuda::launch::{COL_BLOCK, COL_ROW_BLOCK};
     use gpt2rs::kernels::cuda::{
         ceil_div, grid_for, ATTN_BLOCK, ELEMENTWISE_BLOCK, MAX_GRID, ROW_BLOCK, WARP_SIZE,
     };
@@ -98,6 +99,16 @@ pub mod geom {
         Geom {
             grid: 1,
             block: (ROW_BLOCK, 1),
+        }
+    }
+
+    /// Column strips (`col_strips` of launch.rs): `items` x
+    /// `ceil(cols / COL_BLOCK)` blocks of `COL_BLOCK` threads, grid capped.
+    pub fn col_strips(items: usize, cols: usize) -> Geom {
+        let blocks = items * ceil_div(cols, COL_BLOCK as usize);
+        Geom {
+            grid: blocks.clamp(1, MAX_GRID as usize) as u32,
+            block: (COL_BLOCK, 1),
         }
     }
 
@@ -195,6 +206,7 @@ kernel_tables! {
         ssq_partial(usize, *const T, *mut f64);
         ssq_update(usize, *const f64, *mut f64);
         norm_from_ssq(*const f64, f64, f64, *mut T);
+        add_col_parts(usize, usize, *const f64, *mut T, *mut T);
         // activation.cu
         gelu_fwd(usize, *const T, *mut T);
         gelu_bwd(usize, *const T, *const T, *mut T);
@@ -209,8 +221,8 @@ kernel_tables! {
         // bias.cu
         bias_fill(*const T, usize, usize, *mut T);
         bias_add(*const T, usize, usize, *mut T);
+        bias_grad_part(*const T, usize, usize, usize, *mut f64);
         // embedding.cu
-        embedding_fwd(usize, *const i64, usize, *const T, usize, usize, *mut T);
         embedding_rows_fwd(usize, *const i64, usize, *const T, usize, usize, *mut T);
         add_rows(*const T, usize, usize, usize, usize, *mut T);
         sinusoidal(usize, usize, usize, usize, usize, f64, *mut T);
@@ -222,6 +234,7 @@ kernel_tables! {
         layernorm_bwd(
             *const T, *const T, *const A, *const T, *const A, usize, usize, usize, i32, *mut T,
         );
+        layernorm_param_grad_part(*const T, *const T, *const A, usize, usize, usize, *mut f64);
         add_layernorm_stats_update(*const T, *const T, usize, usize, *mut T, *mut A);
         add_layernorm_fwd(
             *const T, *const T, *const T, *const T, usize, usize, f64, *mut T, *mut A, *mut T,
@@ -254,9 +267,6 @@ kernel_tables! {
         );
     }
     pair {
-        bias_grad(*const T, usize, usize, *mut T);
-        layernorm_param_grad(*const T, *const T, *const A, usize, usize, *mut T, *mut T);
-        embedding_bwd(usize, *const i64, usize, *const T, usize, usize, *mut T);
         embedding_bwd_sorted(
             usize, *const i64, *const i64, *const i64, usize, *const T, usize, usize, *mut T,
         );

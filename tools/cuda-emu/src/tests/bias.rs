@@ -1,16 +1,19 @@
-//! bias.cu: fill, add and the parameter gradient, all bit for bit (the
-//! gradient sums blocks of 256 rows in T::Acc and the block sums in f64, in
-//! the CPU's order).
+//! bias.cu: fill, add and the parameter gradient, all bit for bit. The
+//! gradient runs as the launcher runs it, in two passes through uncleared
+//! scratch: partial sums of 256-row blocks in T::Acc, added in f64 in block
+//! order by add_col_parts (reduce.cu), as the CPU adds them. Also with a
+//! 2-block first-pass grid: the same bits whatever the grid.
 
-use super::{exact, Buf, Dev, Rng};
+use super::{add_col_parts, col_parts, exact, Buf, Dev, Rng};
 use crate::geom::elementwise as ew;
 use crate::launch;
 use gpt2rs::kernels::cpu::bias as kb;
 
 fn bias<T: Dev>() {
     let k = T::K;
-    // 600 rows: two full 256-row blocks and a partial one; 45 columns.
-    for (rows, cols) in [(600, 45), (3, 300), (0, 5)] {
+    // 1100 rows: four full 256-row blocks and a partial one; 261 columns:
+    // two full column strips and a partial one; 45 and 300 columns.
+    for (rows, cols) in [(1100, 261), (600, 45), (3, 300), (0, 5)] {
         let b: Vec<T> = Rng(80).vec(cols, 0.0, 1.0);
         let y0: Vec<T> = Rng(81).vec(rows * cols, 0.0, 1.0);
         let mut want = y0.clone();
@@ -34,10 +37,21 @@ fn bias<T: Dev>() {
         let dy: Vec<T> = Rng(82).vec(rows * cols, 0.5, 1.0);
         let mut want = b.clone();
         kb::bias_grad::<T, T>(&dy, rows, cols, &mut want);
-        let mut db = Buf::new(&b);
-        let (dp, gp) = (dy.as_ptr(), db.m());
-        launch(ew(cols), || unsafe { (k.bias_grad)(dp, rows, cols, gp) });
-        exact(&format!("bias_grad {rows}x{cols}"), db.get(), &want);
+        for grid in [None, Some(2)] {
+            let mut db = Buf::new(&b);
+            if rows * cols > 0 {
+                let dp = dy.as_ptr();
+                let (part, nblk) = col_parts(rows, cols, 1, grid, |rb, pp| unsafe {
+                    (k.bias_grad_part)(dp, rows, cols, rb, pp)
+                });
+                add_col_parts(&part, nblk, cols, &mut db, None);
+            }
+            exact(
+                &format!("bias_grad {rows}x{cols} grid {grid:?}"),
+                db.get(),
+                &want,
+            );
+        }
     }
 }
 

@@ -1,10 +1,11 @@
-//! embedding.cu: token embedding forward (both kernels) and backward (the
-//! atomic kernel and the sorted-id one), learned positions forward and
-//! backward, the sinusoidal table. A vocabulary of 23 ids cut into tiles of
-//! 10 (the last partial), ids repeated, and ids outside the vocabulary.
+//! embedding.cu: token embedding forward (one block per row) and backward
+//! (the sorted-id kernel, one thread per distinct id and column), learned
+//! positions forward and backward, the sinusoidal table. A vocabulary of 23
+//! ids cut into tiles of 10 (the last partial), ids repeated (about 40 rows
+//! each in the backward's 1,000), and ids outside the vocabulary.
 
 use super::{close, eps, exact, Buf, Dev, Rng};
-use crate::geom::{elementwise as ew, per_row_capped};
+use crate::geom::{col_strips, elementwise as ew, per_row_capped};
 use crate::launch;
 use gpt2rs::kernels::cpu::embedding as ke;
 
@@ -35,23 +36,14 @@ fn forward<T: Dev>() {
     let y0: Vec<T> = Rng(52).vec(rows * COLS, 5.0, 1.0);
     // The op calls the kernel once per vocabulary tile: each writes its rows.
     let mut want = y0.clone();
-    let (mut y_old, mut y_rows) = (Buf::new(&y0), Buf::new(&y0));
+    let mut y_rows = Buf::new(&y0);
     for (lo, vt) in tiles() {
         let tile = &wte[lo * COLS..(lo + vt) * COLS];
         ke::embedding_fwd::<T>(&ids, lo, tile, vt, COLS, &mut want);
-        let (ip, wp, yp) = (ids.as_ptr(), tile.as_ptr(), y_old.m());
-        launch(ew(rows * COLS), || unsafe {
-            (k.embedding_fwd)(rows, ip, lo, wp, vt, COLS, yp)
-        });
-        let yp = y_rows.m();
+        let (ip, wp, yp) = (ids.as_ptr(), tile.as_ptr(), y_rows.m());
         launch(per_row_capped(rows), || unsafe {
             (k.embedding_rows_fwd)(rows, ip, lo, wp, vt, COLS, yp)
         });
-        exact(
-            &format!("embedding_fwd up to tile {lo}"),
-            y_old.get(),
-            &want,
-        );
         exact(
             &format!("embedding_rows_fwd up to tile {lo}"),
             y_rows.get(),
@@ -88,64 +80,52 @@ fn id_index(ids: &[i64]) -> (Vec<i64>, Vec<i64>, Vec<i64>) {
 
 fn backward<T: Dev>() {
     let k = T::K;
-    let rows = 37;
-    let ids = ids(rows);
-    let dy: Vec<T> = Rng(53).vec(rows * COLS, 0.0, 1.0);
-    let (uniq, offs, order) = id_index(&ids);
-    for (lo, vt) in tiles() {
-        let init: Vec<T> = Rng(54 + lo as u64).vec(vt * COLS, 0.0, 1.0);
-        let mut want = init.clone();
-        ke::embedding_bwd::<T, T>(&ids, lo, &dy, vt, COLS, &mut want);
-
-        // The codelet's launch: this tile's segment of the distinct ids.
-        let seg = uniq.partition_point(|&i| i < lo as i64)
-            ..uniq.partition_point(|&i| i < (lo + vt) as i64);
-        let nuniq = seg.len();
-        let mut dw = Buf::new(&init);
-        let (up, op, rp, dp, wp) = (
-            uniq[seg.clone()].as_ptr(),
-            offs[seg.start..].as_ptr(),
-            order.as_ptr(),
-            dy.as_ptr(),
-            dw.m(),
-        );
-        if nuniq > 0 {
-            launch(per_row_capped(nuniq), || unsafe {
-                (k.embedding_bwd_sorted)(nuniq, up, op, rp, lo, dp, vt, COLS, wp)
-            });
+    // 19 columns (part of a column strip) and 300 (two strips and a part).
+    for (rows, cols) in [(37, COLS), (1000, COLS), (1000, 300)] {
+        let ids = ids(rows);
+        let dy: Vec<T> = Rng(53).vec(rows * cols, 0.0, 1.0);
+        let (uniq, offs, order) = id_index(&ids);
+        for (lo, vt) in tiles() {
+            let init: Vec<T> = Rng(54 + lo as u64).vec(vt * cols, 0.0, 1.0);
+            let mut want = init.clone();
+            ke::embedding_bwd::<T, T>(&ids, lo, &dy, vt, cols, &mut want);
+            // The codelet's launch: this tile's segment of the distinct ids;
+            // then every distinct id, most outside this tile (skipped); then
+            // the segment with a 2-block grid whose blocks stride.
+            let seg = uniq.partition_point(|&i| i < lo as i64)
+                ..uniq.partition_point(|&i| i < (lo + vt) as i64);
+            let all = 0..uniq.len();
+            let launcher = |n| col_strips(n, cols);
+            let strided = |n| crate::Geom {
+                grid: 2,
+                ..col_strips(n, cols)
+            };
+            for (what, seg, g) in [
+                ("", seg.clone(), launcher(seg.len())),
+                (", all ids", all.clone(), launcher(all.len())),
+                (", grid 2", seg.clone(), strided(seg.len())),
+            ] {
+                let nuniq = seg.len();
+                let mut dw = Buf::new(&init);
+                let (up, op, rp, dp, wp) = (
+                    uniq[seg.clone()].as_ptr(),
+                    offs[seg.start..].as_ptr(),
+                    order.as_ptr(),
+                    dy.as_ptr(),
+                    dw.m(),
+                );
+                if nuniq > 0 {
+                    launch(g, || unsafe {
+                        (k.embedding_bwd_sorted)(nuniq, up, op, rp, lo, dp, vt, cols, wp)
+                    });
+                }
+                exact(
+                    &format!("embedding_bwd_sorted {rows}x{cols} tile {lo}{what}"),
+                    dw.get(),
+                    &want,
+                );
+            }
         }
-        exact(&format!("embedding_bwd_sorted tile {lo}"), dw.get(), &want);
-        // Every distinct id, most outside this tile: the kernel skips those.
-        let mut dw = Buf::new(&init);
-        let (up, op, wp, nu) = (uniq.as_ptr(), offs.as_ptr(), dw.m(), uniq.len());
-        launch(per_row_capped(nu), || unsafe {
-            (k.embedding_bwd_sorted)(nu, up, op, rp, lo, dp, vt, COLS, wp)
-        });
-        exact(
-            &format!("embedding_bwd_sorted tile {lo}, all ids"),
-            dw.get(),
-            &want,
-        );
-
-        // The atomic kernel adds a repeated id's rows in no fixed order: an
-        // entry that m rows add to may differ by m roundings of values
-        // below m + 1 in magnitude.
-        let m = (0..uniq.len())
-            .map(|u| offs[u + 1] - offs[u])
-            .max()
-            .unwrap() as f64;
-        let mut dw = Buf::new(&init);
-        let (ip, wp) = (ids.as_ptr(), dw.m());
-        launch(ew(rows * COLS), || unsafe {
-            (k.embedding_bwd)(rows, ip, lo, dp, vt, COLS, wp)
-        });
-        close(
-            &format!("embedding_bwd (atomic) tile {lo}"),
-            dw.get(),
-            &want,
-            0.0,
-            m * (m + 1.0) * eps::<T>(),
-        );
     }
 }
 

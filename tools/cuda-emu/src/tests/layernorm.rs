@@ -5,7 +5,7 @@
 //! the CPU's sequential lanes: within the error bound of summing `cols`
 //! terms in T::Acc, `cols * eps * sum |term|`.
 
-use super::{close, cols_of, eps, exact, Buf, Dev, Rng};
+use super::{add_col_parts, close, col_parts, cols_of, eps, exact, Buf, Dev, Rng};
 use crate::geom::{elementwise as ew, per_row};
 use crate::launch;
 use gpt2rs::kernels::cpu::{elementwise as kew, layernorm as kl};
@@ -122,40 +122,32 @@ fn layernorm<T: Dev>() {
         }
     }
 
-    // Parameter gradients over 600 rows: several 256-row blocks, the last partial.
-    let big = 600;
-    let xb: Vec<T> = Rng(32).vec(big * 7, 1.0, 1.0);
-    let db: Vec<T> = Rng(33).vec(big * 7, 0.0, 1.0);
-    let sb: Vec<T> = (0..big)
-        .flat_map(|i| [T::from_f64(1.0 + 0.001 * i as f64), T::from_f64(0.9)])
-        .collect();
-    let init: Vec<T> = Rng(34).vec(7, 0.0, 1.0);
-    for rows_used in [big, 0] {
+    // Parameter gradients, in the launcher's two passes (as bias_grad):
+    // 1100 rows (four full 256-row blocks and a partial one) of 133 columns
+    // (a full column strip and a partial one), 600 rows of 7, and no rows
+    // (the launcher launches nothing). Also with a 2-block first-pass grid.
+    for (rows, cols) in [(1100, 133), (600, 7), (0, 7)] {
+        let xb: Vec<T> = Rng(32).vec(rows * cols, 1.0, 1.0);
+        let db: Vec<T> = Rng(33).vec(rows * cols, 0.0, 1.0);
+        let sb: Vec<T> = (0..rows)
+            .flat_map(|i| [T::from_f64(1.0 + 0.001 * i as f64), T::from_f64(0.9)])
+            .collect();
+        let init: Vec<T> = Rng(34).vec(cols, 0.0, 1.0);
         let (mut gw, mut bw) = (init.clone(), init.clone());
-        kl::layernorm_param_grad::<T, T>(
-            &xb[..rows_used * 7],
-            &db[..rows_used * 7],
-            &sb[..rows_used * 2],
-            rows_used,
-            7,
-            &mut gw,
-            &mut bw,
-        );
-        let (mut gg, mut bg) = (Buf::new(&init), Buf::new(&init));
-        let (xp, dp, sp, gp, bp) = (xb.as_ptr(), db.as_ptr(), sb.as_ptr(), gg.m(), bg.m());
-        launch(ew(7), || unsafe {
-            (k.layernorm_param_grad)(xp, dp, sp, rows_used, 7, gp, bp)
-        });
-        exact(
-            &format!("param_grad dgamma ({rows_used} rows)"),
-            gg.get(),
-            &gw,
-        );
-        exact(
-            &format!("param_grad dbeta ({rows_used} rows)"),
-            bg.get(),
-            &bw,
-        );
+        kl::layernorm_param_grad::<T, T>(&xb, &db, &sb, rows, cols, &mut gw, &mut bw);
+        for grid in [None, Some(2)] {
+            let (mut gg, mut bg) = (Buf::new(&init), Buf::new(&init));
+            if rows > 0 {
+                let (xp, dp, sp) = (xb.as_ptr(), db.as_ptr(), sb.as_ptr());
+                let (part, nblk) = col_parts(rows, cols, 2, grid, |rb, pp| unsafe {
+                    (k.layernorm_param_grad_part)(xp, dp, sp, rows, cols, rb, pp)
+                });
+                add_col_parts(&part, nblk, cols, &mut gg, Some(&mut bg));
+            }
+            let what = format!("param_grad {rows}x{cols} grid {grid:?}");
+            exact(&format!("{what} dgamma"), gg.get(), &gw);
+            exact(&format!("{what} dbeta"), bg.get(), &bw);
+        }
     }
 }
 

@@ -162,6 +162,55 @@ pub fn close<T: Element + Debug>(what: &str, got: &[T], want: &[T], rtol: f64, a
     );
 }
 
+/// Scratch as the launchers allocate it, not cleared: NaN, so an element
+/// that a first pass fails to write poisons the result it feeds.
+pub fn scratch(n: usize) -> Buf<f64> {
+    Buf::filled(n, f64::NAN)
+}
+
+/// The first pass of a column reduction (`bias_grad_part`,
+/// `layernorm_param_grad_part`): `nout` sums of `rows` rows of `cols`
+/// columns into fresh scratch `part [nout, nblk, cols]`, by `pass` (given
+/// the launcher's rows per block and the scratch) launched with
+/// `col_strips` (its grid replaced by `grid`, if given: a small grid makes
+/// blocks stride), and the row block count `nblk`.
+pub fn col_parts(
+    rows: usize,
+    cols: usize,
+    nout: usize,
+    grid: Option<u32>,
+    pass: impl Fn(usize, *mut f64),
+) -> (Buf<f64>, usize) {
+    let nblk = rows.div_ceil(crate::geom::COL_ROW_BLOCK);
+    let mut part = scratch(nout * nblk * cols);
+    let g = crate::geom::col_strips(nblk, cols);
+    let g = crate::Geom {
+        grid: grid.unwrap_or(g.grid),
+        ..g
+    };
+    let pp = part.m();
+    crate::launch(g, || pass(crate::geom::COL_ROW_BLOCK, pp));
+    (part, nblk)
+}
+
+/// The second pass (`add_col_parts` of the launchers): `y0 (, y1) +=` the
+/// block sums of `part [nout, nblk, cols]`, nout = 1 + `y1.is_some()`.
+pub fn add_col_parts<T: Dev>(
+    part: &Buf<f64>,
+    nblk: usize,
+    cols: usize,
+    y0: &mut Buf<T>,
+    y1: Option<&mut Buf<T>>,
+) {
+    let nout = 1 + y1.is_some() as usize;
+    let (pp, p0) = (part.c(), y0.m());
+    let p1 = y1.map_or(std::ptr::null_mut(), |y| y.m());
+    crate::launch(crate::geom::elementwise(nout * cols), || unsafe {
+        (T::K.add_col_parts)(nblk, cols, pp, p0, p1)
+    });
+    part.get();
+}
+
 /// Columns `lo..lo + n` of a `[rows, c]` array (a tile of a split axis).
 pub fn cols_of<T: Copy>(x: &[T], rows: usize, c: usize, lo: usize, n: usize) -> Vec<T> {
     (0..rows)

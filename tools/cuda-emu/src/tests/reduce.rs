@@ -6,7 +6,7 @@
 //! most about `len * eps(T::Acc) * sum |x|`; the maxima (`scale`) and the
 //! special cases (empty, inf, NaN) must agree exactly.
 
-use super::{close, eps, exact, Buf, Dev, Rng};
+use super::{close, eps, exact, scratch, Buf, Dev, Rng};
 use crate::geom::{self, per_row_capped, single};
 use crate::launch;
 use gpt2rs::dtype::Element;
@@ -88,7 +88,7 @@ fn sums<T: Dev>() {
             let mut want = vec![T::from_f64(0.75)];
             kr::sum_all::<T>(alpha, &x, beta, &mut want);
             let parts = geom::reduce_parts(n);
-            let mut part = Buf::<f64>::zeros(parts);
+            let mut part = scratch(parts);
             let mut y = Buf::<T>::filled(1, 0.75);
             let (xp, pp, yp) = (x.as_ptr(), part.m(), y.m());
             launch(geom::first_pass(n), || unsafe {
@@ -125,7 +125,7 @@ fn dev_ssq<T: Dev>(x: &[T], acc: &mut Buf<f64>, grid: Option<usize>) {
     let k = T::K;
     let n = x.len();
     let parts = grid.unwrap_or_else(|| geom::reduce_parts(n));
-    let mut part = Buf::<f64>::zeros(3 * parts);
+    let mut part = scratch(3 * parts);
     let (xp, pp) = (x.as_ptr(), part.m());
     let g = crate::Geom {
         grid: parts as u32,
@@ -213,7 +213,7 @@ fn squares<T: Dev>() {
         0.0,
     );
     let parts = 3;
-    let mut part = Buf::<f64>::zeros(parts);
+    let mut part = scratch(parts);
     let mut y = Buf::<T>::zeros(1);
     let (xp, pp, yp) = (x.as_ptr(), part.m(), y.m());
     let g = crate::Geom {

@@ -275,18 +275,18 @@ mod gpu {
     use gpt2rs::kernels::cpu::bias::bias_fill;
     use gpt2rs::kernels::cpu::gemm::gemm as cpu_gemm;
     use gpt2rs::kernels::cuda::blas::{self, BiasAct};
+    use gpt2rs::kernels::cuda::context::{device_count, Gpu};
     use gpt2rs::kernels::cuda::launch::DevElement;
-    use gpt2rs::runtime::cuda::{device_count, CudaDevice};
     use gpt2rs::Element;
     use half::{bf16, f16};
     use std::sync::Arc;
 
-    fn device() -> Option<Arc<CudaDevice>> {
+    fn device() -> Option<Arc<Gpu>> {
         if device_count() == 0 {
             eprintln!("no GPU: skipped");
             return None;
         }
-        Some(CudaDevice::open(0).unwrap())
+        Some(Gpu::open(0).unwrap())
     }
 
     fn host<T: Element>(n: usize, seed: u64) -> Vec<T> {
@@ -317,7 +317,7 @@ mod gpu {
         (3, 4, 0, 2),
     ];
 
-    fn check_gemm<T: DevElement>(dev: &CudaDevice, compute: GemmCompute, tol: f64)
+    fn check_gemm<T: DevElement>(dev: &Gpu, compute: GemmCompute, tol: f64)
     where
         T::Acc: DeviceRepr,
     {
@@ -380,7 +380,7 @@ mod gpu {
         check_gemm::<f16>(&dev, GemmCompute::Default, 2e-3);
     }
 
-    fn check_bias_act<T: DevElement>(dev: &CudaDevice, compute: GemmCompute, tol: f64)
+    fn check_bias_act<T: DevElement>(dev: &Gpu, compute: GemmCompute, tol: f64)
     where
         T::Acc: DeviceRepr,
     {

@@ -8,18 +8,18 @@
 
 use cudarc::driver::DeviceRepr;
 use gpt2rs::kernels::cpu::optim::{adam_step, sgd_step};
+use gpt2rs::kernels::cuda::context::{device_count, Gpu};
 use gpt2rs::kernels::cuda::launch::DevElement;
-use gpt2rs::runtime::cuda::{device_count, CudaDevice};
 use gpt2rs::Element;
 use half::{bf16, f16};
 use std::sync::Arc;
 
-fn device() -> Option<Arc<CudaDevice>> {
+fn device() -> Option<Arc<Gpu>> {
     if device_count() == 0 {
         eprintln!("no GPU: skipped");
         return None;
     }
-    Some(CudaDevice::open(0).unwrap())
+    Some(Gpu::open(0).unwrap())
 }
 
 /// splitmix64 values in [lo, hi), rounded to T.
@@ -56,7 +56,7 @@ const N: usize = 1000;
 const STEPS: u64 = 3;
 
 fn sgd_case<P: DevElement, G: DevElement>(
-    dev: &CudaDevice,
+    dev: &Gpu,
     momentum: f64,
     dampening: f64,
     nesterov: bool,
@@ -116,7 +116,7 @@ fn sgd_case<P: DevElement, G: DevElement>(
 }
 
 fn adam_case<P: DevElement, G: DevElement>(
-    dev: &CudaDevice,
+    dev: &Gpu,
     beta1: f64,
     beta2: f64,
     wd: f64,
@@ -166,7 +166,7 @@ fn adam_case<P: DevElement, G: DevElement>(
     }
 }
 
-fn all_cases<P: DevElement, G: DevElement>(dev: &CudaDevice)
+fn all_cases<P: DevElement, G: DevElement>(dev: &Gpu)
 where
     P::Acc: DeviceRepr,
     G::Acc: DeviceRepr,

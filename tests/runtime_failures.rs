@@ -350,7 +350,7 @@ fn restrict_is_a_preference_and_missing_gpus_are_errors() {
         )
         .unwrap_err();
     assert!(e.to_string().contains("no worker"), "{e}");
-    if gpt2rs::runtime::cuda::device_count() == 0 {
+    if gpt2rs::kernels::cuda::context::device_count() == 0 {
         let e = Runtime::new(RuntimeConfig {
             ncpu: Some(1),
             ncuda: 1,

@@ -16,7 +16,7 @@ use crate::error::{shape_err, Result};
 use crate::kernels::cpu::activation::{self as ka, Activation};
 use crate::kernels::cpu::{bias as kb, dropout as kd};
 use crate::kernels::cuda::launch_layers::{activation_stem, grad_pair_on_device, DropoutGeometry};
-use crate::runtime::cuda::DevBuffers;
+use crate::runtime::DevBuffers;
 use crate::runtime::{Access, Buffers, Codelet, Where};
 use crate::tensor::Tensor;
 use crate::{with_dtype, DType};

@@ -30,7 +30,7 @@ use crate::error::{shape_err, Result};
 use crate::kernels::cpu::attention as k;
 use crate::kernels::cuda::launch_attn::{AttnDropArgs, ATTN_HS_MAX};
 use crate::kernels::cuda::launch_attn_tc::{attn_bwd_tc, attn_fwd_tc, attn_tc_supports};
-use crate::runtime::cuda::DevBuffers;
+use crate::runtime::DevBuffers;
 use crate::runtime::{Access, Buffers, Codelet, DataHandle, Runtime, Where};
 use crate::tensor::Tensor;
 use crate::{with_acc_dtype, with_dtype, DType};
@@ -322,7 +322,7 @@ impl Codelet for AttnTask {
                     let d = AttnDropArgs::new(if cached { None } else { drop });
                     if !cached && self.tensor_cores(tk) {
                         return attn_fwd_tc::<T>(
-                            bf.dev(),
+                            bf.gpu(),
                             [&bf.r(0)?, &bf.r(1)?, &bf.r(2)?],
                             [b, tq, tk, h, hs],
                             [q0, k0],
@@ -361,7 +361,7 @@ impl Codelet for AttnTask {
                     scale,
                     drop,
                 } if self.tensor_cores(tk) => attn_bwd_tc::<T>(
-                    bf.dev(),
+                    bf.gpu(),
                     [&bf.r(0)?, &bf.r(1)?, &bf.r(2)?],
                     &bf.r(3)?,
                     &bf.r(4)?,

@@ -9,7 +9,7 @@ use super::footprint;
 use crate::error::{arg_err, shape_err, Result};
 use crate::kernels::cpu::copy::{cast_block, copy_block};
 use crate::kernels::cuda::launch_copy::COPY_MAX_DIMS;
-use crate::runtime::cuda::DevBuffers;
+use crate::runtime::DevBuffers;
 use crate::runtime::{Access, Buffers, Codelet, DataHandle, Where};
 use crate::tensor::{for_each_index, Tensor};
 use crate::{with_dtype, DType, Element};

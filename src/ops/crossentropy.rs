@@ -20,7 +20,7 @@ use super::footprint;
 use super::layernorm::{acc_dtype, row_tensor};
 use crate::error::{arg_err, shape_err, Result};
 use crate::kernels::cpu::crossentropy as k;
-use crate::runtime::cuda::DevBuffers;
+use crate::runtime::DevBuffers;
 use crate::runtime::{Access, Buffers, Codelet, DataHandle, Runtime, Where, WorkerKind};
 use crate::tensor::Tensor;
 use crate::{with_acc_dtype, with_dtype, DType};
@@ -188,7 +188,7 @@ struct DevTargets {
 
 impl DevTargets {
     fn upload(b: &DevBuffers, tg: &[i64]) -> Result<DevTargets> {
-        let buf = b.dev().upload(bytemuck::cast_slice(tg))?;
+        let buf = b.upload(bytemuck::cast_slice(tg))?;
         Ok(DevTargets { buf, n: tg.len() })
     }
     fn view(&self) -> Result<cudarc::driver::CudaView<'_, i64>> {

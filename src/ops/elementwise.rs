@@ -5,7 +5,7 @@
 use super::{footprint, same_dtype, same_layout};
 use crate::error::Result;
 use crate::kernels::cpu::elementwise as k;
-use crate::runtime::cuda::DevBuffers;
+use crate::runtime::DevBuffers;
 use crate::runtime::{Access, Buffers, Codelet, DataHandle, Runtime, Where};
 use crate::tensor::Tensor;
 use crate::with_dtype;

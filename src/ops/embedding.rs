@@ -16,7 +16,7 @@ use crate::error::{arg_err, shape_err, Result};
 use crate::kernels::cpu::embedding as k;
 use crate::kernels::cuda::cuda_err;
 use crate::kernels::cuda::launch_copy::grad_pair_supported;
-use crate::runtime::cuda::DevBuffers;
+use crate::runtime::DevBuffers;
 use crate::runtime::{Access, Buffers, Codelet, DataHandle, Where};
 use crate::tensor::Tensor;
 use crate::{with_dtype, DType};
@@ -74,7 +74,7 @@ fn check(ids: &[i64], y: &Tensor, wte: &Tensor, pos: Option<&Tensor>) -> Result<
 /// Copies `v` to a new device buffer through the device's pinned staging
 /// (asynchronous; `v` may be dropped on return).
 fn upload(b: &DevBuffers, v: &[i64]) -> Result<CudaSlice<u8>> {
-    b.dev().upload(bytemuck::cast_slice(v))
+    b.upload(bytemuck::cast_slice(v))
 }
 
 /// The rows of one y tile from the vocabulary tiles `chunk` (operands

@@ -32,7 +32,7 @@ use crate::kernels::cpu::activation::{self as ka, Activation};
 use crate::kernels::cpu::bias as kb;
 use crate::kernels::cpu::gemm as k;
 use crate::kernels::cuda::blas::{self, BiasAct};
-use crate::runtime::cuda::DevBuffers;
+use crate::runtime::DevBuffers;
 use crate::runtime::{Access, Buffers, Codelet, Where};
 use crate::tensor::{for_each_index, Tensor};
 use crate::{with_dtype, DType};
@@ -140,7 +140,7 @@ impl Codelet for GemmCl {
         let g = &self.g;
         with_dtype!(g.dtype, T, {
             blas::gemm::<T>(
-                b.dev(),
+                b.gpu(),
                 g.compute,
                 g.trans_a,
                 g.trans_b,
@@ -564,7 +564,7 @@ impl Codelet for GemmBiasActCl {
         let g = &self.g;
         with_dtype!(g.dtype, T, {
             blas::gemm_bias_act::<T>(
-                b.dev(),
+                b.gpu(),
                 g.compute,
                 g.trans_a,
                 g.trans_b,

@@ -18,7 +18,7 @@ use super::{footprint, same_dtype, same_layout};
 use crate::error::{shape_err, Result};
 use crate::kernels::cpu::elementwise as ke;
 use crate::kernels::cpu::layernorm as k;
-use crate::runtime::cuda::DevBuffers;
+use crate::runtime::DevBuffers;
 use crate::runtime::{Access, Buffers, Codelet, DataHandle, Runtime, Where};
 use crate::tensor::Tensor;
 use crate::{with_acc_dtype, with_dtype, DType};

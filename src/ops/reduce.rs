@@ -10,7 +10,7 @@
 use super::footprint;
 use crate::error::{arg_err, shape_err, Error, Result};
 use crate::kernels::cpu::reduce as k;
-use crate::runtime::cuda::DevBuffers;
+use crate::runtime::DevBuffers;
 use crate::runtime::{Access, Buffers, Codelet, DataHandle, Runtime, Where};
 use crate::tensor::Tensor;
 use crate::{with_dtype, DType};

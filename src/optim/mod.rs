@@ -16,7 +16,7 @@ use crate::kernels::cpu::optim as k;
 use crate::kernels::cuda::launch::DevElement;
 use crate::kernels::cuda::launch_optim::optim_supported;
 use crate::model::Gpt2;
-use crate::runtime::cuda::DevBuffers;
+use crate::runtime::DevBuffers;
 use crate::runtime::{Access, Buffers, Codelet, DataHandle, Where};
 use crate::tensor::Tensor;
 use crate::{with_acc_dtype, with_dtype};

@@ -149,7 +149,7 @@ pub fn cuda_cache_dir() -> Option<String> {
 #[pyfunction]
 #[pyo3(text_signature = "()")]
 pub fn cuda_device_count(py: Python<'_>) -> usize {
-    py.detach(crate::runtime::cuda::device_count)
+    py.detach(crate::kernels::cuda::context::device_count)
 }
 
 /// Opens GPU `ordinal` and describes it.
@@ -160,7 +160,7 @@ pub fn cuda_device_count(py: Python<'_>) -> usize {
 #[pyo3(text_signature = "(ordinal)")]
 pub fn cuda_device_info(py: Python<'_>, ordinal: usize) -> PyResult<(String, String, usize)> {
     run(py, || {
-        let d = crate::runtime::cuda::CudaDevice::open(ordinal)?;
+        let d = crate::kernels::cuda::context::Gpu::open(ordinal)?;
         Ok((d.name.clone(), d.arch.clone(), d.total_mem))
     })
 }

@@ -68,11 +68,10 @@ pub(crate) fn run(inner: Arc<Inner>, wid: usize) {
     let node = inner.workers[wid].node;
     match inner.workers[wid].kind {
         WorkerKind::Cuda => {
-            let dev = inner.mem.nodes[node]
-                .device
+            let dev = inner.mem.gpus[node]
                 .clone()
                 .expect("a CUDA worker serves a CUDA memory node");
-            let _ = dev.ctx.bind_to_thread();
+            let _ = dev.gpu.ctx.bind_to_thread();
             drive(inner, wid, super::cuda::DeviceStream(dev));
         }
         _ => drive(inner, wid, super::sim_stream::SimStream::new()),

@@ -91,7 +91,7 @@ impl Drop for Buf {
         // invalidates it, a tensor dies in Python): the slice's stream-ordered
         // free needs its context current there.
         if let Buf::Cuda(c) = self {
-            let _ = super::cuda::make_current(c.context());
+            let _ = crate::kernels::cuda::context::make_current(c.context());
         }
     }
 }

@@ -10,6 +10,7 @@
 //! drop itself takes that lock).
 
 use super::buffer::{Buf, HostBuffer};
+use super::cuda::GpuNode;
 use super::handle::{Access, Coherence, HandleInner, Replica};
 use super::node::MemoryNode;
 use super::trace::{Event, Trace};
@@ -30,6 +31,8 @@ pub struct BusStats {
 
 pub(crate) struct Memory {
     pub nodes: Vec<MemoryNode>,
+    /// The GPU behind each node (None for the host and simulated devices).
+    pub gpus: Vec<Option<Arc<GpuNode>>>,
     buses: Vec<Mutex<BusStats>>,
     pub trace: Arc<Trace>,
     tick: AtomicU64,
@@ -49,7 +52,12 @@ fn poison_uninitialised() -> bool {
 }
 
 impl Memory {
-    pub fn new(nodes: Vec<MemoryNode>, trace: Arc<Trace>) -> Memory {
+    pub fn new(
+        nodes: Vec<MemoryNode>,
+        gpus: Vec<Option<Arc<GpuNode>>>,
+        trace: Arc<Trace>,
+    ) -> Memory {
+        debug_assert_eq!(nodes.len(), gpus.len());
         let n = nodes.len();
         let mut buses = Vec::with_capacity(n * n);
         for s in 0..n {
@@ -64,6 +72,7 @@ impl Memory {
         }
         Memory {
             nodes,
+            gpus,
             buses,
             trace,
             tick: AtomicU64::new(0),
@@ -129,7 +138,7 @@ impl Memory {
     /// (memory taken outside the runtime's accounting: cuBLAS workspaces,
     /// other processes) gets one round of eviction first.
     fn alloc(&self, node: usize, bytes: usize, zeroed: bool) -> Result<Buf> {
-        let Some(dev) = &self.nodes[node].device else {
+        let Some(dev) = &self.gpus[node] else {
             let b = HostBuffer::zeroed(bytes);
             if !zeroed && poison_uninitialised() {
                 // SAFETY: a new buffer nobody else holds yet.
@@ -151,12 +160,7 @@ impl Memory {
     /// device->host returns when the data has arrived.
     fn transfer(&self, src: usize, dst: usize, from: &Buf, to: &mut Buf) -> Result<()> {
         let t0 = Instant::now();
-        let dev = |n: usize| {
-            self.nodes[n]
-                .device
-                .as_ref()
-                .expect("a CUDA node has a device")
-        };
+        let dev = |n: usize| self.gpus[n].as_ref().expect("a CUDA node has a device");
         let bytes = match (from, &mut *to) {
             (Buf::Host(a), Buf::Host(b)) => {
                 b.copy_from(a);
@@ -173,7 +177,7 @@ impl Memory {
             }
             (Buf::Cuda(a), Buf::Cuda(b)) => {
                 let n = a.len().min(b.len());
-                if dev(src).ordinal == dev(dst).ordinal {
+                if dev(src).gpu.ordinal == dev(dst).gpu.ordinal {
                     dev(src).dtod(a, b, n)?;
                 } else {
                     // Through host memory: simple and always available (no peer access needed).

@@ -12,6 +12,7 @@
 
 mod async_worker;
 pub mod buffer;
+mod codelet;
 pub mod cuda;
 pub mod handle;
 pub mod memory;
@@ -23,11 +24,12 @@ pub mod task;
 pub mod trace;
 pub mod worker;
 
+pub use codelet::{codelet, Buffers, Codelet, DevBuffers, Where};
 pub use handle::{Access, DataHandle};
 pub use memory::BusStats;
 pub use node::{NodeKind, NodeStats};
 pub use sched::SchedKind;
-pub use task::{codelet, Buffers, Codelet, Task, Where};
+pub use task::Task;
 pub use worker::{WorkerKind, WorkerStats};
 
 use crate::dtype::DType;
@@ -155,30 +157,27 @@ impl Runtime {
             return Err(arg_err("Runtime", "restrict names no worker kind"));
         }
         let limit = |i: usize| cfg.memory_limits.get(i).copied().flatten();
-        let mut nodes = vec![MemoryNode::new(0, NodeKind::Host, 0, limit(0), None)];
+        let mut nodes = vec![MemoryNode::new(0, NodeKind::Host, 0, limit(0))];
+        let mut gpus = vec![None];
         for i in 0..cfg.nsim {
-            nodes.push(MemoryNode::new(
-                i + 1,
-                NodeKind::SimDevice,
-                i,
-                limit(i + 1),
-                None,
-            ));
+            nodes.push(MemoryNode::new(i + 1, NodeKind::SimDevice, i, limit(i + 1)));
+            gpus.push(None);
         }
         for i in 0..cfg.ncuda {
             let id = 1 + cfg.nsim + i;
-            let dev = cuda::CudaDevice::open(i)?;
+            let dev = cuda::GpuNode::open(i)?;
             // Without a limit, the runtime keeps 90 % of what is free now, so
             // that eviction (not a failed cudaMalloc) handles a full GPU and
             // cuBLAS workspaces and modules still fit beside the tiles.
             let lim = match limit(id) {
                 Some(l) => Some(l),
-                None => Some((dev.mem_info()?.0 as f64 * 0.9) as u64),
+                None => Some((dev.gpu.mem_info()?.0 as f64 * 0.9) as u64),
             };
-            nodes.push(MemoryNode::new(id, NodeKind::Cuda, i, lim, Some(dev)));
+            nodes.push(MemoryNode::new(id, NodeKind::Cuda, i, lim));
+            gpus.push(Some(dev));
         }
         let trace = Arc::new(Trace::new(cfg.trace));
-        let mem = Arc::new(Memory::new(nodes, trace));
+        let mem = Arc::new(Memory::new(nodes, gpus, trace));
         let mut workers: Vec<WorkerInfo> = (0..ncpu)
             .map(|i| WorkerInfo {
                 id: i,

@@ -2,10 +2,9 @@
 //! bytes against an optional limit and keeps the list of data handles that have
 //! a replica there, so that the memory manager can evict them.
 
-use super::cuda::CudaDevice;
 use super::handle::HandleInner;
 use std::collections::HashMap;
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Condvar, Mutex, Weak};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum NodeKind {
@@ -44,8 +43,6 @@ pub struct MemoryNode {
     pub kind: NodeKind,
     pub name: String,
     pub limit: Option<u64>,
-    /// The GPU behind a `Cuda` node.
-    pub(crate) device: Option<Arc<CudaDevice>>,
     pub(crate) mem: Mutex<NodeMem>,
     /// Signalled when pins are released, for tasks waiting for room.
     pub(crate) unpinned: Condvar,
@@ -56,13 +53,7 @@ pub struct MemoryNode {
 
 impl MemoryNode {
     /// Node `id`, the `index`-th of its kind (`sim0`, `cuda1`, ...).
-    pub fn new(
-        id: usize,
-        kind: NodeKind,
-        index: usize,
-        limit: Option<u64>,
-        device: Option<Arc<CudaDevice>>,
-    ) -> MemoryNode {
+    pub fn new(id: usize, kind: NodeKind, index: usize, limit: Option<u64>) -> MemoryNode {
         let name = match kind {
             NodeKind::Host => "host".to_string(),
             _ => format!("{}{}", kind.name(), index),
@@ -72,7 +63,6 @@ impl MemoryNode {
             kind,
             name,
             limit,
-            device,
             mem: Mutex::new(NodeMem::default()),
             unpinned: Condvar::new(),
             reserve: Mutex::new(()),

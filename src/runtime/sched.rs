@@ -4,9 +4,10 @@
 //! the worker's queued work, the transfers its inputs need to reach the
 //! worker's memory node, and the codelet's history-based run time there.
 
+use super::codelet::Where;
 use super::memory::Memory;
 use super::perfmodel::PerfModels;
-use super::task::{TaskInner, Where};
+use super::task::TaskInner;
 use super::worker::WorkerInfo;
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::BinaryHeap;

@@ -4,7 +4,7 @@
 //! tasks in flight, be tested on machines without a GPU.
 
 use super::async_worker::Stream;
-use super::task::{BufRef, Buffers, Codelet};
+use super::codelet::{BufRef, Buffers, Codelet};
 use super::worker::{panic_error, Started};
 use crate::error::{Error, Result};
 use std::cell::Cell;

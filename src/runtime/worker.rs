@@ -2,8 +2,9 @@
 //! operands valid on its memory node, runs the implementation for its kind,
 //! and records statistics, the performance model and the trace.
 
+use super::codelet::{BufRef, Buffers, Where};
 use super::handle::{Access, HandleInner};
-use super::task::{BufRef, Buffers, TaskBody, TaskInner, Where};
+use super::task::{TaskBody, TaskInner};
 use super::trace::Event;
 use super::Inner;
 use crate::error::{Error, Result};

@@ -37,9 +37,9 @@
 
 use crate::dtype::{DType, Element, GemmCompute};
 use crate::error::{arg_err, shape_err, Result};
+use crate::kernels::cuda::context::Gpu;
 use crate::kernels::cuda::cuda_err;
 use crate::kernels::cuda::launch::DevElement;
-use crate::runtime::cuda::CudaDevice;
 use cudarc::cublas::{result as blas_result, sys as blas_sys};
 use cudarc::cublaslt::{result as lt_result, sys as lt_sys};
 use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr};
@@ -242,7 +242,7 @@ fn set_math_mode(handle: blas_sys::cublasHandle_t) -> Result<()> {
 /// (see the module doc), enqueued on `dev`'s stream.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm<T: DevElement>(
-    dev: &CudaDevice,
+    dev: &Gpu,
     compute: GemmCompute,
     trans_a: bool,
     trans_b: bool,
@@ -410,7 +410,7 @@ fn check_strided(
 /// within the rows (`stride >= n`, `(batch - 1) * stride + n <= ld`).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_strided<T: Element + DeviceRepr, C: Element + DeviceRepr>(
-    dev: &CudaDevice,
+    dev: &Gpu,
     compute: GemmCompute,
     [m, n, k, batch]: [usize; 4],
     alpha: f64,
@@ -688,7 +688,7 @@ fn lt_workspace_bytes(arch: &str) -> usize {
 /// bias fill, GEMM with beta = 1, activation in place, as the CPU does.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_bias_act<T: DevElement>(
-    dev: &CudaDevice,
+    dev: &Gpu,
     compute: GemmCompute,
     trans_a: bool,
     trans_b: bool,
@@ -726,11 +726,7 @@ where
 
 /// `y = act(y)` with activation.cu's `<name>_<T>(n, x, y)` given y twice
 /// (elementwise: each thread reads its element before writing it).
-fn activation_in_place<T: DevElement>(
-    dev: &CudaDevice,
-    name: &str,
-    y: &mut CudaViewMut<T>,
-) -> Result<()>
+fn activation_in_place<T: DevElement>(dev: &Gpu, name: &str, y: &mut CudaViewMut<T>) -> Result<()>
 where
     T::Acc: DeviceRepr,
 {
@@ -758,7 +754,7 @@ where
 /// heuristic finds no algorithm (nothing was launched).
 #[allow(clippy::too_many_arguments)]
 fn gemm_bias_act_fused<T: DevElement>(
-    dev: &CudaDevice,
+    dev: &Gpu,
     compute: GemmCompute,
     trans_a: bool,
     trans_b: bool,

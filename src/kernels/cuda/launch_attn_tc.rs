@@ -33,7 +33,7 @@ use super::launch_attn::AttnDropArgs;
 use super::{ceil_div, cuda_err, kernel_name, Module, MAX_GRID, WARP_SIZE};
 use crate::dtype::{DType, Element, GemmCompute};
 use crate::error::{arg_err, shape_err, Result};
-use crate::runtime::cuda::CudaDevice;
+use crate::kernels::cuda::context::Gpu;
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg};
 
 /// Block size of the row kernels (one warp per row of scores).
@@ -168,7 +168,7 @@ where
 }
 
 /// An uninitialised scratch buffer of `n` elements on the device's stream.
-fn scratch<E: DeviceRepr>(dev: &CudaDevice, n: usize) -> Result<CudaSlice<E>> {
+fn scratch<E: DeviceRepr>(dev: &Gpu, n: usize) -> Result<CudaSlice<E>> {
     dev.ctx.bind_to_thread().map_err(drv)?;
     // SAFETY: the callers write every element before any read (module doc);
     // the buffer is freed stream-ordered after the work that uses it.
@@ -287,7 +287,7 @@ impl CudaKernels {
 /// `[b, tq, tk, h, hs]`, `pos` = `[q0, k0]`).
 #[allow(clippy::too_many_arguments)]
 pub fn attn_fwd_tc<T: DevElement>(
-    dev: &CudaDevice,
+    dev: &Gpu,
     [q, k, v]: [&CudaView<T>; 3],
     dims: [usize; 5],
     pos: [usize; 2],
@@ -355,7 +355,7 @@ where
 /// `[b, tq, tk, h, hs]`, `pos` = `[q0, k0]`).
 #[allow(clippy::too_many_arguments)]
 pub fn attn_bwd_tc<T: DevElement>(
-    dev: &CudaDevice,
+    dev: &Gpu,
     [q, k, v]: [&CudaView<T>; 3],
     d_o: &CudaView<T>,
     lse: &CudaView<T::Acc>,

@@ -19,6 +19,7 @@
 //! compiles every module.
 
 pub mod blas;
+pub mod context;
 pub mod launch;
 pub mod launch_attn;
 pub mod launch_attn_tc;

@@ -181,7 +181,7 @@ pub fn nvrtc_available() -> Result<()> {
         Ok(())
     } else {
         Err(cuda_err(
-            "NVRTC (libnvrtc.so.13) not found: install the `nvidia-cuda-nvrtc==13.0.*` wheel \
+            "NVRTC (libnvrtc.so.13) not found: install the `nvidia-cuda-nvrtc` 13.x wheel \
              (pip install 'gpt2rs[cuda]') and import gpt2rs.cuda, or put libnvrtc on LD_LIBRARY_PATH",
         ))
     }

@@ -44,15 +44,28 @@ def test_every_module_compiles(nvrtc, cache, arch: str) -> None:
             "elementwise.cu",
             ["fill_bf16", "axpy_f16", "add_f64", "cast_f64_bf16", "cast_bf16_f32"],
         ),
-        ("reduce.cu", ["sum_axis_f32", "sum_all_bf16", "ssq_update_f16"]),
+        (
+            "reduce.cu",
+            [
+                "sum_axis_f32",
+                "sum_all_bf16",
+                "ssq_update_f16",
+                "add_col_parts_f32",
+                "add_col_parts_bf16",
+            ],
+        ),
         (
             "activation.cu",
             ["gelu_fwd_bf16", "gelu_bwd_f32", "gelu_exact_bwd_f64", "relu_bwd_f16"],
         ),
-        ("bias.cu", ["bias_fill_f32", "bias_add_bf16", "bias_grad_bf16_f32"]),
+        ("bias.cu", ["bias_fill_f32", "bias_add_bf16", "bias_grad_part_bf16"]),
         (
             "embedding.cu",
-            ["embedding_fwd_f16", "embedding_bwd_bf16_bf16", "embedding_bwd_f32_f32"],
+            [
+                "embedding_rows_fwd_f16",
+                "embedding_bwd_sorted_bf16_bf16",
+                "embedding_bwd_sorted_bf16_f32",
+            ],
         ),
         (
             "layernorm.cu",
@@ -62,7 +75,7 @@ def test_every_module_compiles(nvrtc, cache, arch: str) -> None:
                 "layernorm_fwd_f16",
                 "layernorm_bwd_reduce_f32",
                 "layernorm_bwd_f64",
-                "layernorm_param_grad_bf16_f32",
+                "layernorm_param_grad_part_bf16",
             ],
         ),
         (

@@ -86,29 +86,6 @@ __device__ __forceinline__ double xerf(double x) { return erf(x); }
 __device__ __forceinline__ float xmax(float a, float b) { return fmaxf(a, b); }
 __device__ __forceinline__ double xmax(double a, double b) { return fmax(a, b); }
 
-// Atomic `*p += v` for every storage type (16-bit ones by a CAS loop on the
-// aligned 32-bit word that holds them).
-__device__ __forceinline__ void atomic_add(float* p, float v) { atomicAdd(p, v); }
-__device__ __forceinline__ void atomic_add(double* p, double v) { atomicAdd(p, v); }
-#ifndef GPT2RS_HOST_EMU
-template <typename H>
-__device__ __forceinline__ void atomic_add_16(H* p, float v) {
-    unsigned* word = (unsigned*)((usize)p & ~(usize)3);
-    unsigned shift = ((usize)p & 2) ? 16 : 0;
-    unsigned old = *word, assumed;
-    do {
-        assumed = old;
-        H h;
-        h.x = (unsigned short)((assumed >> shift) & 0xffffu);
-        H n = stf<H>(ld(h) + v);
-        unsigned updated = (assumed & ~(0xffffu << shift)) | ((unsigned)n.x << shift);
-        old = atomicCAS(word, assumed, updated);
-    } while (assumed != old);
-}
-__device__ __forceinline__ void atomic_add(bf16* p, float v) { atomic_add_16(p, v); }
-__device__ __forceinline__ void atomic_add(f16* p, float v) { atomic_add_16(p, v); }
-#endif
-
 // Grid-stride loop over [0, n).
 #define GRID_LOOP(i, n) \
     for (usize i = (usize)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (usize)blockDim.x * gridDim.x)

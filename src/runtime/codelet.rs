@@ -62,31 +62,34 @@ pub trait Codelet: Send + Sync {
     }
 }
 
-pub(crate) struct BufRef {
-    pub ptr: *mut u8,
+/// One operand of a running task: where its replica is (`P`: a host
+/// pointer, or the device slice), its length, dtype and access mode.
+pub(crate) struct Operand<P> {
+    pub ptr: P,
     pub len: usize,
     pub dtype: DType,
     pub mode: Access,
 }
 
-/// The operands of a running task, in the order they were submitted.
-pub struct Buffers<'a> {
-    pub(crate) items: &'a [BufRef],
-    pub(crate) borrowed: Cell<u64>,
+pub(crate) type BufRef = Operand<*mut u8>;
+pub(crate) type DevRef = Operand<*mut CudaSlice<u8>>;
+
+/// The checks both operand views make: index and dtype, and that an operand
+/// borrowed for writing is not handed out again.
+pub(crate) struct Operands<'a, P> {
+    items: &'a [Operand<P>],
+    borrowed: Cell<u64>,
 }
 
-impl<'a> Buffers<'a> {
-    pub fn len(&self) -> usize {
-        self.items.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
-    pub fn dtype(&self, i: usize) -> DType {
-        self.items[i].dtype
+impl<'a, P> Operands<'a, P> {
+    pub(crate) fn new(items: &'a [Operand<P>]) -> Self {
+        Operands {
+            items,
+            borrowed: Cell::new(0),
+        }
     }
 
-    fn check<T: Element>(&self, i: usize) -> Result<&BufRef> {
+    fn get<T: Element>(&self, i: usize) -> Result<&'a Operand<P>> {
         let b = self.items.get(i).ok_or_else(|| Error::Argument {
             op: "codelet".into(),
             msg: format!("operand {i} does not exist"),
@@ -101,15 +104,57 @@ impl<'a> Buffers<'a> {
         Ok(b)
     }
 
-    /// Operand `i` for reading.
-    pub fn r<T: Element>(&self, i: usize) -> Result<&'a [T]> {
-        let b = self.check::<T>(i)?;
+    /// Operand `i` as `T`, to read.
+    fn read<T: Element>(&self, i: usize) -> Result<&'a Operand<P>> {
+        let b = self.get::<T>(i)?;
         if self.borrowed.get() & (1 << i) != 0 {
             return Err(Error::Argument {
                 op: "codelet".into(),
                 msg: format!("operand {i} is borrowed for writing"),
             });
         }
+        Ok(b)
+    }
+
+    /// Operand `i` as `T`, to write (mode W, RW or ACC), once.
+    fn write<T: Element>(&self, i: usize) -> Result<&'a Operand<P>> {
+        let b = self.get::<T>(i)?;
+        if !b.mode.writes() || self.borrowed.get() & (1 << i) != 0 {
+            return Err(Error::Argument {
+                op: "codelet".into(),
+                msg: format!("operand {i} is not writable here (mode {:?})", b.mode),
+            });
+        }
+        self.borrowed.set(self.borrowed.get() | (1 << i));
+        Ok(b)
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn dtype(&self, i: usize) -> DType {
+        self.items[i].dtype
+    }
+}
+
+/// The operands of a running task, in the order they were submitted.
+pub struct Buffers<'a>(pub(crate) Operands<'a, *mut u8>);
+
+impl<'a> Buffers<'a> {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.len() == 0
+    }
+    pub fn dtype(&self, i: usize) -> DType {
+        self.0.dtype(i)
+    }
+
+    /// Operand `i` for reading.
+    pub fn r<T: Element>(&self, i: usize) -> Result<&'a [T]> {
+        let b = self.0.read::<T>(i)?;
         // SAFETY: the replica is pinned for the task's duration, and no task
         // writes it concurrently (sequential consistency per handle).
         Ok(unsafe { std::slice::from_raw_parts(b.ptr as *const T, b.len) })
@@ -118,14 +163,7 @@ impl<'a> Buffers<'a> {
     /// Operand `i` for writing (its access mode must be W, RW or ACC).
     #[allow(clippy::mut_from_ref)]
     pub fn w<T: Element>(&self, i: usize) -> Result<&'a mut [T]> {
-        let b = self.check::<T>(i)?;
-        if !b.mode.writes() || self.borrowed.get() & (1 << i) != 0 {
-            return Err(Error::Argument {
-                op: "codelet".into(),
-                msg: format!("operand {i} is not writable here (mode {:?})", b.mode),
-            });
-        }
-        self.borrowed.set(self.borrowed.get() | (1 << i));
+        let b = self.0.write::<T>(i)?;
         // SAFETY: as in `r`, plus this task is the only one accessing a handle
         // it writes, the same handle never appears twice in a task that writes
         // it, and the borrow mask forbids a second &mut of this operand.
@@ -170,20 +208,11 @@ where
     })
 }
 
-/// A device operand of a running task.
-pub(crate) struct DevRef {
-    pub slice: *mut CudaSlice<u8>,
-    pub len: usize,
-    pub dtype: DType,
-    pub mode: Access,
-}
-
 /// The operands of a task running on a GPU, in submission order, as typed
-/// device views. Mirrors [`super::task::Buffers`].
+/// device views. Mirrors [`Buffers`].
 pub struct DevBuffers<'a> {
     pub(crate) node: &'a GpuNode,
-    pub(crate) items: &'a [DevRef],
-    pub(crate) borrowed: Cell<u64>,
+    pub(crate) ops: Operands<'a, *mut CudaSlice<u8>>,
 }
 
 impl<'a> DevBuffers<'a> {
@@ -201,60 +230,32 @@ impl<'a> DevBuffers<'a> {
         self.node.upload(src)
     }
     pub fn len(&self) -> usize {
-        self.items.len()
+        self.ops.len()
     }
     pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
+        self.ops.len() == 0
     }
     pub fn dtype(&self, i: usize) -> DType {
-        self.items[i].dtype
-    }
-
-    fn check<T: Element>(&self, i: usize) -> Result<&DevRef> {
-        let b = self.items.get(i).ok_or_else(|| Error::Argument {
-            op: "codelet".into(),
-            msg: format!("operand {i} does not exist"),
-        })?;
-        if b.dtype != T::DTYPE {
-            return Err(Error::DType {
-                op: format!("operand {i}"),
-                expected: b.dtype,
-                got: T::DTYPE,
-            });
-        }
-        Ok(b)
+        self.ops.dtype(i)
     }
 
     /// Operand `i` for reading.
     pub fn r<T: Element + DeviceRepr>(&self, i: usize) -> Result<CudaView<'a, T>> {
-        let b = self.check::<T>(i)?;
-        if self.borrowed.get() & (1 << i) != 0 {
-            return Err(Error::Argument {
-                op: "codelet".into(),
-                msg: format!("operand {i} is borrowed for writing"),
-            });
-        }
+        let b = self.ops.read::<T>(i)?;
         // SAFETY: the replica is pinned (it neither moves nor is freed) for
         // the task's duration and nobody writes it concurrently; its byte
         // size is len * size_of::<T>() (at least).
-        let s: &'a CudaSlice<u8> = unsafe { &*b.slice };
+        let s: &'a CudaSlice<u8> = unsafe { &*b.ptr };
         unsafe { s.transmute::<T>(b.len) }
             .ok_or_else(|| cuda_err("operand smaller than its handle"))
     }
 
     /// Operand `i` for writing (its access mode must be W, RW or ACC).
     pub fn w<T: Element + DeviceRepr>(&self, i: usize) -> Result<CudaViewMut<'a, T>> {
-        let b = self.check::<T>(i)?;
-        if !b.mode.writes() || self.borrowed.get() & (1 << i) != 0 {
-            return Err(Error::Argument {
-                op: "codelet".into(),
-                msg: format!("operand {i} is not writable here (mode {:?})", b.mode),
-            });
-        }
-        self.borrowed.set(self.borrowed.get() | (1 << i));
+        let b = self.ops.write::<T>(i)?;
         // SAFETY: as in `r`, plus this task is the only one accessing a handle
         // it writes, and the borrow mask forbids a second view of it.
-        let s: &'a mut CudaSlice<u8> = unsafe { &mut *b.slice };
+        let s: &'a mut CudaSlice<u8> = unsafe { &mut *b.ptr };
         unsafe { s.transmute_mut::<T>(b.len) }
             .ok_or_else(|| cuda_err("operand smaller than its handle"))
     }

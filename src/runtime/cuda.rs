@@ -11,12 +11,11 @@
 //! completes only when its event has completed, so data read by another node
 //! is final. That is why cudarc's per-slice event tracking is turned off.
 
-use super::codelet::{DevBuffers, DevRef};
+use super::codelet::{DevBuffers, DevRef, Operands};
 use crate::error::{Error, Result};
 use crate::kernels::cuda::context::{drv, make_current, Gpu};
 use crate::kernels::cuda::cuda_err;
 use cudarc::driver::{CudaEvent, CudaSlice, PinnedHostSlice};
-use std::cell::Cell;
 use std::sync::{Arc, Mutex};
 
 /// Size of one pinned staging chunk for host->device copies.
@@ -203,7 +202,7 @@ impl super::async_worker::Stream for DeviceStream {
                     }
                 };
                 DevRef {
-                    slice,
+                    ptr: slice,
                     len: h.len(),
                     dtype: h.dtype(),
                     mode: *mode,
@@ -212,8 +211,7 @@ impl super::async_worker::Stream for DeviceStream {
             .collect();
         let bufs = DevBuffers {
             node: &self.0,
-            items: &items,
-            borrowed: Cell::new(0),
+            ops: Operands::new(&items),
         };
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.body.codelet.cuda(&bufs)))
             .unwrap_or_else(|p| Err(super::worker::panic_error(&s.task.label(), p)))

@@ -4,10 +4,9 @@
 //! tasks in flight, be tested on machines without a GPU.
 
 use super::async_worker::Stream;
-use super::codelet::{BufRef, Buffers, Codelet};
+use super::codelet::{BufRef, Buffers, Codelet, Operands};
 use super::worker::{panic_error, Started};
 use crate::error::{Error, Result};
-use std::cell::Cell;
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -61,10 +60,7 @@ impl SimStream {
                 for cmd in rx {
                     match cmd {
                         Cmd::Run(job) => {
-                            let bufs = Buffers {
-                                items: &job.items,
-                                borrowed: Cell::new(0),
-                            };
+                            let bufs = Buffers(Operands::new(&job.items));
                             // SAFETY: see `Job`.
                             let cl = unsafe { &*job.codelet };
                             let res =

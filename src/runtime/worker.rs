@@ -2,13 +2,12 @@
 //! operands valid on its memory node, runs the implementation for its kind,
 //! and records statistics, the performance model and the trace.
 
-use super::codelet::{BufRef, Buffers, Where};
+use super::codelet::{BufRef, Buffers, Operands, Where};
 use super::handle::{Access, HandleInner};
 use super::task::{TaskBody, TaskInner};
 use super::trace::Event;
 use super::Inner;
 use crate::error::{Error, Result};
-use std::cell::Cell;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -279,10 +278,7 @@ pub(crate) fn host_refs(body: &TaskBody, node: usize) -> Vec<BufRef> {
 fn run_codelet(inner: &Inner, wid: usize, task: &TaskInner, body: &TaskBody) -> Result<()> {
     let info = &inner.workers[wid];
     let items = host_refs(body, info.node);
-    let bufs = Buffers {
-        items: &items,
-        borrowed: Cell::new(0),
-    };
+    let bufs = Buffers(Operands::new(&items));
     let t0 = Instant::now();
     // A kernel that panics must become an error for whoever waits, not take
     // the worker (and the process) down.

@@ -152,7 +152,11 @@ def add_model_flags(
     )
     for name, axis in TILE_AXES.items():
         tiles.add_argument(
-            "--" + name.replace("_", "-"), type=int, default=None, help=f"tile size along {axis}"
+            "--" + name.replace("_", "-"),
+            type=int,
+            default=None,
+            metavar="N",
+            help=f"tile size along {axis} (default: chosen)",
         )
 
 

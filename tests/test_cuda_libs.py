@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from gpt2rs import cuda
+from gpt2rs import cuda, cuda_libraries
 
 WHEEL = "/venv/lib/python3.12/site-packages/nvidia/cu13/lib"
 TOOLKIT = "/usr/local/cuda-13.0/targets/x86_64-linux/lib"
@@ -64,7 +64,7 @@ def no_bare_names(bare: str) -> str | None:
 def no_loader_search(monkeypatch: pytest.MonkeyPatch) -> None:
     """The fix an error names comes from the files in it, not from this
     machine's loader cache (which may hold a CUDA toolkit)."""
-    monkeypatch.setattr(cuda, "_search_path_file", lambda bare: None)
+    monkeypatch.setattr(cuda_libraries, "_search_path_file", lambda bare: None)
 
 
 # ---------------------------------------------------------------- parsing
@@ -229,7 +229,7 @@ def test_link_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         f.parent.mkdir(exist_ok=True)
         f.write_bytes(b"")
         files[name] = str(f)
-    monkeypatch.setattr(cuda, "_loaded", files)
+    monkeypatch.setattr(cuda_libraries, "_loaded", files)
     d = Path(cuda.link_dir(tmp_path / "links"))
     assert sorted(p.name for p in d.iterdir()) == ["libcublas.so", "libcublasLt.so", "libnvrtc.so"]
     assert os.readlink(d / "libcublasLt.so") == files["cublasLt"]

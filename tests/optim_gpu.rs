@@ -203,9 +203,13 @@ fn bf16_weights_from_f32_masters() {
     p.extend([0.0, -0.0, 1e-40, f32::MAX, 3.0e38, 1.0 + 1.0 / 256.0]);
     let dp = st.clone_htod(&p).unwrap();
     let mut dw = st.clone_htod(&vec![bf16::ZERO; p.len()]).unwrap();
-    dev.kernels
-        .cast::<f32, bf16>(&dp.as_view(), &mut dw.as_view_mut())
-        .unwrap();
+    gpt2rs::kernels::cuda::elementwise::cast::<f32, bf16>(
+        &dev,
+        p.len(),
+        &dp.as_view(),
+        &mut dw.as_view_mut(),
+    )
+    .unwrap();
     let got = st.clone_dtoh(&dw).unwrap();
     st.synchronize().unwrap();
     let want: Vec<bf16> = p.iter().map(|&x| bf16::from_f32(x)).collect();

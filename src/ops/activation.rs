@@ -15,7 +15,8 @@ use super::{footprint, same_dtype, same_layout};
 use crate::error::{shape_err, Result};
 use crate::kernels::cpu::activation::{self as ka, Activation};
 use crate::kernels::cpu::{bias as kb, dropout as kd};
-use crate::kernels::cuda::launch_layers::{activation_stem, grad_pair_on_device, DropoutGeometry};
+use crate::kernels::cuda::activation::{self as cact, DropoutGeometry};
+use crate::kernels::cuda::launch_layers::grad_pair_on_device;
 use crate::runtime::DevBuffers;
 use crate::runtime::{Access, Buffers, Codelet, Where};
 use crate::tensor::Tensor;
@@ -119,19 +120,17 @@ impl Codelet for ActTask {
         Ok(())
     }
     fn cuda(&self, b: &DevBuffers) -> Result<()> {
-        let (rows, cols, k) = (self.rows, self.cols, b.k());
+        let (rows, cols, k, g) = (self.rows, self.cols, b.k(), b.gpu());
         with_dtype!(self.dt, T, {
             match &self.op {
                 Op::Fwd(act) => {
-                    k.activation_fwd::<T>(activation_stem(*act), &b.r(0)?, &mut b.w(1)?)
+                    let mut y = b.w::<T>(1)?;
+                    cact::activation_fwd::<T>(g, *act, y.len(), &b.r(0)?, &mut y)
                 }
                 Op::Bwd { act, in_place } => {
-                    let stem = activation_stem(*act);
-                    if *in_place {
-                        k.activation_bwd_inplace::<T>(stem, &b.r(0)?, &mut b.w(1)?)
-                    } else {
-                        k.activation_bwd::<T>(stem, &b.r(0)?, &b.r(1)?, &mut b.w(2)?)
-                    }
+                    let dy = if *in_place { None } else { Some(b.r(1)?) };
+                    let mut dx = b.w::<T>(1 + !*in_place as usize)?;
+                    cact::activation_bwd::<T>(g, *act, dx.len(), &b.r(0)?, dy.as_ref(), &mut dx)
                 }
                 Op::BiasFill => k.bias::<T>(false, &b.r(0)?, rows, cols, &mut b.w(1)?),
                 Op::BiasGrad { gt } => with_dtype!(*gt, G, {
@@ -149,7 +148,7 @@ impl Codelet for ActTask {
                         shape_err("dropout", "more axes than the GPU kernel takes")
                     })?;
                     let scale = kd::DropoutMask::new(*seed, *stream, *p).scale;
-                    k.dropout::<T>(*seed, *stream, *p, scale, &geo, &mut b.w(0)?)
+                    cact::dropout::<T>(g, [*seed, *stream], [*p, scale], &geo, &mut b.w(0)?)
                 }
             }
         })

@@ -148,7 +148,9 @@ impl Codelet for CeTask {
     fn cuda(&self, b: &DevBuffers) -> Result<()> {
         let (rows, cols, ad, kk) = (self.rows, self.cols, acc_dtype(self.dt), b.k());
         match &self.op {
-            Op::LossInit => kk.fill::<f64>(0.0, &mut b.w(0)?),
+            Op::LossInit => {
+                crate::kernels::cuda::elementwise::fill::<f64>(b.gpu(), 1, 0.0, &mut b.w(0)?)
+            }
             Op::StatsInit => {
                 with_acc_dtype!(ad, A, { kk.maxsumexp_init::<A>(rows, &mut b.w(0)?) })
             }

@@ -86,7 +86,9 @@ impl Codelet for ReduceCl {
                     k.sum_axis::<T>(outer, len, inner, alpha, &b.r(0)?, beta, &mut b.w(1)?)
                 }
                 Kind::All => k.sum_all::<T>(alpha, &b.r(0)?, beta, &mut b.w(1)?),
-                Kind::SsqInit => k.fill::<f64>(0.0, &mut b.w(0)?),
+                Kind::SsqInit => {
+                    crate::kernels::cuda::elementwise::fill::<f64>(b.gpu(), 2, 0.0, &mut b.w(0)?)
+                }
                 Kind::SsqUpdate => k.ssq_update::<T>(&b.r(0)?, &mut b.w(1)?),
                 Kind::Norm => k.norm_from_ssq::<T>(&b.r(0)?, alpha, beta, &mut b.w(1)?),
             }

@@ -260,7 +260,16 @@ impl OptimStep {
         if let Some(vt) = self.vt {
             // Same stream, so the cast reads the updated masters.
             with_dtype!(vt, V, {
-                kern.cast::<P, V>(&p.as_view(), &mut b.w::<V>(2 + self.nstate)?)?
+                {
+                    let mut v = b.w::<V>(2 + self.nstate)?;
+                    let n = v.len();
+                    crate::kernels::cuda::elementwise::cast::<P, V>(
+                        b.gpu(),
+                        n,
+                        &p.as_view(),
+                        &mut v,
+                    )?
+                }
             });
         }
         Ok(())

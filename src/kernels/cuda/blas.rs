@@ -267,9 +267,9 @@ where
     if k == 0 || alpha == 0.0 {
         // As the CPU kernel: C = beta * C, zeros without reading C when beta is 0.
         return if beta == 0.0 {
-            dev.kernels.fill(0.0, c)
+            super::elementwise::fill(dev, c.len(), 0.0, c)
         } else if beta != 1.0 {
-            dev.kernels.scale(beta, c)
+            super::elementwise::scale(dev, c.len(), beta, c)
         } else {
             Ok(())
         };

@@ -5,38 +5,18 @@
 //! None of this runs without a GPU; it is compiled (and its kernels are
 //! compiled by NVRTC) in the ordinary test suite.
 
+pub use super::context::{CudaKernels, DevElement};
 use super::{
-    ceil_div, compile_module, cuda_err, grid_for, kernel_name, Module, ATTN_BLOCK,
-    ELEMENTWISE_BLOCK, MAX_GRID, ROW_BLOCK, WARP_SIZE,
+    ceil_div, cuda_err, grid_for, kernel_name, Module, ATTN_BLOCK, ELEMENTWISE_BLOCK, ROW_BLOCK,
+    WARP_SIZE,
 };
 use crate::dtype::Element;
 use crate::error::Result;
-use cudarc::driver::{
-    CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr,
-    LaunchConfig, PushKernelArg,
-};
-use cudarc::nvrtc::Ptx;
-use std::sync::{Arc, Mutex};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg};
 
 fn drv(e: cudarc::driver::DriverError) -> crate::error::Error {
     cuda_err(format!("driver: {e}"))
 }
-
-/// The kernels of one device: its stream, its architecture, and each module
-/// loaded once (cached by module index).
-pub struct CudaKernels {
-    stream: Arc<CudaStream>,
-    arch: String,
-    modules: Mutex<Vec<Option<Arc<CudaModule>>>>,
-}
-
-/// A storage dtype usable on the device (its accumulator too).
-pub trait DevElement: Element + DeviceRepr
-where
-    Self::Acc: DeviceRepr,
-{
-}
-impl<T: Element + DeviceRepr> DevElement for T where T::Acc: DeviceRepr {}
 
 fn elementwise(n: usize) -> LaunchConfig {
     LaunchConfig {
@@ -54,28 +34,6 @@ fn per_row(rows: usize) -> LaunchConfig {
     }
 }
 
-/// Threads per block of the column-strip kernels (the first passes of
-/// `bias_grad` and `layernorm_param_grad`, `embedding_bwd_sorted`): a block
-/// owns one item (a row block, a distinct id) and `COL_BLOCK` consecutive
-/// columns of it, a thread one column.
-pub const COL_BLOCK: u32 = 128;
-
-/// Rows per partial sum of the column reductions (the `rblk` argument of
-/// `bias_grad_part` and `layernorm_param_grad_part`): the CPU kernels'
-/// `BLOCK`, so the partial sums are the CPU's.
-pub const COL_ROW_BLOCK: usize = 256;
-
-/// `items` x `ceil(cols / COL_BLOCK)` blocks of `COL_BLOCK` threads, the
-/// grid capped (the kernels stride over the rest).
-pub(super) fn col_strips(items: usize, cols: usize) -> LaunchConfig {
-    let blocks = items * ceil_div(cols, COL_BLOCK as usize);
-    LaunchConfig {
-        grid_dim: (blocks.clamp(1, MAX_GRID as usize) as u32, 1, 1),
-        block_dim: (COL_BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
 fn warp_per_row(rows: usize) -> LaunchConfig {
     let rows_per_block = (ATTN_BLOCK / WARP_SIZE) as usize;
     LaunchConfig {
@@ -86,55 +44,6 @@ fn warp_per_row(rows: usize) -> LaunchConfig {
 }
 
 impl CudaKernels {
-    /// Kernels for the device of `stream`, compiled for its compute capability.
-    pub fn new(stream: Arc<CudaStream>) -> Result<Self> {
-        let (major, minor) = stream.context().compute_capability().map_err(drv)?;
-        Ok(Self {
-            stream,
-            arch: format!("sm_{major}{minor}"),
-            modules: Mutex::new(vec![None; Module::ALL.len()]),
-        })
-    }
-
-    /// The architecture the modules are compiled for.
-    pub fn arch(&self) -> &str {
-        &self.arch
-    }
-
-    /// The stream launches go to.
-    pub fn stream(&self) -> &Arc<CudaStream> {
-        &self.stream
-    }
-
-    /// The function `name` of `module`, compiling and loading the module once.
-    pub fn func(&self, module: Module, name: &str) -> Result<CudaFunction> {
-        let idx = Module::ALL.iter().position(|m| *m == module).unwrap_or(0);
-        let mut mods = self.modules.lock().unwrap_or_else(|e| e.into_inner());
-        if mods[idx].is_none() {
-            let ptx = compile_module(module, &self.arch)?.ptx;
-            let m = self
-                .stream
-                .context()
-                .load_module(Ptx::from_src(ptx))
-                .map_err(drv)?;
-            mods[idx] = Some(m);
-        }
-        let m = mods[idx].as_ref().expect("loaded above");
-        m.load_function(name)
-            .map_err(|e| cuda_err(format!("kernel {name} in {}: {e}", module.file())))
-    }
-
-    /// `n` f64 of scratch on the stream, not cleared (no memset), freed
-    /// stream-ordered when dropped.
-    ///
-    /// # Safety
-    /// The caller's first kernel writes every element before any kernel
-    /// reads one.
-    pub(super) unsafe fn scratch_f64(&self, n: usize) -> Result<CudaSlice<f64>> {
-        // SAFETY: passed on to the caller (uninitialised device memory).
-        unsafe { self.stream.alloc::<f64>(n) }.map_err(drv)
-    }
-
     /// The second pass of the column reductions: `y0[c] (, y1[c]) +=` the
     /// sums over `k` of `part [nout, nparts, cols]` (`add_col_parts` in
     /// reduce.cu; `nout` is 2 with `y1`, else 1).
@@ -153,7 +62,7 @@ impl CudaKernels {
         check_len("add_col_parts", nout * nparts * cols, part.len())?;
         let f = self.func(Module::Reduce, &kernel_name("add_col_parts", &[G::DTYPE]))?;
         let null: u64 = 0;
-        let mut b = self.stream.launch_builder(&f);
+        let mut b = self.stream().launch_builder(&f);
         b.arg(&nparts).arg(&cols).arg(part).arg(y0);
         match y1 {
             Some(y1) => b.arg(y1),
@@ -163,146 +72,6 @@ impl CudaKernels {
         // G* (nullable))`; `part` holds `nout * nparts * cols` values and the
         // callers checked that y0 (and y1) hold `cols`.
         unsafe { b.launch(elementwise(nout * cols)) }.map_err(drv)?;
-        Ok(())
-    }
-
-    /// `y = value`.
-    pub fn fill<T: DevElement>(&self, value: f64, y: &mut CudaViewMut<T>) -> Result<()>
-    where
-        T::Acc: DeviceRepr,
-    {
-        let f = self.func(Module::Elementwise, &kernel_name("fill", &[T::DTYPE]))?;
-        let n = y.len();
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&n).arg(&value).arg(y);
-        // SAFETY: the argument list matches `fill_<T>(usize, double, T*)`.
-        unsafe { b.launch(elementwise(n)) }.map_err(drv)?;
-        Ok(())
-    }
-
-    /// `y = alpha * y`.
-    pub fn scale<T: DevElement>(&self, alpha: f64, y: &mut CudaViewMut<T>) -> Result<()>
-    where
-        T::Acc: DeviceRepr,
-    {
-        let f = self.func(Module::Elementwise, &kernel_name("scale", &[T::DTYPE]))?;
-        let n = y.len();
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&n).arg(&alpha).arg(y);
-        // SAFETY: matches `scale_<T>(usize, double, T*)`.
-        unsafe { b.launch(elementwise(n)) }.map_err(drv)?;
-        Ok(())
-    }
-
-    /// `y = alpha * x + y`.
-    pub fn axpy<T: DevElement>(
-        &self,
-        alpha: f64,
-        x: &CudaView<T>,
-        y: &mut CudaViewMut<T>,
-    ) -> Result<()>
-    where
-        T::Acc: DeviceRepr,
-    {
-        check_len("axpy", x.len(), y.len())?;
-        let f = self.func(Module::Elementwise, &kernel_name("axpy", &[T::DTYPE]))?;
-        let n = y.len();
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&n).arg(&alpha).arg(x).arg(y);
-        // SAFETY: matches `axpy_<T>(usize, double, const T*, T*)`.
-        unsafe { b.launch(elementwise(n)) }.map_err(drv)?;
-        Ok(())
-    }
-
-    /// `y = alpha * x + beta * y` (y not read when `beta == 0`).
-    pub fn add<T: DevElement>(
-        &self,
-        alpha: f64,
-        x: &CudaView<T>,
-        beta: f64,
-        y: &mut CudaViewMut<T>,
-    ) -> Result<()>
-    where
-        T::Acc: DeviceRepr,
-    {
-        check_len("add", x.len(), y.len())?;
-        let f = self.func(Module::Elementwise, &kernel_name("add", &[T::DTYPE]))?;
-        let n = y.len();
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&n).arg(&alpha).arg(x).arg(&beta).arg(y);
-        // SAFETY: matches `add_<T>(usize, double, const T*, double, T*)`.
-        unsafe { b.launch(elementwise(n)) }.map_err(drv)?;
-        Ok(())
-    }
-
-    /// `y = x` converted to `D`.
-    pub fn cast<S: DevElement, D: DevElement>(
-        &self,
-        x: &CudaView<S>,
-        y: &mut CudaViewMut<D>,
-    ) -> Result<()>
-    where
-        S::Acc: DeviceRepr,
-        D::Acc: DeviceRepr,
-    {
-        check_len("cast", x.len(), y.len())?;
-        let f = self.func(
-            Module::Elementwise,
-            &kernel_name("cast", &[S::DTYPE, D::DTYPE]),
-        )?;
-        let n = y.len();
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&n).arg(x).arg(y);
-        // SAFETY: matches `cast_<S>_<D>(usize, const S*, D*)`.
-        unsafe { b.launch(elementwise(n)) }.map_err(drv)?;
-        Ok(())
-    }
-
-    /// `y = act(x)` (`act` one of `gelu`, `gelu_exact`, `relu`).
-    pub fn activation_fwd<T: DevElement>(
-        &self,
-        act: &str,
-        x: &CudaView<T>,
-        y: &mut CudaViewMut<T>,
-    ) -> Result<()>
-    where
-        T::Acc: DeviceRepr,
-    {
-        check_len("activation_fwd", x.len(), y.len())?;
-        let f = self.func(
-            Module::Activation,
-            &kernel_name(&format!("{act}_fwd"), &[T::DTYPE]),
-        )?;
-        let n = y.len();
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&n).arg(x).arg(y);
-        // SAFETY: matches `<act>_fwd_<T>(usize, const T*, T*)`.
-        unsafe { b.launch(elementwise(n)) }.map_err(drv)?;
-        Ok(())
-    }
-
-    /// `dx = dy * act'(x)`.
-    pub fn activation_bwd<T: DevElement>(
-        &self,
-        act: &str,
-        x: &CudaView<T>,
-        dy: &CudaView<T>,
-        dx: &mut CudaViewMut<T>,
-    ) -> Result<()>
-    where
-        T::Acc: DeviceRepr,
-    {
-        check_len("activation_bwd", x.len(), dx.len())?;
-        check_len("activation_bwd", dy.len(), dx.len())?;
-        let f = self.func(
-            Module::Activation,
-            &kernel_name(&format!("{act}_bwd"), &[T::DTYPE]),
-        )?;
-        let n = dx.len();
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&n).arg(x).arg(dy).arg(dx);
-        // SAFETY: matches `<act>_bwd_<T>(usize, const T*, const T*, T*)`.
-        unsafe { b.launch(elementwise(n)) }.map_err(drv)?;
         Ok(())
     }
 
@@ -322,7 +91,7 @@ impl CudaKernels {
         check_len("bias", cols, bias.len())?;
         let base = if add { "bias_add" } else { "bias_fill" };
         let f = self.func(Module::Bias, &kernel_name(base, &[T::DTYPE]))?;
-        let mut b = self.stream.launch_builder(&f);
+        let mut b = self.stream().launch_builder(&f);
         b.arg(bias).arg(&rows).arg(&cols).arg(y);
         // SAFETY: matches `bias_{fill,add}_<T>(const T*, usize, usize, T*)`.
         unsafe { b.launch(elementwise(rows * cols)) }.map_err(drv)?;
@@ -330,8 +99,8 @@ impl CudaKernels {
     }
 
     /// `db[c] += sum_r dy[r, c]` (`kernels::cpu::bias::bias_grad`, bit for
-    /// bit): `bias_grad_part` sums each block of `COL_ROW_BLOCK` rows of
-    /// each column into `ceil(rows / COL_ROW_BLOCK) * cols` f64 partial
+    /// bit): `bias_grad_part` sums each block of `super::geom::COL_ROW_BLOCK` rows of
+    /// each column into `ceil(rows / super::geom::COL_ROW_BLOCK) * cols` f64 partial
     /// sums, `add_col_parts` adds them into `db` in block order.
     pub fn bias_grad<T: DevElement, G: DevElement>(
         &self,
@@ -349,21 +118,21 @@ impl CudaKernels {
         if rows * cols == 0 {
             return Ok(());
         }
-        let nblk = ceil_div(rows, COL_ROW_BLOCK);
+        let nblk = ceil_div(rows, super::geom::COL_ROW_BLOCK);
         // SAFETY: bias_grad_part writes part[k, c] for every row block k <
         // nblk and column c < cols (its grid-stride loop covers all nblk *
         // strips blocks) before add_col_parts, next on the stream, reads it.
         let mut part = unsafe { self.scratch_f64(nblk * cols) }?;
         let f = self.func(Module::Bias, &kernel_name("bias_grad_part", &[T::DTYPE]))?;
-        let mut b = self.stream.launch_builder(&f);
+        let mut b = self.stream().launch_builder(&f);
         b.arg(dy)
             .arg(&rows)
             .arg(&cols)
-            .arg(&COL_ROW_BLOCK)
+            .arg(&super::geom::COL_ROW_BLOCK)
             .arg(&mut part);
         // SAFETY: matches `bias_grad_part_<T>(const T*, usize, usize, usize,
-        // double*)`; `part` holds ceil(rows / COL_ROW_BLOCK) * cols values.
-        unsafe { b.launch(col_strips(nblk, cols)) }.map_err(drv)?;
+        // double*)`; `part` holds ceil(rows / super::geom::COL_ROW_BLOCK) * cols values.
+        unsafe { b.launch(super::geom::col_strips(nblk, cols).into()) }.map_err(drv)?;
         self.add_col_parts(nblk, cols, &part, db, None)
     }
 
@@ -384,7 +153,7 @@ impl CudaKernels {
             Module::LayerNorm,
             &kernel_name("layernorm_stats_update", &[T::DTYPE]),
         )?;
-        let mut b = self.stream.launch_builder(&f);
+        let mut b = self.stream().launch_builder(&f);
         b.arg(x).arg(&rows).arg(&cols).arg(acc);
         // SAFETY: matches `layernorm_stats_update_<T>(const T*, usize, usize, Acc*)`.
         unsafe { b.launch(per_row(rows)) }.map_err(drv)?;
@@ -409,7 +178,7 @@ impl CudaKernels {
             Module::LayerNorm,
             &kernel_name("layernorm_stats_finalize", &[acc_dtype]),
         )?;
-        let mut b = self.stream.launch_builder(&f);
+        let mut b = self.stream().launch_builder(&f);
         b.arg(acc).arg(&rows).arg(&eps).arg(stats);
         // SAFETY: matches `layernorm_stats_finalize_<A>(const A*, usize, double, A*)`.
         unsafe { b.launch(elementwise(rows)) }.map_err(drv)?;
@@ -437,7 +206,7 @@ impl CudaKernels {
             Module::LayerNorm,
             &kernel_name("layernorm_fwd", &[T::DTYPE]),
         )?;
-        let mut b = self.stream.launch_builder(&f);
+        let mut b = self.stream().launch_builder(&f);
         b.arg(x)
             .arg(stats)
             .arg(gamma)
@@ -471,7 +240,7 @@ impl CudaKernels {
             Module::LayerNorm,
             &kernel_name("layernorm_bwd_reduce", &[T::DTYPE]),
         )?;
-        let mut b = self.stream.launch_builder(&f);
+        let mut b = self.stream().launch_builder(&f);
         b.arg(x)
             .arg(dy)
             .arg(stats)
@@ -508,7 +277,7 @@ impl CudaKernels {
             &kernel_name("layernorm_bwd", &[T::DTYPE]),
         )?;
         let acc_flag = accumulate as i32;
-        let mut b = self.stream.launch_builder(&f);
+        let mut b = self.stream().launch_builder(&f);
         b.arg(x)
             .arg(dy)
             .arg(stats)
@@ -526,7 +295,7 @@ impl CudaKernels {
 
     /// `dgamma[c] += sum_r dy*xhat`, `dbeta[c] += sum_r dy`
     /// (`kernels::cpu::layernorm::layernorm_param_grad`, bit for bit): as
-    /// [`CudaKernels::bias_grad`], through `2 * ceil(rows / COL_ROW_BLOCK) *
+    /// [`CudaKernels::bias_grad`], through `2 * ceil(rows / super::geom::COL_ROW_BLOCK) *
     /// cols` f64 partial sums.
     #[allow(clippy::too_many_arguments)]
     pub fn layernorm_param_grad<T: DevElement, G: DevElement>(
@@ -551,7 +320,7 @@ impl CudaKernels {
         if rows * cols == 0 {
             return Ok(());
         }
-        let nblk = ceil_div(rows, COL_ROW_BLOCK);
+        let nblk = ceil_div(rows, super::geom::COL_ROW_BLOCK);
         // SAFETY: layernorm_param_grad_part writes part[j, k, c] for both
         // sums j, every row block k < nblk and column c < cols before
         // add_col_parts, next on the stream, reads it.
@@ -560,18 +329,18 @@ impl CudaKernels {
             Module::LayerNorm,
             &kernel_name("layernorm_param_grad_part", &[T::DTYPE]),
         )?;
-        let mut b = self.stream.launch_builder(&f);
+        let mut b = self.stream().launch_builder(&f);
         b.arg(x)
             .arg(dy)
             .arg(stats)
             .arg(&rows)
             .arg(&cols)
-            .arg(&COL_ROW_BLOCK)
+            .arg(&super::geom::COL_ROW_BLOCK)
             .arg(&mut part);
         // SAFETY: matches `layernorm_param_grad_part_<T>(const T*, const T*,
         // const A*, usize, usize, usize, double*)`; x, dy and stats were
-        // checked above, `part` holds 2 * ceil(rows / COL_ROW_BLOCK) * cols values.
-        unsafe { b.launch(col_strips(nblk, cols)) }.map_err(drv)?;
+        // checked above, `part` holds 2 * ceil(rows / super::geom::COL_ROW_BLOCK) * cols values.
+        unsafe { b.launch(super::geom::col_strips(nblk, cols).into()) }.map_err(drv)?;
         self.add_col_parts(nblk, cols, &part, dgamma, Some(dbeta))
     }
 
@@ -592,7 +361,7 @@ impl CudaKernels {
             Module::CrossEntropy,
             &kernel_name("maxsumexp_update", &[T::DTYPE]),
         )?;
-        let mut b = self.stream.launch_builder(&f);
+        let mut b = self.stream().launch_builder(&f);
         b.arg(logits).arg(&rows).arg(&vt).arg(acc);
         // SAFETY: matches `maxsumexp_update_<T>(const T*, usize, usize, A*)`.
         unsafe { b.launch(per_row(rows)) }.map_err(drv)?;
@@ -616,7 +385,7 @@ impl CudaKernels {
     {
         check_len("ce_bwd", rows * vt, logits.len())?;
         let f = self.func(Module::CrossEntropy, &kernel_name("ce_bwd", &[T::DTYPE]))?;
-        let mut b = self.stream.launch_builder(&f);
+        let mut b = self.stream().launch_builder(&f);
         b.arg(acc)
             .arg(&rows)
             .arg(&vt)
@@ -646,7 +415,7 @@ impl CudaKernels {
             Module::Attention,
             &kernel_name("attn_fwd_init", &[T::DTYPE]),
         )?;
-        let mut b = self.stream.launch_builder(&f);
+        let mut b = self.stream().launch_builder(&f);
         b.arg(&rows).arg(&hs).arg(m).arg(l).arg(acc);
         // SAFETY: matches `attn_fwd_init_<T>(usize, usize, A*, A*, A*)`.
         unsafe { b.launch(elementwise(rows * hs.max(1))) }.map_err(drv)?;
@@ -673,7 +442,7 @@ impl CudaKernels {
             Module::Attention,
             &kernel_name("attn_fwd_finalize", &[T::DTYPE]),
         )?;
-        let mut b = self.stream.launch_builder(&f);
+        let mut b = self.stream().launch_builder(&f);
         b.arg(m).arg(l).arg(acc).arg(&rows).arg(&hs).arg(o).arg(lse);
         // SAFETY: matches `attn_fwd_finalize_<T>(...)` in attention.cu.
         unsafe { b.launch(elementwise(rows * hs)) }.map_err(drv)?;
@@ -698,7 +467,7 @@ impl CudaKernels {
             Module::Attention,
             &kernel_name("attn_bwd_delta", &[T::DTYPE]),
         )?;
-        let mut b = self.stream.launch_builder(&f);
+        let mut b = self.stream().launch_builder(&f);
         b.arg(o).arg(d_o).arg(&rows).arg(&hs).arg(delta);
         // SAFETY: matches `attn_bwd_delta_<T>(const T*, const T*, usize, usize, A*)`.
         unsafe { b.launch(warp_per_row(rows)) }.map_err(drv)?;

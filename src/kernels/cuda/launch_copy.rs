@@ -5,7 +5,8 @@
 //! `cuda/embedding.cu`. Each mirrors a CPU kernel's signature (named in its
 //! doc) and checks operand lengths before launching on the stream.
 
-use super::launch::{col_strips, CudaKernels, DevElement};
+use super::geom::col_strips;
+use super::launch::{CudaKernels, DevElement};
 use super::{
     ceil_div, cuda_err, grid_for, kernel_name, Module, ELEMENTWISE_BLOCK, MAX_GRID, ROW_BLOCK,
     WARP_SIZE,
@@ -67,115 +68,6 @@ fn reduce_parts(n: usize) -> usize {
     ceil_div(n.max(1), ROW_BLOCK as usize).min(REDUCE_PARTS)
 }
 
-/// Most dims of a block copy after merging (`COPY_MAX_DIMS` in elementwise.cu).
-pub const COPY_MAX_DIMS: usize = 8;
-
-/// The loop nest of one block copy, passed by value to `copy_block_*`
-/// (layout of `struct BlockDims` in elementwise.cu: all 64-bit fields).
-/// Dims are innermost first; dims contiguous on both sides are merged and
-/// unit dims dropped, as the CPU kernel `copy_block` does.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BlockDims {
-    pub ndim: u64,
-    pub n: [u64; COPY_MAX_DIMS],
-    pub src: [u64; COPY_MAX_DIMS],
-    pub dst: [u64; COPY_MAX_DIMS],
-    pub src_start: u64,
-    pub dst_start: u64,
-}
-
-// SAFETY: `#[repr(C)]` plain 64-bit integers, the same layout as the CUDA
-// struct; no pointers, no padding.
-unsafe impl DeviceRepr for BlockDims {}
-
-impl BlockDims {
-    /// The loop nest copying the block of extent `block` at `src_offset` of
-    /// a `src_shape` array to `dst_offset` of a `dst_shape` array, and its
-    /// element count; `None` when the block is empty. Errors when the ranks
-    /// differ, the block does not fit, or more than [`COPY_MAX_DIMS`] dims
-    /// remain after merging.
-    pub fn new(
-        src_shape: &[usize],
-        src_offset: &[usize],
-        dst_shape: &[usize],
-        dst_offset: &[usize],
-        block: &[usize],
-    ) -> Result<Option<(BlockDims, usize)>> {
-        let rank = block.len();
-        let op = "cuda.copy_block";
-        if src_shape.len() != rank
-            || src_offset.len() != rank
-            || dst_shape.len() != rank
-            || dst_offset.len() != rank
-        {
-            return Err(shape_err(op, "shapes, offsets and block differ in rank"));
-        }
-        if (0..rank).any(|a| {
-            src_offset[a] + block[a] > src_shape[a] || dst_offset[a] + block[a] > dst_shape[a]
-        }) {
-            return Err(shape_err(
-                op,
-                format!(
-                    "block {block:?} at {src_offset:?} of {src_shape:?} -> at {dst_offset:?} \
-                     of {dst_shape:?} does not fit"
-                ),
-            ));
-        }
-        if block.contains(&0) {
-            return Ok(None);
-        }
-        let mut d = BlockDims::default();
-        let (mut nd, mut total) = (0usize, 1usize);
-        let (mut src_stride, mut dst_stride) = (1usize, 1usize);
-        for a in (0..rank).rev() {
-            d.src_start += (src_offset[a] * src_stride) as u64;
-            d.dst_start += (dst_offset[a] * dst_stride) as u64;
-            let (n, s, t) = (block[a], src_stride, dst_stride);
-            src_stride *= src_shape[a];
-            dst_stride *= dst_shape[a];
-            total *= n;
-            if n == 1 {
-                continue;
-            }
-            // Contiguous with the inner neighbour on both sides: one dim.
-            if nd > 0
-                && s as u64 == d.n[nd - 1] * d.src[nd - 1]
-                && t as u64 == d.n[nd - 1] * d.dst[nd - 1]
-            {
-                d.n[nd - 1] *= n as u64;
-                continue;
-            }
-            if nd == COPY_MAX_DIMS {
-                return Err(shape_err(
-                    op,
-                    format!("block {block:?} needs more than {COPY_MAX_DIMS} loop dims"),
-                ));
-            }
-            d.n[nd] = n as u64;
-            d.src[nd] = s as u64;
-            d.dst[nd] = t as u64;
-            nd += 1;
-        }
-        d.ndim = nd as u64;
-        Ok(Some((d, total)))
-    }
-
-    /// The (source, destination) flat offsets of element `i` of the block:
-    /// the index arithmetic of `copy_one` in elementwise.cu, for tests.
-    pub fn offsets(&self, i: usize) -> (usize, usize) {
-        let nd = self.ndim as usize;
-        let (mut r, mut s, mut t) = (i as u64, self.src_start, self.dst_start);
-        for k in 0..nd {
-            let j = if k + 1 < nd { r % self.n[k] } else { r };
-            s += j * self.src[k];
-            t += j * self.dst[k];
-            r /= self.n[k];
-        }
-        (s as usize, t as usize)
-    }
-}
-
 /// Whether `embedding.cu` has the gradient kernels for activations `t` and
 /// gradients `g` (`FOR_GRAD_PAIRS` in the prelude): the same dtype, or f32
 /// gradients of 16-bit activations.
@@ -184,44 +76,6 @@ pub fn grad_pair_supported(t: DType, g: DType) -> bool {
 }
 
 impl CudaKernels {
-    /// `dst[dst_offset + j] = (D) src[src_offset + j]` for every multi-index
-    /// `j < block` (`kernels::cpu::copy::{copy_block, cast_block}`): a bit
-    /// copy when `S == D`, else rounded to nearest-even as `cast`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn copy_block<S: DevElement, D: DevElement>(
-        &self,
-        src: &CudaView<S>,
-        src_shape: &[usize],
-        src_offset: &[usize],
-        dst: &mut CudaViewMut<D>,
-        dst_shape: &[usize],
-        dst_offset: &[usize],
-        block: &[usize],
-    ) -> Result<()>
-    where
-        S::Acc: DeviceRepr,
-        D::Acc: DeviceRepr,
-    {
-        check_len("copy_block", src_shape.iter().product(), src.len())?;
-        check_len("copy_block", dst_shape.iter().product(), dst.len())?;
-        let Some((dims, total)) =
-            BlockDims::new(src_shape, src_offset, dst_shape, dst_offset, block)?
-        else {
-            return Ok(());
-        };
-        let f = self.func(
-            Module::Elementwise,
-            &kernel_name("copy_block", &[S::DTYPE, D::DTYPE]),
-        )?;
-        let mut b = self.stream().launch_builder(&f);
-        b.arg(&dims).arg(&total).arg(src).arg(dst);
-        // SAFETY: matches `copy_block_<S>_<D>(BlockDims, usize, const S*, D*)`;
-        // BlockDims::new checked that the block lies inside both arrays,
-        // whose lengths were checked above.
-        unsafe { b.launch(elementwise(total)) }.map_err(drv)?;
-        Ok(())
-    }
-
     /// `y[o, i] = alpha * sum_a x[o, a, i] + beta * y[o, i]`, x `[outer,
     /// len, inner]` (`kernels::cpu::reduce::sum_axis`; y not read when
     /// `beta == 0`).
@@ -461,7 +315,7 @@ impl CudaKernels {
         // SAFETY: matches `embedding_bwd_sorted_<T>_<G>(usize, const i64*,
         // const i64*, const i64*, usize, const T*, usize, usize, G*)`; ids
         // outside the tile are skipped, rows index dy (the caller's contract).
-        unsafe { b.launch(col_strips(nuniq, cols)) }.map_err(drv)?;
+        unsafe { b.launch(col_strips(nuniq, cols).into()) }.map_err(drv)?;
         Ok(())
     }
 
@@ -585,79 +439,5 @@ impl CudaKernels {
         // SAFETY: matches `sinusoidal_<T>(usize, usize, usize, usize, usize, double, T*)`.
         unsafe { b.launch(elementwise(n * cols)) }.map_err(drv)?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::kernels::cpu::copy::copy_block;
-
-    /// The kernel's index arithmetic over the merged dims reproduces the CPU
-    /// block copy, for blocks that merge fully, partly and not at all.
-    /// (source shape, source offset, destination shape, destination offset, extent).
-    type Case<'a> = (
-        &'a [usize],
-        &'a [usize],
-        &'a [usize],
-        &'a [usize],
-        &'a [usize],
-    );
-
-    #[test]
-    fn block_dims_match_the_cpu_copy() {
-        let cases: &[Case] = &[
-            (&[3, 3], &[1, 1], &[2, 2], &[0, 0], &[2, 2]),
-            (&[4, 5, 6], &[0, 0, 0], &[4, 5, 6], &[0, 0, 0], &[4, 5, 6]),
-            (&[4, 5, 6], &[1, 0, 0], &[3, 5, 6], &[0, 0, 0], &[3, 5, 6]),
-            (&[4, 5, 6], &[1, 2, 3], &[5, 4, 7], &[2, 1, 0], &[2, 3, 3]),
-            (
-                &[2, 1, 7, 3],
-                &[1, 0, 2, 0],
-                &[1, 4, 9, 3],
-                &[0, 3, 1, 0],
-                &[1, 1, 5, 3],
-            ),
-            (&[5], &[2], &[4], &[1], &[3]),
-            (&[], &[], &[], &[], &[]),
-            (
-                &[2, 3, 4, 5, 2, 3, 2, 3],
-                &[0, 1, 0, 1, 0, 1, 0, 1],
-                &[3, 3, 5, 5, 3, 3, 3, 3],
-                &[1, 0, 1, 0, 1, 0, 1, 0],
-                &[2, 2, 4, 4, 2, 2, 2, 2],
-            ),
-        ];
-        for &(ss, so, ds, doff, blk) in cases {
-            let src: Vec<i64> = (0..ss.iter().product::<usize>() as i64).collect();
-            let mut want = vec![-1i64; ds.iter().product()];
-            copy_block(&src, ss, so, &mut want, ds, doff, blk);
-            let (dims, total) = BlockDims::new(ss, so, ds, doff, blk).unwrap().unwrap();
-            assert_eq!(total, blk.iter().product::<usize>());
-            assert!(dims.ndim as usize <= blk.len());
-            let mut got = vec![-1i64; ds.iter().product()];
-            for i in 0..total {
-                let (s, t) = dims.offsets(i);
-                got[t] = src[s];
-            }
-            assert_eq!(got, want, "case {ss:?} {so:?} {ds:?} {doff:?} {blk:?}");
-        }
-        // A whole tile into a whole tile is one contiguous run.
-        let (d, _) = BlockDims::new(&[4, 5], &[0, 0], &[4, 5], &[0, 0], &[4, 5])
-            .unwrap()
-            .unwrap();
-        assert_eq!((d.ndim, d.n[0], d.src[0], d.dst[0]), (1, 20, 1, 1));
-        assert!(BlockDims::new(&[2], &[0], &[2], &[0], &[0])
-            .unwrap()
-            .is_none());
-        assert!(BlockDims::new(&[2], &[1], &[2], &[0], &[2]).is_err());
-    }
-
-    #[test]
-    fn block_dims_layout_is_the_cuda_struct() {
-        assert_eq!(
-            std::mem::size_of::<BlockDims>(),
-            8 * (3 + 3 * COPY_MAX_DIMS)
-        );
     }
 }

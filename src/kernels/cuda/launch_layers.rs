@@ -10,9 +10,6 @@ use super::{cuda_err, grid_for, kernel_name, Module, ELEMENTWISE_BLOCK, ROW_BLOC
 use crate::error::Result;
 use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg};
 
-/// Highest tile rank the dropout kernel takes (its `Dims8` arguments).
-pub const DROPOUT_MAX_RANK: usize = 8;
-
 fn drv(e: cudarc::driver::DriverError) -> crate::error::Error {
     cuda_err(format!("driver: {e}"))
 }
@@ -64,116 +61,7 @@ fn check_rows(op: &str, rows: usize) -> Result<()> {
     Ok(())
 }
 
-/// The kernel stem of an activation (`activation_fwd`'s `act`).
-pub fn activation_stem(act: crate::kernels::cpu::activation::Activation) -> &'static str {
-    use crate::kernels::cpu::activation::Activation;
-    match act {
-        Activation::GeluTanh => "gelu",
-        Activation::Gelu => "gelu_exact",
-        Activation::Relu => "relu",
-    }
-}
-
-/// Dropout geometry of one tile: its shape and the global row-major strides
-/// (padded to [`DROPOUT_MAX_RANK`]), and the global index of its first element.
-#[derive(Clone, Copy, Debug)]
-pub struct DropoutGeometry {
-    pub rank: usize,
-    pub tile_shape: [u64; DROPOUT_MAX_RANK],
-    pub global_stride: [u64; DROPOUT_MAX_RANK],
-    pub base: u64,
-}
-
-impl DropoutGeometry {
-    /// The tile of shape `tile_shape` at `global_offset` in a tensor of
-    /// `global_shape` (`None` above [`DROPOUT_MAX_RANK`] axes).
-    pub fn new(
-        global_offset: &[usize],
-        tile_shape: &[usize],
-        global_shape: &[usize],
-    ) -> Option<Self> {
-        let rank = tile_shape.len();
-        if rank > DROPOUT_MAX_RANK || global_offset.len() != rank || global_shape.len() != rank {
-            return None;
-        }
-        let mut g = DropoutGeometry {
-            rank,
-            tile_shape: [1; DROPOUT_MAX_RANK],
-            global_stride: [0; DROPOUT_MAX_RANK],
-            base: 0,
-        };
-        let mut stride = 1u64;
-        for d in (0..rank).rev() {
-            g.tile_shape[d] = tile_shape[d] as u64;
-            g.global_stride[d] = stride;
-            g.base += global_offset[d] as u64 * stride;
-            stride *= global_shape[d] as u64;
-        }
-        Some(g)
-    }
-}
-
 impl CudaKernels {
-    /// In place: `dxy = dxy * act'(x)` (dx overwrites dy).
-    pub fn activation_bwd_inplace<T: DevElement>(
-        &self,
-        act: &str,
-        x: &CudaView<T>,
-        dxy: &mut CudaViewMut<T>,
-    ) -> Result<()>
-    where
-        T::Acc: DeviceRepr,
-    {
-        check_len("activation_bwd_inplace", x.len(), dxy.len())?;
-        let f = self.func(
-            Module::Activation,
-            &kernel_name(&format!("{act}_bwd_inplace"), &[T::DTYPE]),
-        )?;
-        let n = dxy.len();
-        let mut b = self.stream().launch_builder(&f);
-        b.arg(&n).arg(x).arg(dxy);
-        // SAFETY: matches `<act>_bwd_inplace_<T>(usize, const T*, T*)`.
-        unsafe { b.launch(elementwise(n)) }.map_err(drv)?;
-        Ok(())
-    }
-
-    /// In place: `x = keep ? x * scale : 0` with the mask of
-    /// `src/kernels/cpu/dropout.rs` for `(seed, stream, p)`; `scale` is
-    /// `DropoutMask::new(seed, stream, p).scale`.
-    pub fn dropout<T: DevElement>(
-        &self,
-        seed: u64,
-        stream: u64,
-        p: f64,
-        scale: f64,
-        geo: &DropoutGeometry,
-        x: &mut CudaViewMut<T>,
-    ) -> Result<()>
-    where
-        T::Acc: DeviceRepr,
-    {
-        let n: u64 = geo.tile_shape[..geo.rank].iter().product();
-        check_len("dropout", n as usize, x.len())?;
-        let f = self.func(Module::Activation, &kernel_name("dropout", &[T::DTYPE]))?;
-        let n = x.len();
-        let rank = geo.rank;
-        let mut b = self.stream().launch_builder(&f);
-        b.arg(&n)
-            .arg(&seed)
-            .arg(&stream)
-            .arg(&p)
-            .arg(&scale)
-            .arg(&rank)
-            .arg(&geo.tile_shape)
-            .arg(&geo.global_stride)
-            .arg(&geo.base)
-            .arg(x);
-        // SAFETY: matches `dropout_<T>(usize, u64, u64, double, double, usize,
-        // Dims8, Dims8, usize, T*)`; Dims8 is 8 usize, laid out as [u64; 8].
-        unsafe { b.launch(elementwise(n)) }.map_err(drv)?;
-        Ok(())
-    }
-
     /// `sum = x + r` (`r = None`: `sum` holds r on entry), then `acc [rows, 3]`
     /// merged with the statistics of `sum`'s rows.
     pub fn add_layernorm_stats_update<T: DevElement>(

@@ -18,8 +18,13 @@
 //! NVRTC needs no include path and the `nvidia-cuda-nvrtc` wheel alone
 //! compiles every module.
 
+#[macro_use]
+pub mod table;
+pub mod activation;
 pub mod blas;
 pub mod context;
+pub mod elementwise;
+pub mod geom;
 pub mod launch;
 pub mod launch_attn;
 pub mod launch_attn_tc;

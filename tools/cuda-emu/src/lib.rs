@@ -12,21 +12,29 @@
 //! generation, libdevice's transcendental functions (the host's libm runs
 //! instead) and real concurrency (threads run one at a time, see `emu.h`).
 
+use std::cell::Cell;
 use std::ffi::c_void;
 
+pub use gpt2rs::kernels::cuda::activation::Dims8;
+pub use gpt2rs::kernels::cuda::elementwise::BlockDims;
+pub use gpt2rs::kernels::cuda::geom::{self, Geom};
 pub use gpt2rs::kernels::cuda::launch_attn::AttnDropArgs;
-pub use gpt2rs::kernels::cuda::launch_copy::BlockDims;
 
 extern "C" {
     fn emu_launch(body: extern "C" fn(*mut c_void), arg: *mut c_void, grid: u32, bx: u32, by: u32);
 }
 
-/// A launch geometry as the launchers build it: a 1-D grid of 2-D blocks
-/// (`block.1` > 1 only for `sum_axis`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Geom {
-    pub grid: u32,
-    pub block: (u32, u32),
+thread_local! {
+    static GRID: Cell<Option<u32>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with every launch's grid replaced by `grid` (a small grid makes
+/// the grid-stride kernels stride; the kernels must not depend on it).
+pub fn with_grid<R>(grid: u32, f: impl FnOnce() -> R) -> R {
+    let old = GRID.with(|g| g.replace(Some(grid)));
+    let r = f();
+    GRID.with(|g| g.set(old));
+    r
 }
 
 /// Runs `f` as every thread of a launch of geometry `g` (each thread calls
@@ -37,122 +45,147 @@ pub fn launch<F: Fn()>(g: Geom, f: F) {
         // SAFETY: `arg` is the `&F` passed below, alive for the launch.
         unsafe { (*(arg as *const F))() }
     }
+    assert_eq!(g.shared, 0, "the emulator has no dynamic shared memory");
+    let grid = GRID.with(|c| c.get()).unwrap_or(g.grid);
     // SAFETY: emu_launch calls `run::<F>(&f)` from fibers of this thread
     // only, and returns after the last of them.
     unsafe {
         emu_launch(
             run::<F>,
             &f as *const F as *mut c_void,
-            g.grid,
+            grid,
             g.block.0,
             g.block.1,
         )
     }
 }
 
-/// The launchers' geometries. Their `LaunchConfig` builders are private to
-/// gpt2rs (`elementwise`, `per_row`, ... in each `src/kernels/cuda/launch*.rs`),
-/// so they are restated here from the same public constants.
-pub mod geom {
-    use super::Geom;
-    pub use gpt2rs::kernels::cuda::launch::{COL_BLOCK, COL_ROW_BLOCK};
-    use gpt2rs::kernels::cuda::{
-        ceil_div, grid_for, ATTN_BLOCK, ELEMENTWISE_BLOCK, MAX_GRID, ROW_BLOCK, WARP_SIZE,
-    };
-
-    /// Grid-stride over `n` elements (every launch*.rs `elementwise`).
-    pub fn elementwise(n: usize) -> Geom {
-        Geom {
-            grid: grid_for(n, ELEMENTWISE_BLOCK),
-            block: (ELEMENTWISE_BLOCK, 1),
-        }
-    }
-
-    /// One block per row (`per_row` of launch.rs / launch_layers.rs).
-    pub fn per_row(rows: usize) -> Geom {
-        Geom {
-            grid: rows.max(1) as u32,
-            block: (ROW_BLOCK, 1),
-        }
-    }
-
-    /// One block per row, grid capped (`per_row` of launch_copy.rs).
-    pub fn per_row_capped(rows: usize) -> Geom {
-        Geom {
-            grid: rows.clamp(1, MAX_GRID as usize) as u32,
-            block: (ROW_BLOCK, 1),
-        }
-    }
-
-    /// One warp per row (`warp_per_row` of launch.rs; launch_attn.rs's
-    /// `warp_rows` is the same with the grid capped).
-    pub fn warp_rows(rows: usize) -> Geom {
-        let per_block = (ATTN_BLOCK / WARP_SIZE) as usize;
-        Geom {
-            grid: ceil_div(rows.max(1), per_block).min(MAX_GRID as usize) as u32,
-            block: (ATTN_BLOCK, 1),
-        }
-    }
-
-    /// One block (`one_block` of launch_layers.rs, `per_row(1)` of sum_all).
-    pub fn one_block() -> Geom {
-        Geom {
-            grid: 1,
-            block: (ROW_BLOCK, 1),
-        }
-    }
-
-    /// Column strips (`col_strips` of launch.rs): `items` x
-    /// `ceil(cols / COL_BLOCK)` blocks of `COL_BLOCK` threads, grid capped.
-    pub fn col_strips(items: usize, cols: usize) -> Geom {
-        let blocks = items * ceil_div(cols, COL_BLOCK as usize);
-        Geom {
-            grid: blocks.clamp(1, MAX_GRID as usize) as u32,
-            block: (COL_BLOCK, 1),
-        }
-    }
-
-    /// One thread (`single` of launch_copy.rs).
-    pub fn single() -> Geom {
-        Geom {
-            grid: 1,
-            block: (1, 1),
-        }
-    }
-
-    /// Thread rows per block of `sum_axis` (`SUM_AXIS_SPLIT`, launch_copy.rs).
-    pub const SUM_AXIS_SPLIT: u32 = 8;
-
-    /// `sum_axis` for `inner > 1`: WARP_SIZE x SUM_AXIS_SPLIT blocks.
-    pub fn sum_axis(outer: usize, inner: usize) -> Geom {
-        let blocks = outer * ceil_div(inner, WARP_SIZE as usize);
-        Geom {
-            grid: blocks.min(MAX_GRID as usize) as u32,
-            block: (WARP_SIZE, SUM_AXIS_SPLIT),
-        }
-    }
-
-    /// Partial sums of the two-pass reductions (`reduce_parts` of
-    /// launch_copy.rs; its cap `REDUCE_PARTS` is 1024).
-    pub fn reduce_parts(n: usize) -> usize {
-        ceil_div(n.max(1), ROW_BLOCK as usize).min(1024)
-    }
-
-    /// The first pass of `sum_all` / `ssq_update`: one block per part.
-    pub fn first_pass(n: usize) -> Geom {
-        Geom {
-            grid: reduce_parts(n) as u32,
-            block: (ROW_BLOCK, 1),
-        }
-    }
+/// A host launch function's parameter type for one table argument: slices
+/// for device pointers.
+macro_rules! emu_param {
+    ($t0:ident; val $t:tt) => { $t };
+    ($t0:ident; in $t:tt) => { &[gpt2rs::cuda_ety!($t0; $t)] };
+    ($t0:ident; out $t:tt) => { &mut [gpt2rs::cuda_ety!($t0; $t)] };
+    ($t0:ident; opt_in $t:tt) => { Option<emu_param!($t0; in $t)> };
+    ($t0:ident; opt_out $t:tt) => { Option<emu_param!($t0; out $t)> };
 }
 
-/// `struct Dims8` of activation.cu: eight `usize` by value. The launcher
-/// passes `[u64; 8]` (`DropoutGeometry`'s fields), which has this layout;
-/// the wrapper makes the by-value argument FFI-safe.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct Dims8(pub [u64; 8]);
+/// The C type of one table argument.
+macro_rules! emu_raw {
+    ($t0:ident; val $t:tt) => { $t };
+    ($t0:ident; in $t:tt) => { *const gpt2rs::cuda_ety!($t0; $t) };
+    ($t0:ident; out $t:tt) => { *mut gpt2rs::cuda_ety!($t0; $t) };
+    ($t0:ident; opt_in $t:tt) => { *const gpt2rs::cuda_ety!($t0; $t) };
+    ($t0:ident; opt_out $t:tt) => { *mut gpt2rs::cuda_ety!($t0; $t) };
+}
+
+/// The C value of one host argument.
+macro_rules! emu_value {
+    (val $an:ident) => {
+        $an
+    };
+    (in $an:ident) => {
+        $an.as_ptr()
+    };
+    (out $an:ident) => {
+        $an.as_mut_ptr()
+    };
+    (opt_in $an:ident) => {
+        $an.map_or(std::ptr::null(), |s| s.as_ptr())
+    };
+    (opt_out $an:ident) => {
+        $an.map_or(std::ptr::null_mut(), |s| s.as_mut_ptr())
+    };
+}
+
+/// The dtype tuples the host build instantiates (f32/f64 of
+/// `FOR_ALL_DTYPES`, `FOR_GRAD_PAIRS`, the cast pairs, optim.cu's pairs,
+/// attention_tc.cu's f32), as `(symbol, suffix, [DTypes])`.
+macro_rules! emu_class {
+    ([$cls:ident $($_d:ident)?] $($rest:tt)*) => { emu_class!(@$cls $($rest)*); };
+    (@one $($rest:tt)*) => {
+        emu_kernel!([(k_f32 "_f32" [F32]) (k_f64 "_f64" [F64])] $($rest)*);
+    };
+    (@tc $($rest:tt)*) => { emu_kernel!([(k_f32 "_f32" [F32])] $($rest)*); };
+    (@grad $($rest:tt)*) => {
+        emu_kernel!([(k_f32_f32 "_f32_f32" [F32 F32]) (k_f64_f64 "_f64_f64" [F64 F64])] $($rest)*);
+    };
+    (@pairs $($rest:tt)*) => {
+        emu_kernel!([(k_f32_f32 "_f32_f32" [F32 F32]) (k_f32_f64 "_f32_f64" [F32 F64])
+            (k_f64_f32 "_f64_f32" [F64 F32]) (k_f64_f64 "_f64_f64" [F64 F64])] $($rest)*);
+    };
+    (@optim $($rest:tt)*) => {
+        emu_kernel!([(k_f32_f32 "_f32_f32" [F32 F32]) (k_f64_f64 "_f64_f64" [F64 F64])
+            (k_f64_f32 "_f64_f32" [F64 F32])] $($rest)*);
+    };
+}
+
+/// The host binding of one kernel table (gpt2rs's `cuda_table_<module>!`):
+/// per entry, a module `name` holding the C signature `Sig<dtypes>` and
+/// the host symbols, and a function `name::<dtypes>(args...)` taking the
+/// launcher's argument list (slices for pointers) that checks the same
+/// lengths, takes the same geometry and runs the kernel.
+macro_rules! emulate {
+    ($module:ident; $(
+        $(#[$meta:meta])*
+        $kname:ident $(as $lname:ident)? <$t0:ident $(, $g:ident)*> $(for $cls:ident)?
+        ($($an:ident : $ak:tt $at:tt $([$($al:tt)+])?),* $(,)?)
+        @ $gf:ident ($($ga:expr),* $(,)?);
+    )*) => { $(
+        emu_class!([$($cls)? one] [$($lname)? $kname] $kname; $t0 [$($g)*];
+            [$($an : $ak $at [$($($al)+)?]),*]; $gf ($($ga),*));
+    )* };
+}
+
+macro_rules! emu_kernel {
+    ([$(($sym:ident $sfx:literal [$($dt:ident)*]))*] [$fname:ident $($_k:ident)?] $kname:ident;
+        $t0:ident [$($g:ident)*]; [$($an:ident : $ak:tt $at:tt [$($al:tt)*]),*];
+        $gf:ident ($($ga:expr),*)) => {
+        pub mod $fname {
+            #[allow(unused_imports)]
+            use super::*;
+            /// The kernel's C signature.
+            pub type Sig<$t0 $(, $g)*> = unsafe extern "C" fn($(emu_raw!($t0; $ak $at)),*);
+            extern "C" {
+                // Symbols only: called through `Sig` of their dtypes.
+                $( #[link_name = concat!(stringify!($kname), $sfx)] pub fn $sym(); )*
+            }
+        }
+        #[allow(clippy::too_many_arguments)]
+        pub fn $fname<$t0: gpt2rs::dtype::Element $(, $g: gpt2rs::dtype::Element)*>(
+            $($an: emu_param!($t0; $ak $at)),*
+        ) {
+            #[allow(unused_imports)]
+            use gpt2rs::dtype::{DType, Element};
+            let op = stringify!($kname);
+            $(gpt2rs::cuda_check!(op, $an, $ak, [$($al)*]).unwrap_or_else(|e| panic!("{e}"));)*
+            let geom = gpt2rs::kernels::cuda::geom::$gf($($ga),*);
+            let dtypes = (<$t0 as Element>::DTYPE, $(<$g as Element>::DTYPE,)*);
+            let sym: unsafe extern "C" fn() = match dtypes {
+                $( ($(DType::$dt,)*) => $fname::$sym, )*
+                d => panic!("{op}: no host instantiation for {d:?}"),
+            };
+            // SAFETY: `sym` is `<kname>_<dtypes>`, whose C signature is the
+            // table entry's, `Sig` of these dtypes.
+            let f = unsafe { std::mem::transmute::<unsafe extern "C" fn(), $fname::Sig<$t0 $(, $g)*>>(sym) };
+            $(let $an = emu_value!($ak $an);)*
+            // SAFETY: the pointers come from slices checked above to hold
+            // what the kernel touches; they outlive the launch.
+            launch(geom, || unsafe { f($($an),*) });
+        }
+    };
+}
+
+/// The host bindings, one module per `.cu` module, from gpt2rs's tables.
+pub mod elementwise {
+    use super::*;
+    gpt2rs::cuda_table_elementwise!(emulate);
+}
+/// activation.cu.
+pub mod activation {
+    use super::*;
+    gpt2rs::cuda_table_activation!(emulate);
+}
 
 macro_rules! kernel_tables {
     (
@@ -193,11 +226,6 @@ macro_rules! kernel_tables {
 // The signatures of cuda/*.cu (usize = u64 = `usize`, int = i32).
 kernel_tables! {
     same {
-        // elementwise.cu
-        fill(usize, f64, *mut T);
-        scale(usize, f64, *mut T);
-        axpy(usize, f64, *const T, *mut T);
-        add(usize, f64, *const T, f64, *mut T);
         // reduce.cu
         sum_axis(usize, usize, usize, f64, *const T, f64, *mut T);
         sum_rows(usize, usize, f64, *const T, f64, *mut T);
@@ -207,17 +235,6 @@ kernel_tables! {
         ssq_update(usize, *const f64, *mut f64);
         norm_from_ssq(*const f64, f64, f64, *mut T);
         add_col_parts(usize, usize, *const f64, *mut T, *mut T);
-        // activation.cu
-        gelu_fwd(usize, *const T, *mut T);
-        gelu_bwd(usize, *const T, *const T, *mut T);
-        gelu_bwd_inplace(usize, *const T, *mut T);
-        gelu_exact_fwd(usize, *const T, *mut T);
-        gelu_exact_bwd(usize, *const T, *const T, *mut T);
-        gelu_exact_bwd_inplace(usize, *const T, *mut T);
-        relu_fwd(usize, *const T, *mut T);
-        relu_bwd(usize, *const T, *const T, *mut T);
-        relu_bwd_inplace(usize, *const T, *mut T);
-        dropout(usize, u64, u64, f64, f64, usize, Dims8, Dims8, usize, *mut T);
         // bias.cu
         bias_fill(*const T, usize, usize, *mut T);
         bias_add(*const T, usize, usize, *mut T);
@@ -274,12 +291,6 @@ kernel_tables! {
     }
 }
 
-/// The kernels converting `S` to `D` (elementwise.cu).
-pub struct Conv<S: 'static, D: 'static> {
-    pub cast: unsafe extern "C" fn(usize, *const S, *mut D),
-    pub copy_block: unsafe extern "C" fn(BlockDims, usize, *const S, *mut D),
-}
-
 /// The optimizer steps for masters `P` and gradients `G` (optim.cu).
 #[allow(clippy::type_complexity)]
 pub struct Optim<P: 'static, G: 'static> {
@@ -305,25 +316,6 @@ pub struct Optim<P: 'static, G: 'static> {
         i32,
     ),
 }
-
-macro_rules! conv {
-    ($c:ident, $s:ty, $d:ty, $cast:literal, $copy:literal) => {
-        /// `cast` and `copy_block` of this dtype pair.
-        pub const $c: Conv<$s, $d> = {
-            extern "C" {
-                #[link_name = $cast]
-                fn cast(n: usize, x: *const $s, y: *mut $d);
-                #[link_name = $copy]
-                fn copy_block(d: BlockDims, total: usize, x: *const $s, y: *mut $d);
-            }
-            Conv { cast, copy_block }
-        };
-    };
-}
-conv!(CONV_F32_F32, f32, f32, "cast_f32_f32", "copy_block_f32_f32");
-conv!(CONV_F32_F64, f32, f64, "cast_f32_f64", "copy_block_f32_f64");
-conv!(CONV_F64_F32, f64, f32, "cast_f64_f32", "copy_block_f64_f32");
-conv!(CONV_F64_F64, f64, f64, "cast_f64_f64", "copy_block_f64_f64");
 
 macro_rules! optim {
     ($c:ident, $p:ty, $g:ty, $sgd:literal, $adam:literal) => {

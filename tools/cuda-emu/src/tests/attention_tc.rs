@@ -12,10 +12,8 @@
 //! one at a time (`b0 > 0`).
 
 use super::{close, eps, Buf, Rng};
-use crate::{launch, AttnDropArgs, Geom, ATTN_TC_F32};
+use crate::{launch, AttnDropArgs, ATTN_TC_F32};
 use gpt2rs::kernels::cpu::attention::{self as kt, AttnDropout};
-use gpt2rs::kernels::cuda::launch_attn_tc::ATTN_TC_BLOCK;
-use gpt2rs::kernels::cuda::{ceil_div, MAX_GRID, WARP_SIZE};
 
 const B: usize = 2;
 const NH: usize = 3;
@@ -23,14 +21,7 @@ const T_: usize = 40;
 const Q_TILES: [(usize, usize); 2] = [(0, 36), (36, 4)];
 const K_TILES: [(usize, usize); 2] = [(0, 20), (20, 20)];
 
-/// `warp_rows` of launch_attn_tc.rs (private there).
-fn warp_rows(rows: usize) -> Geom {
-    let per_block = (ATTN_TC_BLOCK / WARP_SIZE) as usize;
-    Geom {
-        grid: ceil_div(rows.max(1), per_block).min(MAX_GRID as usize) as u32,
-        block: (ATTN_TC_BLOCK, 1),
-    }
-}
+use crate::geom::warp_rows_tc as warp_rows;
 
 /// The first query row of a pair that sees a key (`Geo::new` of
 /// launch_attn_tc.rs, private there); `None`: the pair does nothing.

@@ -16,7 +16,7 @@ use crate::error::{shape_err, Result};
 use crate::kernels::cpu::activation::{self as ka, Activation};
 use crate::kernels::cpu::{bias as kb, dropout as kd};
 use crate::kernels::cuda::activation::{self as cact, DropoutGeometry};
-use crate::kernels::cuda::launch_layers::grad_pair_on_device;
+use crate::kernels::cuda::{bias as cbias, grad_pair_supported};
 use crate::runtime::DevBuffers;
 use crate::runtime::{Access, Buffers, Codelet, Where};
 use crate::tensor::Tensor;
@@ -80,7 +80,7 @@ impl Codelet for ActTask {
     }
     fn where_(&self) -> Where {
         match &self.op {
-            Op::BiasGrad { gt } if !grad_pair_on_device(self.dt, *gt) => Where::ANY_CPU,
+            Op::BiasGrad { gt } if !grad_pair_supported(self.dt, *gt) => Where::ANY_CPU,
             Op::Dropout { off, ts, shape, .. }
                 if DropoutGeometry::new(off, ts, shape).is_none() =>
             {
@@ -120,7 +120,7 @@ impl Codelet for ActTask {
         Ok(())
     }
     fn cuda(&self, b: &DevBuffers) -> Result<()> {
-        let (rows, cols, k, g) = (self.rows, self.cols, b.k(), b.gpu());
+        let (rows, cols, g) = (self.rows, self.cols, b.gpu());
         with_dtype!(self.dt, T, {
             match &self.op {
                 Op::Fwd(act) => {
@@ -132,9 +132,9 @@ impl Codelet for ActTask {
                     let mut dx = b.w::<T>(1 + !*in_place as usize)?;
                     cact::activation_bwd::<T>(g, *act, dx.len(), &b.r(0)?, dy.as_ref(), &mut dx)
                 }
-                Op::BiasFill => k.bias::<T>(false, &b.r(0)?, rows, cols, &mut b.w(1)?),
+                Op::BiasFill => cbias::bias_fill::<T>(g, &b.r(0)?, rows, cols, &mut b.w(1)?),
                 Op::BiasGrad { gt } => with_dtype!(*gt, G, {
-                    k.bias_grad::<T, G>(&b.r(0)?, rows, cols, &mut b.w(1)?)
+                    cbias::bias_grad::<T, G>(g, &b.r(0)?, rows, cols, &mut b.w(1)?)
                 }),
                 Op::Dropout {
                     seed,

@@ -15,7 +15,7 @@ use super::footprint;
 use crate::error::{arg_err, shape_err, Result};
 use crate::kernels::cpu::embedding as k;
 use crate::kernels::cuda::cuda_err;
-use crate::kernels::cuda::launch_copy::grad_pair_supported;
+use crate::kernels::cuda::grad_pair_supported;
 use crate::runtime::DevBuffers;
 use crate::runtime::{Access, Buffers, Codelet, DataHandle, Where};
 use crate::tensor::Tensor;

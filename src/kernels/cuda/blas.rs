@@ -712,7 +712,7 @@ where
     if fused {
         return Ok(());
     }
-    dev.kernels.bias::<T>(false, bias, batch * m, n, c)?;
+    super::bias::bias_fill::<T>(dev, bias, batch * m, n, c)?;
     gemm::<T>(
         dev, compute, trans_a, trans_b, m, n, k, batch, alpha, a, b, 1.0, c,
     )?;

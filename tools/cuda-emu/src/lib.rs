@@ -121,8 +121,7 @@ macro_rules! emu_class {
 }
 
 /// The host binding of one kernel table (gpt2rs's `cuda_table_<module>!`):
-/// per entry, a module `name` holding the C signature `Sig<dtypes>` and
-/// the host symbols, and a function `name::<dtypes>(args...)` taking the
+/// per entry, a module `name` holding the host symbols, and a function `name::<dtypes>(args...)` taking the
 /// launcher's argument list (slices for pointers) that checks the same
 /// lengths, takes the same geometry and runs the kernel.
 macro_rules! emulate {
@@ -144,8 +143,6 @@ macro_rules! emu_kernel {
         pub mod $fname {
             #[allow(unused_imports)]
             use super::*;
-            /// The kernel's C signature.
-            pub type Sig<$t0 $(, $g)*> = unsafe extern "C" fn($(emu_raw!($t0; $ak $at)),*);
             extern "C" {
                 // Symbols only: called through `Sig` of their dtypes.
                 $( #[link_name = concat!(stringify!($kname), $sfx)] pub fn $sym(); )*
@@ -166,8 +163,10 @@ macro_rules! emu_kernel {
                 d => panic!("{op}: no host instantiation for {d:?}"),
             };
             // SAFETY: `sym` is `<kname>_<dtypes>`, whose C signature is the
-            // table entry's, `Sig` of these dtypes.
-            let f = unsafe { std::mem::transmute::<unsafe extern "C" fn(), $fname::Sig<$t0 $(, $g)*>>(sym) };
+            // table entry's for these dtypes.
+            let f = unsafe {
+                std::mem::transmute::<unsafe extern "C" fn(), unsafe extern "C" fn($(emu_raw!($t0; $ak $at)),*)>(sym)
+            };
             $(let $an = emu_value!($ak $an);)*
             // SAFETY: the pointers come from slices checked above to hold
             // what the kernel touches; they outlive the launch.
@@ -185,6 +184,26 @@ pub mod elementwise {
 pub mod activation {
     use super::*;
     gpt2rs::cuda_table_activation!(emulate);
+}
+/// reduce.cu.
+pub mod reduce {
+    use super::*;
+    gpt2rs::cuda_table_reduce!(emulate);
+}
+/// bias.cu.
+pub mod bias {
+    use super::*;
+    gpt2rs::cuda_table_bias!(emulate);
+}
+/// layernorm.cu.
+pub mod layernorm {
+    use super::*;
+    gpt2rs::cuda_table_layernorm!(emulate);
+}
+/// crossentropy.cu.
+pub mod crossentropy {
+    use super::*;
+    gpt2rs::cuda_table_crossentropy!(emulate);
 }
 
 macro_rules! kernel_tables {
@@ -226,42 +245,10 @@ macro_rules! kernel_tables {
 // The signatures of cuda/*.cu (usize = u64 = `usize`, int = i32).
 kernel_tables! {
     same {
-        // reduce.cu
-        sum_axis(usize, usize, usize, f64, *const T, f64, *mut T);
-        sum_rows(usize, usize, f64, *const T, f64, *mut T);
-        sum_partial(usize, *const T, *mut f64);
-        sum_all(usize, *const f64, f64, f64, *mut T);
-        ssq_partial(usize, *const T, *mut f64);
-        ssq_update(usize, *const f64, *mut f64);
-        norm_from_ssq(*const f64, f64, f64, *mut T);
-        add_col_parts(usize, usize, *const f64, *mut T, *mut T);
-        // bias.cu
-        bias_fill(*const T, usize, usize, *mut T);
-        bias_add(*const T, usize, usize, *mut T);
-        bias_grad_part(*const T, usize, usize, usize, *mut f64);
         // embedding.cu
         embedding_rows_fwd(usize, *const i64, usize, *const T, usize, usize, *mut T);
         add_rows(*const T, usize, usize, usize, usize, *mut T);
         sinusoidal(usize, usize, usize, usize, usize, f64, *mut T);
-        // layernorm.cu
-        layernorm_stats_update(*const T, usize, usize, *mut A);
-        layernorm_stats_finalize(*const A, usize, f64, *mut A);
-        layernorm_fwd(*const T, *const A, *const T, *const T, usize, usize, *mut T);
-        layernorm_bwd_reduce(*const T, *const T, *const A, *const T, usize, usize, *mut A);
-        layernorm_bwd(
-            *const T, *const T, *const A, *const T, *const A, usize, usize, usize, i32, *mut T,
-        );
-        layernorm_param_grad_part(*const T, *const T, *const A, usize, usize, usize, *mut f64);
-        add_layernorm_stats_update(*const T, *const T, usize, usize, *mut T, *mut A);
-        add_layernorm_fwd(
-            *const T, *const T, *const T, *const T, usize, usize, f64, *mut T, *mut A, *mut T,
-        );
-        // crossentropy.cu
-        maxsumexp_init(usize, *mut A);
-        maxsumexp_update(*const T, usize, usize, *mut A);
-        ce_loss_target(*const T, usize, usize, usize, *const i64, *mut f64);
-        ce_loss_lse(*const A, usize, *const i64, *mut f64);
-        ce_bwd(*const A, usize, usize, usize, *const i64, f64, *mut T);
         // attention.cu: (q, k, v, b, tq, tk, [ks,] h, hs, q0, k0, scale, ...)
         attn_fwd_init(usize, usize, *mut A, *mut A, *mut A);
         flash_fwd(

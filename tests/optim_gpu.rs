@@ -8,8 +8,8 @@
 
 use cudarc::driver::DeviceRepr;
 use gpt2rs::kernels::cpu::optim::{adam_step, sgd_step};
+use gpt2rs::kernels::cuda::context::DevElement;
 use gpt2rs::kernels::cuda::context::{device_count, Gpu};
-use gpt2rs::kernels::cuda::launch::DevElement;
 use gpt2rs::Element;
 use half::{bf16, f16};
 use std::sync::Arc;
@@ -86,19 +86,19 @@ fn sgd_case<P: DevElement, G: DevElement>(
             step == 1,
         );
         let mut dbuf_view = dbuf.as_view_mut();
-        dev.kernels
-            .sgd_step::<P, G>(
-                &mut dp.as_view_mut(),
-                &dg.as_view(),
-                (momentum != 0.0).then_some(&mut dbuf_view),
-                lr,
-                momentum,
-                dampening,
-                nesterov,
-                wd,
-                step == 1,
-            )
-            .unwrap();
+        gpt2rs::kernels::cuda::optim::sgd_step::<P, G>(
+            dev,
+            &mut dp.as_view_mut(),
+            &dg.as_view(),
+            (momentum != 0.0).then_some(&mut dbuf_view),
+            lr,
+            momentum,
+            dampening,
+            nesterov,
+            wd,
+            step == 1,
+        )
+        .unwrap();
     }
     let what = format!(
         "sgd {:?}/{:?} momentum={momentum} dampening={dampening} nesterov={nesterov} wd={wd}",
@@ -138,21 +138,21 @@ fn adam_case<P: DevElement, G: DevElement>(
         adam_step(
             &mut p, &g, &mut m, &mut v, step, lr, beta1, beta2, 1e-8, wd, decoupled,
         );
-        dev.kernels
-            .adam_step::<P, G>(
-                &mut dp.as_view_mut(),
-                &dg.as_view(),
-                &mut dm.as_view_mut(),
-                &mut dv.as_view_mut(),
-                step,
-                lr,
-                beta1,
-                beta2,
-                1e-8,
-                wd,
-                decoupled,
-            )
-            .unwrap();
+        gpt2rs::kernels::cuda::optim::adam_step::<P, G>(
+            dev,
+            &mut dp.as_view_mut(),
+            &dg.as_view(),
+            &mut dm.as_view_mut(),
+            &mut dv.as_view_mut(),
+            step,
+            lr,
+            beta1,
+            beta2,
+            1e-8,
+            wd,
+            decoupled,
+        )
+        .unwrap();
     }
     let what = format!(
         "adam {:?}/{:?} betas=({beta1}, {beta2}) wd={wd} decoupled={decoupled}",

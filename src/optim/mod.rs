@@ -13,8 +13,8 @@ use crate::dtype::DType;
 use crate::error::{arg_err, Result};
 use crate::kernels::cpu::elementwise::cast;
 use crate::kernels::cpu::optim as k;
-use crate::kernels::cuda::launch::DevElement;
-use crate::kernels::cuda::launch_optim::optim_supported;
+use crate::kernels::cuda::context::DevElement;
+use crate::kernels::cuda::optim::optim_supported;
 use crate::model::Gpt2;
 use crate::runtime::DevBuffers;
 use crate::runtime::{Access, Buffers, Codelet, DataHandle, Where};
@@ -212,7 +212,7 @@ impl OptimStep {
         P::Acc: DeviceRepr,
         G::Acc: DeviceRepr,
     {
-        let kern = b.k();
+        let gpu = b.gpu();
         let mut p = b.w::<P>(0)?;
         let g = b.r::<G>(1)?;
         match self.kind {
@@ -226,7 +226,8 @@ impl OptimStep {
                 } else {
                     None
                 };
-                kern.sgd_step::<P, G>(
+                crate::kernels::cuda::optim::sgd_step::<P, G>(
+                    gpu,
                     &mut p,
                     &g,
                     buf.as_mut(),
@@ -243,7 +244,8 @@ impl OptimStep {
                 beta2,
                 eps,
                 decoupled,
-            } => kern.adam_step::<P, G>(
+            } => crate::kernels::cuda::optim::adam_step::<P, G>(
+                gpu,
                 &mut p,
                 &g,
                 &mut b.w::<P>(2)?,

@@ -26,13 +26,13 @@ pub mod blas;
 pub mod context;
 pub mod crossentropy;
 pub mod elementwise;
+pub mod embedding;
 pub mod geom;
 pub mod launch;
 pub mod launch_attn;
 pub mod launch_attn_tc;
-pub mod launch_copy;
-pub mod launch_optim;
 pub mod layernorm;
+pub mod optim;
 pub mod reduce;
 
 use crate::error::{Error, Result};

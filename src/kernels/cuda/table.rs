@@ -16,6 +16,7 @@
 //!     s: in A [rows * 2],    // A is the first dtype's accumulator, T::Acc
 //!     y: out T [>= n],       // T*: an output of at least n elements
 //!     r: opt_in T [n],       // nullable const T* (Option; None passes null)
+//!     ix: in i64 [..],       // any length (a data-dependent contract)
 //! ) @ geometry(args);        // a function of crate::kernels::cuda::geom
 //! ```
 //!
@@ -68,6 +69,7 @@ macro_rules! cuda_check {
     ($op:expr, $an:ident, val, []) => { $crate::error::Result::Ok(()) };
     ($op:expr, $an:ident, opt_in, [$($l:tt)+]) => { $crate::cuda_check!(@opt $op, $an, [$($l)+]) };
     ($op:expr, $an:ident, opt_out, [$($l:tt)+]) => { $crate::cuda_check!(@opt $op, $an, [$($l)+]) };
+    ($op:expr, $an:ident, $k:tt, [..]) => { $crate::error::Result::Ok(()) };
     ($op:expr, $an:ident, $k:tt, [>= $($l:tt)+]) => {
         $crate::kernels::cuda::table::check_min($op, stringify!($an), $($l)+, $an.len())
     };

@@ -200,6 +200,16 @@ pub mod layernorm {
     use super::*;
     gpt2rs::cuda_table_layernorm!(emulate);
 }
+/// embedding.cu.
+pub mod embedding {
+    use super::*;
+    gpt2rs::cuda_table_embedding!(emulate);
+}
+/// optim.cu.
+pub mod optim {
+    use super::*;
+    gpt2rs::cuda_table_optim!(emulate);
+}
 /// crossentropy.cu.
 pub mod crossentropy {
     use super::*;
@@ -245,10 +255,6 @@ macro_rules! kernel_tables {
 // The signatures of cuda/*.cu (usize = u64 = `usize`, int = i32).
 kernel_tables! {
     same {
-        // embedding.cu
-        embedding_rows_fwd(usize, *const i64, usize, *const T, usize, usize, *mut T);
-        add_rows(*const T, usize, usize, usize, usize, *mut T);
-        sinusoidal(usize, usize, usize, usize, usize, f64, *mut T);
         // attention.cu: (q, k, v, b, tq, tk, [ks,] h, hs, q0, k0, scale, ...)
         attn_fwd_init(usize, usize, *mut A, *mut A, *mut A);
         flash_fwd(
@@ -270,111 +276,8 @@ kernel_tables! {
             usize, usize, usize, usize, f64, *mut T, *mut T, *mut T,
         );
     }
-    pair {
-        embedding_bwd_sorted(
-            usize, *const i64, *const i64, *const i64, usize, *const T, usize, usize, *mut T,
-        );
-        add_rows_bwd(*const T, usize, usize, usize, usize, *mut T);
-    }
+    pair {}
 }
-
-/// The optimizer steps for masters `P` and gradients `G` (optim.cu).
-#[allow(clippy::type_complexity)]
-pub struct Optim<P: 'static, G: 'static> {
-    pub sgd_step:
-        unsafe extern "C" fn(usize, *mut P, *const G, *mut P, P, P, i32, i32, P, P, i32, i32),
-    pub adam_step: unsafe extern "C" fn(
-        usize,
-        *mut P,
-        *const G,
-        *mut P,
-        *mut P,
-        P,
-        P,
-        P,
-        P,
-        P,
-        i32,
-        P,
-        P,
-        P,
-        P,
-        i32,
-        i32,
-    ),
-}
-
-macro_rules! optim {
-    ($c:ident, $p:ty, $g:ty, $sgd:literal, $adam:literal) => {
-        /// `sgd_step` and `adam_step` of this (master, gradient) pair.
-        pub const $c: Optim<$p, $g> = {
-            type P = $p;
-            type G = $g;
-            extern "C" {
-                #[link_name = $sgd]
-                fn sgd(
-                    n: usize,
-                    p: *mut P,
-                    g: *const G,
-                    buf: *mut P,
-                    neg_lr: P,
-                    wd: P,
-                    decay: i32,
-                    has_momentum: i32,
-                    mom: P,
-                    one_m_damp: P,
-                    nesterov: i32,
-                    first_step: i32,
-                );
-                #[link_name = $adam]
-                fn adam(
-                    n: usize,
-                    p: *mut P,
-                    g: *const G,
-                    m: *mut P,
-                    v: *mut P,
-                    neg_step_size: P,
-                    bc2_sqrt: P,
-                    eps: P,
-                    w: P,
-                    one_m_w: P,
-                    lerp_lo: i32,
-                    b2: P,
-                    one_m_b2: P,
-                    wd: P,
-                    decay_p: P,
-                    couple: i32,
-                    decouple: i32,
-                );
-            }
-            Optim {
-                sgd_step: sgd,
-                adam_step: adam,
-            }
-        };
-    };
-}
-optim!(
-    OPTIM_F32_F32,
-    f32,
-    f32,
-    "sgd_step_f32_f32",
-    "adam_step_f32_f32"
-);
-optim!(
-    OPTIM_F64_F64,
-    f64,
-    f64,
-    "sgd_step_f64_f64",
-    "adam_step_f64_f64"
-);
-optim!(
-    OPTIM_F64_F32,
-    f64,
-    f32,
-    "sgd_step_f64_f32",
-    "adam_step_f64_f32"
-);
 
 /// The row kernels of attention_tc.cu (f32/bf16/f16 storage, f32 scores and
 /// statistics; the host build has f32): `T` is the storage dtype.

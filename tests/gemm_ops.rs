@@ -275,8 +275,8 @@ mod gpu {
     use gpt2rs::kernels::cpu::bias::bias_fill;
     use gpt2rs::kernels::cpu::gemm::gemm as cpu_gemm;
     use gpt2rs::kernels::cuda::blas::{self, BiasAct};
+    use gpt2rs::kernels::cuda::context::DevElement;
     use gpt2rs::kernels::cuda::context::{device_count, Gpu};
-    use gpt2rs::kernels::cuda::launch::DevElement;
     use gpt2rs::Element;
     use half::{bf16, f16};
     use std::sync::Arc;

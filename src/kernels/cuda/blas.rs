@@ -37,9 +37,9 @@
 
 use crate::dtype::{DType, Element, GemmCompute};
 use crate::error::{arg_err, shape_err, Result};
+use crate::kernels::cuda::context::DevElement;
 use crate::kernels::cuda::context::Gpu;
 use crate::kernels::cuda::cuda_err;
-use crate::kernels::cuda::launch::DevElement;
 use cudarc::cublas::{result as blas_result, sys as blas_sys};
 use cudarc::cublaslt::{result as lt_result, sys as lt_sys};
 use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr};

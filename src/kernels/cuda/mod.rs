@@ -21,6 +21,8 @@
 #[macro_use]
 pub mod table;
 pub mod activation;
+pub mod attention;
+pub mod attention_tc;
 pub mod bias;
 pub mod blas;
 pub mod context;
@@ -28,9 +30,6 @@ pub mod crossentropy;
 pub mod elementwise;
 pub mod embedding;
 pub mod geom;
-pub mod launch;
-pub mod launch_attn;
-pub mod launch_attn_tc;
 pub mod layernorm;
 pub mod optim;
 pub mod reduce;

@@ -1,9 +1,11 @@
 //! The CUDA kernels of `cuda/*.cu`, compiled as host C++ (f32/f64
 //! instantiations; `cpp/emu.h` emulates the CUDA subset they use), launched
-//! with the geometry and arguments of gpt2rs's launchers and compared with
-//! gpt2rs's CPU kernels. The comparisons are this crate's tests (`src/tests`);
-//! the library is the launch function, the launchers' geometry and the
-//! kernels' signatures.
+//! through bindings generated from gpt2rs's kernel tables (the ones its
+//! cudarc launchers come from: same argument lists, length checks and
+//! geometry) and compared with gpt2rs's CPU kernels. The comparisons are
+//! this crate's tests (`src/tests`); the library is the launch function and
+//! one module of bindings per `.cu` module (`elementwise::fill::<T>(n,
+//! value, y)`, ...).
 //!
 //! What this checks: the kernels' index arithmetic, partial tiles, block and
 //! warp reductions, argument order and struct layouts, and the rounding the
@@ -16,9 +18,9 @@ use std::cell::Cell;
 use std::ffi::c_void;
 
 pub use gpt2rs::kernels::cuda::activation::Dims8;
+pub use gpt2rs::kernels::cuda::attention::AttnDropArgs;
 pub use gpt2rs::kernels::cuda::elementwise::BlockDims;
 pub use gpt2rs::kernels::cuda::geom::{self, Geom};
-pub use gpt2rs::kernels::cuda::launch_attn::AttnDropArgs;
 
 extern "C" {
     fn emu_launch(body: extern "C" fn(*mut c_void), arg: *mut c_void, grid: u32, bx: u32, by: u32);
@@ -210,166 +212,21 @@ pub mod optim {
     use super::*;
     gpt2rs::cuda_table_optim!(emulate);
 }
+/// attention.cu.
+pub mod attention {
+    use super::*;
+    gpt2rs::cuda_table_attention!(emulate);
+}
+/// attention_tc.cu.
+pub mod attention_tc {
+    use super::*;
+    gpt2rs::cuda_table_attention_tc!(emulate);
+}
 /// crossentropy.cu.
 pub mod crossentropy {
     use super::*;
     gpt2rs::cuda_table_crossentropy!(emulate);
 }
-
-macro_rules! kernel_tables {
-    (
-        same { $( $n1:ident ( $($a1:ty),* $(,)? ); )* }
-        pair { $( $n2:ident ( $($a2:ty),* $(,)? ); )* }
-    ) => {
-        /// Every single-dtype kernel of one instantiation: `T` the storage
-        /// dtype, `A` its accumulator (`ACC(T)`, which is `T` for f32/f64).
-        /// The `pair` kernels are the `_T_G` ones with `G = T`.
-        pub struct Kernels<T: 'static, A: 'static> {
-            $( pub $n1: unsafe extern "C" fn($($a1),*), )*
-            $( pub $n2: unsafe extern "C" fn($($a2),*), )*
-        }
-        kernel_tables!(@one f32_kernels, F32, f32, "_f32", "_f32_f32";
-            $( $n1 ( $($a1),* ); )* ; $( $n2 ( $($a2),* ); )*);
-        kernel_tables!(@one f64_kernels, F64, f64, "_f64", "_f64_f64";
-            $( $n1 ( $($a1),* ); )* ; $( $n2 ( $($a2),* ); )*);
-    };
-    (@one $m:ident, $c:ident, $t:ty, $s1:literal, $s2:literal;
-        $( $n1:ident ( $($a1:ty),* ); )* ; $( $n2:ident ( $($a2:ty),* ); )*) => {
-        mod $m {
-            use super::*;
-            type T = $t;
-            type A = $t;
-            extern "C" {
-                $( #[link_name = concat!(stringify!($n1), $s1)] pub fn $n1($(_: $a1),*); )*
-                $( #[link_name = concat!(stringify!($n2), $s2)] pub fn $n2($(_: $a2),*); )*
-            }
-        }
-        /// The kernels instantiated for this dtype.
-        pub const $c: Kernels<$t, $t> = Kernels {
-            $( $n1: $m::$n1, )*
-            $( $n2: $m::$n2, )*
-        };
-    };
-}
-
-// The signatures of cuda/*.cu (usize = u64 = `usize`, int = i32).
-kernel_tables! {
-    same {
-        // attention.cu: (q, k, v, b, tq, tk, [ks,] h, hs, q0, k0, scale, ...)
-        attn_fwd_init(usize, usize, *mut A, *mut A, *mut A);
-        flash_fwd(
-            *const T, *const T, *const T, usize, usize, usize, usize, usize, usize, usize, usize,
-            f64, AttnDropArgs, *mut A, *mut A, *mut A,
-        );
-        attn_fwd_update(
-            *const T, *const T, *const T, usize, usize, usize, usize, usize, usize, usize, f64,
-            *mut A, *mut A, *mut A,
-        );
-        attn_fwd_finalize(*const A, *const A, *const A, usize, usize, *mut T, *mut A);
-        attn_bwd_delta(*const T, *const T, usize, usize, *mut A);
-        flash_bwd(
-            *const T, *const T, *const T, *const T, *const A, *const A, usize, usize, usize,
-            usize, usize, usize, usize, f64, AttnDropArgs, *mut T, *mut T, *mut T,
-        );
-        attn_bwd_update(
-            *const T, *const T, *const T, *const T, *const A, *const A, usize, usize, usize,
-            usize, usize, usize, usize, f64, *mut T, *mut T, *mut T,
-        );
-    }
-    pair {}
-}
-
-/// The row kernels of attention_tc.cu (f32/bf16/f16 storage, f32 scores and
-/// statistics; the host build has f32): `T` is the storage dtype.
-#[allow(clippy::type_complexity)]
-pub struct AttnTc<T: 'static> {
-    /// `(s, rows, nr, tk, tq, h, hs, first, q0, k0, b0, drop, m, l, acc, p)`.
-    pub fwd_rows: unsafe extern "C" fn(
-        *const f32,
-        usize,
-        usize,
-        usize,
-        usize,
-        usize,
-        usize,
-        usize,
-        usize,
-        usize,
-        usize,
-        AttnDropArgs,
-        *mut f32,
-        *mut f32,
-        *mut f32,
-        *mut T,
-    ),
-    /// `(s, dp, lse, delta, rows, nr, tk, tq, h, first, q0, k0, b0, drop, pd, ds)`.
-    pub bwd_rows: unsafe extern "C" fn(
-        *const f32,
-        *const f32,
-        *const f32,
-        *const f32,
-        usize,
-        usize,
-        usize,
-        usize,
-        usize,
-        usize,
-        usize,
-        usize,
-        usize,
-        AttnDropArgs,
-        *mut T,
-        *mut T,
-    ),
-}
-
-/// attention_tc.cu's kernels for f32 storage.
-pub const ATTN_TC_F32: AttnTc<f32> = {
-    extern "C" {
-        #[link_name = "attn_tc_fwd_rows_f32"]
-        fn fwd(
-            s: *const f32,
-            rows: usize,
-            nr: usize,
-            tk: usize,
-            tq: usize,
-            h: usize,
-            hs: usize,
-            first: usize,
-            q0: usize,
-            k0: usize,
-            b0: usize,
-            drop: AttnDropArgs,
-            m: *mut f32,
-            l: *mut f32,
-            acc: *mut f32,
-            p: *mut f32,
-        );
-        #[link_name = "attn_tc_bwd_rows_f32"]
-        fn bwd(
-            s: *const f32,
-            dp: *const f32,
-            lse: *const f32,
-            delta: *const f32,
-            rows: usize,
-            nr: usize,
-            tk: usize,
-            tq: usize,
-            h: usize,
-            first: usize,
-            q0: usize,
-            k0: usize,
-            b0: usize,
-            drop: AttnDropArgs,
-            pd: *mut f32,
-            ds: *mut f32,
-        );
-    }
-    AttnTc {
-        fwd_rows: fwd,
-        bwd_rows: bwd,
-    }
-};
 
 /// The modules build.rs compiled, in its order.
 pub const MODULES: &str = env!("CUDA_EMU_MODULES");

@@ -9,7 +9,6 @@
 //! transcendental function that libdevice computes differently from the
 //! CPU's libm).
 
-use crate::{Kernels, F32, F64};
 use gpt2rs::dtype::{Accum, Element};
 use gpt2rs::kernels::cuda::geom::COL_ROW_BLOCK;
 use std::fmt::Debug;
@@ -25,16 +24,10 @@ mod layernorm;
 mod optim;
 mod reduce;
 
-/// f32 or f64: its own accumulator type, with its kernels.
-pub trait Dev: Element<Acc = Self> + Accum + Debug {
-    const K: Kernels<Self, Self>;
-}
-impl Dev for f32 {
-    const K: Kernels<f32, f32> = F32;
-}
-impl Dev for f64 {
-    const K: Kernels<f64, f64> = F64;
-}
+/// f32 or f64: its own accumulator type (the host build's dtypes).
+pub trait Dev: Element<Acc = Self> + Accum + Debug {}
+impl Dev for f32 {}
+impl Dev for f64 {}
 
 /// Machine epsilon of `T`.
 pub fn eps<T: Element>() -> f64 {
@@ -88,9 +81,6 @@ impl<T: Element + Debug> Buf<T> {
     }
     pub fn filled(n: usize, value: f64) -> Self {
         Self::new(&vec![T::from_f64(value); n])
-    }
-    pub fn m(&mut self) -> *mut T {
-        self.v[PAD..].as_mut_ptr()
     }
     /// The contents, after checking that nothing was written around them.
     pub fn get(&self) -> &[T] {

@@ -2,8 +2,8 @@
 //! (query tile, key tile) pair through cuBLAS ([`gemm_strided`], batched
 //! over the heads of one batch row), the softmax steps between them in
 //! `cuda/attention_tc.cu` (formulas and layouts in its header). Same
-//! operands and semantics as [`CudaKernels::flash_fwd`] (without a KV-cache
-//! batch stride) and [`CudaKernels::flash_bwd`], for f32, bf16 and f16
+//! operands and semantics as [`flash_fwd`](super::attention::flash_fwd) (without a KV-cache
+//! batch stride) and [`flash_bwd`](super::attention::flash_bwd), for f32, bf16 and f16
 //! storage (f64 keeps the warp path).
 //!
 //! Per task, only the query rows `first..tq` that see a key of the tile
@@ -27,25 +27,48 @@
 //! f32 products run in true fp32 (CUBLAS_COMPUTE_32F: the task knows nothing
 //! of a TF32 mode); bf16/f16 run on tensor cores with f32 accumulation.
 
+use super::attention::AttnDropArgs;
 use super::blas::{gemm_strided, Strided};
-use super::launch::{CudaKernels, DevElement};
-use super::launch_attn::AttnDropArgs;
-use super::{ceil_div, cuda_err, kernel_name, Module, MAX_GRID, WARP_SIZE};
+use super::context::{drv, DevElement, Gpu};
 use crate::dtype::{DType, Element, GemmCompute};
 use crate::error::{arg_err, shape_err, Result};
-use crate::kernels::cuda::context::Gpu;
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr};
 
-/// Block size of the row kernels (one warp per row of scores).
-pub const ATTN_TC_BLOCK: u32 = 256;
+#[macro_export]
+#[doc(hidden)]
+macro_rules! cuda_table_attention_tc {
+    ($cb:ident) => {
+        $cb! { AttentionTc;
+            /// The forward softmax step over the `rows = nb * h * nr` rows of a
+            /// chunk of `nb` batch rows from `b0`: scores `s` in, probabilities
+            /// `p` out, the tile's statistics and `acc` rescaled.
+            attn_tc_fwd_rows<T> for tc (
+                s: in f32 [>= rows * tk], rows: val usize, nr: val usize, tk: val usize,
+                tq: val usize, h: val usize, hs: val usize, first: val usize, q0: val usize,
+                k0: val usize, b0: val usize, drop: val AttnDropArgs,
+                m: out A [>= (b0 + rows / (h * nr).max(1)) * tq * h],
+                l: out A [>= (b0 + rows / (h * nr).max(1)) * tq * h],
+                acc: out A [>= (b0 + rows / (h * nr).max(1)) * tq * h * hs],
+                p: out T [>= rows * tk],
+            ) @ warp_rows_tc(rows);
+            /// The backward softmax step over the rows of a chunk: `pd` and `ds`
+            /// from the scores `s` and `dp = dO V^T`.
+            attn_tc_bwd_rows<T> for tc (
+                s: in f32 [>= rows * tk], dp: in f32 [>= rows * tk],
+                lse: in A [>= (b0 + rows / (h * nr).max(1)) * tq * h],
+                delta: in A [>= (b0 + rows / (h * nr).max(1)) * tq * h], rows: val usize,
+                nr: val usize, tk: val usize, tq: val usize, h: val usize, first: val usize,
+                q0: val usize, k0: val usize, b0: val usize, drop: val AttnDropArgs,
+                pd: out T [>= rows * tk], ds: out T [>= rows * tk],
+            ) @ warp_rows_tc(rows);
+        }
+    };
+}
+crate::cuda_table_attention_tc!(launchers);
 
 /// Elements of one scratch block of scores (64 MiB in f32): batch rows are
 /// processed in chunks that fit (at least one batch row at a time).
 pub const SCORE_BUDGET: usize = 1 << 24;
-
-fn drv(e: cudarc::driver::DriverError) -> crate::error::Error {
-    cuda_err(format!("driver: {e}"))
-}
 
 fn check_len(op: &str, want: usize, got: usize) -> Result<()> {
     if want == got {
@@ -135,21 +158,6 @@ impl Geo {
     }
 }
 
-/// One warp per row, rows visited by a warp-stride loop (so capping the
-/// grid is safe).
-fn warp_rows(rows: usize) -> LaunchConfig {
-    let per_block = (ATTN_TC_BLOCK / WARP_SIZE) as usize;
-    LaunchConfig {
-        grid_dim: (
-            ceil_div(rows.max(1), per_block).min(MAX_GRID as usize) as u32,
-            1,
-            1,
-        ),
-        block_dim: (ATTN_TC_BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
 fn check_dtype<T: DevElement>(op: &str, hs: usize) -> Result<()>
 where
     T::Acc: DeviceRepr,
@@ -175,115 +183,8 @@ fn scratch<E: DeviceRepr>(dev: &Gpu, n: usize) -> Result<CudaSlice<E>> {
     unsafe { dev.stream.alloc::<E>(n) }.map_err(drv)
 }
 
-impl CudaKernels {
-    /// The forward row kernel over the `rows = nb * h * nr` rows of a chunk
-    /// starting at batch row `b0` (see `cuda/attention_tc.cu`).
-    #[allow(clippy::too_many_arguments)]
-    fn attn_tc_fwd_rows<T: DevElement>(
-        &self,
-        g: &Geo,
-        b0: usize,
-        nb: usize,
-        s: &CudaSlice<f32>,
-        drop: &AttnDropArgs,
-        m: &mut CudaViewMut<T::Acc>,
-        l: &mut CudaViewMut<T::Acc>,
-        acc: &mut CudaViewMut<T::Acc>,
-        p: &mut CudaSlice<T>,
-    ) -> Result<()>
-    where
-        T::Acc: DeviceRepr,
-    {
-        let rows = nb * g.h * g.nr;
-        if s.len() < rows * g.tk || p.len() < rows * g.tk {
-            return Err(shape_err("cuda.attn_tc_fwd_rows", "scratch too small"));
-        }
-        let f = self.func(
-            Module::AttentionTc,
-            &kernel_name("attn_tc_fwd_rows", &[T::DTYPE]),
-        )?;
-        let mut b = self.stream().launch_builder(&f);
-        b.arg(s)
-            .arg(&rows)
-            .arg(&g.nr)
-            .arg(&g.tk)
-            .arg(&g.tq)
-            .arg(&g.h)
-            .arg(&g.hs)
-            .arg(&g.first)
-            .arg(&g.q0)
-            .arg(&g.k0)
-            .arg(&b0)
-            .arg(drop)
-            .arg(m)
-            .arg(l)
-            .arg(acc)
-            .arg(p);
-        // SAFETY: matches `attn_tc_fwd_rows_<T>(const float* s, usize rows,
-        // nr, tk, tq, h, hs, first, q0, k0, b0, AttnDrop, float* m, float* l,
-        // float* acc, T* p)`; the kernel reads rows * tk scores and writes as
-        // many probabilities (checked above), and the statistics and acc of
-        // the rows b0 .. b0 + nb, first .. tq of the tile (lengths checked
-        // by the caller).
-        unsafe { b.launch(warp_rows(rows)) }.map_err(drv)?;
-        Ok(())
-    }
-
-    /// The backward row kernel over the rows of a chunk.
-    #[allow(clippy::too_many_arguments)]
-    fn attn_tc_bwd_rows<T: DevElement>(
-        &self,
-        g: &Geo,
-        b0: usize,
-        nb: usize,
-        s: &CudaSlice<f32>,
-        dp: &CudaSlice<f32>,
-        lse: &CudaView<T::Acc>,
-        delta: &CudaView<T::Acc>,
-        drop: &AttnDropArgs,
-        pd: &mut CudaSlice<T>,
-        ds: &mut CudaSlice<T>,
-    ) -> Result<()>
-    where
-        T::Acc: DeviceRepr,
-    {
-        let rows = nb * g.h * g.nr;
-        let n = rows * g.tk;
-        if s.len() < n || dp.len() < n || pd.len() < n || ds.len() < n {
-            return Err(shape_err("cuda.attn_tc_bwd_rows", "scratch too small"));
-        }
-        let f = self.func(
-            Module::AttentionTc,
-            &kernel_name("attn_tc_bwd_rows", &[T::DTYPE]),
-        )?;
-        let mut b = self.stream().launch_builder(&f);
-        b.arg(s)
-            .arg(dp)
-            .arg(lse)
-            .arg(delta)
-            .arg(&rows)
-            .arg(&g.nr)
-            .arg(&g.tk)
-            .arg(&g.tq)
-            .arg(&g.h)
-            .arg(&g.first)
-            .arg(&g.q0)
-            .arg(&g.k0)
-            .arg(&b0)
-            .arg(drop)
-            .arg(pd)
-            .arg(ds);
-        // SAFETY: matches `attn_tc_bwd_rows_<T>(const float* s, const float*
-        // dp, const float* lse, const float* delta, usize rows, nr, tk, tq,
-        // h, first, q0, k0, b0, AttnDrop, T* pd, T* ds)`; scratch lengths
-        // checked above, lse and delta by the caller.
-        unsafe { b.launch(warp_rows(rows)) }.map_err(drv)?;
-        Ok(())
-    }
-}
-
 /// The forward update of one key tile on tensor cores: the same operands
-/// and result as [`CudaKernels::flash_fwd`] with `ks == tk` (`dims` =
+/// and result as [`flash_fwd`](super::attention::flash_fwd) with `ks == tk` (`dims` =
 /// `[b, tq, tk, h, hs]`, `pos` = `[q0, k0]`).
 #[allow(clippy::too_many_arguments)]
 pub fn attn_fwd_tc<T: DevElement>(
@@ -330,8 +231,12 @@ where
                 (&mut s.as_view_mut(), g.s_heads(bi, b0)),
             )?;
         }
-        dev.kernels
-            .attn_tc_fwd_rows::<T>(&g, b0, nb, &s, drop, m, l, acc, &mut p)?;
+        let (rows, d) = (nb * g.h * g.nr, *drop);
+        let (sv, pv) = (&s.as_view(), &mut p.as_view_mut());
+        #[rustfmt::skip]
+        attn_tc_fwd_rows::<T>(
+            dev, sv, rows, g.nr, g.tk, g.tq, g.h, g.hs, g.first, g.q0, g.k0, b0, d, m, l, acc, pv,
+        )?;
         for bi in b0..b0 + nb {
             // acc_h += Pd_h V_h: [nr, tk] x [tk, hs] per head, after the
             // row kernel rescaled acc.
@@ -351,7 +256,7 @@ where
 }
 
 /// The backward of one (query tile, key tile) pair on tensor cores: the
-/// same operands and result as [`CudaKernels::flash_bwd`] (`dims` =
+/// same operands and result as [`flash_bwd`](super::attention::flash_bwd) (`dims` =
 /// `[b, tq, tk, h, hs]`, `pos` = `[q0, k0]`).
 #[allow(clippy::too_many_arguments)]
 pub fn attn_bwd_tc<T: DevElement>(
@@ -417,8 +322,14 @@ where
                 (&mut dp.as_view_mut(), g.s_heads(bi, b0)),
             )?;
         }
-        dev.kernels
-            .attn_tc_bwd_rows::<T>(&g, b0, nb, &s, &dp, lse, delta, drop, &mut pd, &mut ds)?;
+        let (rows, d) = (nb * g.h * g.nr, *drop);
+        let (sv, dpv) = (&s.as_view(), &dp.as_view());
+        let (pdv, dsv) = (&mut pd.as_view_mut(), &mut ds.as_view_mut());
+        #[rustfmt::skip]
+        attn_tc_bwd_rows::<T>(
+            dev, sv, dpv, lse, delta, rows, g.nr, g.tk, g.tq, g.h, g.first, g.q0, g.k0, b0, d,
+            pdv, dsv,
+        )?;
         let (pd, ds) = (pd.as_view(), ds.as_view());
         for bi in b0..b0 + nb {
             // dV_h += Pd_h^T dO_h: [tk, nr] x [nr, hs].

@@ -6,7 +6,6 @@
 //! every (master, gradient) dtype pair the kernels have, over several steps
 //! (the first SGD step initialises the momentum buffer).
 
-use cudarc::driver::DeviceRepr;
 use gpt2rs::kernels::cpu::optim::{adam_step, sgd_step};
 use gpt2rs::kernels::cuda::context::DevElement;
 use gpt2rs::kernels::cuda::context::{device_count, Gpu};
@@ -61,10 +60,7 @@ fn sgd_case<P: DevElement, G: DevElement>(
     dampening: f64,
     nesterov: bool,
     wd: f64,
-) where
-    P::Acc: DeviceRepr,
-    G::Acc: DeviceRepr,
-{
+) {
     let st = &dev.stream;
     let mut p = host::<P>(N, 1, -1.0, 1.0);
     let mut buf = vec![P::default(); if momentum != 0.0 { N } else { 0 }];
@@ -121,10 +117,7 @@ fn adam_case<P: DevElement, G: DevElement>(
     beta2: f64,
     wd: f64,
     decoupled: bool,
-) where
-    P::Acc: DeviceRepr,
-    G::Acc: DeviceRepr,
-{
+) {
     let st = &dev.stream;
     let mut p = host::<P>(N, 2, -1.0, 1.0);
     let (mut m, mut v) = (vec![P::default(); N], vec![P::default(); N]);
@@ -166,11 +159,7 @@ fn adam_case<P: DevElement, G: DevElement>(
     }
 }
 
-fn all_cases<P: DevElement, G: DevElement>(dev: &Gpu)
-where
-    P::Acc: DeviceRepr,
-    G::Acc: DeviceRepr,
-{
+fn all_cases<P: DevElement, G: DevElement>(dev: &Gpu) {
     sgd_case::<P, G>(dev, 0.0, 0.0, false, 0.0);
     sgd_case::<P, G>(dev, 0.0, 0.0, false, 0.01);
     sgd_case::<P, G>(dev, 0.9, 0.1, false, 0.01);

@@ -20,7 +20,6 @@ use crate::runtime::DevBuffers;
 use crate::runtime::{Access, Buffers, Codelet, DataHandle, Where};
 use crate::tensor::Tensor;
 use crate::{with_acc_dtype, with_dtype};
-use cudarc::driver::DeviceRepr;
 
 /// x >= 0 and not NaN.
 fn non_negative(x: f64) -> bool {
@@ -207,11 +206,7 @@ impl Codelet for OptimStep {
 }
 
 impl OptimStep {
-    fn cuda_typed<P: DevElement, G: DevElement>(&self, b: &DevBuffers) -> Result<()>
-    where
-        P::Acc: DeviceRepr,
-        G::Acc: DeviceRepr,
-    {
+    fn cuda_typed<P: DevElement, G: DevElement>(&self, b: &DevBuffers) -> Result<()> {
         let gpu = b.gpu();
         let mut p = b.w::<P>(0)?;
         let g = b.r::<G>(1)?;

@@ -58,10 +58,7 @@ pub fn activation_fwd<T: DevElement>(
     n: usize,
     x: &CudaView<T>,
     y: &mut CudaViewMut<T>,
-) -> Result<()>
-where
-    T::Acc: DeviceRepr,
-{
+) -> Result<()> {
     match act {
         Activation::GeluTanh => gelu_fwd(gpu, n, x, y),
         Activation::Gelu => gelu_exact_fwd(gpu, n, x, y),
@@ -77,10 +74,7 @@ pub fn activation_bwd<T: DevElement>(
     x: &CudaView<T>,
     dy: Option<&CudaView<T>>,
     dx: &mut CudaViewMut<T>,
-) -> Result<()>
-where
-    T::Acc: DeviceRepr,
-{
+) -> Result<()> {
     match (act, dy) {
         (Activation::GeluTanh, Some(dy)) => gelu_bwd(gpu, n, x, dy, dx),
         (Activation::Gelu, Some(dy)) => gelu_exact_bwd(gpu, n, x, dy, dx),
@@ -149,10 +143,7 @@ pub fn dropout<T: DevElement>(
     [p, scale]: [f64; 2],
     geo: &DropoutGeometry,
     x: &mut CudaViewMut<T>,
-) -> Result<()>
-where
-    T::Acc: DeviceRepr,
-{
+) -> Result<()> {
     let (n, rank) = (geo.len(), geo.rank);
     let (ts, gs, base) = (geo.tile_shape, geo.global_stride, geo.base);
     dropout_raw(gpu, n, seed, stream, p, scale, rank, ts, gs, base, x)

@@ -120,10 +120,7 @@ pub fn flash_fwd<T: DevElement>(
     m: &mut CudaViewMut<T::Acc>,
     l: &mut CudaViewMut<T::Acc>,
     acc: &mut CudaViewMut<T::Acc>,
-) -> Result<()>
-where
-    T::Acc: DeviceRepr,
-{
+) -> Result<()> {
     check_hs("flash_fwd", hs)?;
     if tk > ks {
         let msg = format!("{tk} keys used of {ks} per batch row");
@@ -149,10 +146,7 @@ pub fn flash_bwd<T: DevElement>(
     scale: f64,
     drop: &AttnDropArgs,
     [dq, dk, dv]: [&mut CudaViewMut<T>; 3],
-) -> Result<()>
-where
-    T::Acc: DeviceRepr,
-{
+) -> Result<()> {
     check_hs("flash_bwd", hs)?;
     let d = *drop;
     #[rustfmt::skip]

@@ -158,10 +158,7 @@ impl Geo {
     }
 }
 
-fn check_dtype<T: DevElement>(op: &str, hs: usize) -> Result<()>
-where
-    T::Acc: DeviceRepr,
-{
+fn check_dtype<T: DevElement>(op: &str, hs: usize) -> Result<()> {
     if attn_tc_supports(T::DTYPE, hs) && <T::Acc as Element>::DTYPE == DType::F32 {
         Ok(())
     } else {
@@ -197,10 +194,7 @@ pub fn attn_fwd_tc<T: DevElement>(
     m: &mut CudaViewMut<T::Acc>,
     l: &mut CudaViewMut<T::Acc>,
     acc: &mut CudaViewMut<T::Acc>,
-) -> Result<()>
-where
-    T::Acc: DeviceRepr,
-{
+) -> Result<()> {
     let op = "attn_fwd_tc";
     let [bb, tq, tk, h, hs] = dims;
     check_dtype::<T>(op, hs)?;
@@ -272,10 +266,7 @@ pub fn attn_bwd_tc<T: DevElement>(
     dq: &mut CudaViewMut<T>,
     dk: &mut CudaViewMut<T>,
     dv: &mut CudaViewMut<T>,
-) -> Result<()>
-where
-    T::Acc: DeviceRepr,
-{
+) -> Result<()> {
     let op = "attn_bwd_tc";
     let [bb, tq, tk, h, hs] = dims;
     check_dtype::<T>(op, hs)?;

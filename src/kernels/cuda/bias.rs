@@ -6,7 +6,7 @@ use super::context::{DevElement, Gpu};
 use super::geom::COL_ROW_BLOCK;
 use super::reduce::add_col_parts;
 use crate::error::Result;
-use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr};
+use cudarc::driver::{CudaView, CudaViewMut};
 
 #[macro_export]
 #[doc(hidden)]
@@ -37,11 +37,7 @@ pub fn bias_grad<T: DevElement, G: DevElement>(
     rows: usize,
     cols: usize,
     db: &mut CudaViewMut<G>,
-) -> Result<()>
-where
-    T::Acc: DeviceRepr,
-    G::Acc: DeviceRepr,
-{
+) -> Result<()> {
     if rows * cols == 0 {
         return super::table::check_len("bias_grad", "db", cols, db.len());
     }

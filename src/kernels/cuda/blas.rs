@@ -255,10 +255,7 @@ pub fn gemm<T: DevElement>(
     b: &CudaView<T>,
     beta: f64,
     c: &mut CudaViewMut<T>,
-) -> Result<()>
-where
-    T::Acc: DeviceRepr,
-{
+) -> Result<()> {
     let op = "cuda.gemm";
     check_shapes(op, m, n, k, batch, a.len(), b.len(), c.len())?;
     if c.is_empty() {
@@ -702,10 +699,7 @@ pub fn gemm_bias_act<T: DevElement>(
     bias: &CudaView<T>,
     act: BiasAct,
     c: &mut CudaViewMut<T>,
-) -> Result<()>
-where
-    T::Acc: DeviceRepr,
-{
+) -> Result<()> {
     let fused = gemm_bias_act_fused(
         dev, compute, trans_a, trans_b, m, n, k, batch, alpha, a, b, bias, act, c,
     )?;
@@ -726,10 +720,7 @@ where
 
 /// `y = act(y)` with activation.cu's `<name>_<T>(n, x, y)` given y twice
 /// (elementwise: each thread reads its element before writing it).
-fn activation_in_place<T: DevElement>(dev: &Gpu, name: &str, y: &mut CudaViewMut<T>) -> Result<()>
-where
-    T::Acc: DeviceRepr,
-{
+fn activation_in_place<T: DevElement>(dev: &Gpu, name: &str, y: &mut CudaViewMut<T>) -> Result<()> {
     use crate::kernels::cuda::{grid_for, kernel_name, Module, ELEMENTWISE_BLOCK};
     use cudarc::driver::{LaunchConfig, PushKernelArg};
     let f = dev
@@ -768,10 +759,7 @@ fn gemm_bias_act_fused<T: DevElement>(
     bias: &CudaView<T>,
     act: BiasAct,
     c: &mut CudaViewMut<T>,
-) -> Result<bool>
-where
-    T::Acc: DeviceRepr,
-{
+) -> Result<bool> {
     let op = "cuda.gemm_bias_act";
     check_shapes(op, m, n, k, batch, a.len(), b.len(), c.len())?;
     check_len(op, "bias", n, bias.len())?;

@@ -27,12 +27,8 @@ pub struct CudaKernels {
 }
 
 /// A storage dtype usable on the device (its accumulator too).
-pub trait DevElement: Element + DeviceRepr
-where
-    Self::Acc: DeviceRepr,
-{
-}
-impl<T: Element + DeviceRepr> DevElement for T where T::Acc: DeviceRepr {}
+pub trait DevElement: Element<Acc: DeviceRepr> + DeviceRepr {}
+impl<T: Element<Acc: DeviceRepr> + DeviceRepr> DevElement for T {}
 
 impl CudaKernels {
     /// Kernels for the device of `stream`, compiled for its compute capability.

@@ -164,90 +164,12 @@ pub fn copy_block<S: DevElement, D: DevElement>(
     dst_shape: &[usize],
     dst_offset: &[usize],
     block: &[usize],
-) -> Result<()>
-where
-    S::Acc: DeviceRepr,
-    D::Acc: DeviceRepr,
-{
+) -> Result<()> {
     use super::table::check_len;
     check_len("copy_block", "src", src_shape.iter().product(), src.len())?;
     check_len("copy_block", "dst", dst_shape.iter().product(), dst.len())?;
     match BlockDims::new(src_shape, src_offset, dst_shape, dst_offset, block)? {
         Some((dims, total)) => copy_block_dims::<S, D>(gpu, dims, total, src, dst),
         None => Ok(()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::kernels::cpu::copy::copy_block;
-
-    /// The kernel's index arithmetic over the merged dims reproduces the CPU
-    /// block copy, for blocks that merge fully, partly and not at all.
-    /// (source shape, source offset, destination shape, destination offset, extent).
-    type Case<'a> = (
-        &'a [usize],
-        &'a [usize],
-        &'a [usize],
-        &'a [usize],
-        &'a [usize],
-    );
-
-    #[test]
-    fn block_dims_match_the_cpu_copy() {
-        let cases: &[Case] = &[
-            (&[3, 3], &[1, 1], &[2, 2], &[0, 0], &[2, 2]),
-            (&[4, 5, 6], &[0, 0, 0], &[4, 5, 6], &[0, 0, 0], &[4, 5, 6]),
-            (&[4, 5, 6], &[1, 0, 0], &[3, 5, 6], &[0, 0, 0], &[3, 5, 6]),
-            (&[4, 5, 6], &[1, 2, 3], &[5, 4, 7], &[2, 1, 0], &[2, 3, 3]),
-            (
-                &[2, 1, 7, 3],
-                &[1, 0, 2, 0],
-                &[1, 4, 9, 3],
-                &[0, 3, 1, 0],
-                &[1, 1, 5, 3],
-            ),
-            (&[5], &[2], &[4], &[1], &[3]),
-            (&[], &[], &[], &[], &[]),
-            (
-                &[2, 3, 4, 5, 2, 3, 2, 3],
-                &[0, 1, 0, 1, 0, 1, 0, 1],
-                &[3, 3, 5, 5, 3, 3, 3, 3],
-                &[1, 0, 1, 0, 1, 0, 1, 0],
-                &[2, 2, 4, 4, 2, 2, 2, 2],
-            ),
-        ];
-        for &(ss, so, ds, doff, blk) in cases {
-            let src: Vec<i64> = (0..ss.iter().product::<usize>() as i64).collect();
-            let mut want = vec![-1i64; ds.iter().product()];
-            copy_block(&src, ss, so, &mut want, ds, doff, blk);
-            let (dims, total) = BlockDims::new(ss, so, ds, doff, blk).unwrap().unwrap();
-            assert_eq!(total, blk.iter().product::<usize>());
-            assert!(dims.ndim as usize <= blk.len());
-            let mut got = vec![-1i64; ds.iter().product()];
-            for i in 0..total {
-                let (s, t) = dims.offsets(i);
-                got[t] = src[s];
-            }
-            assert_eq!(got, want, "case {ss:?} {so:?} {ds:?} {doff:?} {blk:?}");
-        }
-        // A whole tile into a whole tile is one contiguous run.
-        let (d, _) = BlockDims::new(&[4, 5], &[0, 0], &[4, 5], &[0, 0], &[4, 5])
-            .unwrap()
-            .unwrap();
-        assert_eq!((d.ndim, d.n[0], d.src[0], d.dst[0]), (1, 20, 1, 1));
-        assert!(BlockDims::new(&[2], &[0], &[2], &[0], &[0])
-            .unwrap()
-            .is_none());
-        assert!(BlockDims::new(&[2], &[1], &[2], &[0], &[2]).is_err());
-    }
-
-    #[test]
-    fn block_dims_layout_is_the_cuda_struct() {
-        assert_eq!(
-            std::mem::size_of::<BlockDims>(),
-            8 * (3 + 3 * COPY_MAX_DIMS)
-        );
     }
 }

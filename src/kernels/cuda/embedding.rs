@@ -5,7 +5,7 @@
 
 use super::context::{DevElement, Gpu};
 use crate::error::{shape_err, Result};
-use cudarc::driver::{CudaViewMut, DeviceRepr};
+use cudarc::driver::CudaViewMut;
 
 #[macro_export]
 #[doc(hidden)]
@@ -54,10 +54,7 @@ pub fn sinusoidal<T: DevElement>(
     [pos_lo, n]: [usize; 2],
     [cols_lo, cols, total_cols]: [usize; 3],
     out: &mut CudaViewMut<T>,
-) -> Result<()>
-where
-    T::Acc: DeviceRepr,
-{
+) -> Result<()> {
     if cols_lo + cols > total_cols {
         return Err(shape_err("cuda.sinusoidal", "columns outside the table"));
     }

@@ -7,7 +7,7 @@ use super::context::{DevElement, Gpu};
 use super::geom::COL_ROW_BLOCK;
 use super::reduce::add_col_parts;
 use crate::error::Result;
-use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr};
+use cudarc::driver::{CudaView, CudaViewMut};
 
 #[macro_export]
 #[doc(hidden)]
@@ -77,11 +77,7 @@ pub fn layernorm_param_grad<T: DevElement, G: DevElement>(
     cols: usize,
     dgamma: &mut CudaViewMut<G>,
     dbeta: &mut CudaViewMut<G>,
-) -> Result<()>
-where
-    T::Acc: DeviceRepr,
-    G::Acc: DeviceRepr,
-{
+) -> Result<()> {
     if rows * cols == 0 {
         return Ok(());
     }

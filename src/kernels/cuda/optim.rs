@@ -10,7 +10,7 @@
 use super::context::{DevElement, Gpu};
 use crate::dtype::{Accum, DType, Element};
 use crate::error::{arg_err, Result};
-use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr};
+use cudarc::driver::{CudaView, CudaViewMut};
 
 #[macro_export]
 #[doc(hidden)]
@@ -67,11 +67,7 @@ pub fn sgd_step<P: DevElement, G: DevElement>(
     nesterov: bool,
     weight_decay: f64,
     first_step: bool,
-) -> Result<()>
-where
-    P::Acc: DeviceRepr,
-    G::Acc: DeviceRepr,
-{
+) -> Result<()> {
     let has_momentum = momentum != 0.0;
     if has_momentum != momentum_buf.is_some() {
         return Err(arg_err(
@@ -117,11 +113,7 @@ pub fn adam_step<P: DevElement, G: DevElement>(
     eps: f64,
     weight_decay: f64,
     decoupled: bool,
-) -> Result<()>
-where
-    P::Acc: DeviceRepr,
-    G::Acc: DeviceRepr,
-{
+) -> Result<()> {
     if step == 0 {
         return Err(arg_err("cuda.adam_step", "step is 1-based"));
     }

@@ -5,7 +5,7 @@
 use super::context::{DevElement, Gpu};
 use super::geom;
 use crate::error::Result;
-use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr};
+use cudarc::driver::{CudaView, CudaViewMut};
 
 #[macro_export]
 #[doc(hidden)]
@@ -62,10 +62,7 @@ pub fn sum_axis<T: DevElement>(
     x: &CudaView<T>,
     beta: f64,
     y: &mut CudaViewMut<T>,
-) -> Result<()>
-where
-    T::Acc: DeviceRepr,
-{
+) -> Result<()> {
     match (outer * inner, inner) {
         (0, _) => Ok(()),
         (_, 1) => sum_rows(gpu, outer, len, alpha, x, beta, y),
@@ -81,10 +78,7 @@ pub fn sum_all<T: DevElement>(
     x: &CudaView<T>,
     beta: f64,
     y: &mut CudaViewMut<T>,
-) -> Result<()>
-where
-    T::Acc: DeviceRepr,
-{
+) -> Result<()> {
     let (n, parts) = (x.len(), geom::reduce_parts(x.len()));
     // SAFETY: block b of sum_partial (grid = parts blocks) writes part[b]
     // before sum_all, next on the stream, reads it.
@@ -99,10 +93,7 @@ pub fn ssq_update<T: DevElement>(
     gpu: &Gpu,
     x: &CudaView<T>,
     acc: &mut CudaViewMut<f64>,
-) -> Result<()>
-where
-    T::Acc: DeviceRepr,
-{
+) -> Result<()> {
     let (n, parts) = (x.len(), geom::reduce_parts(x.len()));
     // SAFETY: block b of ssq_partial writes part[3b..3b + 3] before
     // ssq_update, next on the stream, reads it.

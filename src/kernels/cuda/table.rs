@@ -136,11 +136,7 @@ macro_rules! launchers {
             $(, $g: $crate::kernels::cuda::context::DevElement)*>(
             gpu: &$crate::kernels::cuda::context::Gpu,
             $($an: launch_param!($t0; $ak $at)),*
-        ) -> $crate::error::Result<()>
-        where
-            <$t0 as $crate::dtype::Element>::Acc: cudarc::driver::DeviceRepr,
-            $(<$g as $crate::dtype::Element>::Acc: cudarc::driver::DeviceRepr,)*
-        {
+        ) -> $crate::error::Result<()> {
             use cudarc::driver::PushKernelArg;
             let op = stringify!($kname);
             $($crate::cuda_check!(op, $an, $ak, [$($al)*])?;)*

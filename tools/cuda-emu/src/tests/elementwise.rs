@@ -74,8 +74,7 @@ fn blas1_f64() {
 
 /// (source shape, source offset, destination shape, destination offset,
 /// block): blocks that merge fully, partly and not at all, unit dims, rank 0
-/// and the launcher's limit of 8 loop dims (the cases of launch_copy.rs's
-/// own test).
+/// and the launcher's limit of 8 loop dims.
 type Case = (
     &'static [usize],
     &'static [usize],
@@ -139,4 +138,22 @@ fn cast_and_copy_block() {
     conversions::<f32, f64>();
     conversions::<f64, f32>();
     conversions::<f64, f64>();
+}
+
+#[test]
+fn block_dims_is_the_kernel_layout() {
+    // `struct BlockDims` of elementwise.cu: ndim, n, src, dst, src_start,
+    // dst_start, all 64-bit, by value.
+    let max = gpt2rs::kernels::cuda::elementwise::COPY_MAX_DIMS;
+    assert_eq!(std::mem::size_of::<BlockDims>(), 8 * (3 + 3 * max));
+    // A whole tile into a whole tile is one contiguous run; an empty block
+    // launches nothing; a block that does not fit is refused.
+    let (d, _) = BlockDims::new(&[4, 5], &[0, 0], &[4, 5], &[0, 0], &[4, 5])
+        .unwrap()
+        .unwrap();
+    assert_eq!((d.ndim, d.n[0], d.src[0], d.dst[0]), (1, 20, 1, 1));
+    assert!(BlockDims::new(&[2], &[0], &[2], &[0], &[0])
+        .unwrap()
+        .is_none());
+    assert!(BlockDims::new(&[2], &[1], &[2], &[0], &[2]).is_err());
 }

@@ -328,9 +328,7 @@ impl Codelet for AttnTask {
                             [q0, k0],
                             scale,
                             &d,
-                            &mut bf.w(3)?,
-                            &mut bf.w(4)?,
-                            &mut bf.w(5)?,
+                            [&mut bf.w(3)?, &mut bf.w(4)?, &mut bf.w(5)?],
                         );
                     }
                     cat::flash_fwd::<T>(
@@ -366,10 +364,8 @@ impl Codelet for AttnTask {
                     drop,
                 } if self.tensor_cores(tk) => attn_bwd_tc::<T>(
                     g,
-                    [&bf.r(0)?, &bf.r(1)?, &bf.r(2)?],
-                    &bf.r(3)?,
-                    &bf.r(4)?,
-                    &bf.r(5)?,
+                    [&bf.r(0)?, &bf.r(1)?, &bf.r(2)?, &bf.r(3)?],
+                    [&bf.r(4)?, &bf.r(5)?],
                     [b, tq, tk, h, hs],
                     [q0, k0],
                     scale,

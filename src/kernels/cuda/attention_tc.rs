@@ -70,17 +70,6 @@ crate::cuda_table_attention_tc!(launchers);
 /// processed in chunks that fit (at least one batch row at a time).
 pub const SCORE_BUDGET: usize = 1 << 24;
 
-fn check_len(op: &str, want: usize, got: usize) -> Result<()> {
-    if want == got {
-        Ok(())
-    } else {
-        Err(shape_err(
-            &format!("cuda.{op}"),
-            format!("expected {want} elements, got {got}"),
-        ))
-    }
-}
-
 /// Whether the tensor-core path takes tasks of this storage dtype and head
 /// size (the cuBLAS products need a non-empty head).
 pub fn attn_tc_supports(dt: DType, hs: usize) -> bool {
@@ -180,9 +169,59 @@ fn scratch<E: DeviceRepr>(dev: &Gpu, n: usize) -> Result<CudaSlice<E>> {
     unsafe { dev.stream.alloc::<E>(n) }.map_err(drv)
 }
 
+/// Checks the dtype, the head size and the lengths of the query-shaped
+/// (`qs`), key-shaped (`ks`) and statistics (`ss`) operands of a task, and
+/// returns its geometry (`None`: nothing to do).
+fn prepare<T: DevElement>(
+    op: &str,
+    dims: [usize; 5],
+    pos: [usize; 2],
+    qs: &[usize],
+    ks: &[usize],
+    ss: &[usize],
+) -> Result<Option<Geo>> {
+    let [b, tq, tk, h, hs] = dims;
+    check_dtype::<T>(op, hs)?;
+    let want = [b * tq * h * hs, b * tk * h * hs, b * tq * h];
+    for (lens, want) in [qs, ks, ss].into_iter().zip(want) {
+        if let Some(got) = lens.iter().find(|&&n| n != want) {
+            let msg = format!("expected {want} elements, got {got}");
+            return Err(shape_err(&format!("cuda.{op}"), msg));
+        }
+    }
+    Ok(Geo::new(dims, pos))
+}
+
+/// `out_h = alpha A_h B_h^T` for the heads of batch row `bi` (`[nr, hs] x
+/// [hs, tk]`, A query-shaped, B key-shaped) into the score block of the
+/// chunk starting at `b0`.
+#[allow(clippy::too_many_arguments)]
+fn scores<T: DevElement>(
+    dev: &Gpu,
+    g: &Geo,
+    (bi, b0): (usize, usize),
+    alpha: f64,
+    a: &CudaView<T>,
+    b: &CudaView<T>,
+    out: &mut CudaSlice<f32>,
+) -> Result<()> {
+    let (ah, bh, oh) = (g.q_heads(bi), g.k_heads(bi).t(), g.s_heads(bi, b0));
+    let (dims, out) = ([g.nr, g.tk, g.hs, g.h], &mut out.as_view_mut());
+    gemm_strided::<T, f32>(
+        dev,
+        GemmCompute::Default,
+        dims,
+        alpha,
+        (a, ah),
+        (b, bh),
+        0.0,
+        (out, oh),
+    )
+}
+
 /// The forward update of one key tile on tensor cores: the same operands
 /// and result as [`flash_fwd`](super::attention::flash_fwd) with `ks == tk` (`dims` =
-/// `[b, tq, tk, h, hs]`, `pos` = `[q0, k0]`).
+/// `[b, tq, tk, h, hs]`, `pos` = `[q0, k0]`, then `[m, l, acc]`).
 #[allow(clippy::too_many_arguments)]
 pub fn attn_fwd_tc<T: DevElement>(
     dev: &Gpu,
@@ -191,21 +230,10 @@ pub fn attn_fwd_tc<T: DevElement>(
     pos: [usize; 2],
     scale: f64,
     drop: &AttnDropArgs,
-    m: &mut CudaViewMut<T::Acc>,
-    l: &mut CudaViewMut<T::Acc>,
-    acc: &mut CudaViewMut<T::Acc>,
+    [m, l, acc]: [&mut CudaViewMut<T::Acc>; 3],
 ) -> Result<()> {
-    let op = "attn_fwd_tc";
-    let [bb, tq, tk, h, hs] = dims;
-    check_dtype::<T>(op, hs)?;
-    let (qn, kn, sn) = (bb * tq * h * hs, bb * tk * h * hs, bb * tq * h);
-    check_len(op, qn, q.len())?;
-    check_len(op, kn, k.len())?;
-    check_len(op, kn, v.len())?;
-    check_len(op, sn, m.len())?;
-    check_len(op, sn, l.len())?;
-    check_len(op, qn, acc.len())?;
-    let Some(g) = Geo::new(dims, pos) else {
+    let (qs, ks, ss) = ([q.len(), acc.len()], [k.len(), v.len()], [m.len(), l.len()]);
+    let Some(g) = prepare::<T>("attn_fwd_tc", dims, pos, &qs, &ks, &ss)? else {
         return Ok(());
     };
     let cm = GemmCompute::Default;
@@ -213,17 +241,7 @@ pub fn attn_fwd_tc<T: DevElement>(
     let mut p = scratch::<T>(dev, g.bc * g.blk())?;
     for (b0, nb) in g.chunks() {
         for bi in b0..b0 + nb {
-            // S_h = scale Q_h K_h^T: [nr, hs] x [hs, tk] per head.
-            gemm_strided::<T, f32>(
-                dev,
-                cm,
-                [g.nr, g.tk, g.hs, g.h],
-                scale,
-                (q, g.q_heads(bi)),
-                (k, g.k_heads(bi).t()),
-                0.0,
-                (&mut s.as_view_mut(), g.s_heads(bi, b0)),
-            )?;
+            scores(dev, &g, (bi, b0), scale, q, k, &mut s)?;
         }
         let (rows, d) = (nb * g.h * g.nr, *drop);
         let (sv, pv) = (&s.as_view(), &mut p.as_view_mut());
@@ -250,15 +268,14 @@ pub fn attn_fwd_tc<T: DevElement>(
 }
 
 /// The backward of one (query tile, key tile) pair on tensor cores: the
-/// same operands and result as [`flash_bwd`](super::attention::flash_bwd) (`dims` =
-/// `[b, tq, tk, h, hs]`, `pos` = `[q0, k0]`).
+/// same operands and result as [`flash_bwd`](super::attention::flash_bwd)
+/// (`[q, k, v, dO]`, `[lse, delta]`, `dims` = `[b, tq, tk, h, hs]`, `pos` =
+/// `[q0, k0]`).
 #[allow(clippy::too_many_arguments)]
 pub fn attn_bwd_tc<T: DevElement>(
     dev: &Gpu,
-    [q, k, v]: [&CudaView<T>; 3],
-    d_o: &CudaView<T>,
-    lse: &CudaView<T::Acc>,
-    delta: &CudaView<T::Acc>,
+    [q, k, v, d_o]: [&CudaView<T>; 4],
+    [lse, delta]: [&CudaView<T::Acc>; 2],
     dims: [usize; 5],
     pos: [usize; 2],
     scale: f64,
@@ -267,20 +284,12 @@ pub fn attn_bwd_tc<T: DevElement>(
     dk: &mut CudaViewMut<T>,
     dv: &mut CudaViewMut<T>,
 ) -> Result<()> {
-    let op = "attn_bwd_tc";
-    let [bb, tq, tk, h, hs] = dims;
-    check_dtype::<T>(op, hs)?;
-    let (qn, kn, sn) = (bb * tq * h * hs, bb * tk * h * hs, bb * tq * h);
-    check_len(op, qn, q.len())?;
-    check_len(op, kn, k.len())?;
-    check_len(op, kn, v.len())?;
-    check_len(op, qn, d_o.len())?;
-    check_len(op, sn, lse.len())?;
-    check_len(op, sn, delta.len())?;
-    check_len(op, qn, dq.len())?;
-    check_len(op, kn, dk.len())?;
-    check_len(op, kn, dv.len())?;
-    let Some(g) = Geo::new(dims, pos) else {
+    let qs = [q.len(), d_o.len(), dq.len()];
+    let (ks, ss) = (
+        [k.len(), v.len(), dk.len(), dv.len()],
+        [lse.len(), delta.len()],
+    );
+    let Some(g) = prepare::<T>("attn_bwd_tc", dims, pos, &qs, &ks, &ss)? else {
         return Ok(());
     };
     let cm = GemmCompute::Default;
@@ -291,27 +300,8 @@ pub fn attn_bwd_tc<T: DevElement>(
     let mut ds = scratch::<T>(dev, n)?;
     for (b0, nb) in g.chunks() {
         for bi in b0..b0 + nb {
-            // S_h = scale Q_h K_h^T and DP_h = dO_h V_h^T: [nr, hs] x [hs, tk].
-            gemm_strided::<T, f32>(
-                dev,
-                cm,
-                [g.nr, g.tk, g.hs, g.h],
-                scale,
-                (q, g.q_heads(bi)),
-                (k, g.k_heads(bi).t()),
-                0.0,
-                (&mut s.as_view_mut(), g.s_heads(bi, b0)),
-            )?;
-            gemm_strided::<T, f32>(
-                dev,
-                cm,
-                [g.nr, g.tk, g.hs, g.h],
-                1.0,
-                (d_o, g.q_heads(bi)),
-                (v, g.k_heads(bi).t()),
-                0.0,
-                (&mut dp.as_view_mut(), g.s_heads(bi, b0)),
-            )?;
+            scores(dev, &g, (bi, b0), scale, q, k, &mut s)?;
+            scores(dev, &g, (bi, b0), 1.0, d_o, v, &mut dp)?;
         }
         let (rows, d) = (nb * g.h * g.nr, *drop);
         let (sv, dpv) = (&s.as_view(), &dp.as_view());

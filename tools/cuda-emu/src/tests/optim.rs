@@ -8,9 +8,9 @@ use crate::optim as emu;
 use gpt2rs::dtype::Element;
 use gpt2rs::kernels::cpu::optim as ko;
 
-// The launchers' scalar derivations (launch_optim.rs) are inside the
-// `sgd_step` / `adam_step` methods, which need a CUDA stream, so they are
-// restated here line for line.
+// The launchers' scalar derivations (`sgd_step` / `adam_step` of
+// kernels/cuda/optim.rs, which need a GPU) are restated here line for line
+// around the generated `sgd_step_raw` / `adam_step_raw` bindings.
 
 /// An f64 scalar rounded to P (the launcher's `sc`).
 fn sc<P: Dev>(v: f64) -> P {

@@ -233,17 +233,6 @@ __device__ void flash_bwd_kv_row(const T* q, const T* k, const T* v, const T* d_
         WARP_LOOP(row, b * tq * h)                                                          \
         flash_fwd_row(q, k, v, tq, tk, ks, h, hs, q0, k0, scale, drop, mk, m, l, acc, row, lane); \
     }                                                                                       \
-    extern "C" __global__ void attn_fwd_update_##S(const T* q, const T* k, const T* v, usize b, \
-                                                   usize tq, usize tk, usize h, usize hs,   \
-                                                   usize q0, usize k0, double scale,        \
-                                                   ACC(T)* m, ACC(T)* l, ACC(T)* acc) {     \
-        AttnDrop drop = {0, 0, 0.0, 1.0, 0, 0, 0, 0, 0};                                    \
-        if (hs > HS_MAX) __trap(); /* the launchers refuse it: never silently wrong */     \
-        AttnMask mk = att_mask(drop);                                                       \
-        unsigned lane = threadIdx.x % WARP_SIZE;                                            \
-        WARP_LOOP(row, b * tq * h)                                                          \
-        flash_fwd_row(q, k, v, tq, tk, tk, h, hs, q0, k0, scale, drop, mk, m, l, acc, row, lane); \
-    }                                                                                       \
     extern "C" __global__ void attn_fwd_finalize_##S(const ACC(T)* m, const ACC(T)* l,      \
                                                      const ACC(T)* acc, usize rows, usize hs, \
                                                      T* o, ACC(T)* lse) {                   \
@@ -274,22 +263,6 @@ __device__ void flash_bwd_kv_row(const T* q, const T* k, const T* v, const T* d_
                                              usize tq, usize tk, usize h, usize hs, usize q0, \
                                              usize k0, double scale, AttnDrop drop, T* dq,  \
                                              T* dk, T* dv) {                                \
-        if (hs > HS_MAX) __trap(); /* the launchers refuse it: never silently wrong */     \
-        AttnMask mk = att_mask(drop);                                                       \
-        unsigned lane = threadIdx.x % WARP_SIZE;                                            \
-        WARP_LOOP(row, b * tq * h)                                                          \
-        flash_bwd_q_row(q, k, v, d_o, lse, delta, tq, tk, h, hs, q0, k0, scale, drop, mk, dq, \
-                        row, lane);                                                         \
-        WARP_LOOP(row, b * tk * h)                                                          \
-        flash_bwd_kv_row(q, k, v, d_o, lse, delta, tq, tk, h, hs, q0, k0, scale, drop, mk, dk, \
-                         dv, row, lane);                                                    \
-    }                                                                                       \
-    extern "C" __global__ void attn_bwd_update_##S(const T* q, const T* k, const T* v, const T* d_o, \
-                                                   const ACC(T)* lse, const ACC(T)* delta,  \
-                                                   usize b, usize tq, usize tk, usize h, usize hs, \
-                                                   usize q0, usize k0, double scale,        \
-                                                   T* dq, T* dk, T* dv) {                   \
-        AttnDrop drop = {0, 0, 0.0, 1.0, 0, 0, 0, 0, 0};                                    \
         if (hs > HS_MAX) __trap(); /* the launchers refuse it: never silently wrong */     \
         AttnMask mk = att_mask(drop);                                                       \
         unsigned lane = threadIdx.x % WARP_SIZE;                                            \

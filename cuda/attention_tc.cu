@@ -1,5 +1,5 @@
 // Attention on tensor cores: the elementwise steps of the cuBLAS path of the
-// attention update tasks (launcher and GEMMs: src/kernels/cuda/launch_attn_tc.rs;
+// attention update tasks (launcher and GEMMs: src/kernels/cuda/attention_tc.rs;
 // the reference is src/kernels/cpu/attention.rs, whose formulas these mirror).
 //
 // Tiles as in attention.cu: q, dO [b, tq, h, hs], k, v [b, tk, h, hs], the

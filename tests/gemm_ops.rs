@@ -269,14 +269,13 @@ fn precision_compute_modes() {
 /// relative Frobenius norms against the CPU result in the same storage.
 mod gpu {
     use super::data;
-    use cudarc::driver::DeviceRepr;
     use gpt2rs::dtype::GemmCompute;
     use gpt2rs::kernels::cpu::activation::{activation_fwd, Activation};
     use gpt2rs::kernels::cpu::bias::bias_fill;
     use gpt2rs::kernels::cpu::gemm::gemm as cpu_gemm;
     use gpt2rs::kernels::cuda::blas::{self, BiasAct};
+    use gpt2rs::kernels::cuda::context::DevElement;
     use gpt2rs::kernels::cuda::context::{device_count, Gpu};
-    use gpt2rs::kernels::cuda::launch::DevElement;
     use gpt2rs::Element;
     use half::{bf16, f16};
     use std::sync::Arc;
@@ -317,10 +316,7 @@ mod gpu {
         (3, 4, 0, 2),
     ];
 
-    fn check_gemm<T: DevElement>(dev: &Gpu, compute: GemmCompute, tol: f64)
-    where
-        T::Acc: DeviceRepr,
-    {
+    fn check_gemm<T: DevElement>(dev: &Gpu, compute: GemmCompute, tol: f64) {
         let st = &dev.stream;
         for (si, &(m, n, k, batch)) in SHAPES.iter().enumerate() {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
@@ -380,10 +376,7 @@ mod gpu {
         check_gemm::<f16>(&dev, GemmCompute::Default, 2e-3);
     }
 
-    fn check_bias_act<T: DevElement>(dev: &Gpu, compute: GemmCompute, tol: f64)
-    where
-        T::Acc: DeviceRepr,
-    {
+    fn check_bias_act<T: DevElement>(dev: &Gpu, compute: GemmCompute, tol: f64) {
         let st = &dev.stream;
         let acts = [
             (BiasAct::Bias, None),

@@ -6,10 +6,9 @@
 //! every (master, gradient) dtype pair the kernels have, over several steps
 //! (the first SGD step initialises the momentum buffer).
 
-use cudarc::driver::DeviceRepr;
 use gpt2rs::kernels::cpu::optim::{adam_step, sgd_step};
+use gpt2rs::kernels::cuda::context::DevElement;
 use gpt2rs::kernels::cuda::context::{device_count, Gpu};
-use gpt2rs::kernels::cuda::launch::DevElement;
 use gpt2rs::Element;
 use half::{bf16, f16};
 use std::sync::Arc;
@@ -61,10 +60,7 @@ fn sgd_case<P: DevElement, G: DevElement>(
     dampening: f64,
     nesterov: bool,
     wd: f64,
-) where
-    P::Acc: DeviceRepr,
-    G::Acc: DeviceRepr,
-{
+) {
     let st = &dev.stream;
     let mut p = host::<P>(N, 1, -1.0, 1.0);
     let mut buf = vec![P::default(); if momentum != 0.0 { N } else { 0 }];
@@ -86,19 +82,19 @@ fn sgd_case<P: DevElement, G: DevElement>(
             step == 1,
         );
         let mut dbuf_view = dbuf.as_view_mut();
-        dev.kernels
-            .sgd_step::<P, G>(
-                &mut dp.as_view_mut(),
-                &dg.as_view(),
-                (momentum != 0.0).then_some(&mut dbuf_view),
-                lr,
-                momentum,
-                dampening,
-                nesterov,
-                wd,
-                step == 1,
-            )
-            .unwrap();
+        gpt2rs::kernels::cuda::optim::sgd_step::<P, G>(
+            dev,
+            &mut dp.as_view_mut(),
+            &dg.as_view(),
+            (momentum != 0.0).then_some(&mut dbuf_view),
+            lr,
+            momentum,
+            dampening,
+            nesterov,
+            wd,
+            step == 1,
+        )
+        .unwrap();
     }
     let what = format!(
         "sgd {:?}/{:?} momentum={momentum} dampening={dampening} nesterov={nesterov} wd={wd}",
@@ -121,10 +117,7 @@ fn adam_case<P: DevElement, G: DevElement>(
     beta2: f64,
     wd: f64,
     decoupled: bool,
-) where
-    P::Acc: DeviceRepr,
-    G::Acc: DeviceRepr,
-{
+) {
     let st = &dev.stream;
     let mut p = host::<P>(N, 2, -1.0, 1.0);
     let (mut m, mut v) = (vec![P::default(); N], vec![P::default(); N]);
@@ -138,21 +131,21 @@ fn adam_case<P: DevElement, G: DevElement>(
         adam_step(
             &mut p, &g, &mut m, &mut v, step, lr, beta1, beta2, 1e-8, wd, decoupled,
         );
-        dev.kernels
-            .adam_step::<P, G>(
-                &mut dp.as_view_mut(),
-                &dg.as_view(),
-                &mut dm.as_view_mut(),
-                &mut dv.as_view_mut(),
-                step,
-                lr,
-                beta1,
-                beta2,
-                1e-8,
-                wd,
-                decoupled,
-            )
-            .unwrap();
+        gpt2rs::kernels::cuda::optim::adam_step::<P, G>(
+            dev,
+            &mut dp.as_view_mut(),
+            &dg.as_view(),
+            &mut dm.as_view_mut(),
+            &mut dv.as_view_mut(),
+            step,
+            lr,
+            beta1,
+            beta2,
+            1e-8,
+            wd,
+            decoupled,
+        )
+        .unwrap();
     }
     let what = format!(
         "adam {:?}/{:?} betas=({beta1}, {beta2}) wd={wd} decoupled={decoupled}",
@@ -166,11 +159,7 @@ fn adam_case<P: DevElement, G: DevElement>(
     }
 }
 
-fn all_cases<P: DevElement, G: DevElement>(dev: &Gpu)
-where
-    P::Acc: DeviceRepr,
-    G::Acc: DeviceRepr,
-{
+fn all_cases<P: DevElement, G: DevElement>(dev: &Gpu) {
     sgd_case::<P, G>(dev, 0.0, 0.0, false, 0.0);
     sgd_case::<P, G>(dev, 0.0, 0.0, false, 0.01);
     sgd_case::<P, G>(dev, 0.9, 0.1, false, 0.01);
@@ -203,9 +192,13 @@ fn bf16_weights_from_f32_masters() {
     p.extend([0.0, -0.0, 1e-40, f32::MAX, 3.0e38, 1.0 + 1.0 / 256.0]);
     let dp = st.clone_htod(&p).unwrap();
     let mut dw = st.clone_htod(&vec![bf16::ZERO; p.len()]).unwrap();
-    dev.kernels
-        .cast::<f32, bf16>(&dp.as_view(), &mut dw.as_view_mut())
-        .unwrap();
+    gpt2rs::kernels::cuda::elementwise::cast::<f32, bf16>(
+        &dev,
+        p.len(),
+        &dp.as_view(),
+        &mut dw.as_view_mut(),
+    )
+    .unwrap();
     let got = st.clone_dtoh(&dw).unwrap();
     st.synchronize().unwrap();
     let want: Vec<bf16> = p.iter().map(|&x| bf16::from_f32(x)).collect();

@@ -92,10 +92,10 @@ def test_every_module_compiles(nvrtc, cache, arch: str) -> None:
             "attention.cu",
             [
                 "attn_fwd_init_f32",
-                "attn_fwd_update_bf16",
+                "flash_fwd_bf16",
                 "attn_fwd_finalize_bf16",
                 "attn_bwd_delta_f32",
-                "attn_bwd_update_bf16",
+                "flash_bwd_f16",
             ],
         ),
     ],

@@ -15,7 +15,8 @@ use super::{footprint, same_dtype, same_layout};
 use crate::error::{shape_err, Result};
 use crate::kernels::cpu::activation::{self as ka, Activation};
 use crate::kernels::cpu::{bias as kb, dropout as kd};
-use crate::kernels::cuda::launch_layers::{activation_stem, grad_pair_on_device, DropoutGeometry};
+use crate::kernels::cuda::activation::{self as cact, DropoutGeometry};
+use crate::kernels::cuda::{bias as cbias, grad_pair_supported};
 use crate::runtime::DevBuffers;
 use crate::runtime::{Access, Buffers, Codelet, Where};
 use crate::tensor::Tensor;
@@ -79,7 +80,7 @@ impl Codelet for ActTask {
     }
     fn where_(&self) -> Where {
         match &self.op {
-            Op::BiasGrad { gt } if !grad_pair_on_device(self.dt, *gt) => Where::ANY_CPU,
+            Op::BiasGrad { gt } if !grad_pair_supported(self.dt, *gt) => Where::ANY_CPU,
             Op::Dropout { off, ts, shape, .. }
                 if DropoutGeometry::new(off, ts, shape).is_none() =>
             {
@@ -119,23 +120,21 @@ impl Codelet for ActTask {
         Ok(())
     }
     fn cuda(&self, b: &DevBuffers) -> Result<()> {
-        let (rows, cols, k) = (self.rows, self.cols, b.k());
+        let (rows, cols, g) = (self.rows, self.cols, b.gpu());
         with_dtype!(self.dt, T, {
             match &self.op {
                 Op::Fwd(act) => {
-                    k.activation_fwd::<T>(activation_stem(*act), &b.r(0)?, &mut b.w(1)?)
+                    let mut y = b.w::<T>(1)?;
+                    cact::activation_fwd::<T>(g, *act, y.len(), &b.r(0)?, &mut y)
                 }
                 Op::Bwd { act, in_place } => {
-                    let stem = activation_stem(*act);
-                    if *in_place {
-                        k.activation_bwd_inplace::<T>(stem, &b.r(0)?, &mut b.w(1)?)
-                    } else {
-                        k.activation_bwd::<T>(stem, &b.r(0)?, &b.r(1)?, &mut b.w(2)?)
-                    }
+                    let dy = if *in_place { None } else { Some(b.r(1)?) };
+                    let mut dx = b.w::<T>(1 + !*in_place as usize)?;
+                    cact::activation_bwd::<T>(g, *act, dx.len(), &b.r(0)?, dy.as_ref(), &mut dx)
                 }
-                Op::BiasFill => k.bias::<T>(false, &b.r(0)?, rows, cols, &mut b.w(1)?),
+                Op::BiasFill => cbias::bias_fill::<T>(g, &b.r(0)?, rows, cols, &mut b.w(1)?),
                 Op::BiasGrad { gt } => with_dtype!(*gt, G, {
-                    k.bias_grad::<T, G>(&b.r(0)?, rows, cols, &mut b.w(1)?)
+                    cbias::bias_grad::<T, G>(g, &b.r(0)?, rows, cols, &mut b.w(1)?)
                 }),
                 Op::Dropout {
                     seed,
@@ -149,7 +148,7 @@ impl Codelet for ActTask {
                         shape_err("dropout", "more axes than the GPU kernel takes")
                     })?;
                     let scale = kd::DropoutMask::new(*seed, *stream, *p).scale;
-                    k.dropout::<T>(*seed, *stream, *p, scale, &geo, &mut b.w(0)?)
+                    cact::dropout::<T>(g, [*seed, *stream], [*p, scale], &geo, &mut b.w(0)?)
                 }
             }
         })

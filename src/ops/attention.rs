@@ -16,7 +16,7 @@
 //! [`ATTN_HS_MAX`]; larger heads stay on the CPU. The forward update and the
 //! backward of a tile pair have two CUDA paths: the warp path
 //! (`cuda/attention.cu`, one warp walks the keys of one query row on CUDA
-//! cores) and the tensor-core path (`launch_attn_tc`: QK^T, PV and the
+//! cores) and the tensor-core path (`kernels::cuda::attention_tc`: QK^T, PV and the
 //! backward products through cuBLAS, with one query-tile x key-tile block
 //! of scores in a scratch buffer of the task, for f32/bf16/f16). The
 //! tensor-core path is taken when the pair is big enough to pay
@@ -28,8 +28,8 @@ use super::footprint;
 use super::layernorm::acc_dtype;
 use crate::error::{shape_err, Result};
 use crate::kernels::cpu::attention as k;
-use crate::kernels::cuda::launch_attn::{AttnDropArgs, ATTN_HS_MAX};
-use crate::kernels::cuda::launch_attn_tc::{attn_bwd_tc, attn_fwd_tc, attn_tc_supports};
+use crate::kernels::cuda::attention::{self as cat, AttnDropArgs, ATTN_HS_MAX};
+use crate::kernels::cuda::attention_tc::{attn_bwd_tc, attn_fwd_tc, attn_tc_supports};
 use crate::runtime::DevBuffers;
 use crate::runtime::{Access, Buffers, Codelet, DataHandle, Runtime, Where};
 use crate::tensor::Tensor;
@@ -300,11 +300,11 @@ impl Codelet for AttnTask {
         Ok(())
     }
     fn cuda(&self, bf: &DevBuffers) -> Result<()> {
-        let (b, tq, h, hs, kk) = (self.b, self.tq, self.h, self.hs, bf.k());
+        let (b, tq, h, hs, g) = (self.b, self.tq, self.h, self.hs, bf.gpu());
         let rows = b * tq * h;
         if let Op::Init = self.op {
             return with_acc_dtype!(self.dt, A, {
-                kk.attn_fwd_init::<A>(rows, hs, &mut bf.w(0)?, &mut bf.w(1)?, &mut bf.w(2)?)
+                cat::attn_fwd_init::<A>(g, rows, hs, &mut bf.w(0)?, &mut bf.w(1)?, &mut bf.w(2)?)
             });
         }
         with_dtype!(self.dt, T, {
@@ -322,18 +322,17 @@ impl Codelet for AttnTask {
                     let d = AttnDropArgs::new(if cached { None } else { drop });
                     if !cached && self.tensor_cores(tk) {
                         return attn_fwd_tc::<T>(
-                            bf.gpu(),
+                            g,
                             [&bf.r(0)?, &bf.r(1)?, &bf.r(2)?],
                             [b, tq, tk, h, hs],
                             [q0, k0],
                             scale,
                             &d,
-                            &mut bf.w(3)?,
-                            &mut bf.w(4)?,
-                            &mut bf.w(5)?,
+                            [&mut bf.w(3)?, &mut bf.w(4)?, &mut bf.w(5)?],
                         );
                     }
-                    kk.flash_fwd::<T>(
+                    cat::flash_fwd::<T>(
+                        g,
                         [&bf.r(0)?, &bf.r(1)?, &bf.r(2)?],
                         [b, tq, tk, ks, h, hs],
                         [q0, k0],
@@ -344,7 +343,8 @@ impl Codelet for AttnTask {
                         &mut bf.w(5)?,
                     )
                 }
-                Op::Finalize => kk.attn_fwd_finalize::<T>(
+                Op::Finalize => cat::attn_fwd_finalize::<T>(
+                    g,
                     &bf.r(0)?,
                     &bf.r(1)?,
                     &bf.r(2)?,
@@ -353,7 +353,9 @@ impl Codelet for AttnTask {
                     &mut bf.w(3)?,
                     &mut bf.w(4)?,
                 ),
-                Op::Delta => kk.attn_bwd_delta::<T>(&bf.r(0)?, &bf.r(1)?, rows, hs, &mut bf.w(2)?),
+                Op::Delta => {
+                    cat::attn_bwd_delta::<T>(g, &bf.r(0)?, &bf.r(1)?, rows, hs, &mut bf.w(2)?)
+                }
                 Op::Bwd {
                     tk,
                     q0,
@@ -361,11 +363,9 @@ impl Codelet for AttnTask {
                     scale,
                     drop,
                 } if self.tensor_cores(tk) => attn_bwd_tc::<T>(
-                    bf.gpu(),
-                    [&bf.r(0)?, &bf.r(1)?, &bf.r(2)?],
-                    &bf.r(3)?,
-                    &bf.r(4)?,
-                    &bf.r(5)?,
+                    g,
+                    [&bf.r(0)?, &bf.r(1)?, &bf.r(2)?, &bf.r(3)?],
+                    [&bf.r(4)?, &bf.r(5)?],
                     [b, tq, tk, h, hs],
                     [q0, k0],
                     scale,
@@ -380,7 +380,8 @@ impl Codelet for AttnTask {
                     k0,
                     scale,
                     drop,
-                } => kk.flash_bwd::<T>(
+                } => cat::flash_bwd::<T>(
+                    g,
                     [&bf.r(0)?, &bf.r(1)?, &bf.r(2)?],
                     &bf.r(3)?,
                     &bf.r(4)?,
@@ -389,9 +390,7 @@ impl Codelet for AttnTask {
                     [q0, k0],
                     scale,
                     &AttnDropArgs::new(drop),
-                    &mut bf.w(6)?,
-                    &mut bf.w(7)?,
-                    &mut bf.w(8)?,
+                    [&mut bf.w(6)?, &mut bf.w(7)?, &mut bf.w(8)?],
                 ),
                 Op::Init => unreachable!("handled above"),
             }

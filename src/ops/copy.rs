@@ -8,7 +8,7 @@
 use super::footprint;
 use crate::error::{arg_err, shape_err, Result};
 use crate::kernels::cpu::copy::{cast_block, copy_block};
-use crate::kernels::cuda::launch_copy::COPY_MAX_DIMS;
+use crate::kernels::cuda::elementwise::COPY_MAX_DIMS;
 use crate::runtime::DevBuffers;
 use crate::runtime::{Access, Buffers, Codelet, DataHandle, Where};
 use crate::tensor::{for_each_index, Tensor};
@@ -94,7 +94,8 @@ impl Codelet for CopyCl {
             with_dtype!(self.dst_dtype, D, {
                 let mut dst = b.w::<D>(n)?;
                 for (i, p) in self.pieces.iter().enumerate() {
-                    b.k().copy_block::<S, D>(
+                    crate::kernels::cuda::elementwise::copy_block::<S, D>(
+                        b.gpu(),
                         &b.r(i)?,
                         &p.src_shape,
                         &p.src_off,

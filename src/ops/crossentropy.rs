@@ -20,6 +20,7 @@ use super::footprint;
 use super::layernorm::{acc_dtype, row_tensor};
 use crate::error::{arg_err, shape_err, Result};
 use crate::kernels::cpu::crossentropy as k;
+use crate::kernels::cuda::crossentropy as cce;
 use crate::runtime::DevBuffers;
 use crate::runtime::{Access, Buffers, Codelet, DataHandle, Runtime, Where, WorkerKind};
 use crate::tensor::Tensor;
@@ -146,31 +147,50 @@ impl Codelet for CeTask {
         Ok(())
     }
     fn cuda(&self, b: &DevBuffers) -> Result<()> {
-        let (rows, cols, ad, kk) = (self.rows, self.cols, acc_dtype(self.dt), b.k());
+        let (rows, cols, ad, g) = (self.rows, self.cols, acc_dtype(self.dt), b.gpu());
         match &self.op {
-            Op::LossInit => kk.fill::<f64>(0.0, &mut b.w(0)?),
+            Op::LossInit => {
+                crate::kernels::cuda::elementwise::fill::<f64>(b.gpu(), 1, 0.0, &mut b.w(0)?)
+            }
             Op::StatsInit => {
-                with_acc_dtype!(ad, A, { kk.maxsumexp_init::<A>(rows, &mut b.w(0)?) })
+                with_acc_dtype!(ad, A, { cce::maxsumexp_init::<A>(g, rows, &mut b.w(0)?) })
             }
             Op::MaxSumExp => with_dtype!(self.dt, T, {
-                kk.maxsumexp_update::<T>(&b.r(0)?, rows, cols, &mut b.w(1)?)
+                cce::maxsumexp_update::<T>(g, &b.r(0)?, rows, cols, &mut b.w(1)?)
             }),
             Op::Target { lo, tg } => {
                 let tg = DevTargets::upload(b, tg)?;
                 with_dtype!(self.dt, T, {
-                    kk.ce_loss_target_sum::<T>(&b.r(0)?, rows, cols, *lo, &tg.view()?, &mut b.w(1)?)
+                    cce::ce_loss_target::<T>(
+                        g,
+                        &b.r(0)?,
+                        rows,
+                        cols,
+                        *lo,
+                        &tg.view()?,
+                        &mut b.w(1)?,
+                    )
                 })
             }
             Op::Lse { tg } => {
                 let tg = DevTargets::upload(b, tg)?;
                 with_acc_dtype!(ad, A, {
-                    kk.ce_loss_lse_sum::<A>(&b.r(0)?, rows, &tg.view()?, &mut b.w(1)?)
+                    cce::ce_loss_lse::<A>(g, &b.r(0)?, rows, &tg.view()?, &mut b.w(1)?)
                 })
             }
             Op::Bwd { lo, tg, scale } => {
                 let tg = DevTargets::upload(b, tg)?;
                 with_dtype!(self.dt, T, {
-                    kk.ce_bwd::<T>(&b.r(0)?, rows, cols, *lo, &tg.view()?, *scale, &mut b.w(1)?)
+                    cce::ce_bwd::<T>(
+                        g,
+                        &b.r(0)?,
+                        rows,
+                        cols,
+                        *lo,
+                        &tg.view()?,
+                        *scale,
+                        &mut b.w(1)?,
+                    )
                 })
             }
             Op::FwdExp | Op::BwdScale { .. } => Err(arg_err(self.name(), "runs on CPUs only")),

@@ -60,13 +60,17 @@ impl Codelet for Elementwise {
         Ok(())
     }
     fn cuda(&self, b: &DevBuffers) -> Result<()> {
-        let k = b.k();
+        use crate::kernels::cuda::elementwise as cew;
+        let g = b.gpu();
         with_dtype!(self.dtype, T, {
+            let nin = matches!(self.kind, Kind::Axpy(_) | Kind::Add(..)) as usize;
+            let mut y = b.w::<T>(nin)?;
+            let n = y.len();
             match self.kind {
-                Kind::Fill(v) => k.fill::<T>(v, &mut b.w(0)?),
-                Kind::Scale(a) => k.scale::<T>(a, &mut b.w(0)?),
-                Kind::Axpy(a) => k.axpy::<T>(a, &b.r(0)?, &mut b.w(1)?),
-                Kind::Add(a, bt) => k.add::<T>(a, &b.r(0)?, bt, &mut b.w(1)?),
+                Kind::Fill(v) => cew::fill::<T>(g, n, v, &mut y),
+                Kind::Scale(a) => cew::scale::<T>(g, n, a, &mut y),
+                Kind::Axpy(a) => cew::axpy::<T>(g, n, a, &b.r(0)?, &mut y),
+                Kind::Add(a, bt) => cew::add::<T>(g, n, a, &b.r(0)?, bt, &mut y),
             }
         })
     }

@@ -15,7 +15,8 @@ use super::footprint;
 use crate::error::{arg_err, shape_err, Result};
 use crate::kernels::cpu::embedding as k;
 use crate::kernels::cuda::cuda_err;
-use crate::kernels::cuda::launch_copy::grad_pair_supported;
+use crate::kernels::cuda::embedding as cemb;
+use crate::kernels::cuda::grad_pair_supported;
 use crate::runtime::DevBuffers;
 use crate::runtime::{Access, Buffers, Codelet, DataHandle, Where};
 use crate::tensor::Tensor;
@@ -132,7 +133,9 @@ impl Codelet for EmbFwdCl {
         with_dtype!(self.dtype, T, {
             let mut y = b.w::<T>(nv + self.add_pos as usize)?;
             for (j, &v) in self.chunk.iter().enumerate() {
-                b.k().embedding_rows_fwd::<T>(
+                cemb::embedding_rows_fwd::<T>(
+                    b.gpu(),
+                    ids.len(),
                     &ids,
                     v * self.vt,
                     &b.r(j)?,
@@ -142,7 +145,8 @@ impl Codelet for EmbFwdCl {
                 )?;
             }
             if self.add_pos {
-                b.k().add_rows::<T>(
+                cemb::add_rows::<T>(
+                    b.gpu(),
                     &b.r(nv)?,
                     self.first_row,
                     self.tt,
@@ -261,7 +265,9 @@ impl Codelet for EmbBwdCl {
                     if seg.is_empty() {
                         continue;
                     }
-                    b.k().embedding_bwd_sorted::<T, G>(
+                    cemb::embedding_bwd_sorted::<T, G>(
+                        b.gpu(),
+                        seg.len(),
                         &all.slice(seg.clone()),
                         &all.slice(nu + seg.start..nu + seg.end + 1),
                         &rows,
@@ -319,8 +325,8 @@ impl Codelet for PosBwdCl {
         let (first_row, tt, bt, cols) = (self.first_row, self.tt, self.bt, self.cols);
         with_dtype!(self.dtype, T, {
             with_dtype!(self.gtype, G, {
-                b.k()
-                    .add_rows_bwd::<T, G>(&b.r(0)?, first_row, tt, bt, cols, &mut b.w(1)?)
+                let g = b.gpu();
+                cemb::add_rows_bwd::<T, G>(g, &b.r(0)?, first_row, tt, bt, cols, &mut b.w(1)?)
             })
         })
     }
@@ -359,12 +365,10 @@ impl Codelet for SinusoidalCl {
     }
     fn cuda(&self, b: &DevBuffers) -> Result<()> {
         with_dtype!(self.dtype, T, {
-            b.k().sinusoidal::<T>(
-                self.pos_lo,
-                self.n,
-                self.cols_lo,
-                self.cols,
-                self.total,
+            cemb::sinusoidal::<T>(
+                b.gpu(),
+                [self.pos_lo, self.n],
+                [self.cols_lo, self.cols, self.total],
                 &mut b.w(0)?,
             )
         })

@@ -483,11 +483,13 @@ impl Codelet for ScaleTile {
     }
     fn cuda(&self, b: &DevBuffers) -> Result<()> {
         with_dtype!(self.dtype, T, {
+            use crate::kernels::cuda::elementwise as cew;
             let mut y = b.w::<T>(0)?;
+            let n = y.len();
             if self.beta == 0.0 {
-                b.k().fill::<T>(0.0, &mut y)
+                cew::fill::<T>(b.gpu(), n, 0.0, &mut y)
             } else {
-                b.k().scale::<T>(self.beta, &mut y)
+                cew::scale::<T>(b.gpu(), n, self.beta, &mut y)
             }
         })
     }

@@ -18,6 +18,7 @@ use super::{footprint, same_dtype, same_layout};
 use crate::error::{shape_err, Result};
 use crate::kernels::cpu::elementwise as ke;
 use crate::kernels::cpu::layernorm as k;
+use crate::kernels::cuda::layernorm as cln;
 use crate::runtime::DevBuffers;
 use crate::runtime::{Access, Buffers, Codelet, DataHandle, Runtime, Where};
 use crate::tensor::Tensor;
@@ -199,16 +200,19 @@ impl Codelet for LnTask {
         Ok(())
     }
     fn cuda(&self, b: &DevBuffers) -> Result<()> {
-        let (rows, cols, kk) = (self.rows, self.cols, b.k());
+        let (rows, cols, g) = (self.rows, self.cols, b.gpu());
         if let Ln::Finalize { eps } = self.op {
             return with_acc_dtype!(acc_dtype(self.dt), A, {
-                kk.layernorm_stats_finalize::<A>(&b.r(0)?, rows, eps, &mut b.w(1)?)
+                cln::layernorm_stats_finalize::<A>(g, &b.r(0)?, rows, eps, &mut b.w(1)?)
             });
         }
         with_dtype!(self.dt, T, {
             match self.op {
-                Ln::Stats => kk.layernorm_stats_update::<T>(&b.r(0)?, rows, cols, &mut b.w(1)?),
-                Ln::Fwd => kk.layernorm_fwd::<T>(
+                Ln::Stats => {
+                    cln::layernorm_stats_update::<T>(g, &b.r(0)?, rows, cols, &mut b.w(1)?)
+                }
+                Ln::Fwd => cln::layernorm_fwd::<T>(
+                    g,
                     &b.r(0)?,
                     &b.r(1)?,
                     &b.r(2)?,
@@ -217,7 +221,8 @@ impl Codelet for LnTask {
                     cols,
                     &mut b.w(4)?,
                 ),
-                Ln::BwdReduce => kk.layernorm_bwd_reduce::<T>(
+                Ln::BwdReduce => cln::layernorm_bwd_reduce::<T>(
+                    g,
                     &b.r(0)?,
                     &b.r(1)?,
                     &b.r(2)?,
@@ -226,7 +231,8 @@ impl Codelet for LnTask {
                     cols,
                     &mut b.w(4)?,
                 ),
-                Ln::Bwd { total, accumulate } => kk.layernorm_bwd::<T>(
+                Ln::Bwd { total, accumulate } => cln::layernorm_bwd::<T>(
+                    g,
                     &b.r(0)?,
                     &b.r(1)?,
                     &b.r(2)?,
@@ -235,10 +241,11 @@ impl Codelet for LnTask {
                     total,
                     rows,
                     cols,
-                    accumulate,
+                    accumulate as i32,
                     &mut b.w(5)?,
                 ),
-                Ln::ParamGrad => kk.layernorm_param_grad::<T, T>(
+                Ln::ParamGrad => cln::layernorm_param_grad::<T, T>(
+                    g,
                     &b.r(0)?,
                     &b.r(1)?,
                     &b.r(2)?,
@@ -250,7 +257,8 @@ impl Codelet for LnTask {
                 Ln::AddStats { in_place } => {
                     let o = usize::from(!in_place);
                     let r = if in_place { None } else { Some(b.r::<T>(1)?) };
-                    kk.add_layernorm_stats_update::<T>(
+                    cln::add_layernorm_stats_update::<T>(
+                        g,
                         &b.r(0)?,
                         r.as_ref(),
                         rows,
@@ -262,7 +270,8 @@ impl Codelet for LnTask {
                 Ln::AddFwd { eps, in_place } => {
                     let o = usize::from(!in_place);
                     let r = if in_place { None } else { Some(b.r::<T>(1)?) };
-                    kk.add_layernorm_fwd::<T>(
+                    cln::add_layernorm_fwd::<T>(
+                        g,
                         &b.r(0)?,
                         r.as_ref(),
                         &b.r(2 + o)?,

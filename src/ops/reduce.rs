@@ -10,6 +10,7 @@
 use super::footprint;
 use crate::error::{arg_err, shape_err, Error, Result};
 use crate::kernels::cpu::reduce as k;
+use crate::kernels::cuda::reduce as cre;
 use crate::runtime::DevBuffers;
 use crate::runtime::{Access, Buffers, Codelet, DataHandle, Runtime, Where};
 use crate::tensor::Tensor;
@@ -78,17 +79,19 @@ impl Codelet for ReduceCl {
         Ok(())
     }
     fn cuda(&self, b: &DevBuffers) -> Result<()> {
-        let k = b.k();
+        let g = b.gpu();
         let (alpha, beta) = (self.alpha, self.beta);
         with_dtype!(self.dtype, T, {
             match self.kind {
                 Kind::Axis { outer, len, inner } => {
-                    k.sum_axis::<T>(outer, len, inner, alpha, &b.r(0)?, beta, &mut b.w(1)?)
+                    cre::sum_axis::<T>(g, [outer, len, inner], alpha, &b.r(0)?, beta, &mut b.w(1)?)
                 }
-                Kind::All => k.sum_all::<T>(alpha, &b.r(0)?, beta, &mut b.w(1)?),
-                Kind::SsqInit => k.fill::<f64>(0.0, &mut b.w(0)?),
-                Kind::SsqUpdate => k.ssq_update::<T>(&b.r(0)?, &mut b.w(1)?),
-                Kind::Norm => k.norm_from_ssq::<T>(&b.r(0)?, alpha, beta, &mut b.w(1)?),
+                Kind::All => cre::sum_all::<T>(g, alpha, &b.r(0)?, beta, &mut b.w(1)?),
+                Kind::SsqInit => {
+                    crate::kernels::cuda::elementwise::fill::<f64>(b.gpu(), 2, 0.0, &mut b.w(0)?)
+                }
+                Kind::SsqUpdate => cre::ssq_update::<T>(g, &b.r(0)?, &mut b.w(1)?),
+                Kind::Norm => cre::norm_from_ssq::<T>(g, &b.r(0)?, alpha, beta, &mut b.w(1)?),
             }
         })
     }

@@ -15,7 +15,7 @@
 use super::footprint;
 use crate::error::{arg_err, shape_err, Result};
 use crate::kernels::cpu::copy::copy_block;
-use crate::kernels::cuda::launch_copy::COPY_MAX_DIMS;
+use crate::kernels::cuda::elementwise::COPY_MAX_DIMS;
 use crate::runtime::DevBuffers;
 use crate::runtime::{Access, Buffers, Codelet, DataHandle, Where};
 use crate::tensor::{for_each_index, Tensor};
@@ -80,7 +80,8 @@ impl Codelet for RegionCl {
         with_dtype!(self.dtype, T, {
             let mut out = b.w::<T>(n)?;
             for (i, p) in self.pieces.iter().enumerate() {
-                b.k().copy_block::<T, T>(
+                crate::kernels::cuda::elementwise::copy_block::<T, T>(
+                    b.gpu(),
                     &b.r(i)?,
                     &p.src_shape,
                     &p.src_off,

@@ -13,14 +13,13 @@ use crate::dtype::DType;
 use crate::error::{arg_err, Result};
 use crate::kernels::cpu::elementwise::cast;
 use crate::kernels::cpu::optim as k;
-use crate::kernels::cuda::launch::DevElement;
-use crate::kernels::cuda::launch_optim::optim_supported;
+use crate::kernels::cuda::context::DevElement;
+use crate::kernels::cuda::optim::optim_supported;
 use crate::model::Gpt2;
 use crate::runtime::DevBuffers;
 use crate::runtime::{Access, Buffers, Codelet, DataHandle, Where};
 use crate::tensor::Tensor;
 use crate::{with_acc_dtype, with_dtype};
-use cudarc::driver::DeviceRepr;
 
 /// x >= 0 and not NaN.
 fn non_negative(x: f64) -> bool {
@@ -207,12 +206,8 @@ impl Codelet for OptimStep {
 }
 
 impl OptimStep {
-    fn cuda_typed<P: DevElement, G: DevElement>(&self, b: &DevBuffers) -> Result<()>
-    where
-        P::Acc: DeviceRepr,
-        G::Acc: DeviceRepr,
-    {
-        let kern = b.k();
+    fn cuda_typed<P: DevElement, G: DevElement>(&self, b: &DevBuffers) -> Result<()> {
+        let gpu = b.gpu();
         let mut p = b.w::<P>(0)?;
         let g = b.r::<G>(1)?;
         match self.kind {
@@ -226,7 +221,8 @@ impl OptimStep {
                 } else {
                     None
                 };
-                kern.sgd_step::<P, G>(
+                crate::kernels::cuda::optim::sgd_step::<P, G>(
+                    gpu,
                     &mut p,
                     &g,
                     buf.as_mut(),
@@ -243,7 +239,8 @@ impl OptimStep {
                 beta2,
                 eps,
                 decoupled,
-            } => kern.adam_step::<P, G>(
+            } => crate::kernels::cuda::optim::adam_step::<P, G>(
+                gpu,
                 &mut p,
                 &g,
                 &mut b.w::<P>(2)?,
@@ -260,7 +257,16 @@ impl OptimStep {
         if let Some(vt) = self.vt {
             // Same stream, so the cast reads the updated masters.
             with_dtype!(vt, V, {
-                kern.cast::<P, V>(&p.as_view(), &mut b.w::<V>(2 + self.nstate)?)?
+                {
+                    let mut v = b.w::<V>(2 + self.nstate)?;
+                    let n = v.len();
+                    crate::kernels::cuda::elementwise::cast::<P, V>(
+                        b.gpu(),
+                        n,
+                        &p.as_view(),
+                        &mut v,
+                    )?
+                }
             });
         }
         Ok(())

@@ -8,7 +8,6 @@ use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::kernels::cuda::context::Gpu;
 use crate::kernels::cuda::cuda_err;
-use crate::kernels::cuda::launch::CudaKernels;
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr};
 use std::cell::Cell;
 
@@ -219,10 +218,6 @@ impl<'a> DevBuffers<'a> {
     /// The GPU (context, stream, kernels, BLAS handles).
     pub fn gpu(&self) -> &'a Gpu {
         &self.node.gpu
-    }
-    /// The kernels of the GPU.
-    pub fn k(&self) -> &'a CudaKernels {
-        &self.node.gpu.kernels
     }
     /// A new device buffer holding `src` (index lists a codelet uploads;
     /// asynchronous, `src` may be dropped on return).

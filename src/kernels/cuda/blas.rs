@@ -37,9 +37,9 @@
 
 use crate::dtype::{DType, Element, GemmCompute};
 use crate::error::{arg_err, shape_err, Result};
+use crate::kernels::cuda::context::DevElement;
 use crate::kernels::cuda::context::Gpu;
 use crate::kernels::cuda::cuda_err;
-use crate::kernels::cuda::launch::DevElement;
 use cudarc::cublas::{result as blas_result, sys as blas_sys};
 use cudarc::cublaslt::{result as lt_result, sys as lt_sys};
 use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr};
@@ -255,10 +255,7 @@ pub fn gemm<T: DevElement>(
     b: &CudaView<T>,
     beta: f64,
     c: &mut CudaViewMut<T>,
-) -> Result<()>
-where
-    T::Acc: DeviceRepr,
-{
+) -> Result<()> {
     let op = "cuda.gemm";
     check_shapes(op, m, n, k, batch, a.len(), b.len(), c.len())?;
     if c.is_empty() {
@@ -267,9 +264,9 @@ where
     if k == 0 || alpha == 0.0 {
         // As the CPU kernel: C = beta * C, zeros without reading C when beta is 0.
         return if beta == 0.0 {
-            dev.kernels.fill(0.0, c)
+            super::elementwise::fill(dev, c.len(), 0.0, c)
         } else if beta != 1.0 {
-            dev.kernels.scale(beta, c)
+            super::elementwise::scale(dev, c.len(), beta, c)
         } else {
             Ok(())
         };
@@ -702,17 +699,14 @@ pub fn gemm_bias_act<T: DevElement>(
     bias: &CudaView<T>,
     act: BiasAct,
     c: &mut CudaViewMut<T>,
-) -> Result<()>
-where
-    T::Acc: DeviceRepr,
-{
+) -> Result<()> {
     let fused = gemm_bias_act_fused(
         dev, compute, trans_a, trans_b, m, n, k, batch, alpha, a, b, bias, act, c,
     )?;
     if fused {
         return Ok(());
     }
-    dev.kernels.bias::<T>(false, bias, batch * m, n, c)?;
+    super::bias::bias_fill::<T>(dev, bias, batch * m, n, c)?;
     gemm::<T>(
         dev, compute, trans_a, trans_b, m, n, k, batch, alpha, a, b, 1.0, c,
     )?;
@@ -726,10 +720,7 @@ where
 
 /// `y = act(y)` with activation.cu's `<name>_<T>(n, x, y)` given y twice
 /// (elementwise: each thread reads its element before writing it).
-fn activation_in_place<T: DevElement>(dev: &Gpu, name: &str, y: &mut CudaViewMut<T>) -> Result<()>
-where
-    T::Acc: DeviceRepr,
-{
+fn activation_in_place<T: DevElement>(dev: &Gpu, name: &str, y: &mut CudaViewMut<T>) -> Result<()> {
     use crate::kernels::cuda::{grid_for, kernel_name, Module, ELEMENTWISE_BLOCK};
     use cudarc::driver::{LaunchConfig, PushKernelArg};
     let f = dev
@@ -768,10 +759,7 @@ fn gemm_bias_act_fused<T: DevElement>(
     bias: &CudaView<T>,
     act: BiasAct,
     c: &mut CudaViewMut<T>,
-) -> Result<bool>
-where
-    T::Acc: DeviceRepr,
-{
+) -> Result<bool> {
     let op = "cuda.gemm_bias_act";
     check_shapes(op, m, n, k, batch, a.len(), b.len(), c.len())?;
     check_len(op, "bias", n, bias.len())?;

@@ -5,13 +5,80 @@
 //! `runtime::cuda`, which holds one of these per GPU node.
 
 use super::cuda_err;
-use super::launch::CudaKernels;
+use super::{compile_module, Module};
+use crate::dtype::Element;
 use crate::error::{Error, Result};
-use cudarc::driver::{CudaContext, CudaEvent, CudaStream};
-use std::sync::{Arc, OnceLock};
+use cudarc::driver::{
+    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr,
+};
+use cudarc::nvrtc::Ptx;
+use std::sync::{Arc, Mutex, OnceLock};
 
-pub(crate) fn drv(e: cudarc::driver::DriverError) -> Error {
+pub fn drv(e: cudarc::driver::DriverError) -> Error {
     cuda_err(format!("driver: {e}"))
+}
+
+/// The kernels of one device: its stream, its architecture, and each module
+/// loaded once (cached by module index).
+pub struct CudaKernels {
+    stream: Arc<CudaStream>,
+    arch: String,
+    modules: Mutex<Vec<Option<Arc<CudaModule>>>>,
+}
+
+/// A storage dtype usable on the device (its accumulator too).
+pub trait DevElement: Element<Acc: DeviceRepr> + DeviceRepr {}
+impl<T: Element<Acc: DeviceRepr> + DeviceRepr> DevElement for T {}
+
+impl CudaKernels {
+    /// Kernels for the device of `stream`, compiled for its compute capability.
+    pub fn new(stream: Arc<CudaStream>) -> Result<Self> {
+        let (major, minor) = stream.context().compute_capability().map_err(drv)?;
+        Ok(Self {
+            stream,
+            arch: format!("sm_{major}{minor}"),
+            modules: Mutex::new(vec![None; Module::ALL.len()]),
+        })
+    }
+
+    /// The architecture the modules are compiled for.
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+
+    /// The stream launches go to.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// The function `name` of `module`, compiling and loading the module once.
+    pub fn func(&self, module: Module, name: &str) -> Result<CudaFunction> {
+        let idx = Module::ALL.iter().position(|m| *m == module).unwrap_or(0);
+        let mut mods = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+        if mods[idx].is_none() {
+            let ptx = compile_module(module, &self.arch)?.ptx;
+            let m = self
+                .stream
+                .context()
+                .load_module(Ptx::from_src(ptx))
+                .map_err(drv)?;
+            mods[idx] = Some(m);
+        }
+        let m = mods[idx].as_ref().expect("loaded above");
+        m.load_function(name)
+            .map_err(|e| cuda_err(format!("kernel {name} in {}: {e}", module.file())))
+    }
+
+    /// `n` f64 of scratch on the stream, not cleared (no memset), freed
+    /// stream-ordered when dropped.
+    ///
+    /// # Safety
+    /// The caller's first kernel writes every element before any kernel
+    /// reads one.
+    pub unsafe fn scratch_f64(&self, n: usize) -> Result<CudaSlice<f64>> {
+        // SAFETY: passed on to the caller (uninitialised device memory).
+        unsafe { self.stream.alloc::<f64>(n) }.map_err(drv)
+    }
 }
 
 /// One GPU: its context, its stream, its kernels and BLAS handles.

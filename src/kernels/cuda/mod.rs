@@ -18,14 +18,21 @@
 //! NVRTC needs no include path and the `nvidia-cuda-nvrtc` wheel alone
 //! compiles every module.
 
+#[macro_use]
+pub mod table;
+pub mod activation;
+pub mod attention;
+pub mod attention_tc;
+pub mod bias;
 pub mod blas;
 pub mod context;
-pub mod launch;
-pub mod launch_attn;
-pub mod launch_attn_tc;
-pub mod launch_copy;
-pub mod launch_layers;
-pub mod launch_optim;
+pub mod crossentropy;
+pub mod elementwise;
+pub mod embedding;
+pub mod geom;
+pub mod layernorm;
+pub mod optim;
+pub mod reduce;
 
 use crate::error::{Error, Result};
 use cudarc::nvrtc::{self, CompileError, CompileOptions};
@@ -124,6 +131,14 @@ impl Module {
             .into_iter()
             .find(|m| m.file().strip_suffix(".cu") == Some(name))
     }
+}
+
+/// Whether `(T, G)` is a (storage, gradient) dtype pair the `_grad` and
+/// `_part` kernels are instantiated for (`FOR_GRAD_PAIRS` in
+/// `cuda/prelude.cu`): the same dtype, or f32 gradients of 16-bit storage.
+pub fn grad_pair_supported(t: crate::DType, g: crate::DType) -> bool {
+    use crate::DType::*;
+    t == g || (matches!(t, BF16 | F16) && g == F32)
 }
 
 /// The dtype suffix of a kernel name (`f32`, `f64`, `bf16`, `f16`).

@@ -9,22 +9,25 @@
 //! scaled to the O(1) gradients. ReLU and dropout are exact.
 
 use super::{close, eps, exact, Buf, Dev, Rng};
-use crate::geom::elementwise as ew;
-use crate::{launch, Dims8, Kernels};
+use crate::activation as emu;
+use crate::Dims8;
 use gpt2rs::kernels::cpu::activation::{self as ka, Activation};
 use gpt2rs::kernels::cpu::dropout::{self as kd, DropoutMask};
-use gpt2rs::kernels::cuda::launch_layers::{activation_stem, DropoutGeometry};
+use gpt2rs::kernels::cuda::activation::DropoutGeometry;
 
-type Fwd<T> = unsafe extern "C" fn(usize, *const T, *mut T);
-type Bwd<T> = unsafe extern "C" fn(usize, *const T, *const T, *mut T);
+type Fwd<T> = fn(usize, &[T], &mut [T]);
+type Bwd<T> = fn(usize, &[T], &[T], &mut [T]);
 
-/// The kernels the launcher picks by name (`activation_stem` + `_fwd`, ...).
-fn by_name<T>(k: &Kernels<T, T>, act: Activation) -> (Fwd<T>, Bwd<T>, Fwd<T>) {
-    match activation_stem(act) {
-        "gelu" => (k.gelu_fwd, k.gelu_bwd, k.gelu_bwd_inplace),
-        "gelu_exact" => (k.gelu_exact_fwd, k.gelu_exact_bwd, k.gelu_exact_bwd_inplace),
-        "relu" => (k.relu_fwd, k.relu_bwd, k.relu_bwd_inplace),
-        s => panic!("no kernels for {s}"),
+/// The kernels the launchers `activation_fwd` / `activation_bwd` pick.
+fn by_act<T: Dev>(act: Activation) -> (Fwd<T>, Bwd<T>, Fwd<T>) {
+    match act {
+        Activation::GeluTanh => (emu::gelu_fwd, emu::gelu_bwd, emu::gelu_bwd_inplace),
+        Activation::Gelu => (
+            emu::gelu_exact_fwd,
+            emu::gelu_exact_bwd,
+            emu::gelu_exact_bwd_inplace,
+        ),
+        Activation::Relu => (emu::relu_fwd, emu::relu_bwd, emu::relu_bwd_inplace),
     }
 }
 
@@ -40,7 +43,7 @@ fn activations<T: Dev>() {
     let dy: Vec<T> = Rng(21).vec(n, 0.0, 1.0);
     let tol = 8.0 * eps::<T>();
     for act in [Activation::GeluTanh, Activation::Gelu, Activation::Relu] {
-        let (fwd, bwd, bwd_inplace) = by_name(&T::K, act);
+        let (fwd, bwd, bwd_inplace) = by_act::<T>(act);
         let check = |what: &str, got: &[T], want: &[T]| {
             if act == Activation::Relu {
                 exact(&format!("{act:?} {what}"), got, want);
@@ -51,21 +54,18 @@ fn activations<T: Dev>() {
         let mut want = vec![T::from_f64(0.0); n];
         ka::activation_fwd::<T>(act, &x, &mut want);
         let mut y = Buf::<T>::zeros(n);
-        let (xp, yp) = (x.as_ptr(), y.m());
-        launch(ew(n), || unsafe { fwd(n, xp, yp) });
+        fwd(n, &x, y.get_mut());
         check("fwd", y.get(), &want);
 
         let mut want = vec![T::from_f64(0.0); n];
         ka::activation_bwd::<T>(act, &x, &dy, &mut want);
         let mut dx = Buf::<T>::zeros(n);
-        let (xp, dp, op) = (x.as_ptr(), dy.as_ptr(), dx.m());
-        launch(ew(n), || unsafe { bwd(n, xp, dp, op) });
+        bwd(n, &x, &dy, dx.get_mut());
         check("bwd", dx.get(), &want);
 
         // In place: the same kernel body reading dy from dx.
         let mut dxy = Buf::new(&dy);
-        let (xp, dp) = (x.as_ptr(), dxy.m());
-        launch(ew(n), || unsafe { bwd_inplace(n, xp, dp) });
+        bwd_inplace(n, &x, dxy.get_mut());
         exact(&format!("{act:?} bwd in place = bwd"), dxy.get(), dx.get());
     }
 }
@@ -79,7 +79,7 @@ fn activations_f64() {
     activations::<f64>();
 }
 
-/// The launcher `dropout` (launch_layers.rs) on a tile at `off` of shape
+/// The launcher `dropout` (activation.rs) on a tile at `off` of shape
 /// `ts` in a tensor of shape `shape`, geometry from the launcher's own
 /// `DropoutGeometry`, against the CPU's mask.
 fn dropout_case<T: Dev>(
@@ -96,18 +96,10 @@ fn dropout_case<T: Dev>(
     kd::dropout_fwd::<T>(seed, stream, p, off, ts, shape, &mut want);
     let geo = DropoutGeometry::new(off, ts, shape).unwrap();
     let scale = DropoutMask::new(seed, stream, p).scale;
-    let (tshape, gstride, base, rank) = (
-        Dims8(geo.tile_shape),
-        Dims8(geo.global_stride),
-        geo.base as usize,
-        geo.rank,
-    );
+    let (ts8, gs8) = (geo.tile_shape, geo.global_stride);
     let mut y = Buf::new(&x);
-    let yp = y.m();
-    let k = T::K;
-    launch(ew(n), || unsafe {
-        (k.dropout)(n, seed, stream, p, scale, rank, tshape, gstride, base, yp)
-    });
+    let yp = y.get_mut();
+    emu::dropout_raw::<T>(n, seed, stream, p, scale, geo.rank, ts8, gs8, geo.base, yp);
     exact(
         &format!("dropout seed {seed} stream {stream} p {p} tile {off:?} {ts:?} of {shape:?}"),
         y.get(),

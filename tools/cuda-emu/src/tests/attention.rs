@@ -1,6 +1,5 @@
 //! attention.cu: flash forward (with dropout, with a KV-cache stride) and
-//! backward, their dropout-free predecessors attn_fwd_update /
-//! attn_bwd_update, init, finalize and delta, over T = 11 positions in tiles
+//! backward, init, finalize and delta, over T = 11 positions in tiles
 //! of 4 (the last of 3), causal, against the CPU's tiled attention.
 //!
 //! A warp reduces each dot product in a tree where the CPU adds in order, and
@@ -11,8 +10,8 @@
 //! accumulation). Init, the output of finalize and the mask are exact.
 
 use super::{close, eps, exact, Buf, Dev, Rng};
-use crate::geom::{elementwise as ew, warp_rows};
-use crate::{launch, AttnDropArgs};
+use crate::attention as emu;
+use crate::AttnDropArgs;
 use gpt2rs::dtype::Element;
 use gpt2rs::kernels::cpu::attention::{self as kt, AttnDropout};
 
@@ -34,7 +33,6 @@ fn zeros<T: Element>(n: usize) -> Vec<T> {
 }
 
 fn attention<T: Dev>(hs: usize, drop: AttnDropout) {
-    let k = T::K;
     let scale = 1.0 / (hs as f64).sqrt();
     let full = B * T_ * NH * hs;
     let mut rng = Rng(70 + hs as u64);
@@ -50,7 +48,6 @@ fn attention<T: Dev>(hs: usize, drop: AttnDropout) {
         .collect();
     // The launcher's own conversion of the CPU's dropout tuple.
     let dev_drop = AttnDropArgs::new(drop);
-    let legacy = drop.is_none();
     let tag = format!("hs {hs} dropout {drop:?}");
     let tol = (2.0 * (hs as f64).powf(1.5) / 3.0).max(64.0) * eps::<T>();
 
@@ -66,15 +63,10 @@ fn attention<T: Dev>(hs: usize, drop: AttnDropout) {
             Buf::<T>::filled(rows, 9.0),
             Buf::<T>::filled(rows * hs, 9.0),
         );
-        let (mp, lp, ap) = (m.m(), l.m(), a.m());
-        launch(ew(rows * hs.max(1)), || unsafe {
-            (k.attn_fwd_init)(rows, hs, mp, lp, ap)
-        });
+        emu::attn_fwd_init::<T>(rows, hs, m.get_mut(), l.get_mut(), a.get_mut());
         exact(&format!("attn_fwd_init m {tag}"), m.get(), &mw);
         exact(&format!("attn_fwd_init l {tag}"), l.get(), &lw);
         exact(&format!("attn_fwd_init acc {tag}"), a.get(), &aw);
-        // The dropout-free kernel keeps its own state.
-        let (mut ml, mut ll, mut al) = (Buf::new(m.get()), Buf::new(l.get()), Buf::new(a.get()));
         // Key tiles left of the diagonal, the diagonal one, and one right
         // of it (no visible key: rows untouched).
         let visible = tiles.iter().filter(|&&(k0, _)| k0 <= q0 + TILE);
@@ -83,44 +75,22 @@ fn attention<T: Dev>(hs: usize, drop: AttnDropout) {
             kt::attn_fwd_update::<T>(
                 &qt, &kt_, &vt, B, tq, tk, NH, hs, q0, k0, scale, drop, &mut mw, &mut lw, &mut aw,
             );
-            let (qp, kp, vp, mp, lp, ap) =
-                (qt.as_ptr(), kt_.as_ptr(), vt.as_ptr(), m.m(), l.m(), a.m());
-            launch(warp_rows(rows), || unsafe {
-                (k.flash_fwd)(
-                    qp, kp, vp, B, tq, tk, tk, NH, hs, q0, k0, scale, dev_drop, mp, lp, ap,
-                )
-            });
-            if legacy {
-                let (mp, lp, ap) = (ml.m(), ll.m(), al.m());
-                launch(warp_rows(rows), || unsafe {
-                    (k.attn_fwd_update)(qp, kp, vp, B, tq, tk, NH, hs, q0, k0, scale, mp, lp, ap)
-                });
-            }
+            let (mp, lp, ap) = (m.get_mut(), l.get_mut(), a.get_mut());
+            #[rustfmt::skip]
+            emu::flash_fwd_raw::<T>(
+                &qt, &kt_, &vt, B, tq, tk, tk, NH, hs, q0, k0, scale, dev_drop, mp, lp, ap,
+            );
         }
         let at = format!("q0={q0} {tag}");
         close(&format!("flash_fwd m {at}"), m.get(), &mw, tol, tol);
         close(&format!("flash_fwd l {at}"), l.get(), &lw, tol, tol);
         close(&format!("flash_fwd acc {at}"), a.get(), &aw, tol, tol);
-        if legacy {
-            close(&format!("attn_fwd_update m {at}"), ml.get(), &mw, tol, tol);
-            close(&format!("attn_fwd_update l {at}"), ll.get(), &lw, tol, tol);
-            close(
-                &format!("attn_fwd_update acc {at}"),
-                al.get(),
-                &aw,
-                tol,
-                tol,
-            );
-        }
         // Finalize from the CPU's state: o = acc * (1 / l) exactly; lse
         // through log (libdevice's on the GPU).
         let (mut ow, mut lsew) = (zeros::<T>(rows * hs), zeros::<T>(rows));
         kt::attn_fwd_finalize::<T>(&mw, &lw, &aw, B, tq, NH, hs, &mut ow, &mut lsew);
         let (mut o, mut lse) = (Buf::<T>::zeros(rows * hs), Buf::<T>::zeros(rows));
-        let (mp, lp, ap, op, sp) = (mw.as_ptr(), lw.as_ptr(), aw.as_ptr(), o.m(), lse.m());
-        launch(ew(rows * hs), || unsafe {
-            (k.attn_fwd_finalize)(mp, lp, ap, rows, hs, op, sp)
-        });
+        emu::attn_fwd_finalize::<T>(&mw, &lw, &aw, rows, hs, o.get_mut(), lse.get_mut());
         exact(&format!("attn_fwd_finalize o {at}"), o.get(), &ow);
         close(
             &format!("attn_fwd_finalize lse {at}"),
@@ -141,10 +111,7 @@ fn attention<T: Dev>(hs: usize, drop: AttnDropout) {
         let mut want = zeros::<T>(rows);
         kt::attn_bwd_delta::<T>(&outs[i], &dot, B, tq, NH, hs, &mut want);
         let mut delta = Buf::<T>::zeros(rows);
-        let (op, dp, gp) = (outs[i].as_ptr(), dot.as_ptr(), delta.m());
-        launch(warp_rows(rows), || unsafe {
-            (k.attn_bwd_delta)(op, dp, rows, hs, gp)
-        });
+        emu::attn_bwd_delta::<T>(&outs[i], &dot, rows, hs, delta.get_mut());
         close(
             &format!("attn_bwd_delta q0={q0} {tag}"),
             delta.get(),
@@ -168,7 +135,6 @@ fn attention<T: Dev>(hs: usize, drop: AttnDropout) {
     };
     let (mut dqw, mut dkw, mut dvw) = (grads(), grads(), grads());
     let (mut dq, mut dk, mut dv) = (bufs(), bufs(), bufs());
-    let (mut dql, mut dkl, mut dvl) = (bufs(), bufs(), bufs());
     for (i, &(q0, tq)) in tiles.iter().enumerate() {
         let (qt, dot) = (tile(&q, hs, q0, tq), tile(&d_o, hs, q0, tq));
         for (j, &(k0, tk)) in tiles
@@ -197,31 +163,12 @@ fn attention<T: Dev>(hs: usize, drop: AttnDropout) {
                 &mut dkw[j],
                 &mut dvw[j],
             );
-            let (qp, kp, vp, op, lp, dp) = (
-                qt.as_ptr(),
-                kt_.as_ptr(),
-                vt.as_ptr(),
-                dot.as_ptr(),
-                lses[i].as_ptr(),
-                deltas[i].as_ptr(),
+            let (a, b, c) = (dq[i].get_mut(), dk[j].get_mut(), dv[j].get_mut());
+            let (lp, dp) = (&lses[i], &deltas[i]);
+            #[rustfmt::skip]
+            emu::flash_bwd_raw::<T>(
+                &qt, &kt_, &vt, &dot, lp, dp, B, tq, tk, NH, hs, q0, k0, scale, dev_drop, a, b, c,
             );
-            let (a, b, c) = (dq[i].m(), dk[j].m(), dv[j].m());
-            // flash_bwd: warps for max(tq, tk) rows (launch_attn.rs).
-            launch(warp_rows(B * tq.max(tk) * NH), || unsafe {
-                (k.flash_bwd)(
-                    qp, kp, vp, op, lp, dp, B, tq, tk, NH, hs, q0, k0, scale, dev_drop, a, b, c,
-                )
-            });
-            if legacy {
-                // attn_bwd_update: warps for the query rows only (launch.rs);
-                // its warp-stride loop covers the key rows.
-                let (a, b, c) = (dql[i].m(), dkl[j].m(), dvl[j].m());
-                launch(warp_rows(B * tq * NH), || unsafe {
-                    (k.attn_bwd_update)(
-                        qp, kp, vp, op, lp, dp, B, tq, tk, NH, hs, q0, k0, scale, a, b, c,
-                    )
-                });
-            }
         }
     }
     for i in 0..tiles.len() {
@@ -247,29 +194,6 @@ fn attention<T: Dev>(hs: usize, drop: AttnDropout) {
             tol,
             tol,
         );
-        if legacy {
-            close(
-                &format!("attn_bwd_update dq {at}"),
-                dql[i].get(),
-                &dqw[i],
-                tol,
-                tol,
-            );
-            close(
-                &format!("attn_bwd_update dk {at}"),
-                dkl[i].get(),
-                &dkw[i],
-                tol,
-                tol,
-            );
-            close(
-                &format!("attn_bwd_update dv {at}"),
-                dvl[i].get(),
-                &dvw[i],
-                tol,
-                tol,
-            );
-        }
     }
 
     // KV-cache tile: ks = 5 positions per batch row, the first tk = 4 used.
@@ -302,12 +226,11 @@ fn attention<T: Dev>(hs: usize, drop: AttnDropout) {
             &mut aw[r * qn..][..qn],
         );
     }
-    let (qp, kp, vp, mp, lp, ap) = (qt.as_ptr(), kt_.as_ptr(), vt.as_ptr(), m.m(), l.m(), a.m());
-    launch(warp_rows(rows), || unsafe {
-        (k.flash_fwd)(
-            qp, kp, vp, B, tq, tk, ks, NH, hs, q0, k0, scale, dev_drop, mp, lp, ap,
-        )
-    });
+    let (mp, lp, ap) = (m.get_mut(), l.get_mut(), a.get_mut());
+    #[rustfmt::skip]
+    emu::flash_fwd_raw::<T>(
+        &qt, &kt_, &vt, B, tq, tk, ks, NH, hs, q0, k0, scale, dev_drop, mp, lp, ap,
+    );
     close(
         &format!("flash_fwd cached (ks > tk) m {tag}"),
         m.get(),

@@ -1,5 +1,5 @@
 //! attention_tc.cu: the softmax steps of the tensor-core attention path
-//! (launch_attn_tc.rs), which run between cuBLAS products. The products are
+//! (attention_tc.rs), which run between cuBLAS products. The products are
 //! done here on the host, as the launcher lays them out (score blocks
 //! `[bc, h, nr, tk]`, query rows from `first`), in f64 rounded to f32 where
 //! cuBLAS's fp32 products round in their own order; the whole path is
@@ -12,10 +12,9 @@
 //! one at a time (`b0 > 0`).
 
 use super::{close, eps, Buf, Rng};
-use crate::{launch, AttnDropArgs, Geom, ATTN_TC_F32};
+use crate::attention_tc as emu;
+use crate::AttnDropArgs;
 use gpt2rs::kernels::cpu::attention::{self as kt, AttnDropout};
-use gpt2rs::kernels::cuda::launch_attn_tc::ATTN_TC_BLOCK;
-use gpt2rs::kernels::cuda::{ceil_div, MAX_GRID, WARP_SIZE};
 
 const B: usize = 2;
 const NH: usize = 3;
@@ -23,17 +22,8 @@ const T_: usize = 40;
 const Q_TILES: [(usize, usize); 2] = [(0, 36), (36, 4)];
 const K_TILES: [(usize, usize); 2] = [(0, 20), (20, 20)];
 
-/// `warp_rows` of launch_attn_tc.rs (private there).
-fn warp_rows(rows: usize) -> Geom {
-    let per_block = (ATTN_TC_BLOCK / WARP_SIZE) as usize;
-    Geom {
-        grid: ceil_div(rows.max(1), per_block).min(MAX_GRID as usize) as u32,
-        block: (ATTN_TC_BLOCK, 1),
-    }
-}
-
 /// The first query row of a pair that sees a key (`Geo::new` of
-/// launch_attn_tc.rs, private there); `None`: the pair does nothing.
+/// attention_tc.rs, private there); `None`: the pair does nothing.
 fn first_row(tq: usize, tk: usize, q0: usize, k0: usize) -> Option<usize> {
     let first = k0.saturating_sub(q0);
     (tk > 0 && first < tq).then_some(first)
@@ -94,7 +84,6 @@ impl Pair<'_> {
 }
 
 fn run(hs: usize, drop: AttnDropout, bc: usize) {
-    let k = ATTN_TC_F32;
     let scale = 1.0 / (hs as f64).sqrt();
     let full = B * T_ * NH * hs;
     let mut rng = Rng(90 + hs as u64);
@@ -139,13 +128,11 @@ fn run(hs: usize, drop: AttnDropout, bc: usize) {
                 let s = pr.scores(pr.q, pr.k, scale, b0, nb);
                 let nrows = nb * NH * pr.nr;
                 let mut p = Buf::<f32>::filled(s.len(), f64::NAN); // the kernel writes every entry
-                let (sp, mp, lp, ap, pp) = (s.as_ptr(), m.m(), l.m(), acc.m(), p.m());
-                launch(warp_rows(nrows), || unsafe {
-                    (k.fwd_rows)(
-                        sp, nrows, pr.nr, tk, tq, NH, hs, first, q0, k0, b0, dev_drop, mp, lp, ap,
-                        pp,
-                    )
-                });
+                let (mp, lp, ap, pp) = (m.get_mut(), l.get_mut(), acc.get_mut(), p.get_mut());
+                #[rustfmt::skip]
+                emu::attn_tc_fwd_rows::<f32>(
+                    &s, nrows, pr.nr, tk, tq, NH, hs, first, q0, k0, b0, dev_drop, mp, lp, ap, pp,
+                );
                 // acc += Pd V.
                 let (p, a) = (p.get(), acc.get_mut());
                 for bi in b0..b0 + nb {
@@ -211,20 +198,12 @@ fn run(hs: usize, drop: AttnDropout, bc: usize) {
                         Buf::<f32>::filled(s.len(), f64::NAN),
                         Buf::<f32>::filled(s.len(), f64::NAN),
                     );
-                    let (sp, dpp, lp, dlp, pdp, dsp) = (
-                        s.as_ptr(),
-                        dp.as_ptr(),
-                        lse.as_ptr(),
-                        delta.as_ptr(),
-                        pd.m(),
-                        ds.m(),
+                    let (pdp, dsp) = (pd.get_mut(), ds.get_mut());
+                    #[rustfmt::skip]
+                    emu::attn_tc_bwd_rows::<f32>(
+                        &s, &dp, &lse, &delta, nrows, pr.nr, tk, tq, NH, first, q0, k0, b0,
+                        dev_drop, pdp, dsp,
                     );
-                    launch(warp_rows(nrows), || unsafe {
-                        (k.bwd_rows)(
-                            sp, dpp, lp, dlp, nrows, pr.nr, tk, tq, NH, first, q0, k0, b0,
-                            dev_drop, pdp, dsp,
-                        )
-                    });
                     let (pd, ds) = (pd.get(), ds.get());
                     // dV += Pd^T dO, dQ += scale dS K, dK += scale dS^T Q.
                     for bi in b0..b0 + nb {

@@ -5,12 +5,10 @@
 //! 2-block first-pass grid: the same bits whatever the grid.
 
 use super::{add_col_parts, col_parts, exact, Buf, Dev, Rng};
-use crate::geom::elementwise as ew;
-use crate::launch;
+use crate::bias as emu;
 use gpt2rs::kernels::cpu::bias as kb;
 
 fn bias<T: Dev>() {
-    let k = T::K;
     // 1100 rows: four full 256-row blocks and a partial one; 261 columns:
     // two full column strips and a partial one; 45 and 300 columns.
     for (rows, cols) in [(1100, 261), (600, 45), (3, 300), (0, 5)] {
@@ -19,19 +17,13 @@ fn bias<T: Dev>() {
         let mut want = y0.clone();
         kb::bias_fill::<T>(&b, rows, cols, &mut want);
         let mut y = Buf::new(&y0);
-        let (bp, yp) = (b.as_ptr(), y.m());
-        launch(ew(rows * cols), || unsafe {
-            (k.bias_fill)(bp, rows, cols, yp)
-        });
+        emu::bias_fill::<T>(&b, rows, cols, y.get_mut());
         exact(&format!("bias_fill {rows}x{cols}"), y.get(), &want);
 
         let mut want = y0.clone();
         kb::bias_add::<T>(&b, rows, cols, &mut want);
         let mut y = Buf::new(&y0);
-        let yp = y.m();
-        launch(ew(rows * cols), || unsafe {
-            (k.bias_add)(bp, rows, cols, yp)
-        });
+        emu::bias_add::<T>(&b, rows, cols, y.get_mut());
         exact(&format!("bias_add {rows}x{cols}"), y.get(), &want);
 
         let dy: Vec<T> = Rng(82).vec(rows * cols, 0.5, 1.0);
@@ -40,9 +32,8 @@ fn bias<T: Dev>() {
         for grid in [None, Some(2)] {
             let mut db = Buf::new(&b);
             if rows * cols > 0 {
-                let dp = dy.as_ptr();
-                let (part, nblk) = col_parts(rows, cols, 1, grid, |rb, pp| unsafe {
-                    (k.bias_grad_part)(dp, rows, cols, rb, pp)
+                let (part, nblk) = col_parts(rows, cols, 1, grid, |rb, pp| {
+                    emu::bias_grad_part::<T>(&dy, rows, cols, rb, pp)
                 });
                 add_col_parts(&part, nblk, cols, &mut db, None);
             }

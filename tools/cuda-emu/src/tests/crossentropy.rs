@@ -8,29 +8,29 @@
 //! the terms' magnitudes.
 
 use super::{close, cols_of, eps, exact, Buf, Dev, Rng};
-use crate::geom::{elementwise as ew, one_block, per_row};
-use crate::{launch, Geom};
+use crate::crossentropy as emu;
+use crate::with_grid;
 use gpt2rs::kernels::cpu::crossentropy as kc;
 
 const CUTS: [(usize, usize); 3] = [(0, 7), (7, 20), (27, 23)];
 
 /// `rows` rows over V = 50, targets cycling through edge cases.
-fn case<T: Dev>(rows: usize, loss_geom: Geom) {
-    let k = T::K;
+/// `grid`: the loss sums' grid replaced (the kernels also take several
+/// blocks, adding their partial sums atomically).
+fn case<T: Dev>(rows: usize, grid: u32) {
     let v = 50;
     let z: Vec<T> = Rng(40).vec(rows * v, 0.0, 4.0);
     let pattern = [3i64, -100, 49, 7, 26, 27, 0, 6];
     let tg: Vec<i64> = (0..rows).map(|r| pattern[r % pattern.len()]).collect();
     let tol = 8.0 * eps::<T>();
-    let what = |s: &str| format!("{s} ({rows} rows, loss grid {})", loss_geom.grid);
+    let what = |s: &str| format!("{s} ({rows} rows, loss grid {grid})");
 
     let mut acc_want = vec![T::from_f64(0.0); rows * 2];
     for a in acc_want.chunks_exact_mut(2) {
         a[0] = T::from_f64(f64::NEG_INFINITY);
     }
     let mut acc = Buf::<T>::filled(rows * 2, 7.0);
-    let ap = acc.m();
-    launch(ew(rows), || unsafe { (k.maxsumexp_init)(rows, ap) });
+    emu::maxsumexp_init::<T>(rows, acc.get_mut());
     exact(&what("maxsumexp_init"), acc.get(), &acc_want);
 
     let (mut loss_want, mut loss) = ([0.5f64], Buf::<f64>::filled(1, 0.5));
@@ -40,18 +40,16 @@ fn case<T: Dev>(rows: usize, loss_geom: Geom) {
         kc::maxsumexp_update::<T>(&t, rows, n, &mut acc_want);
         kc::ce_loss_target::<T>(&t, rows, n, lo, &tg, &mut loss_want);
         terms += t.iter().map(|x| x.to_f64().abs()).fold(0.0, f64::max) * rows as f64;
-        let (tp, ap, gp, lp) = (t.as_ptr(), acc.m(), tg.as_ptr(), loss.m());
-        launch(per_row(rows), || unsafe {
-            (k.maxsumexp_update)(tp, rows, n, ap)
-        });
-        launch(loss_geom, || unsafe {
-            (k.ce_loss_target)(tp, rows, n, lo, gp, lp)
+        emu::maxsumexp_update::<T>(&t, rows, n, acc.get_mut());
+        with_grid(grid, || {
+            emu::ce_loss_target::<T>(&t, rows, n, lo, &tg, loss.get_mut())
         });
     }
     close(&what("maxsumexp chain"), acc.get(), &acc_want, tol, 0.0);
     kc::ce_loss_lse::<T>(&acc_want, rows, &tg, &mut loss_want);
-    let (ap, gp, lp) = (acc_want.as_ptr(), tg.as_ptr(), loss.m());
-    launch(loss_geom, || unsafe { (k.ce_loss_lse)(ap, rows, gp, lp) });
+    with_grid(grid, || {
+        emu::ce_loss_lse::<T>(&acc_want, rows, &tg, loss.get_mut())
+    });
     terms += rows as f64 * 10.0;
     close(
         &what("loss"),
@@ -66,10 +64,7 @@ fn case<T: Dev>(rows: usize, loss_geom: Geom) {
         let mut want = t.clone();
         kc::ce_bwd::<T>(&acc_want, rows, n, lo, &tg, 0.2, &mut want);
         let mut zg = Buf::new(&t);
-        let (ap, gp, zp) = (acc_want.as_ptr(), tg.as_ptr(), zg.m());
-        launch(ew(rows * n), || unsafe {
-            (k.ce_bwd)(ap, rows, n, lo, gp, 0.2, zp)
-        });
+        emu::ce_bwd::<T>(&acc_want, rows, n, lo, &tg, 0.2, zg.get_mut());
         // The target entries scale * (p - 1) cancel when p -> 1: absolute part.
         close(
             &what(&format!("ce_bwd tile {lo}+{n}")),
@@ -82,12 +77,10 @@ fn case<T: Dev>(rows: usize, loss_geom: Geom) {
 }
 
 fn crossentropy<T: Dev>() {
-    // The deterministic single-block sums (launch_layers.rs), and launch.rs's
-    // `ce_loss`, one thread per row: past 256 rows several blocks add
-    // their partial sums atomically.
-    case::<T>(6, one_block());
-    case::<T>(300, one_block());
-    case::<T>(300, ew(300));
+    // The launchers' deterministic single-block sums, and two blocks.
+    case::<T>(6, 1);
+    case::<T>(300, 1);
+    case::<T>(300, 2);
 }
 
 #[test]

@@ -3,8 +3,8 @@
 //! rounded to it once, one rounding per store.
 
 use super::{exact, Buf, Dev, Rng};
-use crate::geom::elementwise as ew;
-use crate::{launch, BlockDims, Conv, CONV_F32_F32, CONV_F32_F64, CONV_F64_F32, CONV_F64_F64};
+use crate::elementwise as emu;
+use crate::BlockDims;
 use gpt2rs::dtype::Element;
 use gpt2rs::kernels::cpu::{copy as kcp, elementwise as kew};
 
@@ -32,28 +32,24 @@ fn blas1<T: Dev>() {
     let n = 777;
     let x: Vec<T> = input(1, n);
     let y0: Vec<T> = input(2, n).into_iter().rev().collect();
-    let k = T::K;
     for value in [0.1, -3.5e38, f64::NAN] {
         let mut want = y0.clone();
         kew::fill::<T>(value, &mut want);
         let mut y = Buf::new(&y0);
-        let yp = y.m();
-        launch(ew(n), || unsafe { (k.fill)(n, value, yp) });
+        emu::fill::<T>(n, value, y.get_mut());
         exact(&format!("fill {value}"), y.get(), &want);
     }
     for alpha in [0.3, -2.0, 0.0] {
         let mut want = y0.clone();
         kew::scale::<T>(alpha, &mut want);
         let mut y = Buf::new(&y0);
-        let yp = y.m();
-        launch(ew(n), || unsafe { (k.scale)(n, alpha, yp) });
+        emu::scale::<T>(n, alpha, y.get_mut());
         exact(&format!("scale {alpha}"), y.get(), &want);
 
         let mut want = y0.clone();
         kew::axpy::<T>(alpha, &x, &mut want);
         let mut y = Buf::new(&y0);
-        let (xp, yp) = (x.as_ptr(), y.m());
-        launch(ew(n), || unsafe { (k.axpy)(n, alpha, xp, yp) });
+        emu::axpy::<T>(n, alpha, &x, y.get_mut());
         exact(&format!("axpy {alpha}"), y.get(), &want);
 
         // beta == 0: y is write-only, so its NaN must not leak.
@@ -61,8 +57,7 @@ fn blas1<T: Dev>() {
             let mut want = y0.clone();
             kew::add::<T>(alpha, &x, beta, &mut want);
             let mut y = Buf::new(&y0);
-            let (xp, yp) = (x.as_ptr(), y.m());
-            launch(ew(n), || unsafe { (k.add)(n, alpha, xp, beta, yp) });
+            emu::add::<T>(n, alpha, &x, beta, y.get_mut());
             exact(&format!("add {alpha} {beta}"), y.get(), &want);
         }
     }
@@ -79,8 +74,7 @@ fn blas1_f64() {
 
 /// (source shape, source offset, destination shape, destination offset,
 /// block): blocks that merge fully, partly and not at all, unit dims, rank 0
-/// and the launcher's limit of 8 loop dims (the cases of launch_copy.rs's
-/// own test).
+/// and the launcher's limit of 8 loop dims.
 type Case = (
     &'static [usize],
     &'static [usize],
@@ -112,14 +106,13 @@ const COPY_CASES: &[Case] = &[
     ),
 ];
 
-fn conversions<S: Dev, D: Dev>(c: Conv<S, D>) {
+fn conversions<S: Dev, D: Dev>() {
     let n = 600;
     let x: Vec<S> = input(3, n);
     let mut want = vec![D::from_f64(0.0); n];
     kew::cast::<S, D>(&x, &mut want);
     let mut y = Buf::<D>::zeros(n);
-    let (xp, yp) = (x.as_ptr(), y.m());
-    launch(ew(n), || unsafe { (c.cast)(n, xp, yp) });
+    emu::cast::<S, D>(n, &x, y.get_mut());
     exact("cast", y.get(), &want);
 
     for &(ss, so, ds, doff, blk) in COPY_CASES {
@@ -130,8 +123,7 @@ fn conversions<S: Dev, D: Dev>(c: Conv<S, D>) {
         // The launcher's own host code builds the loop nest.
         let (dims, total) = BlockDims::new(ss, so, ds, doff, blk).unwrap().unwrap();
         let mut y = Buf::new(&dst0);
-        let (xp, yp) = (src.as_ptr(), y.m());
-        launch(ew(total), || unsafe { (c.copy_block)(dims, total, xp, yp) });
+        emu::copy_block_dims::<S, D>(dims, total, &src, y.get_mut());
         exact(
             &format!("copy_block {ss:?} {so:?} -> {ds:?} {doff:?} {blk:?}"),
             y.get(),
@@ -142,8 +134,26 @@ fn conversions<S: Dev, D: Dev>(c: Conv<S, D>) {
 
 #[test]
 fn cast_and_copy_block() {
-    conversions(CONV_F32_F32);
-    conversions(CONV_F32_F64);
-    conversions(CONV_F64_F32);
-    conversions(CONV_F64_F64);
+    conversions::<f32, f32>();
+    conversions::<f32, f64>();
+    conversions::<f64, f32>();
+    conversions::<f64, f64>();
+}
+
+#[test]
+fn block_dims_is_the_kernel_layout() {
+    // `struct BlockDims` of elementwise.cu: ndim, n, src, dst, src_start,
+    // dst_start, all 64-bit, by value.
+    let max = gpt2rs::kernels::cuda::elementwise::COPY_MAX_DIMS;
+    assert_eq!(std::mem::size_of::<BlockDims>(), 8 * (3 + 3 * max));
+    // A whole tile into a whole tile is one contiguous run; an empty block
+    // launches nothing; a block that does not fit is refused.
+    let (d, _) = BlockDims::new(&[4, 5], &[0, 0], &[4, 5], &[0, 0], &[4, 5])
+        .unwrap()
+        .unwrap();
+    assert_eq!((d.ndim, d.n[0], d.src[0], d.dst[0]), (1, 20, 1, 1));
+    assert!(BlockDims::new(&[2], &[0], &[2], &[0], &[0])
+        .unwrap()
+        .is_none());
+    assert!(BlockDims::new(&[2], &[1], &[2], &[0], &[2]).is_err());
 }

@@ -5,8 +5,7 @@
 //! each in the backward's 1,000), and ids outside the vocabulary.
 
 use super::{close, eps, exact, Buf, Dev, Rng};
-use crate::geom::{col_strips, elementwise as ew, per_row_capped};
-use crate::launch;
+use crate::embedding as emu;
 use gpt2rs::kernels::cpu::embedding as ke;
 
 const V: usize = 23;
@@ -29,7 +28,6 @@ fn tiles() -> Vec<(usize, usize)> {
 }
 
 fn forward<T: Dev>() {
-    let k = T::K;
     let rows = 37;
     let ids = ids(rows);
     let wte: Vec<T> = Rng(51).vec(V * COLS, 0.0, 1.0);
@@ -40,10 +38,7 @@ fn forward<T: Dev>() {
     for (lo, vt) in tiles() {
         let tile = &wte[lo * COLS..(lo + vt) * COLS];
         ke::embedding_fwd::<T>(&ids, lo, tile, vt, COLS, &mut want);
-        let (ip, wp, yp) = (ids.as_ptr(), tile.as_ptr(), y_rows.m());
-        launch(per_row_capped(rows), || unsafe {
-            (k.embedding_rows_fwd)(rows, ip, lo, wp, vt, COLS, yp)
-        });
+        emu::embedding_rows_fwd::<T>(rows, &ids, lo, tile, vt, COLS, y_rows.get_mut());
         exact(
             &format!("embedding_rows_fwd up to tile {lo}"),
             y_rows.get(),
@@ -79,7 +74,6 @@ fn id_index(ids: &[i64]) -> (Vec<i64>, Vec<i64>, Vec<i64>) {
 }
 
 fn backward<T: Dev>() {
-    let k = T::K;
     // 19 columns (part of a column strip) and 300 (two strips and a part).
     for (rows, cols) in [(37, COLS), (1000, COLS), (1000, 300)] {
         let ids = ids(rows);
@@ -95,29 +89,20 @@ fn backward<T: Dev>() {
             let seg = uniq.partition_point(|&i| i < lo as i64)
                 ..uniq.partition_point(|&i| i < (lo + vt) as i64);
             let all = 0..uniq.len();
-            let launcher = |n| col_strips(n, cols);
-            let strided = |n| crate::Geom {
-                grid: 2,
-                ..col_strips(n, cols)
-            };
-            for (what, seg, g) in [
-                ("", seg.clone(), launcher(seg.len())),
-                (", all ids", all.clone(), launcher(all.len())),
-                (", grid 2", seg.clone(), strided(seg.len())),
+            for (what, seg, grid) in [
+                ("", seg.clone(), None),
+                (", all ids", all.clone(), None),
+                (", grid 2", seg.clone(), Some(2)),
             ] {
                 let nuniq = seg.len();
                 let mut dw = Buf::new(&init);
-                let (up, op, rp, dp, wp) = (
-                    uniq[seg.clone()].as_ptr(),
-                    offs[seg.start..].as_ptr(),
-                    order.as_ptr(),
-                    dy.as_ptr(),
-                    dw.m(),
-                );
-                if nuniq > 0 {
-                    launch(g, || unsafe {
-                        (k.embedding_bwd_sorted)(nuniq, up, op, rp, lo, dp, vt, cols, wp)
-                    });
+                let (up, op) = (&uniq[seg.clone()], &offs[seg.start..seg.end + 1]);
+                let run = |dw: &mut [T]| {
+                    emu::embedding_bwd_sorted::<T, T>(nuniq, up, op, &order, lo, &dy, vt, cols, dw)
+                };
+                match grid {
+                    Some(g) => crate::with_grid(g, || run(dw.get_mut())),
+                    None => run(dw.get_mut()),
                 }
                 exact(
                     &format!("embedding_bwd_sorted {rows}x{cols} tile {lo}{what}"),
@@ -139,27 +124,20 @@ fn backward_f64() {
 }
 
 fn positions<T: Dev>() {
-    let k = T::K;
     let (n_pos, first_row, tt, batch) = (16, 5, 7, 3);
     let table: Vec<T> = Rng(55).vec(n_pos * COLS, 0.0, 1.0);
     let y0: Vec<T> = Rng(56).vec(batch * tt * COLS, 0.0, 1.0);
     let mut want = y0.clone();
     ke::add_rows::<T>(&table, first_row, tt, batch, COLS, &mut want);
     let mut y = Buf::new(&y0);
-    let (tp, yp) = (table.as_ptr(), y.m());
-    launch(ew(y0.len()), || unsafe {
-        (k.add_rows)(tp, first_row, tt, batch, COLS, yp)
-    });
+    emu::add_rows::<T>(&table, first_row, tt, batch, COLS, y.get_mut());
     exact("add_rows", y.get(), &want);
 
     let dy = y0;
     let mut want = table.clone();
     ke::add_rows_bwd::<T, T>(&dy, first_row, tt, batch, COLS, &mut want);
     let mut dt = Buf::new(&table);
-    let (dp, tp) = (dy.as_ptr(), dt.m());
-    launch(ew(tt * COLS), || unsafe {
-        (k.add_rows_bwd)(dp, first_row, tt, batch, COLS, tp)
-    });
+    emu::add_rows_bwd::<T, T>(&dy, first_row, tt, batch, COLS, dt.get_mut());
     exact("add_rows_bwd", dt.get(), &want);
 
     // A tile of the table starting at an odd column. sin, cos and exp in
@@ -170,10 +148,7 @@ fn positions<T: Dev>() {
         let mut want = vec![T::from_f64(0.0); n * cols];
         ke::sinusoidal_table::<T>(pos_lo, n, cols_lo, cols, total, &mut want);
         let mut out = Buf::<T>::zeros(n * cols);
-        let op = out.m();
-        launch(ew(n * cols), || unsafe {
-            (k.sinusoidal)(pos_lo, n, cols_lo, cols, total, ln_base, op)
-        });
+        emu::sinusoidal_raw::<T>(pos_lo, n, cols_lo, cols, total, ln_base, out.get_mut());
         let tol = 2.0 * eps::<T>();
         close(
             &format!("sinusoidal {pos_lo}+{n} x {cols_lo}+{cols} of {total}"),

@@ -6,14 +6,12 @@
 //! terms in T::Acc, `cols * eps * sum |term|`.
 
 use super::{add_col_parts, close, col_parts, cols_of, eps, exact, Buf, Dev, Rng};
-use crate::geom::{elementwise as ew, per_row};
-use crate::launch;
+use crate::layernorm as emu;
 use gpt2rs::kernels::cpu::{elementwise as kew, layernorm as kl};
 
 const CUTS: [(usize, usize); 3] = [(0, 13), (13, 1), (14, 23)];
 
 fn layernorm<T: Dev>() {
-    let k = T::K;
     let mut rng = Rng(30);
     let (rows, c) = (5usize, 37usize);
     let x: Vec<T> = rng.vec(rows * c, 3.0, 1.0);
@@ -30,10 +28,7 @@ fn layernorm<T: Dev>() {
     for &(lo, n) in &CUTS {
         let t = cols_of(&x, rows, c, lo, n);
         kl::layernorm_stats_update::<T>(&t, rows, n, &mut acc_want);
-        let (tp, ap) = (t.as_ptr(), acc.m());
-        launch(per_row(rows), || unsafe {
-            (k.layernorm_stats_update)(tp, rows, n, ap)
-        });
+        emu::layernorm_stats_update::<T>(&t, rows, n, acc.get_mut());
     }
     close(
         "stats_update chain",
@@ -45,10 +40,7 @@ fn layernorm<T: Dev>() {
     let mut st_want = vec![T::from_f64(0.0); rows * 2];
     kl::layernorm_stats_finalize::<T>(&acc_want, rows, eps_ln, &mut st_want);
     let mut st = Buf::<T>::zeros(rows * 2);
-    let (ap, sp) = (acc_want.as_ptr(), st.m());
-    launch(ew(rows), || unsafe {
-        (k.layernorm_stats_finalize)(ap, rows, eps_ln, sp)
-    });
+    emu::layernorm_stats_finalize::<T>(&acc_want, rows, eps_ln, st.get_mut());
     exact("stats_finalize", st.get(), &st_want);
     let stats = st_want;
 
@@ -59,10 +51,7 @@ fn layernorm<T: Dev>() {
         let mut want = vec![T::from_f64(0.0); rows * n];
         kl::layernorm_fwd::<T>(&t, &stats, gt, bt, rows, n, &mut want);
         let mut y = Buf::<T>::zeros(rows * n);
-        let (tp, sp, gp, bp, yp) = (t.as_ptr(), stats.as_ptr(), gt.as_ptr(), bt.as_ptr(), y.m());
-        launch(ew(rows * n), || unsafe {
-            (k.layernorm_fwd)(tp, sp, gp, bp, rows, n, yp)
-        });
+        emu::layernorm_fwd::<T>(&t, &stats, gt, bt, rows, n, y.get_mut());
         exact(&format!("fwd tile {lo}+{n}"), y.get(), &want);
     }
 
@@ -76,16 +65,7 @@ fn layernorm<T: Dev>() {
             &g[lo..lo + n],
         );
         kl::layernorm_bwd_reduce::<T>(&xt, &dt, &stats, gt, rows, n, &mut sums_want);
-        let (xp, dp, sp, gp, up) = (
-            xt.as_ptr(),
-            dt.as_ptr(),
-            stats.as_ptr(),
-            gt.as_ptr(),
-            sums.m(),
-        );
-        launch(per_row(rows), || unsafe {
-            (k.layernorm_bwd_reduce)(xp, dp, sp, gp, rows, n, up)
-        });
+        emu::layernorm_bwd_reduce::<T>(&xt, &dt, &stats, gt, rows, n, sums.get_mut());
     }
     close("bwd_reduce chain", sums.get(), &sums_want, 0.0, red(c));
     let sums = sums_want;
@@ -102,18 +82,9 @@ fn layernorm<T: Dev>() {
                 &xt, &dt, &stats, gt, &sums, c, rows, n, accumulate, &mut want,
             );
             let mut dx = Buf::new(&init);
-            let (xp, dp, sp, gp, up, op) = (
-                xt.as_ptr(),
-                dt.as_ptr(),
-                stats.as_ptr(),
-                gt.as_ptr(),
-                sums.as_ptr(),
-                dx.m(),
-            );
             let flag = accumulate as i32;
-            launch(ew(rows * n), || unsafe {
-                (k.layernorm_bwd)(xp, dp, sp, gp, up, c, rows, n, flag, op)
-            });
+            let dxp = dx.get_mut();
+            emu::layernorm_bwd::<T>(&xt, &dt, &stats, gt, &sums, c, rows, n, flag, dxp);
             exact(
                 &format!("bwd accumulate={accumulate} tile {lo}+{n}"),
                 dx.get(),
@@ -138,9 +109,8 @@ fn layernorm<T: Dev>() {
         for grid in [None, Some(2)] {
             let (mut gg, mut bg) = (Buf::new(&init), Buf::new(&init));
             if rows > 0 {
-                let (xp, dp, sp) = (xb.as_ptr(), db.as_ptr(), sb.as_ptr());
-                let (part, nblk) = col_parts(rows, cols, 2, grid, |rb, pp| unsafe {
-                    (k.layernorm_param_grad_part)(xp, dp, sp, rows, cols, rb, pp)
+                let (part, nblk) = col_parts(rows, cols, 2, grid, |rb, pp| {
+                    emu::layernorm_param_grad_part::<T>(&xb, &db, &sb, rows, cols, rb, pp)
                 });
                 add_col_parts(&part, nblk, cols, &mut gg, Some(&mut bg));
             }
@@ -164,7 +134,6 @@ fn layernorm_f64() {
 /// bit for bit (one rounding of x + r), statistics and output within the
 /// reduction bound (block trees against the CPU's lanes).
 fn add_layernorm<T: Dev>() {
-    let k = T::K;
     let mut rng = Rng(35);
     let (rows, c) = (5usize, 37usize);
     let x: Vec<T> = rng.vec(rows * c, 3.0, 1.0);
@@ -193,16 +162,9 @@ fn add_layernorm<T: Dev>() {
             Buf::zeros(rows * c)
         };
         let (mut st, mut y) = (Buf::<T>::zeros(rows * 2), Buf::<T>::zeros(rows * c));
-        let rp = if in_place {
-            std::ptr::null()
-        } else {
-            r.as_ptr()
-        };
-        let (xp, gp, bp, sp, tp, yp) =
-            (x.as_ptr(), g.as_ptr(), bb.as_ptr(), sum.m(), st.m(), y.m());
-        launch(per_row(rows), || unsafe {
-            (k.add_layernorm_fwd)(xp, rp, gp, bp, rows, c, eps_ln, sp, tp, yp)
-        });
+        let rr = (!in_place).then_some(&r[..]);
+        let (sp, tp, yp) = (sum.get_mut(), st.get_mut(), y.get_mut());
+        emu::add_layernorm_fwd::<T>(&x, rr, &g, &bb, rows, c, eps_ln, sp, tp, yp);
         exact(
             &format!("add_layernorm_fwd in_place={in_place} sum"),
             sum.get(),
@@ -233,15 +195,8 @@ fn add_layernorm<T: Dev>() {
             } else {
                 Buf::zeros(rows * n)
             };
-            let rp = if in_place {
-                std::ptr::null()
-            } else {
-                rt.as_ptr()
-            };
-            let (xp, sp, ap) = (xt.as_ptr(), s.m(), acc.m());
-            launch(per_row(rows), || unsafe {
-                (k.add_layernorm_stats_update)(xp, rp, rows, n, sp, ap)
-            });
+            let rr = (!in_place).then_some(&rt[..]);
+            emu::add_layernorm_stats_update::<T>(&xt, rr, rows, n, s.get_mut(), acc.get_mut());
             let s_want = cols_of(&sum_want, rows, c, lo, n);
             exact(
                 &format!("add_layernorm_stats_update in_place={in_place} sum tile {lo}+{n}"),
@@ -261,10 +216,8 @@ fn add_layernorm<T: Dev>() {
     // Rows of no columns: count 0, so mean 0 and rstd NaN, as the CPU.
     let mut st = Buf::<T>::zeros(2 * 2);
     let (mut e1, mut e2) = (Buf::<T>::zeros(0), Buf::<T>::zeros(0));
-    let (sp, tp, yp, none) = (e1.m(), st.m(), e2.m(), std::ptr::null::<T>());
-    launch(per_row(2), || unsafe {
-        (k.add_layernorm_fwd)(none, none, none, none, 2, 0, eps_ln, sp, tp, yp)
-    });
+    let (sp, tp, yp, none) = (e1.get_mut(), st.get_mut(), e2.get_mut(), &[] as &[T]);
+    emu::add_layernorm_fwd::<T>(none, None, none, none, 2, 0, eps_ln, sp, tp, yp);
     let acc0 = vec![T::from_f64(0.0); 6];
     let mut st0 = vec![T::from_f64(0.0); 4];
     kl::layernorm_stats_finalize::<T>(&acc0, 2, eps_ln, &mut st0);

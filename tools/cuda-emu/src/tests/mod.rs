@@ -9,8 +9,8 @@
 //! transcendental function that libdevice computes differently from the
 //! CPU's libm).
 
-use crate::{Kernels, F32, F64};
 use gpt2rs::dtype::{Accum, Element};
+use gpt2rs::kernels::cuda::geom::COL_ROW_BLOCK;
 use std::fmt::Debug;
 
 mod activation;
@@ -24,16 +24,10 @@ mod layernorm;
 mod optim;
 mod reduce;
 
-/// f32 or f64: its own accumulator type, with its kernels.
-pub trait Dev: Element<Acc = Self> + Accum + Debug {
-    const K: Kernels<Self, Self>;
-}
-impl Dev for f32 {
-    const K: Kernels<f32, f32> = F32;
-}
-impl Dev for f64 {
-    const K: Kernels<f64, f64> = F64;
-}
+/// f32 or f64: its own accumulator type (the host build's dtypes).
+pub trait Dev: Element<Acc = Self> + Accum + Debug {}
+impl Dev for f32 {}
+impl Dev for f64 {}
 
 /// Machine epsilon of `T`.
 pub fn eps<T: Element>() -> f64 {
@@ -87,12 +81,6 @@ impl<T: Element + Debug> Buf<T> {
     }
     pub fn filled(n: usize, value: f64) -> Self {
         Self::new(&vec![T::from_f64(value); n])
-    }
-    pub fn m(&mut self) -> *mut T {
-        self.v[PAD..].as_mut_ptr()
-    }
-    pub fn c(&self) -> *const T {
-        self.v[PAD..].as_ptr()
     }
     /// The contents, after checking that nothing was written around them.
     pub fn get(&self) -> &[T] {
@@ -171,25 +159,23 @@ pub fn scratch(n: usize) -> Buf<f64> {
 /// The first pass of a column reduction (`bias_grad_part`,
 /// `layernorm_param_grad_part`): `nout` sums of `rows` rows of `cols`
 /// columns into fresh scratch `part [nout, nblk, cols]`, by `pass` (given
-/// the launcher's rows per block and the scratch) launched with
-/// `col_strips` (its grid replaced by `grid`, if given: a small grid makes
-/// blocks stride), and the row block count `nblk`.
+/// the launcher's rows per block and the scratch; the grid replaced by
+/// `grid`, if given: a small grid makes blocks stride), and the row block
+/// count `nblk`.
 pub fn col_parts(
     rows: usize,
     cols: usize,
     nout: usize,
     grid: Option<u32>,
-    pass: impl Fn(usize, *mut f64),
+    pass: impl FnOnce(usize, &mut [f64]),
 ) -> (Buf<f64>, usize) {
-    let nblk = rows.div_ceil(crate::geom::COL_ROW_BLOCK);
+    let nblk = rows.div_ceil(COL_ROW_BLOCK);
     let mut part = scratch(nout * nblk * cols);
-    let g = crate::geom::col_strips(nblk, cols);
-    let g = crate::Geom {
-        grid: grid.unwrap_or(g.grid),
-        ..g
-    };
-    let pp = part.m();
-    crate::launch(g, || pass(crate::geom::COL_ROW_BLOCK, pp));
+    let p = part.get_mut();
+    match grid {
+        Some(g) => crate::with_grid(g, || pass(COL_ROW_BLOCK, p)),
+        None => pass(COL_ROW_BLOCK, p),
+    }
     (part, nblk)
 }
 
@@ -202,13 +188,8 @@ pub fn add_col_parts<T: Dev>(
     y0: &mut Buf<T>,
     y1: Option<&mut Buf<T>>,
 ) {
-    let nout = 1 + y1.is_some() as usize;
-    let (pp, p0) = (part.c(), y0.m());
-    let p1 = y1.map_or(std::ptr::null_mut(), |y| y.m());
-    crate::launch(crate::geom::elementwise(nout * cols), || unsafe {
-        (T::K.add_col_parts)(nblk, cols, pp, p0, p1)
-    });
-    part.get();
+    let y1 = y1.map(|y| y.get_mut());
+    crate::reduce::add_col_parts::<T>(nblk, cols, part.get(), y0.get_mut(), y1);
 }
 
 /// Columns `lo..lo + n` of a `[rows, c]` array (a tile of a split axis).

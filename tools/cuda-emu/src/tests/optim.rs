@@ -4,14 +4,13 @@
 //! src/kernels/cpu/optim.rs operation by operation: bit for bit.
 
 use super::{exact, Buf, Dev, Rng};
-use crate::geom::elementwise as ew;
-use crate::{launch, Optim, OPTIM_F32_F32, OPTIM_F64_F32, OPTIM_F64_F64};
+use crate::optim as emu;
 use gpt2rs::dtype::Element;
 use gpt2rs::kernels::cpu::optim as ko;
 
-// The launchers' scalar derivations (launch_optim.rs) are inside the
-// `sgd_step` / `adam_step` methods, which need a CUDA stream, so they are
-// restated here line for line.
+// The launchers' scalar derivations (`sgd_step` / `adam_step` of
+// kernels/cuda/optim.rs, which need a GPU) are restated here line for line
+// around the generated `sgd_step_raw` / `adam_step_raw` bindings.
 
 /// An f64 scalar rounded to P (the launcher's `sc`).
 fn sc<P: Dev>(v: f64) -> P {
@@ -20,7 +19,6 @@ fn sc<P: Dev>(v: f64) -> P {
 
 #[allow(clippy::too_many_arguments)]
 fn dev_sgd<P: Dev, G: Element>(
-    o: &Optim<P, G>,
     p: &mut Buf<P>,
     g: &[G],
     buf: Option<&mut Buf<P>>,
@@ -37,18 +35,25 @@ fn dev_sgd<P: Dev, G: Element>(
     let decay = (weight_decay != 0.0) as i32;
     let (has_mom, nest, first) = ((momentum != 0.0) as i32, nesterov as i32, first_step as i32);
     // Without momentum the launcher passes a null buffer.
-    let bp = buf.map_or(std::ptr::null_mut(), |b| b.m());
-    let (pp, gp) = (p.m(), g.as_ptr());
-    launch(ew(n), || unsafe {
-        (o.sgd_step)(
-            n, pp, gp, bp, neg_lr, wd, decay, has_mom, mom, one_m_damp, nest, first,
-        )
-    });
+    let bp = buf.map(|b| b.get_mut());
+    emu::sgd_step_raw::<P, G>(
+        n,
+        p.get_mut(),
+        g,
+        bp,
+        neg_lr,
+        wd,
+        decay,
+        has_mom,
+        mom,
+        one_m_damp,
+        nest,
+        first,
+    );
 }
 
 #[allow(clippy::too_many_arguments)]
 fn dev_adam<P: Dev, G: Element>(
-    o: &Optim<P, G>,
     p: &mut Buf<P>,
     g: &[G],
     m: &mut Buf<P>,
@@ -79,28 +84,25 @@ fn dev_adam<P: Dev, G: Element>(
     let decay_p = sc::<P>(1.0 - lr * weight_decay);
     let couple = (weight_decay != 0.0 && !decoupled) as i32;
     let decouple = (weight_decay != 0.0 && decoupled) as i32;
-    let (pp, gp, mp, vp) = (p.m(), g.as_ptr(), m.m(), v.m());
-    launch(ew(n), || unsafe {
-        (o.adam_step)(
-            n,
-            pp,
-            gp,
-            mp,
-            vp,
-            neg_step_size,
-            bc2_sqrt,
-            eps,
-            w,
-            one_m_w,
-            lerp_lo,
-            b2,
-            one_m_b2,
-            wd,
-            decay_p,
-            couple,
-            decouple,
-        )
-    });
+    emu::adam_step_raw::<P, G>(
+        n,
+        p.get_mut(),
+        g,
+        m.get_mut(),
+        v.get_mut(),
+        neg_step_size,
+        bc2_sqrt,
+        eps,
+        w,
+        one_m_w,
+        lerp_lo,
+        b2,
+        one_m_b2,
+        wd,
+        decay_p,
+        couple,
+        decouple,
+    );
 }
 
 fn grads<G: Element>(step: u64, n: usize) -> Vec<G> {
@@ -111,7 +113,7 @@ fn grads<G: Element>(step: u64, n: usize) -> Vec<G> {
     g
 }
 
-fn steps<P: Dev, G: Dev>(o: Optim<P, G>) {
+fn steps<P: Dev, G: Dev>() {
     let n = 1000;
     let p0: Vec<P> = Rng(61).vec(n, 0.0, 1.0);
     let sgd = [
@@ -130,7 +132,7 @@ fn steps<P: Dev, G: Dev>(o: Optim<P, G>) {
             let buf_w: &mut [P] = if mom != 0.0 { &mut bw } else { &mut [] };
             ko::sgd_step::<P, G>(&mut pw, &g, buf_w, lr, mom, damp, nest, wd, first);
             let buf = (mom != 0.0).then_some(&mut b);
-            dev_sgd(&o, &mut p, &g, buf, lr, mom, damp, nest, wd, first);
+            dev_sgd::<P, G>(&mut p, &g, buf, lr, mom, damp, nest, wd, first);
             let what = format!(
                 "sgd lr {lr} momentum {mom} dampening {damp} nesterov {nest} wd {wd} step {step}"
             );
@@ -156,8 +158,8 @@ fn steps<P: Dev, G: Dev>(o: Optim<P, G>) {
             ko::adam_step::<P, G>(
                 &mut pw, &g, &mut mw, &mut vw, step, lr, b1, b2, eps, wd, decoupled,
             );
-            dev_adam(
-                &o, &mut p, &g, &mut m, &mut v, step, lr, b1, b2, eps, wd, decoupled,
+            dev_adam::<P, G>(
+                &mut p, &g, &mut m, &mut v, step, lr, b1, b2, eps, wd, decoupled,
             );
             let what = format!(
                 "adam lr {lr} betas {b1} {b2} eps {eps} wd {wd} decoupled {decoupled} step {step}"
@@ -171,13 +173,13 @@ fn steps<P: Dev, G: Dev>(o: Optim<P, G>) {
 
 #[test]
 fn f32_masters_f32_grads() {
-    steps(OPTIM_F32_F32);
+    steps::<f32, f32>();
 }
 #[test]
 fn f64_masters_f64_grads() {
-    steps(OPTIM_F64_F64);
+    steps::<f64, f64>();
 }
 #[test]
 fn f64_masters_f32_grads() {
-    steps(OPTIM_F64_F32);
+    steps::<f64, f32>();
 }

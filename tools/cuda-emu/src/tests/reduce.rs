@@ -7,13 +7,13 @@
 //! special cases (empty, inf, NaN) must agree exactly.
 
 use super::{close, eps, exact, scratch, Buf, Dev, Rng};
-use crate::geom::{self, per_row_capped, single};
-use crate::launch;
+use crate::geom;
+use crate::reduce as emu;
 use gpt2rs::dtype::Element;
 use gpt2rs::kernels::cpu::reduce as kr;
 
-/// The launcher `sum_axis` (launch_copy.rs): `sum_rows` for `inner == 1`,
-/// else `sum_axis` on WARP_SIZE x 8 blocks; nothing when `y` is empty.
+/// The launcher `sum_axis` (reduce.rs): `sum_rows` for `inner == 1`, else
+/// `sum_axis` on WARP_SIZE x 8 blocks; nothing when `y` is empty.
 #[allow(clippy::too_many_arguments)]
 fn dev_sum_axis<T: Dev>(
     outer: usize,
@@ -24,18 +24,11 @@ fn dev_sum_axis<T: Dev>(
     beta: f64,
     y: &mut Buf<T>,
 ) {
-    let (k, xp, yp) = (T::K, x.as_ptr(), y.m());
-    if outer * inner == 0 {
-        return;
-    }
-    if inner == 1 {
-        launch(per_row_capped(outer), || unsafe {
-            (k.sum_rows)(outer, len, alpha, xp, beta, yp)
-        });
-    } else {
-        launch(geom::sum_axis(outer, inner), || unsafe {
-            (k.sum_axis)(outer, len, inner, alpha, xp, beta, yp)
-        });
+    let y = y.get_mut();
+    match (outer * inner, inner) {
+        (0, _) => {}
+        (_, 1) => emu::sum_rows::<T>(outer, len, alpha, x, beta, y),
+        _ => emu::sum_axis_cols::<T>(outer, len, inner, alpha, x, beta, y),
     }
 }
 
@@ -81,7 +74,6 @@ fn sums<T: Dev>() {
     }
 
     // sum_all, two passes; n = 0 still launches (parts = 1, the sum is 0).
-    let k = T::K;
     for n in [0usize, 1, 255, 1000, 5000] {
         let x: Vec<T> = Rng(12).vec(n, 0.1, 1.0);
         for (alpha, beta) in [(1.0, 0.0), (0.25, -1.5)] {
@@ -90,15 +82,8 @@ fn sums<T: Dev>() {
             let parts = geom::reduce_parts(n);
             let mut part = scratch(parts);
             let mut y = Buf::<T>::filled(1, 0.75);
-            let (xp, pp, yp) = (x.as_ptr(), part.m(), y.m());
-            launch(geom::first_pass(n), || unsafe {
-                (k.sum_partial)(n, xp, pp)
-            });
-            let pp = part.c();
-            launch(geom::one_block(), || unsafe {
-                (k.sum_all)(parts, pp, alpha, beta, yp)
-            });
-            part.get();
+            emu::sum_partial::<T>(n, &x, part.get_mut());
+            emu::sum_all_parts::<T>(parts, part.get(), alpha, beta, y.get_mut());
             let what = format!("sum_all n {n} alpha {alpha} beta {beta}");
             close(
                 &what,
@@ -120,21 +105,22 @@ fn sums_f64() {
     sums::<f64>();
 }
 
-/// The launcher `ssq_update` (two passes through `3 * parts` doubles).
+/// The launcher `ssq_update` (two passes through `3 * parts` doubles;
+/// `grid`: the first pass on that many blocks, which then stride).
 fn dev_ssq<T: Dev>(x: &[T], acc: &mut Buf<f64>, grid: Option<usize>) {
-    let k = T::K;
     let n = x.len();
-    let parts = grid.unwrap_or_else(|| geom::reduce_parts(n));
-    let mut part = scratch(3 * parts);
-    let (xp, pp) = (x.as_ptr(), part.m());
-    let g = crate::Geom {
-        grid: parts as u32,
-        ..geom::first_pass(n)
+    let mut part = scratch(3 * geom::reduce_parts(n));
+    let parts = match grid {
+        Some(g) => {
+            crate::with_grid(g as u32, || emu::ssq_partial::<T>(n, x, part.get_mut()));
+            g
+        }
+        None => {
+            emu::ssq_partial::<T>(n, x, part.get_mut());
+            geom::reduce_parts(n)
+        }
     };
-    launch(g, || unsafe { (k.ssq_partial)(n, xp, pp) });
-    let (pp, ap) = (part.c(), acc.m());
-    launch(single(), || unsafe { (k.ssq_update)(parts, pp, ap) });
-    part.get();
+    emu::ssq_update_parts::<T>(parts, &part.get()[..3 * parts], acc.get_mut());
 }
 
 fn squares<T: Dev>() {
@@ -185,10 +171,7 @@ fn squares<T: Dev>() {
                 let mut y_want = vec![T::from_f64(3.0)];
                 kr::norm_from_ssq::<T>(&want, alpha, beta, &mut y_want);
                 let mut y = Buf::<T>::filled(1, 3.0);
-                let (ap, yp) = (want.as_ptr(), y.m());
-                launch(single(), || unsafe {
-                    (T::K.norm_from_ssq)(ap, alpha, beta, yp)
-                });
+                emu::norm_from_ssq::<T>(&want, alpha, beta, y.get_mut());
                 exact(
                     &format!("norm_from_ssq {name} {alpha} {beta}"),
                     y.get(),
@@ -213,18 +196,10 @@ fn squares<T: Dev>() {
         0.0,
     );
     let parts = 3;
-    let mut part = scratch(parts);
+    let mut part = scratch(geom::reduce_parts(x.len()));
     let mut y = Buf::<T>::zeros(1);
-    let (xp, pp, yp) = (x.as_ptr(), part.m(), y.m());
-    let g = crate::Geom {
-        grid: 3,
-        ..geom::first_pass(x.len())
-    };
-    launch(g, || unsafe { (T::K.sum_partial)(x.len(), xp, pp) });
-    let pp = part.c();
-    launch(geom::one_block(), || unsafe {
-        (T::K.sum_all)(parts, pp, 1.0, 0.0, yp)
-    });
+    crate::with_grid(3, || emu::sum_partial::<T>(x.len(), &x, part.get_mut()));
+    emu::sum_all_parts::<T>(parts, &part.get()[..parts], 1.0, 0.0, y.get_mut());
     let mut y_want = vec![T::from_f64(0.0)];
     kr::sum_all::<T>(1.0, &x, 0.0, &mut y_want);
     close(

@@ -2,8 +2,8 @@
 //! (query tile, key tile) pair through cuBLAS ([`gemm_strided`], batched
 //! over the heads of one batch row), the softmax steps between them in
 //! `cuda/attention_tc.cu` (formulas and layouts in its header). Same
-//! operands and semantics as [`CudaKernels::flash_fwd`] (without a KV-cache
-//! batch stride) and [`CudaKernels::flash_bwd`], for f32, bf16 and f16
+//! operands and semantics as [`flash_fwd`](super::attention::flash_fwd) (without a KV-cache
+//! batch stride) and [`flash_bwd`](super::attention::flash_bwd), for f32, bf16 and f16
 //! storage (f64 keeps the warp path).
 //!
 //! Per task, only the query rows `first..tq` that see a key of the tile
@@ -27,36 +27,48 @@
 //! f32 products run in true fp32 (CUBLAS_COMPUTE_32F: the task knows nothing
 //! of a TF32 mode); bf16/f16 run on tensor cores with f32 accumulation.
 
+use super::attention::AttnDropArgs;
 use super::blas::{gemm_strided, Strided};
-use super::launch::{CudaKernels, DevElement};
-use super::launch_attn::AttnDropArgs;
-use super::{ceil_div, cuda_err, kernel_name, Module, MAX_GRID, WARP_SIZE};
+use super::context::{drv, DevElement, Gpu};
 use crate::dtype::{DType, Element, GemmCompute};
 use crate::error::{arg_err, shape_err, Result};
-use crate::kernels::cuda::context::Gpu;
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr};
 
-/// Block size of the row kernels (one warp per row of scores).
-pub const ATTN_TC_BLOCK: u32 = 256;
+#[macro_export]
+#[doc(hidden)]
+macro_rules! cuda_table_attention_tc {
+    ($cb:ident) => {
+        $cb! { AttentionTc;
+            /// The forward softmax step over the `rows = nb * h * nr` rows of a
+            /// chunk of `nb` batch rows from `b0`: scores `s` in, probabilities
+            /// `p` out, the tile's statistics and `acc` rescaled.
+            attn_tc_fwd_rows<T> for tc (
+                s: in f32 [>= rows * tk], rows: val usize, nr: val usize, tk: val usize,
+                tq: val usize, h: val usize, hs: val usize, first: val usize, q0: val usize,
+                k0: val usize, b0: val usize, drop: val AttnDropArgs,
+                m: out A [>= (b0 + rows / (h * nr).max(1)) * tq * h],
+                l: out A [>= (b0 + rows / (h * nr).max(1)) * tq * h],
+                acc: out A [>= (b0 + rows / (h * nr).max(1)) * tq * h * hs],
+                p: out T [>= rows * tk],
+            ) @ warp_rows_tc(rows);
+            /// The backward softmax step over the rows of a chunk: `pd` and `ds`
+            /// from the scores `s` and `dp = dO V^T`.
+            attn_tc_bwd_rows<T> for tc (
+                s: in f32 [>= rows * tk], dp: in f32 [>= rows * tk],
+                lse: in A [>= (b0 + rows / (h * nr).max(1)) * tq * h],
+                delta: in A [>= (b0 + rows / (h * nr).max(1)) * tq * h], rows: val usize,
+                nr: val usize, tk: val usize, tq: val usize, h: val usize, first: val usize,
+                q0: val usize, k0: val usize, b0: val usize, drop: val AttnDropArgs,
+                pd: out T [>= rows * tk], ds: out T [>= rows * tk],
+            ) @ warp_rows_tc(rows);
+        }
+    };
+}
+crate::cuda_table_attention_tc!(launchers);
 
 /// Elements of one scratch block of scores (64 MiB in f32): batch rows are
 /// processed in chunks that fit (at least one batch row at a time).
 pub const SCORE_BUDGET: usize = 1 << 24;
-
-fn drv(e: cudarc::driver::DriverError) -> crate::error::Error {
-    cuda_err(format!("driver: {e}"))
-}
-
-fn check_len(op: &str, want: usize, got: usize) -> Result<()> {
-    if want == got {
-        Ok(())
-    } else {
-        Err(shape_err(
-            &format!("cuda.{op}"),
-            format!("expected {want} elements, got {got}"),
-        ))
-    }
-}
 
 /// Whether the tensor-core path takes tasks of this storage dtype and head
 /// size (the cuBLAS products need a non-empty head).
@@ -135,25 +147,7 @@ impl Geo {
     }
 }
 
-/// One warp per row, rows visited by a warp-stride loop (so capping the
-/// grid is safe).
-fn warp_rows(rows: usize) -> LaunchConfig {
-    let per_block = (ATTN_TC_BLOCK / WARP_SIZE) as usize;
-    LaunchConfig {
-        grid_dim: (
-            ceil_div(rows.max(1), per_block).min(MAX_GRID as usize) as u32,
-            1,
-            1,
-        ),
-        block_dim: (ATTN_TC_BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
-fn check_dtype<T: DevElement>(op: &str, hs: usize) -> Result<()>
-where
-    T::Acc: DeviceRepr,
-{
+fn check_dtype<T: DevElement>(op: &str, hs: usize) -> Result<()> {
     if attn_tc_supports(T::DTYPE, hs) && <T::Acc as Element>::DTYPE == DType::F32 {
         Ok(())
     } else {
@@ -175,116 +169,59 @@ fn scratch<E: DeviceRepr>(dev: &Gpu, n: usize) -> Result<CudaSlice<E>> {
     unsafe { dev.stream.alloc::<E>(n) }.map_err(drv)
 }
 
-impl CudaKernels {
-    /// The forward row kernel over the `rows = nb * h * nr` rows of a chunk
-    /// starting at batch row `b0` (see `cuda/attention_tc.cu`).
-    #[allow(clippy::too_many_arguments)]
-    fn attn_tc_fwd_rows<T: DevElement>(
-        &self,
-        g: &Geo,
-        b0: usize,
-        nb: usize,
-        s: &CudaSlice<f32>,
-        drop: &AttnDropArgs,
-        m: &mut CudaViewMut<T::Acc>,
-        l: &mut CudaViewMut<T::Acc>,
-        acc: &mut CudaViewMut<T::Acc>,
-        p: &mut CudaSlice<T>,
-    ) -> Result<()>
-    where
-        T::Acc: DeviceRepr,
-    {
-        let rows = nb * g.h * g.nr;
-        if s.len() < rows * g.tk || p.len() < rows * g.tk {
-            return Err(shape_err("cuda.attn_tc_fwd_rows", "scratch too small"));
+/// Checks the dtype, the head size and the lengths of the query-shaped
+/// (`qs`), key-shaped (`ks`) and statistics (`ss`) operands of a task, and
+/// returns its geometry (`None`: nothing to do).
+fn prepare<T: DevElement>(
+    op: &str,
+    dims: [usize; 5],
+    pos: [usize; 2],
+    qs: &[usize],
+    ks: &[usize],
+    ss: &[usize],
+) -> Result<Option<Geo>> {
+    let [b, tq, tk, h, hs] = dims;
+    check_dtype::<T>(op, hs)?;
+    let want = [b * tq * h * hs, b * tk * h * hs, b * tq * h];
+    for (lens, want) in [qs, ks, ss].into_iter().zip(want) {
+        if let Some(got) = lens.iter().find(|&&n| n != want) {
+            let msg = format!("expected {want} elements, got {got}");
+            return Err(shape_err(&format!("cuda.{op}"), msg));
         }
-        let f = self.func(
-            Module::AttentionTc,
-            &kernel_name("attn_tc_fwd_rows", &[T::DTYPE]),
-        )?;
-        let mut b = self.stream().launch_builder(&f);
-        b.arg(s)
-            .arg(&rows)
-            .arg(&g.nr)
-            .arg(&g.tk)
-            .arg(&g.tq)
-            .arg(&g.h)
-            .arg(&g.hs)
-            .arg(&g.first)
-            .arg(&g.q0)
-            .arg(&g.k0)
-            .arg(&b0)
-            .arg(drop)
-            .arg(m)
-            .arg(l)
-            .arg(acc)
-            .arg(p);
-        // SAFETY: matches `attn_tc_fwd_rows_<T>(const float* s, usize rows,
-        // nr, tk, tq, h, hs, first, q0, k0, b0, AttnDrop, float* m, float* l,
-        // float* acc, T* p)`; the kernel reads rows * tk scores and writes as
-        // many probabilities (checked above), and the statistics and acc of
-        // the rows b0 .. b0 + nb, first .. tq of the tile (lengths checked
-        // by the caller).
-        unsafe { b.launch(warp_rows(rows)) }.map_err(drv)?;
-        Ok(())
     }
+    Ok(Geo::new(dims, pos))
+}
 
-    /// The backward row kernel over the rows of a chunk.
-    #[allow(clippy::too_many_arguments)]
-    fn attn_tc_bwd_rows<T: DevElement>(
-        &self,
-        g: &Geo,
-        b0: usize,
-        nb: usize,
-        s: &CudaSlice<f32>,
-        dp: &CudaSlice<f32>,
-        lse: &CudaView<T::Acc>,
-        delta: &CudaView<T::Acc>,
-        drop: &AttnDropArgs,
-        pd: &mut CudaSlice<T>,
-        ds: &mut CudaSlice<T>,
-    ) -> Result<()>
-    where
-        T::Acc: DeviceRepr,
-    {
-        let rows = nb * g.h * g.nr;
-        let n = rows * g.tk;
-        if s.len() < n || dp.len() < n || pd.len() < n || ds.len() < n {
-            return Err(shape_err("cuda.attn_tc_bwd_rows", "scratch too small"));
-        }
-        let f = self.func(
-            Module::AttentionTc,
-            &kernel_name("attn_tc_bwd_rows", &[T::DTYPE]),
-        )?;
-        let mut b = self.stream().launch_builder(&f);
-        b.arg(s)
-            .arg(dp)
-            .arg(lse)
-            .arg(delta)
-            .arg(&rows)
-            .arg(&g.nr)
-            .arg(&g.tk)
-            .arg(&g.tq)
-            .arg(&g.h)
-            .arg(&g.first)
-            .arg(&g.q0)
-            .arg(&g.k0)
-            .arg(&b0)
-            .arg(drop)
-            .arg(pd)
-            .arg(ds);
-        // SAFETY: matches `attn_tc_bwd_rows_<T>(const float* s, const float*
-        // dp, const float* lse, const float* delta, usize rows, nr, tk, tq,
-        // h, first, q0, k0, b0, AttnDrop, T* pd, T* ds)`; scratch lengths
-        // checked above, lse and delta by the caller.
-        unsafe { b.launch(warp_rows(rows)) }.map_err(drv)?;
-        Ok(())
-    }
+/// `out_h = alpha A_h B_h^T` for the heads of batch row `bi` (`[nr, hs] x
+/// [hs, tk]`, A query-shaped, B key-shaped) into the score block of the
+/// chunk starting at `b0`.
+#[allow(clippy::too_many_arguments)]
+fn scores<T: DevElement>(
+    dev: &Gpu,
+    g: &Geo,
+    (bi, b0): (usize, usize),
+    alpha: f64,
+    a: &CudaView<T>,
+    b: &CudaView<T>,
+    out: &mut CudaSlice<f32>,
+) -> Result<()> {
+    let (ah, bh, oh) = (g.q_heads(bi), g.k_heads(bi).t(), g.s_heads(bi, b0));
+    let (dims, out) = ([g.nr, g.tk, g.hs, g.h], &mut out.as_view_mut());
+    gemm_strided::<T, f32>(
+        dev,
+        GemmCompute::Default,
+        dims,
+        alpha,
+        (a, ah),
+        (b, bh),
+        0.0,
+        (out, oh),
+    )
 }
 
 /// The forward update of one key tile on tensor cores: the same operands
-/// and result as [`CudaKernels::flash_fwd`] with `ks == tk` (`dims` =
-/// `[b, tq, tk, h, hs]`, `pos` = `[q0, k0]`).
+/// and result as [`flash_fwd`](super::attention::flash_fwd) with `ks == tk` (`dims` =
+/// `[b, tq, tk, h, hs]`, `pos` = `[q0, k0]`, then `[m, l, acc]`).
 #[allow(clippy::too_many_arguments)]
 pub fn attn_fwd_tc<T: DevElement>(
     dev: &Gpu,
@@ -293,24 +230,10 @@ pub fn attn_fwd_tc<T: DevElement>(
     pos: [usize; 2],
     scale: f64,
     drop: &AttnDropArgs,
-    m: &mut CudaViewMut<T::Acc>,
-    l: &mut CudaViewMut<T::Acc>,
-    acc: &mut CudaViewMut<T::Acc>,
-) -> Result<()>
-where
-    T::Acc: DeviceRepr,
-{
-    let op = "attn_fwd_tc";
-    let [bb, tq, tk, h, hs] = dims;
-    check_dtype::<T>(op, hs)?;
-    let (qn, kn, sn) = (bb * tq * h * hs, bb * tk * h * hs, bb * tq * h);
-    check_len(op, qn, q.len())?;
-    check_len(op, kn, k.len())?;
-    check_len(op, kn, v.len())?;
-    check_len(op, sn, m.len())?;
-    check_len(op, sn, l.len())?;
-    check_len(op, qn, acc.len())?;
-    let Some(g) = Geo::new(dims, pos) else {
+    [m, l, acc]: [&mut CudaViewMut<T::Acc>; 3],
+) -> Result<()> {
+    let (qs, ks, ss) = ([q.len(), acc.len()], [k.len(), v.len()], [m.len(), l.len()]);
+    let Some(g) = prepare::<T>("attn_fwd_tc", dims, pos, &qs, &ks, &ss)? else {
         return Ok(());
     };
     let cm = GemmCompute::Default;
@@ -318,20 +241,14 @@ where
     let mut p = scratch::<T>(dev, g.bc * g.blk())?;
     for (b0, nb) in g.chunks() {
         for bi in b0..b0 + nb {
-            // S_h = scale Q_h K_h^T: [nr, hs] x [hs, tk] per head.
-            gemm_strided::<T, f32>(
-                dev,
-                cm,
-                [g.nr, g.tk, g.hs, g.h],
-                scale,
-                (q, g.q_heads(bi)),
-                (k, g.k_heads(bi).t()),
-                0.0,
-                (&mut s.as_view_mut(), g.s_heads(bi, b0)),
-            )?;
+            scores(dev, &g, (bi, b0), scale, q, k, &mut s)?;
         }
-        dev.kernels
-            .attn_tc_fwd_rows::<T>(&g, b0, nb, &s, drop, m, l, acc, &mut p)?;
+        let (rows, d) = (nb * g.h * g.nr, *drop);
+        let (sv, pv) = (&s.as_view(), &mut p.as_view_mut());
+        #[rustfmt::skip]
+        attn_tc_fwd_rows::<T>(
+            dev, sv, rows, g.nr, g.tk, g.tq, g.h, g.hs, g.first, g.q0, g.k0, b0, d, m, l, acc, pv,
+        )?;
         for bi in b0..b0 + nb {
             // acc_h += Pd_h V_h: [nr, tk] x [tk, hs] per head, after the
             // row kernel rescaled acc.
@@ -351,15 +268,14 @@ where
 }
 
 /// The backward of one (query tile, key tile) pair on tensor cores: the
-/// same operands and result as [`CudaKernels::flash_bwd`] (`dims` =
-/// `[b, tq, tk, h, hs]`, `pos` = `[q0, k0]`).
+/// same operands and result as [`flash_bwd`](super::attention::flash_bwd)
+/// (`[q, k, v, dO]`, `[lse, delta]`, `dims` = `[b, tq, tk, h, hs]`, `pos` =
+/// `[q0, k0]`).
 #[allow(clippy::too_many_arguments)]
 pub fn attn_bwd_tc<T: DevElement>(
     dev: &Gpu,
-    [q, k, v]: [&CudaView<T>; 3],
-    d_o: &CudaView<T>,
-    lse: &CudaView<T::Acc>,
-    delta: &CudaView<T::Acc>,
+    [q, k, v, d_o]: [&CudaView<T>; 4],
+    [lse, delta]: [&CudaView<T::Acc>; 2],
     dims: [usize; 5],
     pos: [usize; 2],
     scale: f64,
@@ -367,24 +283,13 @@ pub fn attn_bwd_tc<T: DevElement>(
     dq: &mut CudaViewMut<T>,
     dk: &mut CudaViewMut<T>,
     dv: &mut CudaViewMut<T>,
-) -> Result<()>
-where
-    T::Acc: DeviceRepr,
-{
-    let op = "attn_bwd_tc";
-    let [bb, tq, tk, h, hs] = dims;
-    check_dtype::<T>(op, hs)?;
-    let (qn, kn, sn) = (bb * tq * h * hs, bb * tk * h * hs, bb * tq * h);
-    check_len(op, qn, q.len())?;
-    check_len(op, kn, k.len())?;
-    check_len(op, kn, v.len())?;
-    check_len(op, qn, d_o.len())?;
-    check_len(op, sn, lse.len())?;
-    check_len(op, sn, delta.len())?;
-    check_len(op, qn, dq.len())?;
-    check_len(op, kn, dk.len())?;
-    check_len(op, kn, dv.len())?;
-    let Some(g) = Geo::new(dims, pos) else {
+) -> Result<()> {
+    let qs = [q.len(), d_o.len(), dq.len()];
+    let (ks, ss) = (
+        [k.len(), v.len(), dk.len(), dv.len()],
+        [lse.len(), delta.len()],
+    );
+    let Some(g) = prepare::<T>("attn_bwd_tc", dims, pos, &qs, &ks, &ss)? else {
         return Ok(());
     };
     let cm = GemmCompute::Default;
@@ -395,30 +300,17 @@ where
     let mut ds = scratch::<T>(dev, n)?;
     for (b0, nb) in g.chunks() {
         for bi in b0..b0 + nb {
-            // S_h = scale Q_h K_h^T and DP_h = dO_h V_h^T: [nr, hs] x [hs, tk].
-            gemm_strided::<T, f32>(
-                dev,
-                cm,
-                [g.nr, g.tk, g.hs, g.h],
-                scale,
-                (q, g.q_heads(bi)),
-                (k, g.k_heads(bi).t()),
-                0.0,
-                (&mut s.as_view_mut(), g.s_heads(bi, b0)),
-            )?;
-            gemm_strided::<T, f32>(
-                dev,
-                cm,
-                [g.nr, g.tk, g.hs, g.h],
-                1.0,
-                (d_o, g.q_heads(bi)),
-                (v, g.k_heads(bi).t()),
-                0.0,
-                (&mut dp.as_view_mut(), g.s_heads(bi, b0)),
-            )?;
+            scores(dev, &g, (bi, b0), scale, q, k, &mut s)?;
+            scores(dev, &g, (bi, b0), 1.0, d_o, v, &mut dp)?;
         }
-        dev.kernels
-            .attn_tc_bwd_rows::<T>(&g, b0, nb, &s, &dp, lse, delta, drop, &mut pd, &mut ds)?;
+        let (rows, d) = (nb * g.h * g.nr, *drop);
+        let (sv, dpv) = (&s.as_view(), &dp.as_view());
+        let (pdv, dsv) = (&mut pd.as_view_mut(), &mut ds.as_view_mut());
+        #[rustfmt::skip]
+        attn_tc_bwd_rows::<T>(
+            dev, sv, dpv, lse, delta, rows, g.nr, g.tk, g.tq, g.h, g.first, g.q0, g.k0, b0, d,
+            pdv, dsv,
+        )?;
         let (pd, ds) = (pd.as_view(), ds.as_view());
         for bi in b0..b0 + nb {
             // dV_h += Pd_h^T dO_h: [tk, nr] x [nr, hs].

@@ -1,0 +1,175 @@
+//! `cuda/elementwise.cu`: fill, scale, axpy, add, cast and the n-d block
+//! copy, on flat tiles (semantics in the `.cu` header; each mirrors the CPU
+//! kernel of the same name in `kernels::cpu::{elementwise, copy}`).
+
+use super::context::{DevElement, Gpu};
+use crate::error::{shape_err, Result};
+use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr};
+
+#[macro_export]
+#[doc(hidden)]
+macro_rules! cuda_table_elementwise {
+    ($cb:ident) => {
+        $cb! { Elementwise;
+            /// `y = value`.
+            fill<T>(n: val usize, value: val f64, y: out T [n]) @ elementwise(n);
+            /// `y = alpha * y`.
+            scale<T>(n: val usize, alpha: val f64, y: out T [n]) @ elementwise(n);
+            /// `y = alpha * x + y`.
+            axpy<T>(n: val usize, alpha: val f64, x: in T [n], y: out T [n]) @ elementwise(n);
+            /// `y = alpha * x + beta * y` (y not read when `beta == 0`).
+            add<T>(n: val usize, alpha: val f64, x: in T [n], beta: val f64, y: out T [n])
+                @ elementwise(n);
+            /// `y = x` converted to `D`.
+            cast<S, D> for pairs (n: val usize, x: in S [n], y: out D [n]) @ elementwise(n);
+            /// The block copy of the loop nest `d` (see [`copy_block`]).
+            copy_block as copy_block_dims<S, D> for pairs (
+                d: val BlockDims, total: val usize,
+                x: in S [>= d.src_len(total)], y: out D [>= d.dst_len(total)],
+            ) @ elementwise(total);
+        }
+    };
+}
+crate::cuda_table_elementwise!(launchers);
+
+/// Most dims of a block copy after merging (`COPY_MAX_DIMS` in elementwise.cu).
+pub const COPY_MAX_DIMS: usize = 8;
+
+/// The loop nest of one block copy, passed by value to `copy_block_*`
+/// (layout of `struct BlockDims` in elementwise.cu: all 64-bit fields).
+/// Dims are innermost first; dims contiguous on both sides are merged and
+/// unit dims dropped, as the CPU kernel `copy_block` does.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockDims {
+    pub ndim: u64,
+    pub n: [u64; COPY_MAX_DIMS],
+    pub src: [u64; COPY_MAX_DIMS],
+    pub dst: [u64; COPY_MAX_DIMS],
+    pub src_start: u64,
+    pub dst_start: u64,
+}
+
+// SAFETY: `#[repr(C)]` plain 64-bit integers, the same layout as the CUDA
+// struct; no pointers, no padding.
+unsafe impl DeviceRepr for BlockDims {}
+
+impl BlockDims {
+    /// The loop nest copying the block of extent `block` at `src_offset` of
+    /// a `src_shape` array to `dst_offset` of a `dst_shape` array, and its
+    /// element count; `None` when the block is empty. Errors when the ranks
+    /// differ, the block does not fit, or more than [`COPY_MAX_DIMS`] dims
+    /// remain after merging.
+    pub fn new(
+        src_shape: &[usize],
+        src_offset: &[usize],
+        dst_shape: &[usize],
+        dst_offset: &[usize],
+        block: &[usize],
+    ) -> Result<Option<(BlockDims, usize)>> {
+        let rank = block.len();
+        let op = "cuda.copy_block";
+        if src_shape.len() != rank
+            || src_offset.len() != rank
+            || dst_shape.len() != rank
+            || dst_offset.len() != rank
+        {
+            return Err(shape_err(op, "shapes, offsets and block differ in rank"));
+        }
+        if (0..rank).any(|a| {
+            src_offset[a] + block[a] > src_shape[a] || dst_offset[a] + block[a] > dst_shape[a]
+        }) {
+            return Err(shape_err(
+                op,
+                format!(
+                    "block {block:?} at {src_offset:?} of {src_shape:?} -> at {dst_offset:?} \
+                     of {dst_shape:?} does not fit"
+                ),
+            ));
+        }
+        if block.contains(&0) {
+            return Ok(None);
+        }
+        let mut d = BlockDims::default();
+        let (mut nd, mut total) = (0usize, 1usize);
+        let (mut src_stride, mut dst_stride) = (1usize, 1usize);
+        for a in (0..rank).rev() {
+            d.src_start += (src_offset[a] * src_stride) as u64;
+            d.dst_start += (dst_offset[a] * dst_stride) as u64;
+            let (n, s, t) = (block[a], src_stride, dst_stride);
+            src_stride *= src_shape[a];
+            dst_stride *= dst_shape[a];
+            total *= n;
+            if n == 1 {
+                continue;
+            }
+            // Contiguous with the inner neighbour on both sides: one dim.
+            if nd > 0
+                && s as u64 == d.n[nd - 1] * d.src[nd - 1]
+                && t as u64 == d.n[nd - 1] * d.dst[nd - 1]
+            {
+                d.n[nd - 1] *= n as u64;
+                continue;
+            }
+            if nd == COPY_MAX_DIMS {
+                return Err(shape_err(
+                    op,
+                    format!("block {block:?} needs more than {COPY_MAX_DIMS} loop dims"),
+                ));
+            }
+            d.n[nd] = n as u64;
+            d.src[nd] = s as u64;
+            d.dst[nd] = t as u64;
+            nd += 1;
+        }
+        d.ndim = nd as u64;
+        Ok(Some((d, total)))
+    }
+
+    /// Elements of the source a copy of `total` elements reaches.
+    pub fn src_len(&self, total: usize) -> usize {
+        total.checked_sub(1).map_or(0, |i| self.offsets(i).0 + 1)
+    }
+
+    /// Elements of the destination a copy of `total` elements reaches.
+    pub fn dst_len(&self, total: usize) -> usize {
+        total.checked_sub(1).map_or(0, |i| self.offsets(i).1 + 1)
+    }
+
+    /// The (source, destination) flat offsets of element `i` of the block:
+    /// the index arithmetic of `copy_one` in elementwise.cu, for tests.
+    pub fn offsets(&self, i: usize) -> (usize, usize) {
+        let nd = self.ndim as usize;
+        let (mut r, mut s, mut t) = (i as u64, self.src_start, self.dst_start);
+        for k in 0..nd {
+            let j = if k + 1 < nd { r % self.n[k] } else { r };
+            s += j * self.src[k];
+            t += j * self.dst[k];
+            r /= self.n[k];
+        }
+        (s as usize, t as usize)
+    }
+}
+
+/// `dst[dst_offset + j] = (D) src[src_offset + j]` for every multi-index
+/// `j < block` (`kernels::cpu::copy::{copy_block, cast_block}`): a bit copy
+/// when `S == D`, else rounded to nearest-even as `cast`.
+#[allow(clippy::too_many_arguments)]
+pub fn copy_block<S: DevElement, D: DevElement>(
+    gpu: &Gpu,
+    src: &CudaView<S>,
+    src_shape: &[usize],
+    src_offset: &[usize],
+    dst: &mut CudaViewMut<D>,
+    dst_shape: &[usize],
+    dst_offset: &[usize],
+    block: &[usize],
+) -> Result<()> {
+    use super::table::check_len;
+    check_len("copy_block", "src", src_shape.iter().product(), src.len())?;
+    check_len("copy_block", "dst", dst_shape.iter().product(), dst.len())?;
+    match BlockDims::new(src_shape, src_offset, dst_shape, dst_offset, block)? {
+        Some((dims, total)) => copy_block_dims::<S, D>(gpu, dims, total, src, dst),
+        None => Ok(()),
+    }
+}

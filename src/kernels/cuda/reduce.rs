@@ -1,0 +1,103 @@
+//! `cuda/reduce.cu`: the deterministic reductions (`kernels::cpu::reduce`):
+//! axis sums, the two-pass total sum and sum of squares, and the second
+//! pass of the column reductions (`add_col_parts`).
+
+use super::context::{DevElement, Gpu};
+use super::geom;
+use crate::error::Result;
+use cudarc::driver::{CudaView, CudaViewMut};
+
+#[macro_export]
+#[doc(hidden)]
+macro_rules! cuda_table_reduce {
+    ($cb:ident) => {
+        $cb! { Reduce;
+            /// `y[o, i] = alpha * sum_a x[o, a, i] + beta * y[o, i]` for `inner > 1`.
+            sum_axis as sum_axis_cols<T>(
+                outer: val usize, len: val usize, inner: val usize, alpha: val f64,
+                x: in T [outer * len * inner], beta: val f64, y: out T [outer * inner],
+            ) @ sum_axis(outer, inner);
+            /// `y[r] = alpha * sum_a x[r, a] + beta * y[r]` (`inner == 1`).
+            sum_rows<T>(
+                rows: val usize, len: val usize, alpha: val f64, x: in T [rows * len],
+                beta: val f64, y: out T [rows],
+            ) @ per_row_capped(rows);
+            /// `part[b]` = the f64 sum of block `b`'s share of `x`.
+            sum_partial<T>(n: val usize, x: in T [n], part: out f64 [geom::reduce_parts(n)])
+                @ first_pass(n);
+            /// `y[0] = alpha * sum(part) + beta * y[0]`.
+            sum_all as sum_all_parts<T>(
+                nparts: val usize, part: in f64 [nparts], alpha: val f64, beta: val f64,
+                y: out T [1],
+            ) @ one_block();
+            /// `part[3b..3b + 3]` = block `b`'s (max |x|, scaled sum of squares, NaN flag).
+            ssq_partial<T>(n: val usize, x: in T [n], part: out f64 [3 * geom::reduce_parts(n)])
+                @ first_pass(n);
+            /// Merges the block parts into `acc = [scale, ssq]`, in order.
+            ssq_update as ssq_update_parts<T>(
+                nparts: val usize, part: in f64 [3 * nparts], acc: out f64 [2],
+            ) @ single();
+            /// `y[0] = alpha * scale * sqrt(ssq) + beta * y[0]` from `acc = [scale, ssq]`.
+            norm_from_ssq<T>(acc: in f64 [2], alpha: val f64, beta: val f64, y: out T [1])
+                @ single();
+            /// `y0[c] (, y1[c]) +=` the sums over `k` of `part [nout, nparts, cols]`
+            /// in block order (`nout` is 2 with `y1`, else 1).
+            add_col_parts<T>(
+                nparts: val usize, cols: val usize,
+                part: in f64 [(1 + y1.is_some() as usize) * nparts * cols],
+                y0: out T [cols], y1: opt_out T [cols],
+            ) @ elementwise((1 + y1.is_some() as usize) * cols);
+        }
+    };
+}
+crate::cuda_table_reduce!(launchers);
+
+/// `y[o, i] = alpha * sum_a x[o, a, i] + beta * y[o, i]`, x `[outer, len,
+/// inner]` (`kernels::cpu::reduce::sum_axis`; y not read when `beta == 0`).
+#[allow(clippy::too_many_arguments)]
+pub fn sum_axis<T: DevElement>(
+    gpu: &Gpu,
+    [outer, len, inner]: [usize; 3],
+    alpha: f64,
+    x: &CudaView<T>,
+    beta: f64,
+    y: &mut CudaViewMut<T>,
+) -> Result<()> {
+    match (outer * inner, inner) {
+        (0, _) => Ok(()),
+        (_, 1) => sum_rows(gpu, outer, len, alpha, x, beta, y),
+        _ => sum_axis_cols(gpu, outer, len, inner, alpha, x, beta, y),
+    }
+}
+
+/// `y[0] = alpha * sum(x) + beta * y[0]` (`kernels::cpu::reduce::sum_all`),
+/// in two launches through uncleared scratch of partial sums.
+pub fn sum_all<T: DevElement>(
+    gpu: &Gpu,
+    alpha: f64,
+    x: &CudaView<T>,
+    beta: f64,
+    y: &mut CudaViewMut<T>,
+) -> Result<()> {
+    let (n, parts) = (x.len(), geom::reduce_parts(x.len()));
+    // SAFETY: block b of sum_partial (grid = parts blocks) writes part[b]
+    // before sum_all, next on the stream, reads it.
+    let mut part = unsafe { gpu.kernels.scratch_f64(parts) }?;
+    sum_partial(gpu, n, x, &mut part.as_view_mut())?;
+    sum_all_parts(gpu, parts, &part.as_view(), alpha, beta, y)
+}
+
+/// Merges `sum(x^2)` into the scaled sum of squares `acc = [scale, ssq]`
+/// (`kernels::cpu::reduce::ssq_update`), in two launches.
+pub fn ssq_update<T: DevElement>(
+    gpu: &Gpu,
+    x: &CudaView<T>,
+    acc: &mut CudaViewMut<f64>,
+) -> Result<()> {
+    let (n, parts) = (x.len(), geom::reduce_parts(x.len()));
+    // SAFETY: block b of ssq_partial writes part[3b..3b + 3] before
+    // ssq_update, next on the stream, reads it.
+    let mut part = unsafe { gpu.kernels.scratch_f64(3 * parts) }?;
+    ssq_partial(gpu, n, x, &mut part.as_view_mut())?;
+    ssq_update_parts::<T>(gpu, parts, &part.as_view(), acc)
+}

@@ -53,6 +53,94 @@ fn sc<P: Element>(v: f64) -> P {
     P::from_acc(P::Acc::of(v))
 }
 
+/// The scalar arguments of `sgd_step_<P>_<G>`, derived as the CPU kernel
+/// derives them; shared by the launcher and the host emulator's tests.
+#[derive(Clone, Copy, Debug)]
+pub struct SgdScalars<P> {
+    pub neg_lr: P,
+    pub wd: P,
+    pub decay: i32,
+    pub has_momentum: i32,
+    pub mom: P,
+    pub one_m_damp: P,
+    pub nesterov: i32,
+    pub first_step: i32,
+}
+
+impl<P: Element> SgdScalars<P> {
+    pub fn new(
+        lr: f64,
+        momentum: f64,
+        dampening: f64,
+        nesterov: bool,
+        weight_decay: f64,
+        first_step: bool,
+    ) -> Self {
+        SgdScalars {
+            neg_lr: sc::<P>(-lr),
+            wd: sc::<P>(weight_decay),
+            decay: (weight_decay != 0.0) as i32,
+            has_momentum: (momentum != 0.0) as i32,
+            mom: sc::<P>(momentum),
+            one_m_damp: sc::<P>(1.0 - dampening),
+            nesterov: nesterov as i32,
+            first_step: first_step as i32,
+        }
+    }
+}
+
+/// The scalar arguments of `adam_step_<P>_<G>` for 1-based `step`, derived
+/// as the CPU kernel derives them (`1 - w` of the lerp in `P`'s own
+/// arithmetic); shared by the launcher and the host emulator's tests.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamScalars<P> {
+    pub neg_step_size: P,
+    pub bc2_sqrt: P,
+    pub eps: P,
+    pub w: P,
+    pub one_m_w: P,
+    pub lerp_lo: i32,
+    pub b2: P,
+    pub one_m_b2: P,
+    pub wd: P,
+    pub decay_p: P,
+    pub couple: i32,
+    pub decouple: i32,
+}
+
+impl<P: Element> AdamScalars<P> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        step: u64,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+        decoupled: bool,
+    ) -> Self {
+        let step_f = step as f64;
+        let bc1 = 1.0 - beta1.powf(step_f);
+        let bc2 = 1.0 - beta2.powf(step_f);
+        let w1 = 1.0 - beta1;
+        let w = P::Acc::of(w1);
+        AdamScalars {
+            neg_step_size: sc::<P>(-(lr / bc1)),
+            bc2_sqrt: sc::<P>(bc2.sqrt()),
+            eps: sc::<P>(eps),
+            w: P::from_acc(w),
+            one_m_w: P::from_acc(P::Acc::ONE - w),
+            lerp_lo: (w1 < 0.5) as i32,
+            b2: sc::<P>(beta2),
+            one_m_b2: sc::<P>(1.0 - beta2),
+            wd: sc::<P>(weight_decay),
+            decay_p: sc::<P>(1.0 - lr * weight_decay),
+            couple: (weight_decay != 0.0 && !decoupled) as i32,
+            decouple: (weight_decay != 0.0 && decoupled) as i32,
+        }
+    }
+}
+
 /// One SGD step (torch semantics; see `kernels::cpu::optim::sgd_step`).
 /// `momentum_buf` is `None` exactly when `momentum == 0`.
 #[allow(clippy::too_many_arguments)]
@@ -68,17 +156,13 @@ pub fn sgd_step<P: DevElement, G: DevElement>(
     weight_decay: f64,
     first_step: bool,
 ) -> Result<()> {
-    let has_momentum = momentum != 0.0;
-    if has_momentum != momentum_buf.is_some() {
+    if (momentum != 0.0) != momentum_buf.is_some() {
         return Err(arg_err(
             "cuda.sgd_step",
             "a momentum buffer is needed exactly when momentum != 0",
         ));
     }
-    let (neg_lr, wd) = (sc::<P>(-lr), sc::<P>(weight_decay));
-    let (mom, one_m_damp) = (sc::<P>(momentum), sc::<P>(1.0 - dampening));
-    let decay = (weight_decay != 0.0) as i32;
-    let (has_mom, nest, first) = (has_momentum as i32, nesterov as i32, first_step as i32);
+    let s = SgdScalars::<P>::new(lr, momentum, dampening, nesterov, weight_decay, first_step);
     let n = p.len();
     sgd_step_raw(
         gpu,
@@ -86,14 +170,14 @@ pub fn sgd_step<P: DevElement, G: DevElement>(
         p,
         g,
         momentum_buf,
-        neg_lr,
-        wd,
-        decay,
-        has_mom,
-        mom,
-        one_m_damp,
-        nest,
-        first,
+        s.neg_lr,
+        s.wd,
+        s.decay,
+        s.has_momentum,
+        s.mom,
+        s.one_m_damp,
+        s.nesterov,
+        s.first_step,
     )
 }
 
@@ -117,22 +201,7 @@ pub fn adam_step<P: DevElement, G: DevElement>(
     if step == 0 {
         return Err(arg_err("cuda.adam_step", "step is 1-based"));
     }
-    // The CPU kernel's scalars, derived identically.
-    let step_f = step as f64;
-    let bc1 = 1.0 - beta1.powf(step_f);
-    let bc2 = 1.0 - beta2.powf(step_f);
-    let neg_step_size = sc::<P>(-(lr / bc1));
-    let bc2_sqrt = sc::<P>(bc2.sqrt());
-    let eps = sc::<P>(eps);
-    let w1 = 1.0 - beta1;
-    let lerp_lo = (w1 < 0.5) as i32;
-    let w = P::Acc::of(w1);
-    let one_m_w = P::from_acc(P::Acc::ONE - w);
-    let w = P::from_acc(w);
-    let (b2, one_m_b2) = (sc::<P>(beta2), sc::<P>(1.0 - beta2));
-    let (wd, decay_p) = (sc::<P>(weight_decay), sc::<P>(1.0 - lr * weight_decay));
-    let couple = (weight_decay != 0.0 && !decoupled) as i32;
-    let decouple = (weight_decay != 0.0 && decoupled) as i32;
+    let s = AdamScalars::<P>::new(step, lr, beta1, beta2, eps, weight_decay, decoupled);
     let n = p.len();
     adam_step_raw(
         gpu,
@@ -141,17 +210,17 @@ pub fn adam_step<P: DevElement, G: DevElement>(
         g,
         m,
         v,
-        neg_step_size,
-        bc2_sqrt,
-        eps,
-        w,
-        one_m_w,
-        lerp_lo,
-        b2,
-        one_m_b2,
-        wd,
-        decay_p,
-        couple,
-        decouple,
+        s.neg_step_size,
+        s.bc2_sqrt,
+        s.eps,
+        s.w,
+        s.one_m_w,
+        s.lerp_lo,
+        s.b2,
+        s.one_m_b2,
+        s.wd,
+        s.decay_p,
+        s.couple,
+        s.decouple,
     )
 }

@@ -7,15 +7,10 @@ use super::{exact, Buf, Dev, Rng};
 use crate::optim as emu;
 use gpt2rs::dtype::Element;
 use gpt2rs::kernels::cpu::optim as ko;
+use gpt2rs::kernels::cuda::optim::{AdamScalars, SgdScalars};
 
-// The launchers' scalar derivations (`sgd_step` / `adam_step` of
-// kernels/cuda/optim.rs, which need a GPU) are restated here line for line
-// around the generated `sgd_step_raw` / `adam_step_raw` bindings.
-
-/// An f64 scalar rounded to P (the launcher's `sc`).
-fn sc<P: Dev>(v: f64) -> P {
-    P::from_acc(P::Acc::of(v))
-}
+// The launchers' scalars (`SgdScalars` / `AdamScalars` of
+// kernels/cuda/optim.rs, shared) around the generated bindings.
 
 #[allow(clippy::too_many_arguments)]
 fn dev_sgd<P: Dev, G: Element>(
@@ -29,26 +24,22 @@ fn dev_sgd<P: Dev, G: Element>(
     weight_decay: f64,
     first_step: bool,
 ) {
-    let n = g.len();
-    let (neg_lr, wd) = (sc::<P>(-lr), sc::<P>(weight_decay));
-    let (mom, one_m_damp) = (sc::<P>(momentum), sc::<P>(1.0 - dampening));
-    let decay = (weight_decay != 0.0) as i32;
-    let (has_mom, nest, first) = ((momentum != 0.0) as i32, nesterov as i32, first_step as i32);
+    let s = SgdScalars::<P>::new(lr, momentum, dampening, nesterov, weight_decay, first_step);
     // Without momentum the launcher passes a null buffer.
     let bp = buf.map(|b| b.get_mut());
     emu::sgd_step_raw::<P, G>(
-        n,
+        g.len(),
         p.get_mut(),
         g,
         bp,
-        neg_lr,
-        wd,
-        decay,
-        has_mom,
-        mom,
-        one_m_damp,
-        nest,
-        first,
+        s.neg_lr,
+        s.wd,
+        s.decay,
+        s.has_momentum,
+        s.mom,
+        s.one_m_damp,
+        s.nesterov,
+        s.first_step,
     );
 }
 
@@ -66,42 +57,25 @@ fn dev_adam<P: Dev, G: Element>(
     weight_decay: f64,
     decoupled: bool,
 ) {
-    let n = g.len();
-    let step_f = step as f64;
-    let bc1 = 1.0 - beta1.powf(step_f);
-    let bc2 = 1.0 - beta2.powf(step_f);
-    let neg_step_size = sc::<P>(-(lr / bc1));
-    let bc2_sqrt = sc::<P>(bc2.sqrt());
-    let eps = sc::<P>(eps);
-    let w1 = 1.0 - beta1;
-    let lerp_lo = (w1 < 0.5) as i32;
-    let w = P::Acc::of(w1);
-    let one_m_w = P::from_acc(P::Acc::ONE - w);
-    let w = P::from_acc(w);
-    let b2 = sc::<P>(beta2);
-    let one_m_b2 = sc::<P>(1.0 - beta2);
-    let wd = sc::<P>(weight_decay);
-    let decay_p = sc::<P>(1.0 - lr * weight_decay);
-    let couple = (weight_decay != 0.0 && !decoupled) as i32;
-    let decouple = (weight_decay != 0.0 && decoupled) as i32;
+    let s = AdamScalars::<P>::new(step, lr, beta1, beta2, eps, weight_decay, decoupled);
     emu::adam_step_raw::<P, G>(
-        n,
+        g.len(),
         p.get_mut(),
         g,
         m.get_mut(),
         v.get_mut(),
-        neg_step_size,
-        bc2_sqrt,
-        eps,
-        w,
-        one_m_w,
-        lerp_lo,
-        b2,
-        one_m_b2,
-        wd,
-        decay_p,
-        couple,
-        decouple,
+        s.neg_step_size,
+        s.bc2_sqrt,
+        s.eps,
+        s.w,
+        s.one_m_w,
+        s.lerp_lo,
+        s.b2,
+        s.one_m_b2,
+        s.wd,
+        s.decay_p,
+        s.couple,
+        s.decouple,
     );
 }
 

@@ -2,6 +2,7 @@
 //! NNTile (tensors cut into tiles, every op a graph of tile tasks) with StarPU's
 //! runtime ideas (data handles, access modes, codelets, schedulers) in Rust.
 
+pub mod dist;
 pub mod dtype;
 pub mod error;
 pub mod kernels;

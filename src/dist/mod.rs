@@ -9,6 +9,8 @@
 //! the MPI library picks (MPI promises neither a reduction order nor equal
 //! results on every rank).
 
+pub mod collective;
+pub mod data_parallel;
 pub mod loopback;
 
 use crate::error::Result;

@@ -230,18 +230,29 @@ pub(crate) fn ssq_init(rt: &Runtime, acc: &DataHandle) -> Result<()> {
 /// gradient-norm clipping share, on the CPU or the GPU.
 pub(crate) fn ssq_update(x: &Tensor, acc: &DataHandle) -> Result<()> {
     for xh in &x.tiles {
-        let cl = ReduceCl {
-            kind: Kind::SsqUpdate,
-            dtype: x.dtype,
-            alpha: 1.0,
-            beta: 0.0,
-            n: xh.len(),
-        };
-        x.runtime().submit(
-            Box::new(cl),
-            vec![(xh.clone(), Access::R), (acc.clone(), Access::RW)],
-        )?;
+        ssq_update_tile(x.runtime(), x.dtype, xh, acc)?;
     }
+    Ok(())
+}
+
+/// Submits the task merging `sum(x^2)` of one tile `xh` (of `dtype`) into `acc`.
+pub(crate) fn ssq_update_tile(
+    rt: &Runtime,
+    dtype: DType,
+    xh: &DataHandle,
+    acc: &DataHandle,
+) -> Result<()> {
+    let cl = ReduceCl {
+        kind: Kind::SsqUpdate,
+        dtype,
+        alpha: 1.0,
+        beta: 0.0,
+        n: xh.len(),
+    };
+    rt.submit(
+        Box::new(cl),
+        vec![(xh.clone(), Access::R), (acc.clone(), Access::RW)],
+    )?;
     Ok(())
 }
 

@@ -280,6 +280,9 @@ pub struct Optimizer {
     /// Steps taken (torch's `state[p]["step"]`).
     pub step: u64,
     slots: Vec<Slot>,
+    /// The tiles this process steps, per parameter (ZeRO-1: the tiles it
+    /// owns); None = all.
+    stepped: Option<Vec<Vec<bool>>>,
 }
 
 impl Optimizer {
@@ -307,7 +310,48 @@ impl Optimizer {
             weight_decay,
             step: 0,
             slots,
+            stepped: None,
         })
+    }
+
+    /// Restricts the steps to the tiles marked in `mask` (per parameter, per
+    /// tile); the state of the other tiles is never touched, so its memory
+    /// is never allocated.
+    pub fn set_stepped_tiles(&mut self, mask: Option<Vec<Vec<bool>>>) -> Result<()> {
+        if let Some(m) = &mask {
+            let fits = m.len() == self.slots.len()
+                && m.iter()
+                    .zip(&self.slots)
+                    .all(|(t, s)| t.len() == s.target.tiles.len());
+            if !fits {
+                return Err(arg_err(
+                    "optimizer",
+                    "the stepped-tile mask does not fit the parameters",
+                ));
+            }
+        }
+        self.stepped = mask;
+        Ok(())
+    }
+
+    /// Replaces the state of the tiles this process does not step with
+    /// fresh (unallocated) zeros, returning their memory (ZeRO-1, after a
+    /// checkpoint gathered or a resume loaded the whole state).
+    pub fn release_unstepped_state(&mut self) -> Result<()> {
+        let Some(mask) = &self.stepped else {
+            return Ok(());
+        };
+        for (s, m) in self.slots.iter_mut().zip(mask) {
+            for st in &mut s.state {
+                let rt = st.runtime().clone();
+                for (i, keep) in m.iter().enumerate() {
+                    if !keep {
+                        st.tiles[i] = rt.new_handle(st.dtype, st.tiles[i].len())?;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Submits one step over every parameter tile.
@@ -320,10 +364,13 @@ impl Optimizer {
         }
         self.step += 1;
         let (kind, lr, wd, step) = (self.kind, self.lr, self.weight_decay, self.step);
-        for s in &self.slots {
+        for (si, s) in self.slots.iter().enumerate() {
             let (pt, gt) = (s.target.dtype, s.grad.dtype);
             let vt = s.value.as_ref().map(|v| v.dtype);
             for (i, ph) in s.target.tiles.iter().enumerate() {
+                if self.stepped.as_ref().is_some_and(|m| !m[si][i]) {
+                    continue;
+                }
                 let mut ops: Vec<(DataHandle, Access)> = vec![
                     (ph.clone(), Access::RW),
                     (s.grad.tiles[i].clone(), Access::R),

@@ -117,8 +117,8 @@ impl MemoryLimits {
 impl PyRuntime {
     #[new]
     #[pyo3(
-        signature = (ncpu=None, scheduler="eager", memory_limits=None, perf_model_dir=None, nsim=0, trace=false, ncuda=0, restrict=None),
-        text_signature = "(ncpu=None, scheduler='eager', memory_limits=None, perf_model_dir=None, nsim=0, trace=False, ncuda=0, restrict=None)"
+        signature = (ncpu=None, scheduler="eager", memory_limits=None, perf_model_dir=None, nsim=0, trace=false, ncuda=0, restrict=None, comm=false),
+        text_signature = "(ncpu=None, scheduler='eager', memory_limits=None, perf_model_dir=None, nsim=0, trace=False, ncuda=0, restrict=None, comm=False)"
     )]
     #[allow(clippy::too_many_arguments)] // mirrors the Python signature
     fn new(
@@ -131,6 +131,7 @@ impl PyRuntime {
         trace: bool,
         ncuda: usize,
         restrict: Option<&str>,
+        comm: bool,
     ) -> PyResult<PyRuntime> {
         let ncpu = match ncpu {
             None => None,
@@ -168,6 +169,7 @@ impl PyRuntime {
             memory_limits: limits.0,
             perf_model_dir,
             trace,
+            comm,
         };
         let rt = py.detach(|| guard(|| Runtime::new(cfg)))?;
         Ok(PyRuntime { rt })

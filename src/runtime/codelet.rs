@@ -19,9 +19,11 @@ impl Where {
     pub const CPU: Where = Where(1);
     pub const SIM: Where = Where(2);
     pub const CUDA: Where = Where(4);
+    /// The communication worker: collectives, issued in submission order.
+    pub const COMM: Where = Where(8);
     /// Every worker that runs the CPU implementation (CPU cores and the simulated device).
     pub const ANY_CPU: Where = Where(3);
-    /// Every worker kind: for codelets with a CUDA implementation too.
+    /// Every computing worker kind: for codelets with a CUDA implementation too.
     pub const ANY: Where = Where(7);
     pub fn contains(self, o: Where) -> bool {
         self.0 & o.0 == o.0
@@ -46,6 +48,10 @@ pub trait Codelet: Send + Sync {
     }
     fn where_(&self) -> Where {
         Where::ANY_CPU
+    }
+    /// Bytes a collective sends plus receives (for the network's statistics).
+    fn wire_bytes(&self) -> u64 {
+        0
     }
     /// The CPU implementation, run on host-memory replicas.
     fn cpu(&self, bufs: &Buffers) -> Result<()>;

@@ -34,6 +34,8 @@ pub(crate) struct Memory {
     /// The GPU behind each node (None for the host and simulated devices).
     pub gpus: Vec<Option<Arc<GpuNode>>>,
     buses: Vec<Mutex<BusStats>>,
+    /// Collectives' traffic (sent plus received), as one more bus.
+    net: Mutex<BusStats>,
     pub trace: Arc<Trace>,
     tick: AtomicU64,
 }
@@ -71,6 +73,10 @@ impl Memory {
             }
         }
         Memory {
+            net: Mutex::new(BusStats {
+                name: format!("{}<->network", nodes[0].name),
+                ..Default::default()
+            }),
             nodes,
             gpus,
             buses,
@@ -80,11 +86,21 @@ impl Memory {
     }
 
     pub fn bus_stats(&self) -> Vec<BusStats> {
+        let net = self.net.lock().unwrap().clone();
         self.buses
             .iter()
             .map(|b| b.lock().unwrap().clone())
             .filter(|b| b.src != b.dst)
+            .chain((net.transfers > 0).then_some(net))
             .collect()
+    }
+
+    /// Counts one collective's bytes (sent plus received) and time.
+    pub fn record_network(&self, bytes: u64, seconds: f64) {
+        let mut b = self.net.lock().unwrap();
+        b.transfers += 1;
+        b.bytes += bytes;
+        b.seconds += seconds;
     }
 
     /// Expected seconds to move `bytes` from `src` to `dst`, from what was measured.

@@ -13,6 +13,7 @@
 mod async_worker;
 pub mod buffer;
 mod codelet;
+mod comm_worker;
 pub mod cuda;
 pub mod handle;
 pub mod memory;
@@ -62,6 +63,8 @@ pub struct RuntimeConfig {
     /// Worker kinds every task prefers (`--restrict`): a task whose codelet
     /// cannot run on any of them runs where it can instead.
     pub restrict: Where,
+    /// A communication worker for collectives (data-parallel runs).
+    pub comm: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -75,6 +78,7 @@ impl Default for RuntimeConfig {
             memory_limits: Vec::new(),
             perf_model_dir: None,
             trace: false,
+            comm: false,
         }
     }
 }
@@ -112,6 +116,7 @@ pub(crate) struct Inner {
     pub workers: Vec<WorkerInfo>,
     pub wstats: Vec<worker::StatsCell>,
     pub sched: Box<dyn Scheduler>,
+    comm: comm_worker::CommQueue,
     pub perf: Arc<PerfModels>,
     pending: Mutex<usize>,
     idle: Condvar,
@@ -203,10 +208,20 @@ impl Runtime {
             });
         }
         let perf = Arc::new(PerfModels::load(cfg.perf_model_dir.clone()));
+        // The schedulers place computing tasks only; the communication worker
+        // (last) takes its tasks from `comm`, in submission order.
         let sched: Box<dyn Scheduler> = match cfg.scheduler {
             SchedKind::Eager => Box::new(sched::Eager::new(&workers)),
             SchedKind::Dmda => Box::new(sched::Dmda::new(&workers, perf.clone(), mem.clone())),
         };
+        if cfg.comm {
+            workers.push(WorkerInfo {
+                id: workers.len(),
+                name: "comm0".into(),
+                kind: WorkerKind::Comm,
+                node: 0,
+            });
+        }
         let wstats = workers
             .iter()
             .map(|w| {
@@ -224,6 +239,7 @@ impl Runtime {
             workers,
             wstats,
             sched,
+            comm: Default::default(),
             perf,
             pending: Mutex::new(0),
             idle: Condvar::new(),
@@ -321,9 +337,12 @@ impl Runtime {
         accesses: Vec<(DataHandle, Access)>,
     ) -> Result<Task> {
         // The runtime's restriction is a preference: a codelet that cannot
-        // honour it (a CPU-only op in a GPU run) runs wherever it can.
+        // honour it (a CPU-only op in a GPU run) runs wherever it can. It
+        // concerns computing workers: collectives have one place to run.
         let mut restrict = self.inner().restrict;
-        if !self.can_run(codelet.where_().and(restrict)) {
+        if codelet.where_() == Where::COMM {
+            restrict = Where::COMM;
+        } else if !self.can_run(codelet.where_().and(restrict)) {
             restrict = Where::ANY;
         }
         self.submit_with(codelet, accesses, restrict, 0)
@@ -364,10 +383,21 @@ impl Runtime {
             }
         }
         let phase = inner.phases.lock().unwrap().current;
-        let t = Arc::new(TaskInner::new(codelet, accesses, restrict, priority, phase));
+        let mut t = TaskInner::new(codelet, accesses, restrict, priority, phase);
         if !self.can_run(t.where_) {
-            return Err(arg_err(name, "no worker of this runtime can run this task"));
+            return Err(arg_err(
+                name,
+                if t.where_ == Where::COMM {
+                    "a collective needs a runtime with a communication worker (comm=True)"
+                } else {
+                    "no worker of this runtime can run this task"
+                },
+            ));
         }
+        if t.where_ == Where::COMM {
+            t.comm_seq = Some(inner.comm.next_seq());
+        }
+        let t = Arc::new(t);
         {
             *inner.pending.lock().unwrap() += 1;
             *inner.submitted.lock().unwrap() += 1;
@@ -525,6 +555,7 @@ impl Owner {
         }
         inner.shut.store(true, Ordering::Release);
         inner.sched.shutdown();
+        inner.comm.shutdown();
         for t in threads.drain(..) {
             let _ = t.join();
         }
@@ -589,8 +620,11 @@ fn add_dependency(t: &Arc<TaskInner>, p: &Arc<TaskInner>, mode: Access) {
 }
 
 impl Inner {
-    fn ready(&self, t: Arc<TaskInner>) {
-        self.sched.push(t);
+    pub(crate) fn ready(&self, t: Arc<TaskInner>) {
+        match t.comm_seq {
+            Some(seq) => self.comm.push(seq, t),
+            None => self.sched.push(t),
+        }
     }
 
     /// Finishes a task: wakes its waiters and releases its successors, which

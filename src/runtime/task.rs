@@ -26,6 +26,8 @@ pub struct TaskInner {
     pub priority: i32,
     pub where_: Where,
     pub flops: f64,
+    /// Bytes a collective sends plus receives (0 for computing tasks).
+    pub wire_bytes: u64,
     pub footprint: u64,
     /// The runtime's phase when the task was submitted (`Runtime::set_phase`).
     pub(crate) phase: usize,
@@ -43,6 +45,9 @@ pub struct TaskInner {
     /// predecessor (see `async_worker`): finishing that predecessor must not
     /// hand it to the scheduler again.
     pub(crate) early: std::sync::atomic::AtomicBool,
+    /// A collective's place in the submission order of collectives (the
+    /// order the communication worker issues them in).
+    pub(crate) comm_seq: Option<u64>,
 }
 
 static NEXT_TASK: AtomicU64 = AtomicU64::new(1);
@@ -65,6 +70,7 @@ impl TaskInner {
             priority,
             where_: codelet.where_().and(restrict),
             flops: codelet.flops(),
+            wire_bytes: codelet.wire_bytes(),
             footprint,
             phase,
             body: Mutex::new(Some(TaskBody { codelet, accesses })),
@@ -75,6 +81,7 @@ impl TaskInner {
             done_cv: Condvar::new(),
             est: AtomicU64::new(0),
             early: std::sync::atomic::AtomicBool::new(false),
+            comm_seq: None,
         }
     }
 

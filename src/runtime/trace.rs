@@ -14,6 +14,8 @@ pub(crate) enum Event {
         start_us: f64,
         dur_us: f64,
         flops: f64,
+        /// Bytes over the network (collectives).
+        bytes: u64,
         ok: bool,
     },
     Transfer {
@@ -89,10 +91,16 @@ impl Trace {
         }
         for e in events.iter() {
             out.push(match e {
-                Event::Task { worker, name, id, start_us, dur_us, flops, ok } => serde_json::json!({
-                    "ph": "X", "cat": "task", "name": name, "pid": 0, "tid": worker,
-                    "ts": start_us, "dur": dur_us,
-                    "args": {"task": id, "flops": flops, "ok": ok}}),
+                Event::Task { worker, name, id, start_us, dur_us, flops, bytes, ok } => {
+                    let mut args = serde_json::json!({"task": id, "flops": flops, "ok": ok});
+                    if *bytes > 0 {
+                        args["bytes"] = (*bytes).into();
+                    }
+                    serde_json::json!({
+                        "ph": "X", "cat": if *bytes > 0 { "collective" } else { "task" },
+                        "name": name, "pid": 0, "tid": worker,
+                        "ts": start_us, "dur": dur_us, "args": args})
+                }
                 Event::Transfer { src, dst, bytes, start_us, dur_us } => serde_json::json!({
                     "ph": "X", "cat": "transfer", "name": format!("{}->{}", node_names[*src], node_names[*dst]),
                     "pid": 1, "tid": src * n + dst, "ts": start_us, "dur": dur_us,

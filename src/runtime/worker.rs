@@ -18,6 +18,8 @@ pub enum WorkerKind {
     Sim,
     /// Owns one GPU and its stream; launches asynchronously.
     Cuda,
+    /// Issues collectives, in submission order (`comm_worker`).
+    Comm,
 }
 
 impl WorkerKind {
@@ -26,6 +28,7 @@ impl WorkerKind {
             WorkerKind::Cpu => "cpu",
             WorkerKind::Sim => "sim",
             WorkerKind::Cuda => "cuda",
+            WorkerKind::Comm => "comm",
         }
     }
     pub fn parse(s: &str) -> Option<WorkerKind> {
@@ -33,6 +36,7 @@ impl WorkerKind {
             "cpu" => Some(WorkerKind::Cpu),
             "sim" => Some(WorkerKind::Sim),
             "cuda" => Some(WorkerKind::Cuda),
+            "comm" => Some(WorkerKind::Comm),
             _ => None,
         }
     }
@@ -41,6 +45,7 @@ impl WorkerKind {
             WorkerKind::Cpu => Where::CPU,
             WorkerKind::Sim => Where::SIM,
             WorkerKind::Cuda => Where::CUDA,
+            WorkerKind::Comm => Where::COMM,
         }
     }
 }
@@ -69,8 +74,10 @@ pub struct WorkerStats {
 }
 
 pub(crate) fn run(inner: Arc<Inner>, wid: usize) {
-    if inner.workers[wid].kind != WorkerKind::Cpu {
-        return super::async_worker::run(inner, wid);
+    match inner.workers[wid].kind {
+        WorkerKind::Cpu => {}
+        WorkerKind::Comm => return super::comm_worker::run(inner, wid),
+        WorkerKind::Sim | WorkerKind::Cuda => return super::async_worker::run(inner, wid),
     }
     while let Some(task) = inner.sched.pop(wid, true) {
         execute(&inner, wid, task);
@@ -114,7 +121,7 @@ fn unlock_acc(inner: &Inner, acc: &[Arc<HandleInner>]) {
             std::mem::take(&mut l.waiters)
         };
         for t in waiters {
-            inner.sched.push(t);
+            inner.ready(t);
         }
     }
 }
@@ -212,6 +219,9 @@ pub(crate) fn record(inner: &Inner, wid: usize, task: &TaskInner, t0: Instant, d
         inner
             .perf
             .record(task.name, task.footprint, inner.workers[wid].kind, dt);
+        if task.wire_bytes > 0 {
+            inner.mem.record_network(task.wire_bytes, dt);
+        }
     }
     inner.mem.trace.push(Event::Task {
         worker: wid,
@@ -220,6 +230,7 @@ pub(crate) fn record(inner: &Inner, wid: usize, task: &TaskInner, t0: Instant, d
         start_us: inner.mem.trace.us(t0),
         dur_us: dt * 1e6,
         flops: task.flops,
+        bytes: task.wire_bytes,
         ok,
     });
 }
@@ -237,7 +248,7 @@ pub(crate) fn panic_error(task: &str, p: Box<dyn std::any::Any + Send>) -> Error
     }
 }
 
-fn execute(inner: &Arc<Inner>, wid: usize, task: Arc<TaskInner>) {
+pub(crate) fn execute(inner: &Arc<Inner>, wid: usize, task: Arc<TaskInner>) {
     let Some(s) = start(inner, task) else { return };
     let node = inner.workers[wid].node;
     match inner

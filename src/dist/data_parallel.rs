@@ -1,0 +1,300 @@
+//! Data parallelism on the tile graph. Every rank holds the whole model;
+//! after a step's last backward, the gradient tiles are summed over the
+//! ranks by collectives submitted as tasks (one per bucket of tiles, in
+//! reverse parameter order: the order backward finishes them), which the
+//! dependency tracker starts as soon as a bucket's last accumulation ends.
+//!
+//! ZeRO-1 goes through tile ownership (NNTile's `tile_distr`): each
+//! parameter tile has an owner rank, chosen once by balancing bytes. The
+//! gradient is reduced to its owner only, only the owner steps the tile
+//! (its optimizer state exists only there), and the updated tile is then
+//! gathered by every rank. Since the collectives' sums do not depend on the
+//! segmentation (see `collective`), and the gradient norm combines per-tile
+//! partial sums in tile order, stage 1 computes stage 0's bits.
+
+use super::collective::{Collective, CollectiveKind, Layout};
+use super::Communicator;
+use crate::dtype::DType;
+use crate::error::{arg_err, Result};
+use crate::kernels::cpu::reduce::ssq_merge;
+use crate::model::Gpt2;
+use crate::runtime::{Access, DataHandle, WorkerKind};
+use crate::tensor::Tensor;
+use std::sync::Arc;
+
+/// The most tiles one collective takes (a task's operand limit).
+const MAX_BUCKET_TILES: usize = 64;
+
+struct Bucket {
+    /// (parameter index, tile index) of each tile, in operand order.
+    tiles: Vec<(usize, usize)>,
+    /// Gradient reduction: even segments (stage 0) or owners' (stage 1).
+    reduce: Layout,
+    /// Owners' segments, for gathering updated tiles (stage 1).
+    gather: Layout,
+}
+
+pub struct DataParallel {
+    comm: Arc<dyn Communicator>,
+    zero_stage: u8,
+    buckets: Vec<Bucket>,
+    /// The owner rank of each tile, per parameter.
+    owner: Vec<Vec<usize>>,
+}
+
+impl DataParallel {
+    /// Plans the buckets (at most `bucket_bytes` of gradient each, or one
+    /// tile when a tile is larger) and the tile owners for `model`, whose
+    /// runtime must have a communication worker.
+    pub fn new(
+        model: &Gpt2,
+        comm: Arc<dyn Communicator>,
+        zero_stage: u8,
+        bucket_bytes: usize,
+    ) -> Result<DataParallel> {
+        let op = "data_parallel";
+        if zero_stage > 1 {
+            return Err(arg_err(
+                op,
+                format!("ZeRO stage {zero_stage} is not supported (0 or 1)"),
+            ));
+        }
+        if model.runtime().nworkers_of(WorkerKind::Comm) == 0 {
+            return Err(arg_err(
+                op,
+                "the model's runtime has no communication worker (create it with comm=True)",
+            ));
+        }
+        let n = comm.size();
+        let params = &model.params.list;
+        let mut owner: Vec<Vec<usize>> =
+            params.iter().map(|p| vec![0; p.grad.tiles.len()]).collect();
+        let mut load = vec![0usize; n];
+        let mut buckets = Vec::new();
+        let mut cur: Vec<(usize, usize)> = Vec::new();
+        let mut cur_bytes = 0;
+        let close =
+            |cur: &mut Vec<(usize, usize)>, buckets: &mut Vec<Bucket>, owner: &[Vec<usize>]| {
+                if cur.is_empty() {
+                    return;
+                }
+                let tiles = std::mem::take(cur);
+                let lens: Vec<usize> = tiles
+                    .iter()
+                    .map(|&(p, t)| params[p].grad.tiles[t].len())
+                    .collect();
+                let owners: Vec<usize> = tiles.iter().map(|&(p, t)| owner[p][t]).collect();
+                let gather = Layout::by_owner(&lens, &owners, n);
+                let reduce = if zero_stage == 0 {
+                    Layout::even(&lens, n)
+                } else {
+                    gather.clone()
+                };
+                buckets.push(Bucket {
+                    tiles,
+                    reduce,
+                    gather,
+                });
+            };
+        // Backward finishes the last parameters first (the LM head's share of
+        // wte excepted), so their buckets go first.
+        for (p, prm) in params.iter().enumerate().rev() {
+            for (t, h) in prm.grad.tiles.iter().enumerate().rev() {
+                let bytes = h.bytes();
+                if !cur.is_empty()
+                    && (cur_bytes + bytes > bucket_bytes || cur.len() == MAX_BUCKET_TILES)
+                {
+                    close(&mut cur, &mut buckets, &owner);
+                    cur_bytes = 0;
+                }
+                // The least loaded rank so far (lowest on ties): the same
+                // answer on every rank.
+                let r = (0..n).min_by_key(|&r| (load[r], r)).unwrap_or(0);
+                load[r] += bytes;
+                owner[p][t] = r;
+                cur.push((p, t));
+                cur_bytes += bytes;
+            }
+        }
+        close(&mut cur, &mut buckets, &owner);
+        Ok(DataParallel {
+            comm,
+            zero_stage,
+            buckets,
+            owner,
+        })
+    }
+
+    pub fn rank(&self) -> usize {
+        self.comm.rank()
+    }
+    pub fn world_size(&self) -> usize {
+        self.comm.size()
+    }
+    pub fn zero_stage(&self) -> u8 {
+        self.zero_stage
+    }
+    pub fn nbuckets(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// Whether this rank steps tile `t` of parameter `p` (every tile at stage 0).
+    pub fn steps(&self, p: usize, t: usize) -> bool {
+        self.zero_stage == 0 || self.owner[p][t] == self.comm.rank()
+    }
+
+    /// The tiles this rank steps, per parameter (for the optimizer).
+    pub fn stepped_tiles(&self) -> Vec<Vec<bool>> {
+        self.owner
+            .iter()
+            .enumerate()
+            .map(|(p, o)| (0..o.len()).map(|t| self.steps(p, t)).collect())
+            .collect()
+    }
+
+    fn submit(
+        &self,
+        model: &Gpt2,
+        kind: CollectiveKind,
+        tensor_of: impl Fn(usize) -> Option<Tensor>,
+    ) -> Result<()> {
+        for b in &self.buckets {
+            let mut ops: Vec<(DataHandle, Access)> = Vec::with_capacity(b.tiles.len());
+            let mut dtype: Option<DType> = None;
+            for &(p, t) in &b.tiles {
+                let Some(x) = tensor_of(p) else {
+                    return Ok(());
+                };
+                if dtype.is_some_and(|d| d != x.dtype) {
+                    return Err(arg_err("data_parallel", "a bucket mixes dtypes"));
+                }
+                dtype = Some(x.dtype);
+                ops.push((x.tiles[t].clone(), Access::RW));
+            }
+            let layout = match kind {
+                CollectiveKind::AllGather => b.gather.clone(),
+                _ => b.reduce.clone(),
+            };
+            let cl = Collective {
+                comm: self.comm.clone(),
+                kind,
+                layout,
+                dtype: dtype.unwrap_or(DType::F32),
+            };
+            model.runtime().submit(Box::new(cl), ops)?;
+        }
+        Ok(())
+    }
+
+    /// Submits the gradients' reduction: an all-reduce per bucket (stage
+    /// 0), or a reduce-scatter to the owners (stage 1).
+    pub fn reduce_grads(&self, model: &Gpt2) -> Result<()> {
+        let kind = if self.zero_stage == 0 {
+            CollectiveKind::AllReduce
+        } else {
+            CollectiveKind::ReduceScatter
+        };
+        self.submit(model, kind, |p| Some(model.params.list[p].grad.clone()))
+    }
+
+    /// Stage 1, after the owners' optimizer step: submits the gathering of
+    /// the updated weights (the bf16 ones where there is a master copy).
+    pub fn gather_params(&self, model: &Gpt2) -> Result<()> {
+        if self.zero_stage == 0 {
+            return Ok(());
+        }
+        self.submit(model, CollectiveKind::AllGather, |p| {
+            Some(model.params.list[p].value.clone())
+        })
+    }
+
+    /// Stage 1: submits the gathering of tensors cut like the parameters
+    /// (`of(p)`: optimizer state, master weights), e.g. before a checkpoint.
+    pub fn gather(&self, model: &Gpt2, of: impl Fn(usize) -> Option<Tensor>) -> Result<()> {
+        if self.zero_stage == 0 {
+            return Ok(());
+        }
+        self.submit(model, CollectiveKind::AllGather, of)
+    }
+
+    /// The global gradient 2-norm of the reduced gradients, from per-tile
+    /// scaled sums of squares merged in tile order (each rank computes those
+    /// of the tiles it holds reduced; stage 1 exchanges them); when it
+    /// exceeds `max_norm`, scales the gradients by max_norm / (norm + 1e-6).
+    /// Waits for the gradients' reduction.
+    pub fn clip_grad_norm(&self, model: &Gpt2, max_norm: f64) -> Result<f64> {
+        if max_norm.is_nan() || max_norm < 0.0 {
+            return Err(arg_err(
+                "clip_grad_norm",
+                format!("max_norm must be >= 0, got {max_norm}"),
+            ));
+        }
+        let rt = model.runtime();
+        let params = &model.params.list;
+        let mut mine: Vec<(usize, DataHandle)> = Vec::new();
+        let mut ntiles = 0;
+        for (p, prm) in params.iter().enumerate() {
+            for (t, h) in prm.grad.tiles.iter().enumerate() {
+                if self.steps(p, t) {
+                    let acc = rt.new_handle(DType::F64, 2)?;
+                    crate::ops::reduce::ssq_init(rt, &acc)?;
+                    crate::ops::reduce::ssq_update_tile(rt, prm.grad.dtype, h, &acc)?;
+                    mine.push((ntiles, acc));
+                }
+                ntiles += 1;
+            }
+        }
+        let mut parts = vec![[0f64; 2]; ntiles];
+        let mut local = Vec::with_capacity(2 * mine.len());
+        for (i, acc) in &mine {
+            let v = rt.read_handle(acc, |b| {
+                let v: &[f64] = bytemuck::cast_slice(b);
+                [v[0], v[1]]
+            })?;
+            parts[*i] = v;
+            local.extend_from_slice(&v);
+        }
+        if self.zero_stage == 1 {
+            // Host-side exchange: no collective task may be in flight.
+            rt.wait_all()?;
+            let n = self.comm.size();
+            let mut owned_by: Vec<Vec<usize>> = vec![Vec::new(); n];
+            let mut g = 0;
+            for o in &self.owner {
+                for &r in o {
+                    owned_by[r].push(g);
+                    g += 1;
+                }
+            }
+            let counts: Vec<usize> = owned_by.iter().map(|v| v.len() * 16).collect();
+            let mut all = vec![0f64; 2 * ntiles];
+            self.comm.allgatherv(
+                bytemuck::cast_slice(&local),
+                bytemuck::cast_slice_mut(&mut all),
+                &counts,
+            )?;
+            let mut k = 0;
+            for tiles in &owned_by {
+                for &g in tiles {
+                    parts[g] = [all[2 * k], all[2 * k + 1]];
+                    k += 1;
+                }
+            }
+        }
+        let mut acc = [0f64; 2];
+        for part in &parts {
+            ssq_merge(part, &mut acc);
+        }
+        let norm = acc[0] * acc[1].sqrt();
+        let coef = max_norm / (norm + 1e-6);
+        if coef < 1.0 {
+            for p in params {
+                crate::ops::scale(&p.grad, coef)?;
+            }
+        }
+        Ok(norm)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -10,6 +10,8 @@
 //! results on every rank).
 
 pub mod loopback;
+pub mod mpi;
+pub mod nccl;
 
 use crate::error::Result;
 

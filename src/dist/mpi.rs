@@ -104,12 +104,12 @@ pub fn find_libmpi(maps: &str) -> Result<Option<(AbiKind, String)>> {
 /// An MPI handle that is an `int` (MPICH's ABI).
 #[repr(transparent)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IntHandle(c_int);
+struct IntHandle(c_int);
 
 /// An MPI handle that is a pointer (Open MPI's ABI, the MPI-5 standard ABI).
 #[repr(transparent)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PtrHandle(*mut c_void);
+struct PtrHandle(*mut c_void);
 
 // SAFETY: a handle is an opaque token the library hands out and takes back;
 // gpt2rs never dereferences it, and MPI handles may be used from any thread
@@ -250,6 +250,23 @@ impl<A: Abi> Table<A> {
     }
 }
 
+impl<A: Abi> Table<A> {
+    /// Ok for MPI_SUCCESS, else one line with the MPI error string.
+    fn check(&self, op: &str, rc: c_int) -> Result<()> {
+        if rc == 0 {
+            return Ok(());
+        }
+        let msg = mpi_string(|s, n| {
+            // SAFETY: the buffer holds more than MPI_MAX_ERROR_STRING bytes.
+            unsafe { (self.error_string)(rc, s, n) }
+        })
+        .unwrap_or_else(|| "no error string".into());
+        // MPICH appends its whole call stack; the first clause says what failed.
+        let msg = msg.split(", error stack:").next().unwrap_or_default();
+        Err(Error::Io(format!("{op} failed with error {rc}: {msg}")))
+    }
+}
+
 /// Reads a string an MPI call writes (`buf`, `len`), lossily, one line.
 fn mpi_string(f: impl FnOnce(*mut c_char, *mut c_int) -> c_int) -> Option<String> {
     // The largest MPI_MAX_LIBRARY_VERSION_STRING of the three ABIs (MPICH's);
@@ -326,11 +343,16 @@ impl<A: Abi> Engine<A> {
             unsafe { (f.get_library_version)(s, n) }
         })
         .unwrap_or_default();
+        let mut comm = world;
+        // SAFETY: collective over MPI_COMM_WORLD, which every rank calls
+        // here; `comm` receives the new handle. Only a duplicate that exists
+        // goes into an Engine (whose drop frees it).
+        f.check("MPI_Comm_dup", unsafe { (f.comm_dup)(world, &mut comm) })?;
         let mut e = Engine {
             f,
             path,
             world,
-            comm: world,
+            comm,
             byte,
             rank: 0,
             size: 0,
@@ -338,33 +360,14 @@ impl<A: Abi> Engine<A> {
             serial: Mutex::new(()),
             _lib: lib,
         };
-        let mut comm = world;
-        // SAFETY: collective over MPI_COMM_WORLD, which every rank calls
-        // here; `comm` receives the new handle.
-        e.check("MPI_Comm_dup", unsafe { (e.f.comm_dup)(world, &mut comm) })?;
-        e.comm = comm;
         let (mut rank, mut size): (c_int, c_int) = (0, 0);
         // SAFETY: `comm` is a valid communicator; one int is written each.
-        e.check("MPI_Comm_rank", unsafe { (e.f.comm_rank)(comm, &mut rank) })?;
+        e.f.check("MPI_Comm_rank", unsafe { (e.f.comm_rank)(comm, &mut rank) })?;
         // SAFETY: as above.
-        e.check("MPI_Comm_size", unsafe { (e.f.comm_size)(comm, &mut size) })?;
+        e.f.check("MPI_Comm_size", unsafe { (e.f.comm_size)(comm, &mut size) })?;
         e.rank = rank as usize;
         e.size = size as usize;
         Ok(e)
-    }
-
-    fn check(&self, op: &str, rc: c_int) -> Result<()> {
-        if rc == 0 {
-            return Ok(());
-        }
-        let msg = mpi_string(|s, n| {
-            // SAFETY: the buffer holds more than MPI_MAX_ERROR_STRING bytes.
-            unsafe { (self.f.error_string)(rc, s, n) }
-        })
-        .unwrap_or_else(|| "no error string".into());
-        // MPICH appends its whole call stack; the first clause says what failed.
-        let msg = msg.split(", error stack:").next().unwrap_or_default();
-        Err(Error::Io(format!("{op} failed with error {rc}: {msg}")))
     }
 
     /// Takes the call lock, after checking that MPI is still usable.
@@ -443,7 +446,7 @@ impl<A: Abi> Communicator for Engine<A> {
                 self.comm,
             )
         };
-        self.check("MPI_Alltoallv", code)
+        self.f.check("MPI_Alltoallv", code)
     }
 
     fn allgatherv(&self, send: &[u8], recv: &mut [u8], counts: &[usize]) -> Result<()> {
@@ -467,7 +470,7 @@ impl<A: Abi> Communicator for Engine<A> {
                 self.comm,
             )
         };
-        self.check("MPI_Allgatherv", code)
+        self.f.check("MPI_Allgatherv", code)
     }
 
     fn broadcast(&self, buf: &mut [u8], root: usize) -> Result<()> {
@@ -495,14 +498,14 @@ impl<A: Abi> Communicator for Engine<A> {
                 self.comm,
             )
         };
-        self.check("MPI_Bcast", code)
+        self.f.check("MPI_Bcast", code)
     }
 
     fn barrier(&self) -> Result<()> {
         let _g = self.enter("barrier")?;
         // SAFETY: `comm` is a valid communicator.
         let code = unsafe { (self.f.barrier)(self.comm) };
-        self.check("MPI_Barrier", code)
+        self.f.check("MPI_Barrier", code)
     }
 
     fn abort(&self, code: i32) {

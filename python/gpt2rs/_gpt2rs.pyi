@@ -12,8 +12,10 @@ from gpt2rs.config import GPT2Config
 from gpt2rs.options import ModelOptions
 
 __all__ = [
+    "Communicator",
     "CudaError",
     "DTypeError",
+    "DistError",
     "Gpt2Core",
     "KvCache",
     "OptimizerCore",
@@ -40,6 +42,8 @@ __all__ = [
     "gpt2_decode_bytes",
     "gpt2_encode_batch",
     "gpt2_encode_reference",
+    "nccl_unique_id",
+    "nccl_version",
     "op_add",
     "op_axpy",
     "op_cast",
@@ -295,3 +299,40 @@ def cuda_device_count() -> int:
 
 def cuda_device_info(ordinal: int) -> tuple[str, str, int]:
     """(name, architecture, total memory in bytes) of one GPU."""
+
+# -- Process groups: MPI, loopback, NCCL probes (src/py/dist.rs) --
+
+class DistError(RuntimeError):
+    """MPI or NCCL is unavailable or failed; the message says which."""
+
+@final
+class Communicator:
+    """One rank's end of a process group (MPI or in-process loopback); counts in bytes."""
+
+    @staticmethod
+    def mpi() -> Communicator:
+        """This rank of the job, over the MPI mpi4py initialised (collective)."""
+
+    @staticmethod
+    def loopback(n: int) -> list[Communicator]:
+        """``n`` in-process ranks; each rank's collectives run on its own thread."""
+
+    @property
+    def rank(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def backend(self) -> Literal["mpich", "openmpi", "mpi-abi", "loopback"]: ...
+    def barrier(self) -> None: ...
+    def broadcast(self, data: bytes, root: int) -> bytes: ...
+    def allgatherv(self, data: bytes, counts: Sequence[int]) -> bytes: ...
+    def alltoallv(
+        self, data: bytes, send_counts: Sequence[int], recv_counts: Sequence[int]
+    ) -> bytes: ...
+    def abort(self, code: int) -> None: ...
+
+def nccl_version(path: _Path) -> int:
+    """The version of the NCCL library at ``path``: major * 10000 + minor * 100 + patch."""
+
+def nccl_unique_id(path: _Path) -> bytes:
+    """A new 128-byte NCCL unique id (no GPU needed)."""

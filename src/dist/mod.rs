@@ -12,6 +12,8 @@
 pub mod collective;
 pub mod data_parallel;
 pub mod loopback;
+pub mod mpi;
+pub mod nccl;
 
 use crate::error::Result;
 

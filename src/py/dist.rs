@@ -1,0 +1,230 @@
+//! `gpt2rs._gpt2rs.Communicator` (the byte-moving end of a process group:
+//! MPI through the library mpi4py loaded, or the in-process loopback group)
+//! and the NCCL probes. `python/gpt2rs/mpi.py` initialises MPI through
+//! mpi4py and finds the NCCL wheel. Every collective runs without the GIL.
+//! An unusable or failing transport is a `DistError(RuntimeError)`; a bad
+//! argument (counts, root) a `ValueError`.
+
+use crate::dist::loopback::Loopback;
+use crate::dist::mpi::MpiComm;
+use crate::dist::nccl::Nccl;
+use crate::dist::Communicator;
+use crate::error::Error;
+use pyo3::create_exception;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+create_exception!(
+    gpt2rs,
+    DistError,
+    PyRuntimeError,
+    "MPI or NCCL is unavailable (not loaded, not initialised, finalised) or a collective failed; the message says which."
+);
+
+/// Runs `f` without the GIL, mapping errors: `Argument` to ValueError, the
+/// rest to DistError; a panic (a bug) to RuntimeError.
+fn run<T: Send>(py: Python<'_>, f: impl FnOnce() -> crate::Result<T> + Send) -> PyResult<T> {
+    let r = py.detach(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+    match r {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e @ Error::Argument { .. })) => Err(PyValueError::new_err(e.to_string())),
+        Ok(Err(e)) => Err(DistError::new_err(e.to_string())),
+        Err(_) => Err(PyRuntimeError::new_err(
+            "internal error in gpt2rs's communicator (a bug, please report it)",
+        )),
+    }
+}
+
+/// One rank's end of a process group: every rank calls the same collectives
+/// in the same order; all counts are in bytes. Make one with
+/// `Communicator.mpi()` (or `gpt2rs.mpi.init()`), or a group of
+/// in-process ranks with `Communicator.loopback(n)`.
+#[pyclass(name = "Communicator", module = "gpt2rs._gpt2rs", frozen)]
+pub struct PyCommunicator {
+    c: Arc<dyn Communicator>,
+}
+
+impl PyCommunicator {
+    /// The transport, for the training core.
+    #[allow(dead_code)] // the training core's seam; used there
+    pub(crate) fn comm(&self) -> &Arc<dyn Communicator> {
+        &self.c
+    }
+}
+
+#[pymethods]
+impl PyCommunicator {
+    /// This process's rank of the job, over a private duplicate of
+    /// MPI_COMM_WORLD, in the MPI library mpi4py loaded and initialised.
+    /// Collective: every rank calls it.
+    ///
+    /// Raises:
+    ///     DistError: MPI is not loaded (import mpi4py.MPI first), not
+    ///         initialised, finalised, or at a thread level below
+    ///         MPI_THREAD_SERIALIZED.
+    #[staticmethod]
+    #[pyo3(text_signature = "()")]
+    fn mpi(py: Python<'_>) -> PyResult<PyCommunicator> {
+        let c = run(py, MpiComm::from_process)?;
+        Ok(PyCommunicator { c: Arc::new(c) })
+    }
+
+    /// `n` ranks in this process, for tests: each rank's collectives must be
+    /// called from its own thread.
+    ///
+    /// Args:
+    ///     n: ranks (>= 1).
+    ///
+    /// Returns:
+    ///     The ranks, in rank order.
+    #[staticmethod]
+    #[pyo3(text_signature = "(n)")]
+    fn loopback(py: Python<'_>, n: usize) -> PyResult<Vec<PyCommunicator>> {
+        let group = run(py, move || Loopback::group(n))?;
+        Ok(group
+            .into_iter()
+            .map(|l| PyCommunicator { c: Arc::new(l) })
+            .collect())
+    }
+
+    /// This process's rank, 0..size.
+    #[getter]
+    fn rank(&self) -> usize {
+        self.c.rank()
+    }
+
+    /// Ranks in the group.
+    #[getter]
+    fn size(&self) -> usize {
+        self.c.size()
+    }
+
+    /// What moves the bytes: "mpich", "openmpi", "mpi-abi" or "loopback".
+    #[getter]
+    fn backend(&self) -> &str {
+        self.c.backend()
+    }
+
+    /// Waits until every rank has called it.
+    #[pyo3(text_signature = "($self)")]
+    fn barrier(&self, py: Python<'_>) -> PyResult<()> {
+        run(py, || self.c.barrier())
+    }
+
+    /// Rank `root`'s bytes to every rank.
+    ///
+    /// Args:
+    ///     data: on `root`, the bytes to send; on the other ranks, bytes of
+    ///         the same length (their content is ignored).
+    ///     root: the sending rank.
+    ///
+    /// Returns:
+    ///     `root`'s bytes.
+    #[pyo3(text_signature = "($self, data, root)")]
+    fn broadcast<'py>(
+        &self,
+        py: Python<'py>,
+        data: &[u8],
+        root: usize,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let mut buf = data.to_vec();
+        run(py, || self.c.broadcast(&mut buf, root))?;
+        Ok(PyBytes::new(py, &buf))
+    }
+
+    /// Every rank's bytes to every rank.
+    ///
+    /// Args:
+    ///     data: this rank's `counts[rank]` bytes.
+    ///     counts: bytes of each rank, the same list on every rank.
+    ///
+    /// Returns:
+    ///     All ranks' bytes, in rank order.
+    #[pyo3(text_signature = "($self, data, counts)")]
+    fn allgatherv<'py>(
+        &self,
+        py: Python<'py>,
+        data: &[u8],
+        counts: Vec<usize>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let mut recv = vec![0u8; counts.iter().sum()];
+        run(py, || self.c.allgatherv(data, &mut recv, &counts))?;
+        Ok(PyBytes::new(py, &recv))
+    }
+
+    /// Personalised exchange: `send_counts[r]` bytes to each rank r, and
+    /// `recv_counts[r]` bytes from each (rank a's `send_counts[b]` equals rank
+    /// b's `recv_counts[a]`).
+    ///
+    /// Args:
+    ///     data: the parts for ranks 0, 1, ..., contiguous.
+    ///     send_counts: bytes for each rank.
+    ///     recv_counts: bytes from each rank.
+    ///
+    /// Returns:
+    ///     The parts from ranks 0, 1, ..., contiguous.
+    #[pyo3(text_signature = "($self, data, send_counts, recv_counts)")]
+    fn alltoallv<'py>(
+        &self,
+        py: Python<'py>,
+        data: &[u8],
+        send_counts: Vec<usize>,
+        recv_counts: Vec<usize>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let mut recv = vec![0u8; recv_counts.iter().sum()];
+        run(py, || {
+            self.c
+                .alltoallv(data, &send_counts, &mut recv, &recv_counts)
+        })?;
+        Ok(PyBytes::new(py, &recv))
+    }
+
+    /// Ends every rank of the job with exit code `code` (MPI_Abort on
+    /// MPI_COMM_WORLD); does not return under MPI. A loopback group records
+    /// it: the other ranks' collectives then fail.
+    #[pyo3(text_signature = "($self, code)")]
+    fn abort(&self, py: Python<'_>, code: i32) {
+        py.detach(|| self.c.abort(code))
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Communicator(backend={:?}, rank={}, size={})",
+            self.c.backend(),
+            self.c.rank(),
+            self.c.size()
+        )
+    }
+}
+
+/// The version of the NCCL library at `path` (no GPU needed).
+///
+/// Args:
+///     path: the library file, e.g. `gpt2rs.mpi.nccl_library_path()`.
+///
+/// Returns:
+///     major * 10000 + minor * 100 + patch (23206 for 2.32.6).
+#[pyfunction]
+#[pyo3(signature = (path), text_signature = "(path)")]
+pub fn nccl_version(py: Python<'_>, path: PathBuf) -> PyResult<i32> {
+    run(py, move || Nccl::open(&path)?.version())
+}
+
+/// A new NCCL unique id (`ncclGetUniqueId`; no GPU needed): one rank makes
+/// it and sends it to the others, which pass it to the communicator's
+/// initialisation.
+///
+/// Args:
+///     path: the NCCL library file.
+///
+/// Returns:
+///     The id's 128 bytes.
+#[pyfunction]
+#[pyo3(signature = (path), text_signature = "(path)")]
+pub fn nccl_unique_id<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyBytes>> {
+    let id = run(py, move || Nccl::open(&path)?.unique_id())?;
+    Ok(PyBytes::new(py, &id.internal))
+}

@@ -13,8 +13,15 @@ from typing import Any
 import numpy as np
 
 from . import checkpoint as ckpt_io
-from . import hub
-from ._gpt2rs import Gpt2Core, KvCache, Runtime, cpu_bf16_gemm, default_runtime
+from . import dist, hub
+from ._gpt2rs import (
+    DataParallelCore,
+    Gpt2Core,
+    KvCache,
+    Runtime,
+    cpu_bf16_gemm,
+    default_runtime,
+)
 from .config import GPT2Config
 from .generate import generate as _generate
 from .options import ModelOptions
@@ -48,6 +55,11 @@ class GPT2LMHead:
 
     The parameters start at zero; use `from_pretrained`, `from_config` or
     `load_state_dict`.
+
+    In a world of several ranks (`gpt2rs.dist.init`), the model trains
+    data-parallel: `forward_backward` scales its gradients by 1 / world size,
+    `clip_grad_norm` and the optimizer's `step` sum them over the ranks
+    first, and `state_dict` (collective under ZeRO-1) returns the whole model.
     """
 
     def __init__(
@@ -71,6 +83,11 @@ class GPT2LMHead:
         self._names = list(self._core.param_names())
         self._shapes = {n: tuple(self._core.param_shape(n)) for n in self._names}
         self._np_dtype = np.dtype(self._core.export_dtype)
+        self._dp: DataParallelCore | None = None
+        self._world = dist.World()
+        self._unreduced = False
+        if dist.world().size > 1:
+            self.data_parallel(dist.world())
 
     # -- construction -------------------------------------------------------
 
@@ -196,7 +213,9 @@ class GPT2LMHead:
             not isinstance(dropout_seed, (int, np.integer)) or dropout_seed < 0
         ):
             raise ValueError(f"dropout_seed must be an int >= 0 or None, got {dropout_seed!r}")
-        return float(self._core.forward_backward(ids, tg, float(grad_scale), dropout_seed))
+        scale = float(grad_scale) / self._world.size
+        self._unreduced = self._dp is not None
+        return float(self._core.forward_backward(ids, tg, scale, dropout_seed))
 
     def loss(self, input_ids: Any, targets: Any = None, labels: Any = None) -> float:
         """Mean cross-entropy of one minibatch without backward (evaluation);
@@ -260,6 +279,34 @@ class GPT2LMHead:
     def zero_grad(self) -> None:
         self._core.zero_grad()
 
+    # -- data parallelism ------------------------------------------------------
+
+    def data_parallel(self, world: dist.World) -> None:
+        """Trains this model data-parallel in `world` (done by the constructor
+        for `gpt2rs.dist.world()`); before any optimizer is made for it."""
+        if world.comm is None:
+            self._dp, self._world = None, world
+            return
+        self._dp = DataParallelCore(self._core, world.comm, world.zero_stage, world.bucket_bytes)
+        self._world = world
+
+    @property
+    def world(self) -> dist.World:
+        return self._world
+
+    @property
+    def dp(self) -> DataParallelCore | None:
+        """The data-parallel core (None in a world of one)."""
+        return self._dp
+
+    def reduce_grads(self) -> None:
+        """Submits the sum of the gradients over the ranks, once per step
+        (after the step's last `forward_backward`); clipping and the
+        optimizer's step call it."""
+        if self._dp is not None and self._unreduced:
+            self._dp.reduce_grads()
+            self._unreduced = False
+
     # -- parameters ---------------------------------------------------------
 
     def _get(self, fn: Any, name: str) -> np.ndarray:
@@ -271,6 +318,8 @@ class GPT2LMHead:
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """HF parameter name -> weights (the fp32 master copy for bf16)."""
+        if self._dp is not None:
+            self._dp.gather_masters()
         return {hub.PREFIX + n: self._get(self._core.get_param, n) for n in self._names}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -290,6 +339,11 @@ class GPT2LMHead:
         hub.write_pretrained(directory, self._config.to_dict(), state)
 
     def clip_grad_norm(self, max_norm: float) -> float:
+        """The global 2-norm of the gradients; scales them down to `max_norm`
+        when it is larger (torch.nn.utils.clip_grad_norm_)."""
+        if self._dp is not None:
+            self.reduce_grads()
+            return float(self._dp.clip_grad_norm(float(max_norm)))
         return float(self._core.clip_grad_norm(float(max_norm)))
 
     #: See `gpt2rs.generate.generate` (the decoding loop, with its sampling).

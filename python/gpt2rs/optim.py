@@ -29,10 +29,21 @@ class Optimizer:
         self.kind = kind
         self.hyper = dict(hyper)
         self._core = OptimizerCore(model.core, kind, float(lr), float(weight_decay), **hyper)
+        if model.dp is not None:
+            model.dp.attach(self._core)
+
+    @property
+    def core(self) -> OptimizerCore:
+        return self._core
 
     def step(self) -> None:
-        """One update of every parameter from its gradient."""
+        """One update of every parameter from its gradient (summed over the
+        ranks first in a data-parallel world)."""
+        dp = self.model.dp
+        self.model.reduce_grads()
         self._core.step()
+        if dp is not None:
+            dp.gather_params()
 
     @property
     def lr(self) -> float:
@@ -51,12 +62,19 @@ class Optimizer:
         return int(self._core.step_count)
 
     def state_dict(self) -> dict[str, Any]:
+        """The whole state (collective under ZeRO-1: gathered from the owners,
+        then released again)."""
+        dp = self.model.dp
+        if dp is not None:
+            dp.gather_state(self._core)
         state: dict[str, dict[str, np.ndarray]] = {}
         for p, s in self._core.state_keys():
             shape = self.model.param_shape(p)
             state.setdefault(PREFIX + p, {})[s] = np.asarray(self._core.get_state(p, s)).reshape(
                 shape
             )
+        if dp is not None:
+            dp.release_state(self._core)
         return {
             "kind": self.kind,
             "step": self.step_count,
@@ -85,6 +103,8 @@ class Optimizer:
             self._core.set_state(p, s, a.view(np.uint8))
         self._core.step_count = int(d["step"])
         self.lr = float(d["lr"])
+        if self.model.dp is not None:
+            self.model.dp.release_state(self._core)
 
 
 class Adam(Optimizer):

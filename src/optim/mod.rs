@@ -419,6 +419,11 @@ impl Optimizer {
             .collect()
     }
 
+    /// State tensor `k` (in `state_names` order) of every parameter.
+    pub fn state_of(&self, k: usize) -> Vec<Tensor> {
+        self.slots.iter().map(|s| s.state[k].clone()).collect()
+    }
+
     pub fn state_dtype(&self) -> Option<DType> {
         self.slots.first().map(|s| s.target.dtype)
     }

@@ -49,7 +49,6 @@ pub struct PyCommunicator {
 
 impl PyCommunicator {
     /// The transport, for the training core.
-    #[allow(dead_code)] // the training core's seam; used there
     pub(crate) fn comm(&self) -> &Arc<dyn Communicator> {
         &self.c
     }

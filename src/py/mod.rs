@@ -6,6 +6,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod data_parallel;
 pub mod dist;
 pub mod error;
 pub mod generate;
@@ -28,6 +29,8 @@ mod gpt2rs_ext {
         cuda_device_count, cuda_device_info, cuda_driver_status, cuda_modules, cuda_nvrtc_status,
         cuda_nvrtc_version, CudaError,
     };
+    #[pymodule_export]
+    use super::data_parallel::PyDataParallel;
     #[pymodule_export]
     use super::dist::{nccl_unique_id, nccl_version, DistError, PyCommunicator};
     #[pymodule_export]

@@ -409,6 +409,14 @@ impl PyOptimizerCore {
 }
 
 impl PyOptimizerCore {
+    /// Runs `f` on the optimizer (for the data-parallel core).
+    pub(crate) fn with<R>(
+        &self,
+        f: impl FnOnce(&mut Optimizer) -> crate::Result<R>,
+    ) -> crate::Result<R> {
+        f(&mut self.o.lock().unwrap())
+    }
+
     fn find(&self, param: &str, state: &str) -> PyResult<crate::tensor::Tensor> {
         let o = self.o.lock().unwrap();
         o.state_tensors()

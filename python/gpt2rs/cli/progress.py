@@ -140,20 +140,6 @@ class PlainReporter(_Base):
         )
 
 
-class QuietReporter:
-    def start(self, info: dict[str, Any]) -> None:
-        pass
-
-    def step(self, record: dict[str, Any]) -> None:
-        pass
-
-    def message(self, text: str) -> None:
-        pass
-
-    def finish(self, summary: dict[str, Any]) -> None:
-        pass
-
-
 def print_summary(console: Any, s: dict[str, Any], info: dict[str, Any]) -> None:
     """The end-of-run table: throughput, FLOP/s, MFU, memory, time per phase."""
     from rich.table import Table

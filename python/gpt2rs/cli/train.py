@@ -19,6 +19,8 @@ from typing import Any
 
 from ..metrics import DEFAULT_SERVER_PORT
 from ..train import LR_SCHEDULES, OPTIMIZERS, SCHEDULERS, TrainOptions
+from ..train.options import DIST_INITS
+from ..train.report import QuietReporter
 from ._common import (
     Formatter,
     Parser,
@@ -27,7 +29,7 @@ from ._common import (
     model_options,
     restrict,
 )
-from .progress import PlainReporter, QuietReporter, RichReporter
+from .progress import PlainReporter, RichReporter
 
 PROG = "gpt2rs-train"
 
@@ -45,6 +47,11 @@ Checkpoints: <save-checkpoint-path>/checkpoint-<step>/ (config.json + model.safe
 an HF model directory; optimizer.safetensors + optimizer.json; trainer_state.json) and
 <save-checkpoint-path>/latest naming the newest. Resume with --checkpoint-path <dir>.
 Ctrl-C (or SIGTERM) saves a checkpoint and exits with status 130.
+
+Data-parallel: mpiexec -n N gpt2rs-train <the same flags> (or srun); pip install
+'gpt2rs[mpi]' brings mpi4py and MPICH's mpiexec. --batch-size stays the global batch,
+--minibatch-size is per rank; rank 0 alone reports, logs and writes checkpoints, which
+resume on any number of ranks. A failure on one rank ends the whole job.
 """
 
 
@@ -151,6 +158,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=d.grad_clip,
         help="clip the global gradient norm to this (0: off)",
+    )
+    g.add_argument(
+        "--zero-stage",
+        type=int,
+        default=d.zero_stage,
+        help="data-parallel runs: 1 shards the optimizer state and master weights over the ranks (ZeRO-1; same results as 0)",
+    )
+    g.add_argument(
+        "--dist-init",
+        choices=DIST_INITS,
+        default=d.dist_init,
+        help="how ranks find each other: auto = MPI when started by mpiexec/srun, else one process; mpi = MPI or an error",
     )
     g.add_argument(
         "--allow-nonfinite-loss",
@@ -300,6 +319,21 @@ def _one_line(e: BaseException) -> str:
     return " ".join(line.strip() for line in msg.splitlines() if line.strip())
 
 
+def _rank(trainer: Any) -> str:
+    """'rank N: ' in a data-parallel job, to name where an error happened."""
+    world = getattr(trainer, "world", None)
+    return f"rank {world.rank}: " if world is not None and world.size > 1 else ""
+
+
+def _end_job(trainer: Any, code: int) -> None:
+    """After a failure on this rank, ends every rank of a data-parallel job
+    (they would wait for it in their next collective)."""
+    world = getattr(trainer, "world", None)
+    if world is not None and world.size > 1:
+        sys.stderr.flush()
+        world.abort(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from rich.console import Console
 
@@ -341,6 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         res = trainer.run()
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted; not saved (the last checkpoint is kept)\n")
+        _end_job(trainer, 130)
         return 130
     except (
         TrainError,
@@ -352,8 +387,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         RuntimeError,
         MemoryError,
     ) as e:
-        sys.stderr.write(f"{PROG}: error: {_one_line(e)}\n")
+        sys.stderr.write(f"{PROG}: error: {_rank(trainer)}{_one_line(e)}\n")
+        _end_job(trainer, 1)
         return 1
+    except BaseException:
+        _end_job(trainer, 1)  # a bug: its traceback, and no rank left waiting
+        raise
     finally:
         if hasattr(reporter, "progress"):
             reporter.progress.stop()

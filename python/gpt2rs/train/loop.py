@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .. import checkpoint as ckpt_io
+from .. import dist
 from .._gpt2rs import Runtime
 from ..data import TokenFile
 from .options import MIN_LR_RATIO, TrainError, TrainOptions, dropout_seed, lr_at
@@ -19,6 +20,7 @@ from .plan import Plan
 from .report import (
     HostTime,
     LoggingReporter,
+    QuietReporter,
     Reporter,
     Sinks,
     TrainResult,
@@ -58,9 +60,17 @@ class Trainer:
         self.step = 0
         self._set_up = False
 
+    @property
+    def world(self) -> dist.World:
+        """The ranks of this run (known once setup has joined them)."""
+        return self.plan.world
+
     def setup(self) -> None:
         self.plan.build()
         self.step = self.plan.start_step
+        if not self.world.is_root:
+            # Rank 0 alone reports; the others say only what fails.
+            self.reporter = QuietReporter()
         self._set_up = True
 
     @property
@@ -107,6 +117,7 @@ class Trainer:
                 "seq_len": o.seq_len,
                 "batch_size": o.batch_size,
                 "minibatch_size": o.minibatch,
+                "world_size": self.world.size,
                 "seed": o.seed,
                 "windows": p.nwindows,
                 "steps_per_epoch": p.steps_per_epoch,
@@ -120,14 +131,22 @@ class Trainer:
     def save(self) -> Path:
         self.runtime.set_phase("checkpoint")
         t = time.perf_counter()
-        path = ckpt_io.save(
-            self.opts.save_checkpoint_path,
-            self.step,
-            self.plan.model,
-            self.plan.optimizer,
-            self.trainer_state(),
-            keep=self.opts.keep_checkpoints,
-        )
+        if self.world.is_root:
+            path = ckpt_io.save(
+                self.opts.save_checkpoint_path,
+                self.step,
+                self.plan.model,
+                self.plan.optimizer,
+                self.trainer_state(),
+                keep=self.opts.keep_checkpoints,
+            )
+        else:
+            # Under ZeRO-1 the state_dict calls gather the shards (collectives):
+            # every rank makes them, in the order ckpt_io.save does.
+            self.plan.model.state_dict()
+            self.plan.optimizer.state_dict()
+            path = Path(self.opts.save_checkpoint_path) / f"{ckpt_io.PREFIX}{self.step}"
+        self.world.barrier()  # the checkpoint is complete when any rank goes on
         self.host.checkpoint += time.perf_counter() - t
         self.saved_step = self.step
         return path
@@ -140,11 +159,11 @@ class Trainer:
         val = self.plan.val
         assert val is not None
         self.runtime.set_phase("eval")
-        o = self.opts
+        o, mb = self.opts, self.plan.minibatch
         n = min(val.windows(o.seq_len), o.eval_batches * o.minibatch)
         total, count = 0.0, 0
-        for start in range(0, n, o.minibatch):
-            idx = np.arange(start, min(start + o.minibatch, n))
+        for start in range(0, n, mb):
+            idx = np.arange(start, min(start + mb, n))
             ids, tg = self._batch(idx, val)
             total += self.plan.model.loss(ids, targets=tg) * len(idx)
             count += len(idx)
@@ -156,8 +175,12 @@ class Trainer:
         """One optimizer step (its minibatches, clipping, update); its record,
         or None when a stop request came between minibatches (parameters
         untouched: the state is that of `self.step`)."""
-        o, p, rt = self.opts, self.plan, self.runtime
-        nmb = o.batch_size // o.minibatch
+        o, p, rt, w = self.opts, self.plan, self.runtime, self.world
+        mb = p.minibatch
+        # Rank r takes rows [r B/N, (r+1) B/N) of the global batch, as
+        # minibatches numbered globally (dropout masks are keyed by that
+        # number), so N ranks compute the one-rank step up to the sums' order.
+        nmb = o.batch_size // (w.size * mb)
         t0 = time.perf_counter()
         rt.set_phase("forward_backward")
         p.model.zero_grad()
@@ -165,16 +188,21 @@ class Trainer:
         dropout_on = max(p.config.resid_pdrop, p.config.embd_pdrop, p.config.attn_pdrop) > 0
         for m in range(nmb):
             td = time.perf_counter()
-            first = pos * o.batch_size + m * o.minibatch
-            ids, tg = self._batch(self.order[first : first + o.minibatch])
+            g = w.rank * nmb + m
+            first = pos * o.batch_size + g * mb
+            ids, tg = self._batch(self.order[first : first + mb])
             self.host.data += time.perf_counter() - td
-            seed = dropout_seed(o.seed, self.step, m) if dropout_on else None
+            seed = dropout_seed(o.seed, self.step, g) if dropout_on else None
             losses.append(
                 p.model.forward_backward(ids, targets=tg, grad_scale=1.0 / nmb, dropout_seed=seed)
             )
-            if self.stop.is_set() and m + 1 < nmb:
+            # Ranks agree on stopping at step ends only (`_agree_to_stop`).
+            if w.size == 1 and self.stop.is_set() and m + 1 < nmb:
                 return None
         loss = math.fsum(losses) / nmb
+        if w.size > 1:
+            # No collective task is in flight: the last step ended with wait_all.
+            loss = w.mean(loss)
         if not math.isfinite(loss) and not o.allow_nonfinite_loss:
             # Before the update: the saved checkpoints hold the last good state.
             raise TrainError(
@@ -203,7 +231,16 @@ class Trainer:
             "step_s": dt,
             "tokens_per_s": tokens_per_step / dt,
             "tflops": p.flops_per_token * tokens_per_step / dt / 1e12,
+            "world_size": self.world.size,
         }
+
+    def _agree_to_stop(self) -> None:
+        """A stop request (SIGTERM, Ctrl-C) reaches the ranks at different
+        moments; they stop together at the end of the step in which any saw it."""
+        if self.world.size > 1:
+            seen = self.world.gather_floats([1.0 if self.stop.is_set() else 0.0])
+            if any(v for (v,) in seen):
+                self.stop.set()
 
     def _start_info(self, tokens_per_step: int) -> dict[str, Any]:
         p = self.plan
@@ -222,6 +259,8 @@ class Trainer:
             "scheduler": self.runtime.scheduler,
             "run_name": p.run_name,
             "log_dir": str(p.log_dir) if p.log_dir else None,
+            "world_size": self.world.size,
+            "zero_stage": self.opts.zero_stage if self.world.size > 1 else 0,
         }
 
     def run(self) -> TrainResult:
@@ -231,7 +270,11 @@ class Trainer:
         tokens_per_step = o.batch_size * o.seq_len
         res = TrainResult(start_step=p.start_step)
         self.saved_step = p.start_step if p.resume is not None else -1
-        sinks = Sinks(o, p.log_dir, p.run_name, self.reporter, self.step)
+        # Rank 0 alone writes metrics (TensorBoard, the logger server, the metrics file).
+        quiet = replace(o, logger=False, metrics_file="")
+        sinks = Sinks(
+            o if self.world.is_root else quiet, p.log_dir, p.run_name, self.reporter, self.step
+        )
         epoch = self.step // p.steps_per_epoch
         # A fresh run starts at epoch 0; a resumed one has the generator state
         # from the start of its epoch: either way the next draw is this epoch's order.
@@ -252,11 +295,17 @@ class Trainer:
                 rec = self._train_step(pos, epoch, tokens_per_step)
                 if rec is None:
                     break
+                self._agree_to_stop()
                 res.losses.append(rec["loss"])
                 res.tokens += tokens_per_step
                 res.step_seconds += rec["step_s"]
                 t1 = time.perf_counter()
-                if p.val is not None and o.eval_every and self.step % o.eval_every == 0:
+                if (
+                    p.val is not None
+                    and o.eval_every
+                    and self.step % o.eval_every == 0
+                    and self.world.is_root
+                ):
                     eval_loss = rec["eval_loss"] = self.evaluate()
                 sinks.step(rec, rt, prev_stats, t1 - t_prev)
                 prev_stats, t_prev = rt.stats(), time.perf_counter()
@@ -271,6 +320,7 @@ class Trainer:
         res.interrupted = self.stop.is_set() and self.step < p.total_steps
         if (
             p.val is not None
+            and self.world.is_root
             and not res.interrupted
             and (eval_loss is None or self.step % max(o.eval_every, 1))
         ):
@@ -283,7 +333,7 @@ class Trainer:
             res.checkpoint = str(found[-1][1]) if found else None
         res.steps = self.step - p.start_step
         res.seconds = elapsed
-        if o.trace:
+        if o.trace and self.world.is_root:
             rt.save_trace(o.trace)
         rt.wait_all()
         res.summary = summary(
@@ -300,6 +350,7 @@ class Trainer:
         )
         sinks.close()
         res.summary["dropped_metrics"] = sinks.dropped
+        res.summary["world_size"] = self.world.size
         self.reporter.finish(res.summary)
         return res
 

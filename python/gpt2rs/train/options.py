@@ -23,6 +23,9 @@ SCHEDULERS = {
 }
 
 
+DIST_INITS = ("auto", "mpi")
+
+
 class TrainError(ValueError):
     """Options, data, model and checkpoint that do not fit together."""
 
@@ -78,10 +81,33 @@ class TrainOptions:
     perf_model_dir: str = ""
     trace: str = ""
     metrics_file: str = ""
+    #: ZeRO stage of data-parallel runs: 1 shards the optimizer state and master weights.
+    zero_stage: int = 0
+    #: How the ranks find each other: "auto" (MPI when started by mpiexec or
+    #: srun, else one process) or "mpi" (MPI or an error).
+    dist_init: str = "auto"
 
     @property
     def minibatch(self) -> int:
-        return self.batch_size if self.minibatch_size == -1 else self.minibatch_size
+        """The minibatch of a one-process run (-1: the whole batch)."""
+        return self.minibatch_for(1)
+
+    def minibatch_for(self, world_size: int) -> int:
+        """Rows per forward/backward on each of `world_size` ranks (-1: the
+        rank's whole share of the global batch)."""
+        if self.minibatch_size == -1:
+            return max(1, self.batch_size // world_size)
+        return self.minibatch_size
+
+    def check_split(self, world_size: int) -> None:
+        """Raises TrainError unless the global batch splits into whole
+        minibatches on each of `world_size` ranks."""
+        mb = self.minibatch_for(world_size)
+        if world_size > 1 and self.batch_size % (world_size * mb) != 0:
+            raise TrainError(
+                f"--batch-size {self.batch_size} does not split over {world_size} ranks x "
+                f"--minibatch-size {mb} (the global batch must be a multiple of {world_size * mb})"
+            )
 
     def validate(self) -> None:
         """Raises TrainError naming the first option out of range (the GPUs
@@ -131,6 +157,14 @@ class TrainOptions:
             raise TrainError(f"--ncpu must be >= 1, got {o.ncpu}")
         if o.eval_batches < 1:
             raise TrainError(f"--eval-batches must be >= 1, got {o.eval_batches}")
+        if o.zero_stage not in (0, 1):
+            raise TrainError(
+                f"--zero-stage must be 0 or 1 (ZeRO stages 2 and 3 are not supported), got {o.zero_stage}"
+            )
+        if o.dist_init not in DIST_INITS:
+            raise TrainError(
+                f"--dist-init must be one of {', '.join(DIST_INITS)}, got {o.dist_init!r}"
+            )
         if not o.dataset_file:
             raise TrainError(
                 "no training data: give --dataset-file (a .bin of uint16 token ids, e.g. from gpt2rs-prepare)"

@@ -3,18 +3,20 @@ before anything is written, then the runtime, model and optimizer made."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import socket
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .. import checkpoint as ckpt_io
-from .. import hub
-from .._gpt2rs import Runtime
+from .. import dist, hub
+from .._gpt2rs import DistError, Runtime
 from ..config import GPT2Config
 from ..configs import GPT2_DEFAULT_CONFIG
 from ..data import TokenFile
@@ -32,6 +34,18 @@ def _dataset_file(dataset_path: str, name: str) -> Path:
     return Path(dataset_path).expanduser() / name
 
 
+def _file_identity(path: Path) -> str:
+    """Size and a hash of the first and last MiB: enough to tell two data
+    files apart without reading gigabytes on every rank."""
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        f.seek(max(0, size - (1 << 20)))
+        h.update(f.read(1 << 20))
+    return f"{size}:{h.hexdigest()}"
+
+
 def default_run_name() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{socket.gethostname().split('.')[0]}-{os.getpid()}"
 
@@ -47,6 +61,7 @@ class Plan:
 
     def __init__(self, opts: TrainOptions) -> None:
         self.opts = opts
+        self.world = dist.World()
         self.gpu_notice: str | None = None
         self.lock: Path | None = None
         self.runtime: Runtime | None = None
@@ -96,6 +111,9 @@ class Plan:
         # Before any data or weights are touched: a GPU run without a GPU fails first.
         self.ncuda = self._gpus()
         o.validate()
+        self.world = self._join()
+        o.check_split(self.world.size)
+        self.minibatch = o.minibatch_for(self.world.size)
         config = self._load_config()
         # A resumed run keeps its checkpoint's dropout, a remote model its own config.
         model_opts = replace(o.model, deterministic=True)
@@ -131,6 +149,8 @@ class Plan:
                     f"--val-file {self.val_path} is shorter than one window of --seq-len {o.seq_len} + 1"
                 )
 
+        self._check_ranks_agree()
+
         # Checkpoint to resume from: read and check it fully before writing anything.
         self.resume: ckpt_io.Checkpoint | None = None
         if self.ckpt_dir is not None:
@@ -138,17 +158,18 @@ class Plan:
             self._check_resume(self.resume)
 
         # Every output location must be writable before the first step, and
-        # the checkpoint root this run's alone.
-        ckpt_io.check_writable(o.save_checkpoint_path)
-        self.lock = ckpt_io.acquire_lock(o.save_checkpoint_path)
+        # the checkpoint root this run's alone. Rank 0 writes them all.
         self.run_name = o.run_name or default_run_name()
         self.log_dir: Path | None = None
-        if o.logger and (o.log_dir or not o.logger_server_addr):
-            self.log_dir = Path(o.log_dir or Path("runs") / self.run_name)
-            ckpt_io.check_writable(self.log_dir)
-        for f in (o.metrics_file, o.trace):
-            if f:
-                ckpt_io.check_writable(Path(f).expanduser().resolve().parent)
+        if self.world.is_root:
+            ckpt_io.check_writable(o.save_checkpoint_path)
+            self.lock = ckpt_io.acquire_lock(o.save_checkpoint_path)
+            if o.logger and (o.log_dir or not o.logger_server_addr):
+                self.log_dir = Path(o.log_dir or Path("runs") / self.run_name)
+                ckpt_io.check_writable(self.log_dir)
+            for f in (o.metrics_file, o.trace):
+                if f:
+                    ckpt_io.check_writable(Path(f).expanduser().resolve().parent)
 
         # Runtime, model, optimizer.
         import gpt2rs
@@ -160,6 +181,7 @@ class Plan:
             scheduler=SCHEDULERS[o.scheduler],
             perf_model_dir=o.perf_model_dir or None,
             trace=bool(o.trace),
+            comm=self.world.size > 1,
         )
         if self.resume is not None:
             self.model = GPT2LMHead(config, model_opts, runtime=self.runtime)
@@ -192,6 +214,35 @@ class Plan:
         self.start_step = self.step
         self.n_params = self.model.num_parameters()
         self.flops_per_token = model_flops_per_token(config, self.n_params, o.seq_len)
+
+    def _join(self) -> dist.World:
+        """The ranks of this job (a world of one when not launched by an MPI
+        launcher, with --dist-init auto)."""
+        o = self.opts
+        try:
+            w = dist.init(zero_stage=o.zero_stage, require_mpi=o.dist_init == "mpi")
+        except DistError as e:
+            raise TrainError(str(e)) from None
+        if w.size > 1 and self.ncuda:
+            raise TrainError(
+                f"data-parallel training on GPUs needs NCCL collectives, which gpt2rs does not run yet "
+                f"({w.size} ranks, --ncuda {self.ncuda}); use --restrict cpu"
+            )
+        return w
+
+    def _check_ranks_agree(self) -> None:
+        """Every rank must run the same options on the same data: compared by
+        a hash of the options and of the data file's size and ends."""
+        if self.world.size == 1:
+            return
+        what = json.dumps(asdict(self.opts), sort_keys=True, default=str)
+        what += "|" + _file_identity(self.data_file)
+        bad = self.world.disagreeing(what)
+        if bad:
+            raise TrainError(
+                f"ranks {', '.join(map(str, bad))} run other options or data than rank 0 "
+                "(every rank needs the same command line and the same --dataset-file)"
+            )
 
     def _check_resume(self, ck: ckpt_io.Checkpoint) -> None:
         o, st = self.opts, ck.trainer_state

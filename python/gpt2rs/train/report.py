@@ -28,6 +28,22 @@ class Reporter(Protocol):
     def finish(self, summary: dict[str, Any]) -> None: ...
 
 
+class QuietReporter:
+    """Says nothing (--quiet, and every rank but 0)."""
+
+    def start(self, info: dict[str, Any]) -> None:
+        pass
+
+    def step(self, record: dict[str, Any]) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        pass
+
+
 class LoggingReporter:
     """A Reporter that writes to `logging` (the library's default)."""
 

@@ -1,0 +1,160 @@
+"""Data-parallel training: every rank holds the model, trains on its slice of
+each global batch, and the gradient tiles are summed over the ranks by
+collectives that run as tasks of the runtime's graph (overlapping backward).
+
+    $ mpiexec -n 2 python train.py
+
+    import gpt2rs
+    from gpt2rs import dist
+
+    world = dist.init()                  # MPI when started by mpiexec/srun; else one process
+    model = gpt2rs.GPT2LMHead.from_config(config, seed=0)
+    opt = gpt2rs.AdamW(model, lr=3e-4)
+    for ids in batches:                  # each rank: its own slice of the global batch
+        model.zero_grad()
+        loss = model.forward_backward(ids)   # gradients pre-scaled by 1 / world.size
+        model.clip_grad_norm(1.0)            # reduces the gradients first
+        opt.step()                           # (reduces them if clip did not)
+        loss = world.mean(loss)              # the global batch's loss, the same on every rank
+
+With ``zero_stage=1`` the optimizer state and the master weights are
+sharded by parameter tile (ZeRO-1): each tile's owner steps it and the
+updated tile is gathered by every rank; the result is stage 0's, bit for bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+
+from gpt2rs import mpi
+from gpt2rs._gpt2rs import Communicator, DistError, Runtime, set_default_runtime
+
+__all__ = ["Communicator", "DistError", "World", "init", "world"]
+
+ZERO_STAGES = (0, 1)
+DEFAULT_BUCKET_MB = 4.0
+
+
+@dataclass(frozen=True)
+class World:
+    """The processes training together: this one's rank among `size`, and how
+    they share the work. A world of one (``comm`` None) changes nothing."""
+
+    comm: Communicator | None = None
+    zero_stage: int = 0
+    bucket_bytes: int = int(DEFAULT_BUCKET_MB * (1 << 20))
+
+    @property
+    def rank(self) -> int:
+        return 0 if self.comm is None else self.comm.rank
+
+    @property
+    def size(self) -> int:
+        return 1 if self.comm is None else self.comm.size
+
+    @property
+    def is_root(self) -> bool:
+        """Rank 0: the one that draws progress, logs and writes checkpoints."""
+        return self.rank == 0
+
+    def gather_floats(self, values: list[float]) -> list[list[float]]:
+        """Every rank's `values` (the same count on each), in rank order."""
+        if self.comm is None:
+            return [list(values)]
+        mine = struct.pack(f"<{len(values)}d", *values)
+        data = self.comm.allgatherv(mine, [len(mine)] * self.size)
+        k = len(values)
+        flat = struct.unpack(f"<{k * self.size}d", data)
+        return [list(flat[r * k : (r + 1) * k]) for r in range(self.size)]
+
+    def mean(self, value: float) -> float:
+        """The mean of `value` over the ranks, summed in rank order (the same
+        bits on every rank). Collective; call it between steps."""
+        parts = self.gather_floats([value])
+        total = 0.0
+        for (v,) in parts:
+            total += v
+        return total / self.size
+
+    def disagreeing(self, what: str) -> list[int]:
+        """The ranks whose `what` (a flag set, a file's identity) differs from
+        rank 0's, compared by a hash. Collective."""
+        digest = hashlib.sha256(what.encode()).digest()
+        if self.comm is None:
+            return []
+        everyone = self.comm.allgatherv(digest, [len(digest)] * self.size)
+        first = everyone[: len(digest)]
+        return [
+            r
+            for r in range(self.size)
+            if everyone[r * len(digest) : (r + 1) * len(digest)] != first
+        ]
+
+    def barrier(self) -> None:
+        if self.comm is not None:
+            self.comm.barrier()
+
+    def abort(self, code: int = 1) -> None:
+        """Ends every rank of the job (MPI_Abort); a world of one just returns."""
+        if self.comm is not None:
+            self.comm.abort(code)
+
+
+_WORLD = World()
+
+
+def world() -> World:
+    """The world set by `init` (a world of one before)."""
+    return _WORLD
+
+
+def check_zero_stage(stage: int) -> int:
+    if stage not in ZERO_STAGES:
+        raise ValueError(f"zero_stage must be 0 or 1, got {stage!r}")
+    return stage
+
+
+def init(
+    *,
+    zero_stage: int = 0,
+    bucket_mb: float = DEFAULT_BUCKET_MB,
+    require_mpi: bool = False,
+    comm: Communicator | None = None,
+) -> World:
+    """Joins the job this process belongs to and makes it the world that new
+    models train in. Collective: every rank calls it.
+
+    With ``comm`` None: MPI (through mpi4py) when this process was started
+    by an MPI launcher (mpiexec, mpirun, srun), else a world of one, unless
+    ``require_mpi``. A world of more than one rank makes the default runtime
+    one with a communication worker (``Runtime(comm=True)``); models built on
+    a runtime of your own need that too.
+
+    Raises:
+        ValueError: a bad zero_stage or bucket size.
+        DistError: MPI required but not launched by an MPI launcher, or
+            MPI unusable (one line each).
+    """
+    global _WORLD
+    check_zero_stage(zero_stage)
+    if not bucket_mb > 0:
+        raise ValueError(f"bucket_mb must be > 0, got {bucket_mb!r}")
+    if comm is None:
+        if mpi.launched_by_mpi():
+            comm = mpi.init()
+        elif require_mpi:
+            raise DistError(
+                "MPI was asked for, but this process was not started by an MPI launcher "
+                "(run it as: mpiexec -n N <command>, or srun)"
+            )
+    w = World(
+        comm=comm if comm is not None and comm.size > 1 else None,
+        zero_stage=zero_stage,
+        bucket_bytes=max(1, int(bucket_mb * (1 << 20))),
+    )
+    if w.size > 1:
+        set_default_runtime(Runtime(comm=True))
+    _WORLD = w
+    return w

@@ -15,6 +15,7 @@ __all__ = [
     "Communicator",
     "CudaError",
     "DTypeError",
+    "DataParallelCore",
     "DistError",
     "Gpt2Core",
     "KvCache",
@@ -348,7 +349,7 @@ class DataParallelCore:
         model: Gpt2Core,
         comm: Communicator,
         zero_stage: int = 0,
-        bucket_bytes: int = 4194304,
+        bucket_bytes: int = ...,
     ) -> DataParallelCore: ...
     @property
     def rank(self) -> int: ...

@@ -59,7 +59,8 @@ class GPT2LMHead:
     In a world of several ranks (`gpt2rs.dist.init`), the model trains
     data-parallel: `forward_backward` scales its gradients by 1 / world size,
     `clip_grad_norm` and the optimizer's `step` sum them over the ranks
-    first, and `state_dict` (collective under ZeRO-1) returns the whole model.
+    first, and `state_dict` returns the whole model (under ZeRO-1 its first
+    call after a step is collective: every rank makes it).
     """
 
     def __init__(
@@ -86,6 +87,9 @@ class GPT2LMHead:
         self._dp: DataParallelCore | None = None
         self._world = dist.World()
         self._unreduced = False
+        # ZeRO-1: whether every rank's master copies are current (gathered
+        # since the last optimizer step), so state_dict need not gather again.
+        self.masters_current = True
         if dist.world().size > 1:
             self.data_parallel(dist.world())
 
@@ -318,8 +322,9 @@ class GPT2LMHead:
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """HF parameter name -> weights (the fp32 master copy for bf16)."""
-        if self._dp is not None:
+        if self._dp is not None and not self.masters_current:
             self._dp.gather_masters()
+            self.masters_current = True
         return {hub.PREFIX + n: self._get(self._core.get_param, n) for n in self._names}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

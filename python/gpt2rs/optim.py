@@ -44,6 +44,7 @@ class Optimizer:
         self._core.step()
         if dp is not None:
             dp.gather_params()
+            self.model.masters_current = dp.zero_stage == 0
 
     @property
     def lr(self) -> float:

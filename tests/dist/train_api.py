@@ -2,7 +2,7 @@
 a tiny model trained a few AdamW steps with clipping, each rank on its slice
 of every global batch. Under mpiexec (or alone: a world of one), or with
 --loopback N as N threads of this process (the in-process backend). Prints
-one JSON line per rank: the global losses and a hash of all parameters
+one JSON line per rank (or a file per rank with --out): the global losses and a hash of all parameters
 after each step.
 
     mpiexec -n 2 python train_api.py --dtype fp64 --zero-stage 1
@@ -14,6 +14,7 @@ import argparse
 import hashlib
 import json
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,18 +29,33 @@ p.add_argument("--batch", type=int, default=6)
 p.add_argument("--minibatch", type=int, default=1)
 p.add_argument("--steps", type=int, default=3)
 p.add_argument("--loopback", type=int, default=0)
+p.add_argument("--out", default="", help="write rank r's JSON to OUT/rank<r>.json (not stdout)")
 a = p.parse_args()
 
 CFG = gpt2rs.GPT2Config(
-    vocab_size=61, n_positions=16, n_embd=16, n_layer=2, n_head=2, n_inner=40,
-    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    vocab_size=61,
+    n_positions=16,
+    n_embd=16,
+    n_layer=2,
+    n_head=2,
+    n_inner=40,
+    resid_pdrop=0.0,
+    embd_pdrop=0.0,
+    attn_pdrop=0.0,
 )
 
 
 def train(world: dist.World, runtime: gpt2rs.Runtime | None) -> dict[str, Any]:
     model = gpt2rs.GPT2LMHead.from_config(
-        CFG, seed=3, runtime=runtime, dtype=a.dtype, hidden_size_tile=6,
-        intermediate_size_tile=16, n_head_tile=1, vocab_tile=25, deterministic=True,
+        CFG,
+        seed=3,
+        runtime=runtime,
+        dtype=a.dtype,
+        hidden_size_tile=6,
+        intermediate_size_tile=16,
+        n_head_tile=1,
+        vocab_tile=25,
+        deterministic=True,
     )
     model.data_parallel(world)
     opt = gpt2rs.AdamW(model, lr=1e-2)
@@ -74,13 +90,18 @@ if a.loopback:
         w = dist.World(comm=c, zero_stage=a.zero_stage, bucket_bytes=2000)
         out[c.rank] = train(w, gpt2rs.Runtime(ncpu=1, comm=True))
 
-    threads = [threading.Thread(target=rank, args=(c,)) for c in dist.Communicator.loopback(a.loopback)]
+    threads = [
+        threading.Thread(target=rank, args=(c,)) for c in dist.Communicator.loopback(a.loopback)
+    ]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    for r in out:
-        print(json.dumps(r), flush=True)
 else:
     world = dist.init(zero_stage=a.zero_stage, bucket_mb=0.002)
-    print(json.dumps(train(world, None)), flush=True)
+    out = [train(world, None)]
+for r in out:
+    if a.out:
+        Path(a.out, f"rank{r['rank']}.json").write_text(json.dumps(r))
+    else:
+        print(json.dumps(r), flush=True)

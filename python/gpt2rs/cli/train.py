@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from types import FrameType
 from typing import Any
@@ -32,6 +33,8 @@ from ._common import (
 from .progress import PlainReporter, RichReporter
 
 PROG = "gpt2rs-train"
+#: Seconds a failed rank waits before MPI_Abort ends the job.
+ABORT_GRACE_S = 1.0
 
 EPILOG = """\
 Every --dashed-option is also accepted as --underscore_option (NNTile's spelling).
@@ -331,6 +334,9 @@ def _end_job(trainer: Any, code: int) -> None:
     world = getattr(trainer, "world", None)
     if world is not None and world.size > 1:
         sys.stderr.flush()
+        # Bad options fail on every rank at once: a moment lets each say so
+        # before the first abort takes the job down.
+        time.sleep(ABORT_GRACE_S)
         world.abort(code)
 
 

@@ -15,7 +15,14 @@ from .. import checkpoint as ckpt_io
 from .. import dist
 from .._gpt2rs import Runtime
 from ..data import TokenFile
-from .options import MIN_LR_RATIO, TrainError, TrainOptions, dropout_seed, lr_at
+from .options import (
+    MIN_LR_RATIO,
+    TrainError,
+    TrainOptions,
+    dropout_seed,
+    lr_at,
+    rank_minibatches,
+)
 from .plan import Plan
 from .report import (
     HostTime,
@@ -177,19 +184,16 @@ class Trainer:
         untouched: the state is that of `self.step`)."""
         o, p, rt, w = self.opts, self.plan, self.runtime, self.world
         mb = p.minibatch
-        # Rank r takes rows [r B/N, (r+1) B/N) of the global batch, as
-        # minibatches numbered globally (dropout masks are keyed by that
-        # number), so N ranks compute the one-rank step up to the sums' order.
-        nmb = o.batch_size // (w.size * mb)
+        # N ranks compute the one-rank step, up to the order of the sums.
+        mine = rank_minibatches(pos, o.batch_size, w.rank, w.size, mb)
+        nmb = len(mine)
         t0 = time.perf_counter()
         rt.set_phase("forward_backward")
         p.model.zero_grad()
         losses = []
         dropout_on = max(p.config.resid_pdrop, p.config.embd_pdrop, p.config.attn_pdrop) > 0
-        for m in range(nmb):
+        for m, (g, first) in enumerate(mine):
             td = time.perf_counter()
-            g = w.rank * nmb + m
-            first = pos * o.batch_size + g * mb
             ids, tg = self._batch(self.order[first : first + mb])
             self.host.data += time.perf_counter() - td
             seed = dropout_seed(o.seed, self.step, g) if dropout_on else None
@@ -200,15 +204,16 @@ class Trainer:
             if w.size == 1 and self.stop.is_set() and m + 1 < nmb:
                 return None
         loss = math.fsum(losses) / nmb
-        if w.size > 1:
-            # No collective task is in flight: the last step ended with wait_all.
-            loss = w.mean(loss)
         if not math.isfinite(loss) and not o.allow_nonfinite_loss:
             # Before the update: the saved checkpoints hold the last good state.
+            # (This rank's own loss: a rank that stops here ends the job.)
             raise TrainError(
                 f"step {self.step + 1}: the loss is {loss}; stopped before updating the parameters "
                 "(the last checkpoint is kept; --allow-nonfinite-loss goes on)"
             )
+        # Submitted while backward still runs: each bucket's sum starts as soon
+        # as its gradients are final.
+        p.model.reduce_grads()
         rt.set_phase("optimizer")
         lr = lr_at(self.step, o.lr, o.warmup_steps, p.total_steps, o.lr_schedule)
         grad_norm = None
@@ -219,6 +224,9 @@ class Trainer:
         p.optimizer.lr = lr
         p.optimizer.step()
         rt.wait_all()
+        if w.size > 1:
+            # The global batch's loss; no collective task is in flight now.
+            loss = w.mean(loss)
         dt = time.perf_counter() - t0
         self.step += 1
         return {

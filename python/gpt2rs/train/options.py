@@ -183,6 +183,18 @@ def lr_at(step: int, lr: float, warmup_steps: int, total_steps: int, schedule: s
     return lo + 0.5 * (lr - lo) * (1.0 + math.cos(math.pi * progress))
 
 
+def rank_minibatches(
+    pos: int, batch_size: int, rank: int, world_size: int, minibatch: int
+) -> list[tuple[int, int]]:
+    """(global minibatch number, first position in the epoch order) of each
+    minibatch rank `rank` trains in step `pos` of an epoch: rank r takes rows
+    [r B/N, (r+1) B/N) of the global batch, so the ranks' slices are disjoint
+    and together the one-rank batch, and a minibatch keeps its number (the
+    key of its dropout masks) whatever the number of ranks."""
+    nmb = batch_size // (world_size * minibatch)
+    return [(g, pos * batch_size + g * minibatch) for g in range(rank * nmb, (rank + 1) * nmb)]
+
+
 def dropout_seed(seed: int, step: int, micro: int) -> int:
     """A dropout seed that depends on (seed, step, minibatch) only."""
     return int(

@@ -239,8 +239,9 @@ class Plan:
         what += "|" + _file_identity(self.data_file)
         bad = self.world.disagreeing(what)
         if bad:
+            who = f"ranks {', '.join(map(str, bad))} run" if len(bad) > 1 else f"rank {bad[0]} runs"
             raise TrainError(
-                f"ranks {', '.join(map(str, bad))} run other options or data than rank 0 "
+                f"{who} other options or data than rank 0 "
                 "(every rank needs the same command line and the same --dataset-file)"
             )
 

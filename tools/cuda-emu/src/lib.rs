@@ -50,7 +50,6 @@ pub fn launch<F: Fn()>(g: Geom, f: F) {
         // SAFETY: `arg` is the `&F` passed below, alive for the launch.
         unsafe { (*(arg as *const F))() }
     }
-    assert_eq!(g.shared, 0, "the emulator has no dynamic shared memory");
     let grid = GRID.with(|c| c.get()).unwrap_or(g.grid);
     // SAFETY: emu_launch calls `run::<F>(&f)` from fibers of this thread
     // only, and returns after the last of them.

@@ -52,8 +52,8 @@ pub fn require(op: &str, ok: bool, condition: &str) -> Result<()> {
 #[macro_export]
 #[doc(hidden)]
 macro_rules! cuda_check {
-    ($op:expr, $an:ident, opt_in, [$($l:tt)+]) => { $crate::cuda_check!(@opt $op, $an, [$($l)+]) };
-    ($op:expr, $an:ident, opt_out, [$($l:tt)+]) => { $crate::cuda_check!(@opt $op, $an, [$($l)+]) };
+    ($op:expr, $an:ident, opt_in, $l:tt) => { $crate::cuda_check!(@opt $op, $an, $l) };
+    ($op:expr, $an:ident, opt_out, $l:tt) => { $crate::cuda_check!(@opt $op, $an, $l) };
     ($op:expr, $an:ident, $k:tt, [$(..)?]) => { $crate::error::Result::Ok(()) };
     ($op:expr, $an:ident, $k:tt, [>= $($l:tt)+]) => {
         $crate::kernels::cuda::table::check_len($op, stringify!($an), $($l)+, $an.len(), true)
@@ -61,11 +61,8 @@ macro_rules! cuda_check {
     ($op:expr, $an:ident, $k:tt, [$($l:tt)+]) => {
         $crate::kernels::cuda::table::check_len($op, stringify!($an), $($l)+, $an.len(), false)
     };
-    (@opt $op:expr, $an:ident, [$($l:tt)+]) => {
-        match &$an {
-            Some($an) => $crate::cuda_check!($op, $an, in, [$($l)+]),
-            None => $crate::error::Result::Ok(()),
-        }
+    (@opt $op:expr, $an:ident, $l:tt) => {
+        $an.as_ref().map_or(Ok(()), |$an| $crate::cuda_check!($op, $an, in, $l))
     };
 }
 
@@ -132,12 +129,11 @@ macro_rules! cuda_checks {
 
 /// A launcher's parameter type.
 macro_rules! launch_param {
-    (val $t:ty) => { $t };
-    (host $t:ty) => { $t };
     (in $t:ty) => { &cudarc::driver::CudaView<'_, $t> };
     (out $t:ty) => { &mut cudarc::driver::CudaViewMut<'_, $t> };
     (opt_in $t:ty) => { Option<launch_param!(in $t)> };
     (opt_out $t:ty) => { Option<launch_param!(out $t)> };
+    ($val_or_host:tt $t:ty) => { $t };
 }
 
 /// Pushes one argument (scalars by reference, views as pointers, a missing

@@ -9,6 +9,7 @@
 use gpt2rs::kernels::cpu::optim::{adam_step, sgd_step};
 use gpt2rs::kernels::cuda::context::DevElement;
 use gpt2rs::kernels::cuda::context::{device_count, Gpu};
+use gpt2rs::kernels::cuda::optim::{AdamScalars, SgdScalars};
 use gpt2rs::Element;
 use half::{bf16, f16};
 use std::sync::Arc;
@@ -87,12 +88,7 @@ fn sgd_case<P: DevElement, G: DevElement>(
             &mut dp.as_view_mut(),
             &dg.as_view(),
             (momentum != 0.0).then_some(&mut dbuf_view),
-            lr,
-            momentum,
-            dampening,
-            nesterov,
-            wd,
-            step == 1,
+            SgdScalars::new(lr, momentum, dampening, nesterov, wd, step == 1),
         )
         .unwrap();
     }
@@ -137,13 +133,7 @@ fn adam_case<P: DevElement, G: DevElement>(
             &dg.as_view(),
             &mut dm.as_view_mut(),
             &mut dv.as_view_mut(),
-            step,
-            lr,
-            beta1,
-            beta2,
-            1e-8,
-            wd,
-            decoupled,
+            AdamScalars::new(step, lr, beta1, beta2, 1e-8, wd, decoupled),
         )
         .unwrap();
     }
@@ -194,7 +184,6 @@ fn bf16_weights_from_f32_masters() {
     let mut dw = st.clone_htod(&vec![bf16::ZERO; p.len()]).unwrap();
     gpt2rs::kernels::cuda::elementwise::cast::<f32, bf16>(
         &dev,
-        p.len(),
         &dp.as_view(),
         &mut dw.as_view_mut(),
     )

@@ -123,14 +123,13 @@ impl Codelet for ActTask {
         let (rows, cols, g) = (self.rows, self.cols, b.gpu());
         with_dtype!(self.dt, T, {
             match &self.op {
-                Op::Fwd(act) => {
-                    let mut y = b.w::<T>(1)?;
-                    cact::activation_fwd::<T>(g, *act, y.len(), &b.r(0)?, &mut y)
-                }
-                Op::Bwd { act, in_place } => {
-                    let dy = if *in_place { None } else { Some(b.r(1)?) };
-                    let mut dx = b.w::<T>(1 + !*in_place as usize)?;
-                    cact::activation_bwd::<T>(g, *act, dx.len(), &b.r(0)?, dy.as_ref(), &mut dx)
+                Op::Fwd(act) => cact::activation_fwd::<T>(g, *act, &b.r(0)?, &mut b.w(1)?),
+                Op::Bwd {
+                    act,
+                    in_place: true,
+                } => cact::activation_bwd_inplace::<T>(g, *act, &b.r(0)?, &mut b.w(1)?),
+                Op::Bwd { act, .. } => {
+                    cact::activation_bwd::<T>(g, *act, &b.r(0)?, &b.r(1)?, &mut b.w(2)?)
                 }
                 Op::BiasFill => cbias::bias_fill::<T>(g, &b.r(0)?, rows, cols, &mut b.w(1)?),
                 Op::BiasGrad { gt } => with_dtype!(*gt, G, {
@@ -148,7 +147,7 @@ impl Codelet for ActTask {
                         shape_err("dropout", "more axes than the GPU kernel takes")
                     })?;
                     let scale = kd::DropoutMask::new(*seed, *stream, *p).scale;
-                    cact::dropout::<T>(g, [*seed, *stream], [*p, scale], &geo, &mut b.w(0)?)
+                    cact::dropout::<T>(g, *seed, *stream, *p, scale, &mut b.w(0)?, geo)
                 }
             }
         })

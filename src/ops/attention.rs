@@ -327,20 +327,15 @@ impl Codelet for AttnTask {
                             [b, tq, tk, h, hs],
                             [q0, k0],
                             scale,
-                            &d,
+                            d,
                             [&mut bf.w(3)?, &mut bf.w(4)?, &mut bf.w(5)?],
                         );
                     }
+                    let (q, k, v) = (bf.r(0)?, bf.r(1)?, bf.r(2)?);
+                    let (mut m, mut l, mut acc) = (bf.w(3)?, bf.w(4)?, bf.w(5)?);
                     cat::flash_fwd::<T>(
-                        g,
-                        [&bf.r(0)?, &bf.r(1)?, &bf.r(2)?],
-                        [b, tq, tk, ks, h, hs],
-                        [q0, k0],
-                        scale,
-                        &d,
-                        &mut bf.w(3)?,
-                        &mut bf.w(4)?,
-                        &mut bf.w(5)?,
+                        g, &q, &k, &v, b, tq, tk, ks, h, hs, q0, k0, scale, d, &mut m, &mut l,
+                        &mut acc,
                     )
                 }
                 Op::Finalize => cat::attn_fwd_finalize::<T>(
@@ -369,10 +364,8 @@ impl Codelet for AttnTask {
                     [b, tq, tk, h, hs],
                     [q0, k0],
                     scale,
-                    &AttnDropArgs::new(drop),
-                    &mut bf.w(6)?,
-                    &mut bf.w(7)?,
-                    &mut bf.w(8)?,
+                    AttnDropArgs::new(drop),
+                    [&mut bf.w(6)?, &mut bf.w(7)?, &mut bf.w(8)?],
                 ),
                 Op::Bwd {
                     tk,
@@ -380,18 +373,15 @@ impl Codelet for AttnTask {
                     k0,
                     scale,
                     drop,
-                } => cat::flash_bwd::<T>(
-                    g,
-                    [&bf.r(0)?, &bf.r(1)?, &bf.r(2)?],
-                    &bf.r(3)?,
-                    &bf.r(4)?,
-                    &bf.r(5)?,
-                    [b, tq, tk, h, hs],
-                    [q0, k0],
-                    scale,
-                    &AttnDropArgs::new(drop),
-                    [&mut bf.w(6)?, &mut bf.w(7)?, &mut bf.w(8)?],
-                ),
+                } => {
+                    let (q, k, v, d_o) = (bf.r(0)?, bf.r(1)?, bf.r(2)?, bf.r(3)?);
+                    let (lse, delta, d) = (bf.r(4)?, bf.r(5)?, AttnDropArgs::new(drop));
+                    let (mut dq, mut dk, mut dv) = (bf.w(6)?, bf.w(7)?, bf.w(8)?);
+                    cat::flash_bwd::<T>(
+                        g, &q, &k, &v, &d_o, &lse, &delta, b, tq, tk, h, hs, q0, k0, scale, d,
+                        &mut dq, &mut dk, &mut dv,
+                    )
+                }
                 Op::Init => unreachable!("handled above"),
             }
         })

@@ -150,7 +150,7 @@ impl Codelet for CeTask {
         let (rows, cols, ad, g) = (self.rows, self.cols, acc_dtype(self.dt), b.gpu());
         match &self.op {
             Op::LossInit => {
-                crate::kernels::cuda::elementwise::fill::<f64>(b.gpu(), 1, 0.0, &mut b.w(0)?)
+                crate::kernels::cuda::elementwise::fill::<f64>(b.gpu(), 0.0, &mut b.w(0)?)
             }
             Op::StatsInit => {
                 with_acc_dtype!(ad, A, { cce::maxsumexp_init::<A>(g, rows, &mut b.w(0)?) })

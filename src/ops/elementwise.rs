@@ -65,12 +65,11 @@ impl Codelet for Elementwise {
         with_dtype!(self.dtype, T, {
             let nin = matches!(self.kind, Kind::Axpy(_) | Kind::Add(..)) as usize;
             let mut y = b.w::<T>(nin)?;
-            let n = y.len();
             match self.kind {
-                Kind::Fill(v) => cew::fill::<T>(g, n, v, &mut y),
-                Kind::Scale(a) => cew::scale::<T>(g, n, a, &mut y),
-                Kind::Axpy(a) => cew::axpy::<T>(g, n, a, &b.r(0)?, &mut y),
-                Kind::Add(a, bt) => cew::add::<T>(g, n, a, &b.r(0)?, bt, &mut y),
+                Kind::Fill(v) => cew::fill::<T>(g, v, &mut y),
+                Kind::Scale(a) => cew::scale::<T>(g, a, &mut y),
+                Kind::Axpy(a) => cew::axpy::<T>(g, a, &b.r(0)?, &mut y),
+                Kind::Add(a, bt) => cew::add::<T>(g, a, &b.r(0)?, bt, &mut y),
             }
         })
     }

@@ -365,12 +365,9 @@ impl Codelet for SinusoidalCl {
     }
     fn cuda(&self, b: &DevBuffers) -> Result<()> {
         with_dtype!(self.dtype, T, {
-            cemb::sinusoidal::<T>(
-                b.gpu(),
-                [self.pos_lo, self.n],
-                [self.cols_lo, self.cols, self.total],
-                &mut b.w(0)?,
-            )
+            let (pos_lo, n, cols_lo, cols, total) =
+                (self.pos_lo, self.n, self.cols_lo, self.cols, self.total);
+            cemb::sinusoidal::<T>(b.gpu(), pos_lo, n, cols_lo, cols, total, &mut b.w(0)?)
         })
     }
 }

@@ -485,11 +485,10 @@ impl Codelet for ScaleTile {
         with_dtype!(self.dtype, T, {
             use crate::kernels::cuda::elementwise as cew;
             let mut y = b.w::<T>(0)?;
-            let n = y.len();
             if self.beta == 0.0 {
-                cew::fill::<T>(b.gpu(), n, 0.0, &mut y)
+                cew::fill::<T>(b.gpu(), 0.0, &mut y)
             } else {
-                cew::scale::<T>(b.gpu(), n, self.beta, &mut y)
+                cew::scale::<T>(b.gpu(), self.beta, &mut y)
             }
         })
     }

@@ -88,7 +88,7 @@ impl Codelet for ReduceCl {
                 }
                 Kind::All => cre::sum_all::<T>(g, alpha, &b.r(0)?, beta, &mut b.w(1)?),
                 Kind::SsqInit => {
-                    crate::kernels::cuda::elementwise::fill::<f64>(b.gpu(), 2, 0.0, &mut b.w(0)?)
+                    crate::kernels::cuda::elementwise::fill::<f64>(b.gpu(), 0.0, &mut b.w(0)?)
                 }
                 Kind::SsqUpdate => cre::ssq_update::<T>(g, &b.r(0)?, &mut b.w(1)?),
                 Kind::Norm => cre::norm_from_ssq::<T>(g, &b.r(0)?, alpha, beta, &mut b.w(1)?),

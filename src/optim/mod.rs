@@ -14,7 +14,7 @@ use crate::error::{arg_err, Result};
 use crate::kernels::cpu::elementwise::cast;
 use crate::kernels::cpu::optim as k;
 use crate::kernels::cuda::context::DevElement;
-use crate::kernels::cuda::optim::optim_supported;
+use crate::kernels::cuda::optim::{optim_supported, AdamScalars, SgdScalars};
 use crate::model::Gpt2;
 use crate::runtime::DevBuffers;
 use crate::runtime::{Access, Buffers, Codelet, DataHandle, Where};
@@ -221,51 +221,33 @@ impl OptimStep {
                 } else {
                     None
                 };
-                crate::kernels::cuda::optim::sgd_step::<P, G>(
-                    gpu,
-                    &mut p,
-                    &g,
-                    buf.as_mut(),
+                let s = SgdScalars::new(
                     self.lr,
                     momentum,
                     dampening,
                     nesterov,
                     self.wd,
                     self.step == 1,
-                )?;
+                );
+                crate::kernels::cuda::optim::sgd_step::<P, G>(gpu, &mut p, &g, buf.as_mut(), s)?;
             }
             OptimizerKind::Adam {
                 beta1,
                 beta2,
                 eps,
                 decoupled,
-            } => crate::kernels::cuda::optim::adam_step::<P, G>(
-                gpu,
-                &mut p,
-                &g,
-                &mut b.w::<P>(2)?,
-                &mut b.w::<P>(3)?,
-                self.step,
-                self.lr,
-                beta1,
-                beta2,
-                eps,
-                self.wd,
-                decoupled,
-            )?,
+            } => {
+                let s = AdamScalars::new(self.step, self.lr, beta1, beta2, eps, self.wd, decoupled);
+                let (mut m, mut v) = (b.w::<P>(2)?, b.w::<P>(3)?);
+                crate::kernels::cuda::optim::adam_step::<P, G>(gpu, &mut p, &g, &mut m, &mut v, s)?
+            }
         }
         if let Some(vt) = self.vt {
             // Same stream, so the cast reads the updated masters.
             with_dtype!(vt, V, {
                 {
                     let mut v = b.w::<V>(2 + self.nstate)?;
-                    let n = v.len();
-                    crate::kernels::cuda::elementwise::cast::<P, V>(
-                        b.gpu(),
-                        n,
-                        &p.as_view(),
-                        &mut v,
-                    )?
+                    crate::kernels::cuda::elementwise::cast::<P, V>(b.gpu(), &p.as_view(), &mut v)?
                 }
             });
         }

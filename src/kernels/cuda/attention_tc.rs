@@ -39,27 +39,30 @@ use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr};
 macro_rules! cuda_table_attention_tc {
     ($cb:ident) => {
         $cb! { AttentionTc;
-            /// The forward softmax step over the `rows = nb * h * nr` rows of a
-            /// chunk of `nb` batch rows from `b0`: scores `s` in, probabilities
-            /// `p` out, the tile's statistics and `acc` rescaled.
+            /// The forward softmax step over the `rows` rows of the chunk of `nb`
+            /// batch rows from `b0`: scores `s` in, probabilities `p` out, the
+            /// tile's statistics and `acc` rescaled.
             attn_tc_fwd_rows<T> for tc (
-                s: in f32 [>= rows * tk], rows: val usize, nr: val usize, tk: val usize,
-                tq: val usize, h: val usize, hs: val usize, first: val usize, q0: val usize,
-                k0: val usize, b0: val usize, drop: val AttnDropArgs,
-                m: out A [>= (b0 + rows / (h * nr).max(1)) * tq * h],
-                l: out A [>= (b0 + rows / (h * nr).max(1)) * tq * h],
-                acc: out A [>= (b0 + rows / (h * nr).max(1)) * tq * h * hs],
-                p: out T [>= rows * tk],
+                s: in f32 [>= rows * tk], rows: val usize = nb * g.h * g.nr,
+                g: host Geo {
+                    nr: usize, tk: usize, tq: usize, h: usize, hs: usize, first: usize, q0: usize,
+                    k0: usize,
+                },
+                b0: val usize, drop: val AttnDropArgs, m: out T::Acc [>= (b0 + nb) * tq * h],
+                l: out T::Acc [>= (b0 + nb) * tq * h], acc: out T::Acc [>= (b0 + nb) * tq * h * hs],
+                p: out T [>= rows * tk], nb: host usize,
             ) @ warp_rows_tc(rows);
             /// The backward softmax step over the rows of a chunk: `pd` and `ds`
             /// from the scores `s` and `dp = dO V^T`.
             attn_tc_bwd_rows<T> for tc (
                 s: in f32 [>= rows * tk], dp: in f32 [>= rows * tk],
-                lse: in A [>= (b0 + rows / (h * nr).max(1)) * tq * h],
-                delta: in A [>= (b0 + rows / (h * nr).max(1)) * tq * h], rows: val usize,
-                nr: val usize, tk: val usize, tq: val usize, h: val usize, first: val usize,
-                q0: val usize, k0: val usize, b0: val usize, drop: val AttnDropArgs,
-                pd: out T [>= rows * tk], ds: out T [>= rows * tk],
+                lse: in T::Acc [>= (b0 + nb) * tq * h], delta: in T::Acc [>= (b0 + nb) * tq * h],
+                rows: val usize = nb * g.h * g.nr,
+                g: host Geo {
+                    nr: usize, tk: usize, tq: usize, h: usize, first: usize, q0: usize, k0: usize,
+                },
+                b0: val usize, drop: val AttnDropArgs, pd: out T [>= rows * tk],
+                ds: out T [>= rows * tk], nb: host usize,
             ) @ warp_rows_tc(rows);
         }
     };
@@ -76,28 +79,31 @@ pub fn attn_tc_supports(dt: DType, hs: usize) -> bool {
     matches!(dt, DType::F32 | DType::BF16 | DType::F16) && hs >= 1
 }
 
-/// The geometry of one task on this path.
+/// The products' compute mode (module doc).
+const CM: GemmCompute = GemmCompute::Default;
+
+/// The geometry of one task on this path (`[b, tq, tk, h, hs]`, `[q0, k0]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Geo {
-    b: usize,
-    tq: usize,
-    tk: usize,
-    h: usize,
-    hs: usize,
-    q0: usize,
-    k0: usize,
+pub struct Geo {
+    pub b: usize,
+    pub tq: usize,
+    pub tk: usize,
+    pub h: usize,
+    pub hs: usize,
+    pub q0: usize,
+    pub k0: usize,
     /// First query row that sees a key of the tile.
-    first: usize,
+    pub first: usize,
     /// Query rows in the products (`tq - first`).
-    nr: usize,
+    pub nr: usize,
     /// Batch rows per chunk.
-    bc: usize,
+    pub bc: usize,
 }
 
 impl Geo {
     /// `None` when the task has nothing to do (no key, no visible query,
     /// no batch row or head).
-    fn new([b, tq, tk, h, hs]: [usize; 5], [q0, k0]: [usize; 2]) -> Option<Geo> {
+    pub fn new([b, tq, tk, h, hs]: [usize; 5], [q0, k0]: [usize; 2]) -> Option<Geo> {
         let first = k0.saturating_sub(q0);
         if tk == 0 || first >= tq || b == 0 || h == 0 {
             return None;
@@ -117,47 +123,31 @@ impl Geo {
             bc,
         })
     }
-    /// Row stride of the q/k/v tiles.
-    fn rs(&self) -> usize {
-        self.h * self.hs
-    }
     /// Scores of one batch row (`[h, nr, tk]`).
-    fn blk(&self) -> usize {
+    pub fn blk(&self) -> usize {
         self.h * self.nr * self.tk
     }
     /// Heads of batch row `bi` of a query-shaped tile (q, dO, acc, dq),
     /// from query row `first` on.
-    fn q_heads(&self, bi: usize) -> Strided {
-        Strided::new((bi * self.tq + self.first) * self.rs(), self.rs(), self.hs)
+    pub fn q_heads(&self, bi: usize) -> Strided {
+        let rs = self.h * self.hs;
+        Strided::new((bi * self.tq + self.first) * rs, rs, self.hs)
     }
     /// Heads of batch row `bi` of a key-shaped tile (k, v, dk, dv).
-    fn k_heads(&self, bi: usize) -> Strided {
-        Strided::new(bi * self.tk * self.rs(), self.rs(), self.hs)
+    pub fn k_heads(&self, bi: usize) -> Strided {
+        let rs = self.h * self.hs;
+        Strided::new(bi * self.tk * rs, rs, self.hs)
     }
     /// Heads of batch row `bi` (of the chunk starting at `b0`) of a scratch
     /// block `[bc, h, nr, tk]`.
-    fn s_heads(&self, bi: usize, b0: usize) -> Strided {
+    pub fn s_heads(&self, bi: usize, b0: usize) -> Strided {
         Strided::new((bi - b0) * self.blk(), self.tk, self.nr * self.tk)
     }
     /// The chunks `(b0, nb)` of batch rows.
-    fn chunks(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+    pub fn chunks(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         (0..self.b)
             .step_by(self.bc)
             .map(|b0| (b0, self.bc.min(self.b - b0)))
-    }
-}
-
-fn check_dtype<T: DevElement>(op: &str, hs: usize) -> Result<()> {
-    if attn_tc_supports(T::DTYPE, hs) && <T::Acc as Element>::DTYPE == DType::F32 {
-        Ok(())
-    } else {
-        Err(arg_err(
-            &format!("cuda.{op}"),
-            format!(
-                "the tensor-core attention takes f32/bf16/f16 and a head size >= 1, not {} with {hs}",
-                T::DTYPE
-            ),
-        ))
     }
 }
 
@@ -176,17 +166,24 @@ fn prepare<T: DevElement>(
     op: &str,
     dims: [usize; 5],
     pos: [usize; 2],
-    qs: &[usize],
-    ks: &[usize],
-    ss: &[usize],
+    [qs, ks, ss]: [&[usize]; 3],
 ) -> Result<Option<Geo>> {
     let [b, tq, tk, h, hs] = dims;
-    check_dtype::<T>(op, hs)?;
+    let op = format!("cuda.{op}");
+    if !attn_tc_supports(T::DTYPE, hs) || <T::Acc as Element>::DTYPE != DType::F32 {
+        let msg = format!(
+            "takes f32/bf16/f16 and a head size >= 1, not {} with {hs}",
+            T::DTYPE
+        );
+        return Err(arg_err(&op, msg));
+    }
     let want = [b * tq * h * hs, b * tk * h * hs, b * tq * h];
     for (lens, want) in [qs, ks, ss].into_iter().zip(want) {
         if let Some(got) = lens.iter().find(|&&n| n != want) {
-            let msg = format!("expected {want} elements, got {got}");
-            return Err(shape_err(&format!("cuda.{op}"), msg));
+            return Err(shape_err(
+                &op,
+                format!("expected {want} elements, got {got}"),
+            ));
         }
     }
     Ok(Geo::new(dims, pos))
@@ -195,82 +192,55 @@ fn prepare<T: DevElement>(
 /// `out_h = alpha A_h B_h^T` for the heads of batch row `bi` (`[nr, hs] x
 /// [hs, tk]`, A query-shaped, B key-shaped) into the score block of the
 /// chunk starting at `b0`.
-#[allow(clippy::too_many_arguments)]
 fn scores<T: DevElement>(
     dev: &Gpu,
     g: &Geo,
     (bi, b0): (usize, usize),
     alpha: f64,
-    a: &CudaView<T>,
-    b: &CudaView<T>,
+    [a, b]: [&CudaView<T>; 2],
     out: &mut CudaSlice<f32>,
 ) -> Result<()> {
     let (ah, bh, oh) = (g.q_heads(bi), g.k_heads(bi).t(), g.s_heads(bi, b0));
     let (dims, out) = ([g.nr, g.tk, g.hs, g.h], &mut out.as_view_mut());
-    gemm_strided::<T, f32>(
-        dev,
-        GemmCompute::Default,
-        dims,
-        alpha,
-        (a, ah),
-        (b, bh),
-        0.0,
-        (out, oh),
-    )
+    gemm_strided::<T, f32>(dev, CM, dims, alpha, (a, ah), (b, bh), 0.0, (out, oh))
 }
 
 /// The forward update of one key tile on tensor cores: the same operands
-/// and result as [`flash_fwd`](super::attention::flash_fwd) with `ks == tk` (`dims` =
-/// `[b, tq, tk, h, hs]`, `pos` = `[q0, k0]`, then `[m, l, acc]`).
-#[allow(clippy::too_many_arguments)]
+/// and result as [`flash_fwd`](super::attention::flash_fwd) with `ks == tk`.
 pub fn attn_fwd_tc<T: DevElement>(
     dev: &Gpu,
     [q, k, v]: [&CudaView<T>; 3],
     dims: [usize; 5],
     pos: [usize; 2],
     scale: f64,
-    drop: &AttnDropArgs,
+    drop: AttnDropArgs,
     [m, l, acc]: [&mut CudaViewMut<T::Acc>; 3],
 ) -> Result<()> {
     let (qs, ks, ss) = ([q.len(), acc.len()], [k.len(), v.len()], [m.len(), l.len()]);
-    let Some(g) = prepare::<T>("attn_fwd_tc", dims, pos, &qs, &ks, &ss)? else {
+    let Some(g) = prepare::<T>("attn_fwd_tc", dims, pos, [&qs, &ks, &ss])? else {
         return Ok(());
     };
-    let cm = GemmCompute::Default;
     let mut s = scratch::<f32>(dev, g.bc * g.blk())?;
     let mut p = scratch::<T>(dev, g.bc * g.blk())?;
     for (b0, nb) in g.chunks() {
         for bi in b0..b0 + nb {
-            scores(dev, &g, (bi, b0), scale, q, k, &mut s)?;
+            scores(dev, &g, (bi, b0), scale, [q, k], &mut s)?;
         }
-        let (rows, d) = (nb * g.h * g.nr, *drop);
         let (sv, pv) = (&s.as_view(), &mut p.as_view_mut());
-        #[rustfmt::skip]
-        attn_tc_fwd_rows::<T>(
-            dev, sv, rows, g.nr, g.tk, g.tq, g.h, g.hs, g.first, g.q0, g.k0, b0, d, m, l, acc, pv,
-        )?;
+        attn_tc_fwd_rows::<T>(dev, sv, g, b0, drop, m, l, acc, pv, nb)?;
         for bi in b0..b0 + nb {
             // acc_h += Pd_h V_h: [nr, tk] x [tk, hs] per head, after the
             // row kernel rescaled acc.
-            gemm_strided::<T, T::Acc>(
-                dev,
-                cm,
-                [g.nr, g.hs, g.tk, g.h],
-                1.0,
-                (&p.as_view(), g.s_heads(bi, b0)),
-                (v, g.k_heads(bi)),
-                1.0,
-                (&mut *acc, g.q_heads(bi)),
-            )?;
+            let (a, b) = ((&p.as_view(), g.s_heads(bi, b0)), (v, g.k_heads(bi)));
+            let (dims, out) = ([g.nr, g.hs, g.tk, g.h], (&mut *acc, g.q_heads(bi)));
+            gemm_strided::<T, T::Acc>(dev, CM, dims, 1.0, a, b, 1.0, out)?;
         }
     }
     Ok(())
 }
 
 /// The backward of one (query tile, key tile) pair on tensor cores: the
-/// same operands and result as [`flash_bwd`](super::attention::flash_bwd)
-/// (`[q, k, v, dO]`, `[lse, delta]`, `dims` = `[b, tq, tk, h, hs]`, `pos` =
-/// `[q0, k0]`).
+/// same operands and result as [`flash_bwd`](super::attention::flash_bwd).
 #[allow(clippy::too_many_arguments)]
 pub fn attn_bwd_tc<T: DevElement>(
     dev: &Gpu,
@@ -279,73 +249,36 @@ pub fn attn_bwd_tc<T: DevElement>(
     dims: [usize; 5],
     pos: [usize; 2],
     scale: f64,
-    drop: &AttnDropArgs,
-    dq: &mut CudaViewMut<T>,
-    dk: &mut CudaViewMut<T>,
-    dv: &mut CudaViewMut<T>,
+    drop: AttnDropArgs,
+    [dq, dk, dv]: [&mut CudaViewMut<T>; 3],
 ) -> Result<()> {
-    let qs = [q.len(), d_o.len(), dq.len()];
-    let (ks, ss) = (
-        [k.len(), v.len(), dk.len(), dv.len()],
-        [lse.len(), delta.len()],
-    );
-    let Some(g) = prepare::<T>("attn_bwd_tc", dims, pos, &qs, &ks, &ss)? else {
+    let (qs, ss) = ([q.len(), d_o.len(), dq.len()], [lse.len(), delta.len()]);
+    let ks = [k.len(), v.len(), dk.len(), dv.len()];
+    let Some(g) = prepare::<T>("attn_bwd_tc", dims, pos, [&qs, &ks, &ss])? else {
         return Ok(());
     };
-    let cm = GemmCompute::Default;
     let n = g.bc * g.blk();
-    let mut s = scratch::<f32>(dev, n)?;
-    let mut dp = scratch::<f32>(dev, n)?;
-    let mut pd = scratch::<T>(dev, n)?;
-    let mut ds = scratch::<T>(dev, n)?;
+    let (mut s, mut dp) = (scratch::<f32>(dev, n)?, scratch::<f32>(dev, n)?);
+    let (mut pd, mut ds) = (scratch::<T>(dev, n)?, scratch::<T>(dev, n)?);
+    let (kn, nk) = ([g.tk, g.hs, g.nr, g.h], [g.nr, g.hs, g.tk, g.h]);
     for (b0, nb) in g.chunks() {
         for bi in b0..b0 + nb {
-            scores(dev, &g, (bi, b0), scale, q, k, &mut s)?;
-            scores(dev, &g, (bi, b0), 1.0, d_o, v, &mut dp)?;
+            scores(dev, &g, (bi, b0), scale, [q, k], &mut s)?;
+            scores(dev, &g, (bi, b0), 1.0, [d_o, v], &mut dp)?;
         }
-        let (rows, d) = (nb * g.h * g.nr, *drop);
         let (sv, dpv) = (&s.as_view(), &dp.as_view());
         let (pdv, dsv) = (&mut pd.as_view_mut(), &mut ds.as_view_mut());
-        #[rustfmt::skip]
-        attn_tc_bwd_rows::<T>(
-            dev, sv, dpv, lse, delta, rows, g.nr, g.tk, g.tq, g.h, g.first, g.q0, g.k0, b0, d,
-            pdv, dsv,
-        )?;
+        attn_tc_bwd_rows::<T>(dev, sv, dpv, lse, delta, g, b0, drop, pdv, dsv, nb)?;
         let (pd, ds) = (pd.as_view(), ds.as_view());
         for bi in b0..b0 + nb {
-            // dV_h += Pd_h^T dO_h: [tk, nr] x [nr, hs].
-            gemm_strided::<T, T>(
-                dev,
-                cm,
-                [g.tk, g.hs, g.nr, g.h],
-                1.0,
-                (&pd, g.s_heads(bi, b0).t()),
-                (d_o, g.q_heads(bi)),
-                1.0,
-                (&mut *dv, g.k_heads(bi)),
-            )?;
+            let (sh, qh, kh) = (g.s_heads(bi, b0), g.q_heads(bi), g.k_heads(bi));
+            // dV_h += Pd_h^T dO_h, dK_h += scale dS_h^T Q_h: [tk, nr] x [nr, hs];
             // dQ_h += scale dS_h K_h: [nr, tk] x [tk, hs].
-            gemm_strided::<T, T>(
-                dev,
-                cm,
-                [g.nr, g.hs, g.tk, g.h],
-                scale,
-                (&ds, g.s_heads(bi, b0)),
-                (k, g.k_heads(bi)),
-                1.0,
-                (&mut *dq, g.q_heads(bi)),
-            )?;
-            // dK_h += scale dS_h^T Q_h: [tk, nr] x [nr, hs].
-            gemm_strided::<T, T>(
-                dev,
-                cm,
-                [g.tk, g.hs, g.nr, g.h],
-                scale,
-                (&ds, g.s_heads(bi, b0).t()),
-                (q, g.q_heads(bi)),
-                1.0,
-                (&mut *dk, g.k_heads(bi)),
-            )?;
+            let prod =
+                |dims, alpha, a, b, out| gemm_strided::<T, T>(dev, CM, dims, alpha, a, b, 1.0, out);
+            prod(kn, 1.0, (&pd, sh.t()), (d_o, qh), (&mut *dv, kh))?;
+            prod(nk, scale, (&ds, sh), (k, kh), (&mut *dq, qh))?;
+            prod(kn, scale, (&ds, sh.t()), (q, qh), (&mut *dk, kh))?;
         }
     }
     Ok(())

@@ -4,7 +4,7 @@
 
 use super::context::{DevElement, Gpu};
 use super::geom::COL_ROW_BLOCK;
-use super::reduce::add_col_parts;
+use super::reduce::col_sums;
 use crate::error::Result;
 use cudarc::driver::{CudaView, CudaViewMut};
 
@@ -27,10 +27,7 @@ macro_rules! cuda_table_bias {
 }
 crate::cuda_table_bias!(launchers);
 
-/// `db[c] += sum_r dy[r, c]` (`kernels::cpu::bias::bias_grad`, bit for
-/// bit): `bias_grad_part` sums each block of `COL_ROW_BLOCK` rows of each
-/// column into f64 partial sums, `add_col_parts` adds them into `db` in
-/// block order.
+/// `db[c] += sum_r dy[r, c]` (`kernels::cpu::bias::bias_grad`, bit for bit).
 pub fn bias_grad<T: DevElement, G: DevElement>(
     gpu: &Gpu,
     dy: &CudaView<T>,
@@ -38,13 +35,7 @@ pub fn bias_grad<T: DevElement, G: DevElement>(
     cols: usize,
     db: &mut CudaViewMut<G>,
 ) -> Result<()> {
-    if rows * cols == 0 {
-        return super::table::check_len("bias_grad", "db", cols, db.len());
-    }
-    let nblk = rows.div_ceil(COL_ROW_BLOCK);
-    // SAFETY: bias_grad_part writes part[k, c] for every row block k < nblk
-    // and column c < cols before add_col_parts, next on the stream, reads it.
-    let mut part = unsafe { gpu.kernels.scratch_f64(nblk * cols) }?;
-    bias_grad_part(gpu, dy, rows, cols, COL_ROW_BLOCK, &mut part.as_view_mut())?;
-    add_col_parts(gpu, nblk, cols, &part.as_view(), db, None)
+    col_sums(gpu, [rows, cols], db, None, |part| {
+        bias_grad_part(gpu, dy, rows, cols, COL_ROW_BLOCK, part)
+    })
 }

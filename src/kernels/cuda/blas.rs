@@ -264,9 +264,9 @@ pub fn gemm<T: DevElement>(
     if k == 0 || alpha == 0.0 {
         // As the CPU kernel: C = beta * C, zeros without reading C when beta is 0.
         return if beta == 0.0 {
-            super::elementwise::fill(dev, c.len(), 0.0, c)
+            super::elementwise::fill(dev, 0.0, c)
         } else if beta != 1.0 {
-            super::elementwise::scale(dev, c.len(), beta, c)
+            super::elementwise::scale(dev, beta, c)
         } else {
             Ok(())
         };

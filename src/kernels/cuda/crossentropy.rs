@@ -1,7 +1,7 @@
 //! `cuda/crossentropy.cu`: cross-entropy over vocabulary tiles
 //! (`kernels::cpu::crossentropy`): the running (max, sumexp) per row, the
 //! loss as two single-block sums in a fixed order, and the gradient in
-//! place of the logits. `A` is the accumulation dtype.
+//! place of the logits.
 
 #[macro_export]
 #[doc(hidden)]
@@ -9,10 +9,11 @@ macro_rules! cuda_table_crossentropy {
     ($cb:ident) => {
         $cb! { CrossEntropy;
             /// `acc [rows, 2] = (-inf, 0)` (`T` the accumulation dtype).
-            maxsumexp_init<T>(rows: val usize, acc: out A [rows * 2]) @ elementwise(rows);
+            maxsumexp_init<T>(rows: val usize, acc: out T::Acc [rows * 2]) @ elementwise(rows);
             /// `acc [rows, 2] = (max, sumexp)` merged with this logits tile.
             maxsumexp_update<T>(
-                logits: in T [rows * vt], rows: val usize, vt: val usize, acc: out A [rows * 2],
+                logits: in T [rows * vt], rows: val usize, vt: val usize,
+                acc: out T::Acc [rows * 2],
             ) @ per_row(rows);
             /// `loss[0] -= sum_r z[r, t_r]` for the targets inside this tile
             /// (`vocab_lo ..`), by one block in a fixed order.
@@ -23,11 +24,12 @@ macro_rules! cuda_table_crossentropy {
             /// `loss[0] += sum_r (max + ln sumexp)` over the non-ignored rows, by
             /// one block (`T` the accumulation dtype).
             ce_loss_lse<T>(
-                acc: in A [rows * 2], rows: val usize, targets: in i64 [rows], loss: out f64 [1],
+                acc: in T::Acc [rows * 2], rows: val usize, targets: in i64 [rows],
+                loss: out f64 [1],
             ) @ one_block();
             /// In place: logits become `scale * (softmax - onehot)`.
             ce_bwd<T>(
-                acc: in A [rows * 2], rows: val usize, vt: val usize, vocab_lo: val usize,
+                acc: in T::Acc [rows * 2], rows: val usize, vt: val usize, vocab_lo: val usize,
                 targets: in i64 [rows], scale: val f64, logits: out T [rows * vt],
             ) @ elementwise(rows * vt);
         }

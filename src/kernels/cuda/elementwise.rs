@@ -12,20 +12,23 @@ macro_rules! cuda_table_elementwise {
     ($cb:ident) => {
         $cb! { Elementwise;
             /// `y = value`.
-            fill<T>(n: val usize, value: val f64, y: out T [n]) @ elementwise(n);
+            fill<T>(n: val usize = y.len(), value: val f64, y: out T [n]) @ elementwise(n);
             /// `y = alpha * y`.
-            scale<T>(n: val usize, alpha: val f64, y: out T [n]) @ elementwise(n);
+            scale<T>(n: val usize = y.len(), alpha: val f64, y: out T [n]) @ elementwise(n);
             /// `y = alpha * x + y`.
-            axpy<T>(n: val usize, alpha: val f64, x: in T [n], y: out T [n]) @ elementwise(n);
-            /// `y = alpha * x + beta * y` (y not read when `beta == 0`).
-            add<T>(n: val usize, alpha: val f64, x: in T [n], beta: val f64, y: out T [n])
+            axpy<T>(n: val usize = y.len(), alpha: val f64, x: in T [n], y: out T [n])
                 @ elementwise(n);
+            /// `y = alpha * x + beta * y` (y not read when `beta == 0`).
+            add<T>(
+                n: val usize = y.len(), alpha: val f64, x: in T [n], beta: val f64, y: out T [n],
+            ) @ elementwise(n);
             /// `y = x` converted to `D`.
-            cast<S, D> for pairs (n: val usize, x: in S [n], y: out D [n]) @ elementwise(n);
+            cast<S, D> for pairs (n: val usize = y.len(), x: in S [n], y: out D [n])
+                @ elementwise(n);
             /// The block copy of the loop nest `d` (see [`copy_block`]).
             copy_block as copy_block_dims<S, D> for pairs (
                 d: val BlockDims, total: val usize,
-                x: in S [>= d.src_len(total)], y: out D [>= d.dst_len(total)],
+                x: in S [>= d.reach(total).0], y: out D [>= d.reach(total).1],
             ) @ elementwise(total);
         }
     };
@@ -126,14 +129,10 @@ impl BlockDims {
         Ok(Some((d, total)))
     }
 
-    /// Elements of the source a copy of `total` elements reaches.
-    pub fn src_len(&self, total: usize) -> usize {
-        total.checked_sub(1).map_or(0, |i| self.offsets(i).0 + 1)
-    }
-
-    /// Elements of the destination a copy of `total` elements reaches.
-    pub fn dst_len(&self, total: usize) -> usize {
-        total.checked_sub(1).map_or(0, |i| self.offsets(i).1 + 1)
+    /// Elements of (source, destination) a copy of `total` elements reaches.
+    pub fn reach(&self, total: usize) -> (usize, usize) {
+        let last = total.checked_sub(1).map(|i| self.offsets(i));
+        last.map_or((0, 0), |(s, t)| (s + 1, t + 1))
     }
 
     /// The (source, destination) flat offsets of element `i` of the block:
@@ -166,8 +165,9 @@ pub fn copy_block<S: DevElement, D: DevElement>(
     block: &[usize],
 ) -> Result<()> {
     use super::table::check_len;
-    check_len("copy_block", "src", src_shape.iter().product(), src.len())?;
-    check_len("copy_block", "dst", dst_shape.iter().product(), dst.len())?;
+    let (ns, nd) = (src_shape.iter().product(), dst_shape.iter().product());
+    check_len("copy_block", "src", ns, src.len(), false)?;
+    check_len("copy_block", "dst", nd, dst.len(), false)?;
     match BlockDims::new(src_shape, src_offset, dst_shape, dst_offset, block)? {
         Some((dims, total)) => copy_block_dims::<S, D>(gpu, dims, total, src, dst),
         None => Ok(()),

@@ -3,10 +3,6 @@
 //! the CPU's order: bit for bit `kernels::cpu::embedding::embedding_bwd`),
 //! and the position table added to / from rows.
 
-use super::context::{DevElement, Gpu};
-use crate::error::{shape_err, Result};
-use cudarc::driver::CudaViewMut;
-
 #[macro_export]
 #[doc(hidden)]
 macro_rules! cuda_table_embedding {
@@ -22,12 +18,14 @@ macro_rules! cuda_table_embedding {
             table: in T [>= (first_row + tt) * cols], first_row: val usize, tt: val usize,
             batch: val usize, cols: val usize, y: out T [batch * tt * cols],
         ) @ elementwise(batch * tt * cols);
-        /// The sinusoidal table for positions `pos_lo..pos_lo + n` and
-        /// columns `cols_lo..cols_lo + cols` of a `total_cols`-wide table.
-        sinusoidal as sinusoidal_raw<T>(
+        /// The sinusoidal table (`kernels::cpu::embedding::sinusoidal_table`,
+        /// whose `ln_base` it takes, so both scale by the same f64) for positions
+        /// `pos_lo..pos_lo + n` and columns `cols_lo..cols_lo + cols` of a
+        /// `total_cols`-wide table.
+        sinusoidal<T>(
             pos_lo: val usize, n: val usize, cols_lo: val usize, cols: val usize,
-            total_cols: val usize, ln_base: val f64, out: out T [n * cols],
-        ) @ elementwise(n * cols);
+            total_cols: val usize, ln_base: val f64 = 10000f64.ln(), out: out T [n * cols],
+        ) if (cols_lo + cols <= total_cols) @ elementwise(n * cols);
         /// `dwte[id - vocab_lo, :] += dy[r, :]` for each distinct id
         /// `uniq[u]` of this vocabulary tile and its rows
         /// `rows[offs[u]..offs[u + 1]]` (increasing), in that order; `rows`
@@ -45,20 +43,3 @@ macro_rules! cuda_table_embedding {
     } };
 }
 crate::cuda_table_embedding!(launchers);
-
-/// The sinusoidal position table for positions `pos_lo..pos_lo + n` and
-/// columns `cols_lo..cols_lo + cols` of a `total_cols`-wide table
-/// (`kernels::cpu::embedding::sinusoidal_table`).
-pub fn sinusoidal<T: DevElement>(
-    gpu: &Gpu,
-    [pos_lo, n]: [usize; 2],
-    [cols_lo, cols, total_cols]: [usize; 3],
-    out: &mut CudaViewMut<T>,
-) -> Result<()> {
-    if cols_lo + cols > total_cols {
-        return Err(shape_err("cuda.sinusoidal", "columns outside the table"));
-    }
-    // The CPU's constant, so both sides scale by the same f64.
-    let ln_base = 10000f64.ln();
-    sinusoidal_raw(gpu, pos_lo, n, cols_lo, cols, total_cols, ln_base, out)
-}

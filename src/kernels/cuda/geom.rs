@@ -11,8 +11,6 @@ use super::{ceil_div, grid_for, ATTN_BLOCK, ELEMENTWISE_BLOCK, MAX_GRID, ROW_BLO
 pub struct Geom {
     pub grid: u32,
     pub block: (u32, u32),
-    /// Dynamic shared memory in bytes.
-    pub shared: u32,
 }
 
 impl From<Geom> for cudarc::driver::LaunchConfig {
@@ -20,7 +18,7 @@ impl From<Geom> for cudarc::driver::LaunchConfig {
         cudarc::driver::LaunchConfig {
             grid_dim: (g.grid, 1, 1),
             block_dim: (g.block.0, g.block.1, 1),
-            shared_mem_bytes: g.shared,
+            shared_mem_bytes: 0,
         }
     }
 }
@@ -29,7 +27,6 @@ const fn geom(grid: u32, block: u32) -> Geom {
     Geom {
         grid,
         block: (block, 1),
-        shared: 0,
     }
 }
 
@@ -103,7 +100,6 @@ pub fn sum_axis(outer: usize, inner: usize) -> Geom {
     Geom {
         grid: blocks.min(MAX_GRID as usize) as u32,
         block: (WARP_SIZE, SUM_AXIS_SPLIT),
-        shared: 0,
     }
 }
 

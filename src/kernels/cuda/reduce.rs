@@ -23,19 +23,21 @@ macro_rules! cuda_table_reduce {
                 beta: val f64, y: out T [rows],
             ) @ per_row_capped(rows);
             /// `part[b]` = the f64 sum of block `b`'s share of `x`.
-            sum_partial<T>(n: val usize, x: in T [n], part: out f64 [geom::reduce_parts(n)])
-                @ first_pass(n);
+            sum_partial<T>(
+                n: val usize = x.len(), x: in T [n], part: out f64 [geom::reduce_parts(n)],
+            ) @ first_pass(n);
             /// `y[0] = alpha * sum(part) + beta * y[0]`.
             sum_all as sum_all_parts<T>(
-                nparts: val usize, part: in f64 [nparts], alpha: val f64, beta: val f64,
-                y: out T [1],
+                nparts: val usize = part.len(), part: in f64 [nparts], alpha: val f64,
+                beta: val f64, y: out T [1],
             ) @ one_block();
             /// `part[3b..3b + 3]` = block `b`'s (max |x|, scaled sum of squares, NaN flag).
-            ssq_partial<T>(n: val usize, x: in T [n], part: out f64 [3 * geom::reduce_parts(n)])
-                @ first_pass(n);
+            ssq_partial<T>(
+                n: val usize = x.len(), x: in T [n], part: out f64 [3 * geom::reduce_parts(n)],
+            ) @ first_pass(n);
             /// Merges the block parts into `acc = [scale, ssq]`, in order.
             ssq_update as ssq_update_parts<T>(
-                nparts: val usize, part: in f64 [3 * nparts], acc: out f64 [2],
+                nparts: val usize = part.len() / 3, part: in f64 [3 * nparts], acc: out f64 [2],
             ) @ single();
             /// `y[0] = alpha * scale * sqrt(ssq) + beta * y[0]` from `acc = [scale, ssq]`.
             norm_from_ssq<T>(acc: in f64 [2], alpha: val f64, beta: val f64, y: out T [1])
@@ -54,7 +56,6 @@ crate::cuda_table_reduce!(launchers);
 
 /// `y[o, i] = alpha * sum_a x[o, a, i] + beta * y[o, i]`, x `[outer, len,
 /// inner]` (`kernels::cpu::reduce::sum_axis`; y not read when `beta == 0`).
-#[allow(clippy::too_many_arguments)]
 pub fn sum_axis<T: DevElement>(
     gpu: &Gpu,
     [outer, len, inner]: [usize; 3],
@@ -79,12 +80,11 @@ pub fn sum_all<T: DevElement>(
     beta: f64,
     y: &mut CudaViewMut<T>,
 ) -> Result<()> {
-    let (n, parts) = (x.len(), geom::reduce_parts(x.len()));
     // SAFETY: block b of sum_partial (grid = parts blocks) writes part[b]
     // before sum_all, next on the stream, reads it.
-    let mut part = unsafe { gpu.kernels.scratch_f64(parts) }?;
-    sum_partial(gpu, n, x, &mut part.as_view_mut())?;
-    sum_all_parts(gpu, parts, &part.as_view(), alpha, beta, y)
+    let mut part = unsafe { gpu.kernels.scratch_f64(geom::reduce_parts(x.len())) }?;
+    sum_partial(gpu, x, &mut part.as_view_mut())?;
+    sum_all_parts(gpu, &part.as_view(), alpha, beta, y)
 }
 
 /// Merges `sum(x^2)` into the scaled sum of squares `acc = [scale, ssq]`
@@ -94,10 +94,34 @@ pub fn ssq_update<T: DevElement>(
     x: &CudaView<T>,
     acc: &mut CudaViewMut<f64>,
 ) -> Result<()> {
-    let (n, parts) = (x.len(), geom::reduce_parts(x.len()));
     // SAFETY: block b of ssq_partial writes part[3b..3b + 3] before
     // ssq_update, next on the stream, reads it.
-    let mut part = unsafe { gpu.kernels.scratch_f64(3 * parts) }?;
-    ssq_partial(gpu, n, x, &mut part.as_view_mut())?;
-    ssq_update_parts::<T>(gpu, parts, &part.as_view(), acc)
+    let mut part = unsafe { gpu.kernels.scratch_f64(3 * geom::reduce_parts(x.len())) }?;
+    ssq_partial(gpu, x, &mut part.as_view_mut())?;
+    ssq_update_parts::<T>(gpu, &part.as_view(), acc)
+}
+
+/// A column reduction in two passes, bit for bit the CPU's blocked sums:
+/// `first` writes the f64 partial sums `part [nout, nblk, cols]` of every
+/// block of `COL_ROW_BLOCK` rows, then `add_col_parts` adds them into `y0`
+/// (and `y1`: `nout` = 2) in block order.
+pub fn col_sums<G: DevElement>(
+    gpu: &Gpu,
+    [rows, cols]: [usize; 2],
+    y0: &mut CudaViewMut<G>,
+    y1: Option<&mut CudaViewMut<G>>,
+    first: impl FnOnce(&mut CudaViewMut<f64>) -> Result<()>,
+) -> Result<()> {
+    if rows * cols == 0 {
+        return Ok(());
+    }
+    let nblk = rows.div_ceil(geom::COL_ROW_BLOCK);
+    // SAFETY: `first` writes every partial sum before add_col_parts, next on
+    // the stream, reads them.
+    let mut part = unsafe {
+        gpu.kernels
+            .scratch_f64((1 + y1.is_some() as usize) * nblk * cols)
+    }?;
+    first(&mut part.as_view_mut())?;
+    add_col_parts(gpu, nblk, cols, &part.as_view(), y0, y1)
 }

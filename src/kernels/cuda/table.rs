@@ -2,63 +2,49 @@
 //!
 //! Each launcher file (`elementwise.rs`, `layernorm.rs`, ...) declares its
 //! `.cu` module's kernels once, in a `#[macro_export]`ed table macro
-//! `cuda_table_<module>!(consumer)` that hands the entries to `consumer!`.
-//! [`launchers!`] (here) turns them into the cudarc launchers; the host
-//! emulator (`tools/cuda-emu`) hands the same tables to its own consumer,
-//! which declares the host symbols and launch functions with the same
-//! argument lists, length checks and geometry. An entry:
+//! `cuda_table_<module>!(consumer)` that hands the entries to `consumer!`:
+//! [`launchers!`] (here) for the cudarc launchers, `emulate!` for the host
+//! emulator (`tools/cuda-emu`), so both take the same arguments, check the
+//! same lengths and launch with the same geometry. An entry:
 //!
 //! ```text
 //! /// doc
-//! name [as launcher_name] <T [, G]> [for class] (
-//!     n: val usize,          // a scalar (usize, f64, i32, u64, P, BlockDims, ...)
+//! name [as launcher] <T [, G]> [for class] [by sel: Enum { Variant: kernel, .. }] (
+//!     alpha: val f64,        // a scalar parameter, pushed
+//!     n: val usize = y.len(),// a scalar derived from the parameters, pushed
+//!     g: host Geo,           // a parameter that is not pushed
+//!     s: host S { a: f64 },  // one whose fields s.a, ... are pushed
 //!     x: in T [n],           // const T*: a device input of n elements
-//!     s: in A [rows * 2],    // A is the first dtype's accumulator, T::Acc
+//!     s: in T::Acc [n * 2],  // the first dtype's accumulator
 //!     y: out T [>= n],       // T*: an output of at least n elements
-//!     r: opt_in T [n],       // nullable const T* (Option; None passes null)
+//!     r: opt_in T [n],       // nullable (Option; None passes null)
 //!     ix: in i64 [..],       // any length (a data-dependent contract)
-//! ) @ geometry(args);        // a function of crate::kernels::cuda::geom
+//! ) [if (condition)] @ geometry(args); // a function of crate::kernels::cuda::geom
 //! ```
 //!
-//! The kernel is `name_<dtype suffixes>` of the table's module, its
-//! arguments pushed in the listed order; `class` names the dtype tuples the
-//! host build instantiates (`tools/cuda-emu`; default: f32 and f64).
+//! The kernel is `name_<dtype suffixes>` of the table's module (with `by`:
+//! the kernel the host parameter `sel` picks), its arguments pushed in the
+//! listed order; `class` names the dtype tuples the host build instantiates
+//! (default: f32 and f64). `if` is checked before the launch.
 
-use crate::error::{shape_err, Result};
+use crate::error::{arg_err, shape_err, Result};
 
-/// `got == want` for argument `arg` of kernel `op`.
-pub fn check_len(op: &str, arg: &str, want: usize, got: usize) -> Result<()> {
-    if want == got {
+/// `got == want` (`got >= want` when `at_least`) for argument `arg` of `op`.
+pub fn check_len(op: &str, arg: &str, want: usize, got: usize, at_least: bool) -> Result<()> {
+    if got == want || (at_least && got > want) {
         return Ok(());
     }
-    Err(shape_err(
-        &format!("cuda.{op}"),
-        format!("{arg} has {got} elements, expected {want}"),
-    ))
+    let least = if at_least { "at least " } else { "" };
+    let msg = format!("{arg} has {got} elements, expected {least}{want}");
+    Err(shape_err(&format!("cuda.{op}"), msg))
 }
 
-/// `got >= want` for argument `arg` of kernel `op`.
-pub fn check_min(op: &str, arg: &str, want: usize, got: usize) -> Result<()> {
-    if got >= want {
-        return Ok(());
+/// An entry's `if (condition)`, its text the message.
+pub fn require(op: &str, ok: bool, condition: &str) -> Result<()> {
+    match ok {
+        true => Ok(()),
+        false => Err(arg_err(&format!("cuda.{op}"), format!("needs {condition}"))),
     }
-    Err(shape_err(
-        &format!("cuda.{op}"),
-        format!("{arg} has {got} elements, expected at least {want}"),
-    ))
-}
-
-/// The element type of a table pointer: `A` is the accumulator of the
-/// entry's first dtype, anything else itself.
-#[macro_export]
-#[doc(hidden)]
-macro_rules! cuda_ety {
-    ($t0:ident; A) => {
-        <$t0 as $crate::dtype::Element>::Acc
-    };
-    ($t0:ident; $t:ty) => {
-        $t
-    };
 }
 
 /// The length check of one table argument (`Result<()>`), on anything with
@@ -66,97 +52,154 @@ macro_rules! cuda_ety {
 #[macro_export]
 #[doc(hidden)]
 macro_rules! cuda_check {
-    ($op:expr, $an:ident, val, []) => { $crate::error::Result::Ok(()) };
-    ($op:expr, $an:ident, opt_in, [$($l:tt)+]) => { $crate::cuda_check!(@opt $op, $an, [$($l)+]) };
-    ($op:expr, $an:ident, opt_out, [$($l:tt)+]) => { $crate::cuda_check!(@opt $op, $an, [$($l)+]) };
-    ($op:expr, $an:ident, $k:tt, [..]) => { $crate::error::Result::Ok(()) };
+    ($op:expr, $an:ident, opt_in, $l:tt) => { $crate::cuda_check!(@opt $op, $an, $l) };
+    ($op:expr, $an:ident, opt_out, $l:tt) => { $crate::cuda_check!(@opt $op, $an, $l) };
+    ($op:expr, $an:ident, $k:tt, [$(..)?]) => { $crate::error::Result::Ok(()) };
     ($op:expr, $an:ident, $k:tt, [>= $($l:tt)+]) => {
-        $crate::kernels::cuda::table::check_min($op, stringify!($an), $($l)+, $an.len())
+        $crate::kernels::cuda::table::check_len($op, stringify!($an), $($l)+, $an.len(), true)
     };
     ($op:expr, $an:ident, $k:tt, [$($l:tt)+]) => {
-        $crate::kernels::cuda::table::check_len($op, stringify!($an), $($l)+, $an.len())
+        $crate::kernels::cuda::table::check_len($op, stringify!($an), $($l)+, $an.len(), false)
     };
-    (@opt $op:expr, $an:ident, [$($l:tt)+]) => {
-        match &$an {
-            Some($an) => $crate::cuda_check!($op, $an, in, [$($l)+]),
-            None => $crate::error::Result::Ok(()),
-        }
+    (@opt $op:expr, $an:ident, $l:tt) => {
+        $an.as_ref().map_or(Ok(()), |$an| $crate::cuda_check!($op, $an, in, $l))
     };
 }
 
-/// A launcher's parameter type for one table argument.
+/// Parses the entries of a table for `consumer!`: per entry, `consumer!(@emit
+/// ...)` with the parameters (arguments less the derived ones), the pushed
+/// arguments (less the host ones) and every argument in one form.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! cuda_entries {
+    ($cb:ident $module:ident; $(
+        $(#[$meta:meta])*
+        $name:ident $(as $lname:ident)? <$t0:ident $(, $g:ident)*> $(for $cls:ident)?
+        $(by $sel:ident : $sty:ident { $($v:ident : $kn:ident),* $(,)? })?
+        ($($an:ident : $ak:tt $at:ty $({$($f:ident : $ft:ty),* $(,)?})? $([$($al:tt)*])?
+            $(= $ad:expr)?),* $(,)?)
+        $(if ($($req:tt)+))? @ $gf:ident ($($ga:expr),* $(,)?);
+    )*) => { $(
+        $crate::cuda_entries!(@norm $cb {
+            $module; [$(#[$meta])*]; [$($lname)? $name] $name; [$($cls)? one]; $t0 [$($g)*];
+            [$($sel $sty [$($v $kn)*])?]; [$($($req)+)?]; $gf ($($ga),*);
+        } [$($sel: host $sty,)?] $($an : $ak $at [$($($al)*)?] [$($ad)?],
+            $($($f: val $ft [] [$an.$f],)*)?)*);
+    )* };
+    (@norm $cb:ident {$($e:tt)*} $p:tt $($a:tt)*) => {
+        $crate::cuda_entries!(@split $cb {$($e)* [$($a)*]} $p [] $($a)*);
+    };
+    (@split $cb:ident {$($e:tt)*} $p:tt $k:tt) => { $cb!(@emit $($e)* $p $k); };
+    (@split $cb:ident $e:tt [$($p:tt)*] [$($k:tt)*] $an:ident : host $at:ty [] [], $($r:tt)*) => {
+        $crate::cuda_entries!(@split $cb $e [$($p)* $an: host $at,] [$($k)*] $($r)*);
+    };
+    (@split $cb:ident $e:tt [$($p:tt)*] [$($k:tt)*]
+        $an:ident : $ak:tt $at:ty [$($al:tt)*] [], $($r:tt)*) => {
+        $crate::cuda_entries!(@split $cb $e [$($p)* $an: $ak $at,] [$($k)* $an: $ak $at,] $($r)*);
+    };
+    (@split $cb:ident $e:tt [$($p:tt)*] [$($k:tt)*]
+        $an:ident : $ak:tt $at:ty [$($al:tt)*] [$ad:expr], $($r:tt)*) => {
+        $crate::cuda_entries!(@split $cb $e [$($p)*] [$($k)* $an: $ak $at,] $($r)*);
+    };
+}
+
+/// Binds an entry's derived scalars (statements).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! cuda_lets {
+    ([$($an:ident : $ak:tt $at:ty [$($al:tt)*] [$($ad:expr)?],)*]) => {
+        $($(let $an: $at = $ad;)?)*
+    };
+}
+
+/// An entry's checks, its condition then every pointer's length, in order
+/// (`Result<()>`, the first failure).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! cuda_checks {
+    ($op:ident; [$($req:tt)*]; [$($an:ident : $ak:tt $at:ty [$($al:tt)*] [$($ad:expr)?],)*]) => {
+        $crate::cuda_checks!(@req $op [$($req)*])
+            $(.and_then(|()| $crate::cuda_check!($op, $an, $ak, [$($al)*])))*
+    };
+    (@req $op:ident []) => { $crate::error::Result::Ok(()) };
+    (@req $op:ident [$($req:tt)+]) => {
+        $crate::kernels::cuda::table::require($op, $($req)+, stringify!($($req)+))
+    };
+}
+
+/// A launcher's parameter type.
 macro_rules! launch_param {
-    ($t0:ident; val $t:tt) => { $t };
-    ($t0:ident; in $t:tt) => { &cudarc::driver::CudaView<'_, $crate::cuda_ety!($t0; $t)> };
-    ($t0:ident; out $t:tt) => { &mut cudarc::driver::CudaViewMut<'_, $crate::cuda_ety!($t0; $t)> };
-    ($t0:ident; opt_in $t:tt) => { Option<launch_param!($t0; in $t)> };
-    ($t0:ident; opt_out $t:tt) => { Option<launch_param!($t0; out $t)> };
+    (in $t:ty) => { &cudarc::driver::CudaView<'_, $t> };
+    (out $t:ty) => { &mut cudarc::driver::CudaViewMut<'_, $t> };
+    (opt_in $t:ty) => { Option<launch_param!(in $t)> };
+    (opt_out $t:ty) => { Option<launch_param!(out $t)> };
+    ($val_or_host:tt $t:ty) => { $t };
 }
 
-/// Pushes one table argument (scalars by reference, views as pointers, a
-/// missing optional pointer as null).
+/// Pushes one argument (scalars by reference, views as pointers, a missing
+/// optional pointer as null).
 macro_rules! launch_arg {
-    ($b:ident, $null:ident, val, $an:ident) => {
+    ($b:ident, val, $an:ident) => {
         $b.arg(&$an)
     };
-    ($b:ident, $null:ident, in, $an:ident) => {
+    ($b:ident, in, $an:ident) => {
         $b.arg($an)
     };
-    ($b:ident, $null:ident, out, $an:ident) => {
+    ($b:ident, out, $an:ident) => {
         $b.arg($an)
     };
-    ($b:ident, $null:ident, $k:tt, $an:ident) => {
+    ($b:ident, $k:tt, $an:ident) => {
         match $an {
             Some(p) => $b.arg(p),
-            None => $b.arg(&$null),
+            None => $b.arg(&0u64),
         }
+    };
+}
+
+/// The kernel's base name: the entry's, or the one its selector picks.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! cuda_kernel {
+    ([] $name:ident) => {
+        stringify!($name)
+    };
+    ([$sel:ident $sty:ident [$($v:ident $kn:ident)*]] $name:ident) => {
+        match $sel { $($sty::$v => stringify!($kn),)* }
     };
 }
 
 /// The cudarc launchers of one kernel table (see the module doc): per entry
-/// `pub fn name<T: DevElement, ...>(gpu: &Gpu, args...) -> Result<()>`,
-/// which checks every pointer's length, picks `name_<dtypes>` of the module
-/// and launches it on the GPU's stream with the entry's geometry.
+/// `pub fn name<T: DevElement, ...>(gpu: &Gpu, params...) -> Result<()>`,
+/// which checks the entry, picks `name_<dtypes>` of the module and launches
+/// it on the GPU's stream with the entry's geometry.
 macro_rules! launchers {
-    ($module:ident; $(
-        $(#[$meta:meta])*
-        $kname:ident $(as $lname:ident)? <$t0:ident $(, $g:ident)*> $(for $cls:ident)?
-        ($($an:ident : $ak:tt $at:tt $([$($al:tt)+])?),* $(,)?)
-        @ $gf:ident ($($ga:expr),* $(,)?);
-    )*) => { $(
-        launchers!(@one $module; [$($lname)? $kname] $kname; [$(#[$meta])*]; $t0 [$($g)*];
-            [$($an : $ak $at [$($($al)+)?]),*]; $gf ($($ga),*));
-    )* };
-    (@one $module:ident; [$fname:ident $($_k:ident)?] $kname:ident; [$($attr:tt)*];
-        $t0:ident [$($g:ident)*]; [$($an:ident : $ak:tt $at:tt [$($al:tt)*]),*];
-        $gf:ident ($($ga:expr),*)) => {
+    ($module:ident; $($e:tt)*) => { $crate::cuda_entries!(launchers $module; $($e)*); };
+    (@emit $module:ident; [$($attr:tt)*]; [$fname:ident $($_n:ident)?] $name:ident; $cls:tt;
+        $t0:ident [$($g:ident)*]; $sel:tt; $req:tt; $gf:ident ($($ga:expr),*); $args:tt
+        [$($pn:ident : $pk:tt $pt:ty,)*] [$($kn:ident : $kk:tt $kt:ty,)*]) => {
         $($attr)*
         #[allow(clippy::too_many_arguments)]
         pub fn $fname<$t0: $crate::kernels::cuda::context::DevElement
             $(, $g: $crate::kernels::cuda::context::DevElement)*>(
             gpu: &$crate::kernels::cuda::context::Gpu,
-            $($an: launch_param!($t0; $ak $at)),*
+            $($pn: launch_param!($pk $pt)),*
         ) -> $crate::error::Result<()> {
             use cudarc::driver::PushKernelArg;
-            let op = stringify!($kname);
-            $($crate::cuda_check!(op, $an, $ak, [$($al)*])?;)*
-            let name = $crate::kernels::cuda::kernel_name(
-                op,
-                &[<$t0 as $crate::dtype::Element>::DTYPE $(, <$g as $crate::dtype::Element>::DTYPE)*],
-            );
+            let op = $crate::cuda_kernel!($sel $name);
+            $crate::cuda_lets!($args);
+            $crate::cuda_checks!(op; $req; $args)?;
+            let name = $crate::kernels::cuda::kernel_name(op, &[$t0::DTYPE $(, $g::DTYPE)*]);
             let f = gpu.kernels.func($crate::kernels::cuda::Module::$module, &name)?;
             let geom = $crate::kernels::cuda::geom::$gf($($ga),*);
-            #[allow(unused_variables)]
-            let null: u64 = 0;
             let mut b = gpu.stream.launch_builder(&f);
-            $(launch_arg!(b, null, $ak, $an);)*
+            $(launch_arg!(b, $kk, $kn);)*
             // SAFETY: this entry of the kernel table is the kernel's C
             // signature: the arguments are pushed in its order with its
-            // types (dtype parameters as the name's suffixes, `A` their
-            // accumulator, optional pointers null), every pointer was
-            // checked above to hold the elements the kernel may touch, and
-            // the geometry is the one the kernel is written for. The host
-            // emulator runs the kernel from the same table.
+            // types (dtype parameters as the name's suffixes, optional
+            // pointers null), every pointer was checked above to hold the
+            // elements the kernel may touch, and the geometry is the one the
+            // kernel is written for. The host emulator runs the kernel from
+            // the same table.
             unsafe { b.launch(geom.into()) }.map_err($crate::kernels::cuda::context::drv)?;
             Ok(())
         }

@@ -4,8 +4,8 @@
 //! cudarc launchers come from: same argument lists, length checks and
 //! geometry) and compared with gpt2rs's CPU kernels. The comparisons are
 //! this crate's tests (`src/tests`); the library is the launch function and
-//! one module of bindings per `.cu` module (`elementwise::fill::<T>(n,
-//! value, y)`, ...).
+//! one module of bindings per `.cu` module (`elementwise::fill::<T>(value,
+//! y)`, ...).
 //!
 //! What this checks: the kernels' index arithmetic, partial tiles, block and
 //! warp reductions, argument order and struct layouts, and the rounding the
@@ -17,10 +17,13 @@
 use std::cell::Cell;
 use std::ffi::c_void;
 
-pub use gpt2rs::kernels::cuda::activation::Dims8;
-pub use gpt2rs::kernels::cuda::attention::AttnDropArgs;
+pub use gpt2rs::kernels::cpu::activation::Activation;
+pub use gpt2rs::kernels::cuda::activation::{Dims8, DropoutGeometry};
+pub use gpt2rs::kernels::cuda::attention::{AttnDropArgs, ATTN_HS_MAX};
+pub use gpt2rs::kernels::cuda::attention_tc::Geo;
 pub use gpt2rs::kernels::cuda::elementwise::BlockDims;
 pub use gpt2rs::kernels::cuda::geom::{self, Geom};
+pub use gpt2rs::kernels::cuda::optim::{AdamScalars, SgdScalars};
 
 extern "C" {
     fn emu_launch(body: extern "C" fn(*mut c_void), arg: *mut c_void, grid: u32, bx: u32, by: u32);
@@ -47,7 +50,6 @@ pub fn launch<F: Fn()>(g: Geom, f: F) {
         // SAFETY: `arg` is the `&F` passed below, alive for the launch.
         unsafe { (*(arg as *const F))() }
     }
-    assert_eq!(g.shared, 0, "the emulator has no dynamic shared memory");
     let grid = GRID.with(|c| c.get()).unwrap_or(g.grid);
     // SAFETY: emu_launch calls `run::<F>(&f)` from fibers of this thread
     // only, and returns after the last of them.
@@ -62,26 +64,26 @@ pub fn launch<F: Fn()>(g: Geom, f: F) {
     }
 }
 
-/// A host launch function's parameter type for one table argument: slices
-/// for device pointers.
+/// A host launch function's parameter type: slices for device pointers.
 macro_rules! emu_param {
-    ($t0:ident; val $t:tt) => { $t };
-    ($t0:ident; in $t:tt) => { &[gpt2rs::cuda_ety!($t0; $t)] };
-    ($t0:ident; out $t:tt) => { &mut [gpt2rs::cuda_ety!($t0; $t)] };
-    ($t0:ident; opt_in $t:tt) => { Option<emu_param!($t0; in $t)> };
-    ($t0:ident; opt_out $t:tt) => { Option<emu_param!($t0; out $t)> };
+    (val $t:ty) => { $t };
+    (host $t:ty) => { $t };
+    (in $t:ty) => { &[$t] };
+    (out $t:ty) => { &mut [$t] };
+    (opt_in $t:ty) => { Option<&[$t]> };
+    (opt_out $t:ty) => { Option<&mut [$t]> };
 }
 
-/// The C type of one table argument.
+/// The C type of one pushed argument.
 macro_rules! emu_raw {
-    ($t0:ident; val $t:tt) => { $t };
-    ($t0:ident; in $t:tt) => { *const gpt2rs::cuda_ety!($t0; $t) };
-    ($t0:ident; out $t:tt) => { *mut gpt2rs::cuda_ety!($t0; $t) };
-    ($t0:ident; opt_in $t:tt) => { *const gpt2rs::cuda_ety!($t0; $t) };
-    ($t0:ident; opt_out $t:tt) => { *mut gpt2rs::cuda_ety!($t0; $t) };
+    (val $t:ty) => { $t };
+    (in $t:ty) => { *const $t };
+    (out $t:ty) => { *mut $t };
+    (opt_in $t:ty) => { *const $t };
+    (opt_out $t:ty) => { *mut $t };
 }
 
-/// The C value of one host argument.
+/// The C value of one pushed argument.
 macro_rules! emu_value {
     (val $an:ident) => {
         $an
@@ -104,75 +106,89 @@ macro_rules! emu_value {
 /// `FOR_ALL_DTYPES`, `FOR_GRAD_PAIRS`, the cast pairs, optim.cu's pairs,
 /// attention_tc.cu's f32), as `(symbol, suffix, [DTypes])`.
 macro_rules! emu_class {
-    ([$cls:ident $($_d:ident)?] $($rest:tt)*) => { emu_class!(@$cls $($rest)*); };
-    (@one $($rest:tt)*) => {
+    (one $($rest:tt)*) => {
         emu_kernel!([(k_f32 "_f32" [F32]) (k_f64 "_f64" [F64])] $($rest)*);
     };
-    (@tc $($rest:tt)*) => { emu_kernel!([(k_f32 "_f32" [F32])] $($rest)*); };
-    (@grad $($rest:tt)*) => {
+    (tc $($rest:tt)*) => { emu_kernel!([(k_f32 "_f32" [F32])] $($rest)*); };
+    (grad $($rest:tt)*) => {
         emu_kernel!([(k_f32_f32 "_f32_f32" [F32 F32]) (k_f64_f64 "_f64_f64" [F64 F64])] $($rest)*);
     };
-    (@pairs $($rest:tt)*) => {
+    (pairs $($rest:tt)*) => {
         emu_kernel!([(k_f32_f32 "_f32_f32" [F32 F32]) (k_f32_f64 "_f32_f64" [F32 F64])
             (k_f64_f32 "_f64_f32" [F64 F32]) (k_f64_f64 "_f64_f64" [F64 F64])] $($rest)*);
     };
-    (@optim $($rest:tt)*) => {
+    (optim $($rest:tt)*) => {
         emu_kernel!([(k_f32_f32 "_f32_f32" [F32 F32]) (k_f64_f64 "_f64_f64" [F64 F64])
             (k_f64_f32 "_f64_f32" [F64 F32])] $($rest)*);
     };
 }
 
 /// The host binding of one kernel table (gpt2rs's `cuda_table_<module>!`):
-/// per entry, a module `name` holding the host symbols, and a function `name::<dtypes>(args...)` taking the
-/// launcher's argument list (slices for pointers) that checks the same
-/// lengths, takes the same geometry and runs the kernel.
+/// per entry, a function `name::<dtypes>(params...)` taking the launcher's
+/// parameters (slices for pointers) that checks the same conditions and
+/// lengths, takes the same geometry and runs the kernel; per kernel, a
+/// module of its host symbols.
 macro_rules! emulate {
-    ($module:ident; $(
-        $(#[$meta:meta])*
-        $kname:ident $(as $lname:ident)? <$t0:ident $(, $g:ident)*> $(for $cls:ident)?
-        ($($an:ident : $ak:tt $at:tt $([$($al:tt)+])?),* $(,)?)
-        @ $gf:ident ($($ga:expr),* $(,)?);
-    )*) => { $(
-        emu_class!([$($cls)? one] [$($lname)? $kname] $kname; $t0 [$($g)*];
-            [$($an : $ak $at [$($($al)+)?]),*]; $gf ($($ga),*));
-    )* };
+    ($module:ident; $($e:tt)*) => { gpt2rs::cuda_entries!(emulate $module; $($e)*); };
+    (@emit $module:ident; [$($attr:tt)*]; $names:tt $name:ident; [$cls:ident $($_c:ident)?];
+        $($rest:tt)*) => {
+        emu_class!($cls $names $name; $($rest)*);
+    };
+}
+
+/// The host symbols of kernel `kn` (a module) and their choice by dtypes.
+macro_rules! emu_syms {
+    ($dts:tt [] $name:ident) => { emu_syms!(@one $dts $name); };
+    ($dts:tt [$sel:ident $sty:ident [$($v:ident $kn:ident)*]] $name:ident) => {
+        $(emu_syms!(@one $dts $kn);)*
+    };
+    (@one [$(($sym:ident $sfx:literal [$($dt:ident)*]))*] $kn:ident) => {
+        pub mod $kn {
+            use gpt2rs::dtype::DType;
+            extern "C" {
+                // Symbols only: called through the signature of their dtypes.
+                $( #[link_name = concat!(stringify!($kn), $sfx)] fn $sym(); )*
+            }
+            pub fn sym(d: &[DType]) -> unsafe extern "C" fn() {
+                match d {
+                    $( [$(DType::$dt),*] => $sym, )*
+                    _ => panic!("{}: no host instantiation for {d:?}", stringify!($kn)),
+                }
+            }
+        }
+    };
+}
+
+/// The symbol lookup of an entry's kernel (the one its selector picks).
+macro_rules! emu_pick {
+    ([] $name:ident) => { $name::sym };
+    ([$sel:ident $sty:ident [$($v:ident $kn:ident)*]] $name:ident) => {
+        match $sel { $($sty::$v => $kn::sym,)* }
+    };
 }
 
 macro_rules! emu_kernel {
-    ([$(($sym:ident $sfx:literal [$($dt:ident)*]))*] [$fname:ident $($_k:ident)?] $kname:ident;
-        $t0:ident [$($g:ident)*]; [$($an:ident : $ak:tt $at:tt [$($al:tt)*]),*];
-        $gf:ident ($($ga:expr),*)) => {
-        pub mod $fname {
-            #[allow(unused_imports)]
-            use super::*;
-            extern "C" {
-                // Symbols only: called through `Sig` of their dtypes.
-                $( #[link_name = concat!(stringify!($kname), $sfx)] pub fn $sym(); )*
-            }
-        }
+    ($dts:tt [$fname:ident $($_n:ident)?] $name:ident; $t0:ident [$($g:ident)*]; $sel:tt;
+        $req:tt; $gf:ident ($($ga:expr),*); $args:tt
+        [$($pn:ident : $pk:tt $pt:ty,)*] [$($kn:ident : $kk:tt $kt:ty,)*]) => {
+        emu_syms!($dts $sel $name);
         #[allow(clippy::too_many_arguments)]
         pub fn $fname<$t0: gpt2rs::dtype::Element $(, $g: gpt2rs::dtype::Element)*>(
-            $($an: emu_param!($t0; $ak $at)),*
+            $($pn: emu_param!($pk $pt)),*
         ) {
-            #[allow(unused_imports)]
-            use gpt2rs::dtype::{DType, Element};
-            let op = stringify!($kname);
-            $(gpt2rs::cuda_check!(op, $an, $ak, [$($al)*]).unwrap_or_else(|e| panic!("{e}"));)*
+            let op = gpt2rs::cuda_kernel!($sel $name);
+            gpt2rs::cuda_lets!($args);
+            gpt2rs::cuda_checks!(op; $req; $args).unwrap_or_else(|e| panic!("{e}"));
             let geom = gpt2rs::kernels::cuda::geom::$gf($($ga),*);
-            let dtypes = (<$t0 as Element>::DTYPE, $(<$g as Element>::DTYPE,)*);
-            let sym: unsafe extern "C" fn() = match dtypes {
-                $( ($(DType::$dt,)*) => $fname::$sym, )*
-                d => panic!("{op}: no host instantiation for {d:?}"),
-            };
-            // SAFETY: `sym` is `<kname>_<dtypes>`, whose C signature is the
+            let sym = emu_pick!($sel $name)(&[$t0::DTYPE $(, $g::DTYPE)*]);
+            // SAFETY: `sym` is `<kernel>_<dtypes>`, whose C signature is the
             // table entry's for these dtypes.
-            let f = unsafe {
-                std::mem::transmute::<unsafe extern "C" fn(), unsafe extern "C" fn($(emu_raw!($t0; $ak $at)),*)>(sym)
-            };
-            $(let $an = emu_value!($ak $an);)*
+            let f: unsafe extern "C" fn($(emu_raw!($kk $kt)),*) =
+                unsafe { std::mem::transmute(sym) };
+            $(let $kn = emu_value!($kk $kn);)*
             // SAFETY: the pointers come from slices checked above to hold
             // what the kernel touches; they outlive the launch.
-            launch(geom, || unsafe { f($($an),*) });
+            launch(geom, || unsafe { f($($kn),*) });
         }
     };
 }

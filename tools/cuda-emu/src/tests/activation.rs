@@ -15,22 +15,6 @@ use gpt2rs::kernels::cpu::activation::{self as ka, Activation};
 use gpt2rs::kernels::cpu::dropout::{self as kd, DropoutMask};
 use gpt2rs::kernels::cuda::activation::DropoutGeometry;
 
-type Fwd<T> = fn(usize, &[T], &mut [T]);
-type Bwd<T> = fn(usize, &[T], &[T], &mut [T]);
-
-/// The kernels the launchers `activation_fwd` / `activation_bwd` pick.
-fn by_act<T: Dev>(act: Activation) -> (Fwd<T>, Bwd<T>, Fwd<T>) {
-    match act {
-        Activation::GeluTanh => (emu::gelu_fwd, emu::gelu_bwd, emu::gelu_bwd_inplace),
-        Activation::Gelu => (
-            emu::gelu_exact_fwd,
-            emu::gelu_exact_bwd,
-            emu::gelu_exact_bwd_inplace,
-        ),
-        Activation::Relu => (emu::relu_fwd, emu::relu_bwd, emu::relu_bwd_inplace),
-    }
-}
-
 fn activations<T: Dev>() {
     let n = 1000;
     let mut x: Vec<T> = Rng(20).vec(n, 0.0, 6.0);
@@ -43,7 +27,6 @@ fn activations<T: Dev>() {
     let dy: Vec<T> = Rng(21).vec(n, 0.0, 1.0);
     let tol = 8.0 * eps::<T>();
     for act in [Activation::GeluTanh, Activation::Gelu, Activation::Relu] {
-        let (fwd, bwd, bwd_inplace) = by_act::<T>(act);
         let check = |what: &str, got: &[T], want: &[T]| {
             if act == Activation::Relu {
                 exact(&format!("{act:?} {what}"), got, want);
@@ -54,18 +37,18 @@ fn activations<T: Dev>() {
         let mut want = vec![T::from_f64(0.0); n];
         ka::activation_fwd::<T>(act, &x, &mut want);
         let mut y = Buf::<T>::zeros(n);
-        fwd(n, &x, y.get_mut());
+        emu::activation_fwd::<T>(act, &x, y.get_mut());
         check("fwd", y.get(), &want);
 
         let mut want = vec![T::from_f64(0.0); n];
         ka::activation_bwd::<T>(act, &x, &dy, &mut want);
         let mut dx = Buf::<T>::zeros(n);
-        bwd(n, &x, &dy, dx.get_mut());
+        emu::activation_bwd::<T>(act, &x, &dy, dx.get_mut());
         check("bwd", dx.get(), &want);
 
         // In place: the same kernel body reading dy from dx.
         let mut dxy = Buf::new(&dy);
-        bwd_inplace(n, &x, dxy.get_mut());
+        emu::activation_bwd_inplace::<T>(act, &x, dxy.get_mut());
         exact(&format!("{act:?} bwd in place = bwd"), dxy.get(), dx.get());
     }
 }
@@ -96,10 +79,8 @@ fn dropout_case<T: Dev>(
     kd::dropout_fwd::<T>(seed, stream, p, off, ts, shape, &mut want);
     let geo = DropoutGeometry::new(off, ts, shape).unwrap();
     let scale = DropoutMask::new(seed, stream, p).scale;
-    let (ts8, gs8) = (geo.tile_shape, geo.global_stride);
     let mut y = Buf::new(&x);
-    let yp = y.get_mut();
-    emu::dropout_raw::<T>(n, seed, stream, p, scale, geo.rank, ts8, gs8, geo.base, yp);
+    emu::dropout::<T>(seed, stream, p, scale, y.get_mut(), geo);
     exact(
         &format!("dropout seed {seed} stream {stream} p {p} tile {off:?} {ts:?} of {shape:?}"),
         y.get(),

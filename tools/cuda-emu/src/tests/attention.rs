@@ -77,7 +77,7 @@ fn attention<T: Dev>(hs: usize, drop: AttnDropout) {
             );
             let (mp, lp, ap) = (m.get_mut(), l.get_mut(), a.get_mut());
             #[rustfmt::skip]
-            emu::flash_fwd_raw::<T>(
+            emu::flash_fwd::<T>(
                 &qt, &kt_, &vt, B, tq, tk, tk, NH, hs, q0, k0, scale, dev_drop, mp, lp, ap,
             );
         }
@@ -166,7 +166,7 @@ fn attention<T: Dev>(hs: usize, drop: AttnDropout) {
             let (a, b, c) = (dq[i].get_mut(), dk[j].get_mut(), dv[j].get_mut());
             let (lp, dp) = (&lses[i], &deltas[i]);
             #[rustfmt::skip]
-            emu::flash_bwd_raw::<T>(
+            emu::flash_bwd::<T>(
                 &qt, &kt_, &vt, &dot, lp, dp, B, tq, tk, NH, hs, q0, k0, scale, dev_drop, a, b, c,
             );
         }
@@ -228,7 +228,7 @@ fn attention<T: Dev>(hs: usize, drop: AttnDropout) {
     }
     let (mp, lp, ap) = (m.get_mut(), l.get_mut(), a.get_mut());
     #[rustfmt::skip]
-    emu::flash_fwd_raw::<T>(
+    emu::flash_fwd::<T>(
         &qt, &kt_, &vt, B, tq, tk, ks, NH, hs, q0, k0, scale, dev_drop, mp, lp, ap,
     );
     close(

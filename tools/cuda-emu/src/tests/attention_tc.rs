@@ -15,19 +15,14 @@ use super::{close, eps, Buf, Rng};
 use crate::attention_tc as emu;
 use crate::AttnDropArgs;
 use gpt2rs::kernels::cpu::attention::{self as kt, AttnDropout};
+use gpt2rs::kernels::cuda::attention_tc::Geo;
+use gpt2rs::kernels::cuda::blas::Strided;
 
 const B: usize = 2;
 const NH: usize = 3;
 const T_: usize = 40;
 const Q_TILES: [(usize, usize); 2] = [(0, 36), (36, 4)];
 const K_TILES: [(usize, usize); 2] = [(0, 20), (20, 20)];
-
-/// The first query row of a pair that sees a key (`Geo::new` of
-/// attention_tc.rs, private there); `None`: the pair does nothing.
-fn first_row(tq: usize, tk: usize, q0: usize, k0: usize) -> Option<usize> {
-    let first = k0.saturating_sub(q0);
-    (tk > 0 && first < tq).then_some(first)
-}
 
 /// Positions `t0..t0 + n` of a `[B, T, NH, hs]` tensor.
 fn tile(x: &[f32], hs: usize, t0: usize, n: usize) -> Vec<f32> {
@@ -37,13 +32,15 @@ fn tile(x: &[f32], hs: usize, t0: usize, n: usize) -> Vec<f32> {
         .collect()
 }
 
-/// One (query tile, key tile) pair: the operands and the block geometry.
+/// Element (row `r`, head `hd`) of an operand laid out as `s`.
+fn at(s: Strided, hd: usize, r: usize) -> usize {
+    s.offset + hd * s.stride + r * s.ld
+}
+
+/// One (query tile, key tile) pair: the operands and the launcher's
+/// geometry of it (`Geo`: rows from `first`, score blocks `[bc, h, nr, tk]`).
 struct Pair<'a> {
-    hs: usize,
-    tq: usize,
-    tk: usize,
-    first: usize,
-    nr: usize,
+    g: Geo,
     q: &'a [f32],
     k: &'a [f32],
     v: &'a [f32],
@@ -52,28 +49,27 @@ struct Pair<'a> {
 impl Pair<'_> {
     /// Offset of query row `first + r` of batch row `bi`, head `hd`.
     fn qi(&self, bi: usize, hd: usize, r: usize) -> usize {
-        ((bi * self.tq + self.first + r) * NH + hd) * self.hs
+        at(self.g.q_heads(bi), hd, r)
     }
     /// Offset of key row `j` of batch row `bi`, head `hd`.
     fn ki(&self, bi: usize, hd: usize, j: usize) -> usize {
-        ((bi * self.tk + j) * NH + hd) * self.hs
+        at(self.g.k_heads(bi), hd, j)
     }
     /// Index in the chunk's score block of (bi, hd, r, j).
     fn si(&self, bi: usize, b0: usize, hd: usize, r: usize, j: usize) -> usize {
-        (((bi - b0) * NH + hd) * self.nr + r) * self.tk + j
+        at(self.g.s_heads(bi, b0), hd, r) + j
     }
     /// `alpha a_i . b_j` for every score of the chunk (a query-shaped, b
     /// key-shaped): the launcher's score GEMMs.
     fn scores(&self, a: &[f32], b: &[f32], alpha: f64, b0: usize, nb: usize) -> Vec<f32> {
-        let mut s = vec![0.0f32; nb * NH * self.nr * self.tk];
+        let g = &self.g;
+        let mut s = vec![0.0f32; nb * g.blk()];
         for bi in b0..b0 + nb {
             for hd in 0..NH {
-                for r in 0..self.nr {
-                    for j in 0..self.tk {
+                for r in 0..g.nr {
+                    for j in 0..g.tk {
                         let (x, y) = (self.qi(bi, hd, r), self.ki(bi, hd, j));
-                        let dot: f64 = (0..self.hs)
-                            .map(|d| a[x + d] as f64 * b[y + d] as f64)
-                            .sum();
+                        let dot: f64 = (0..g.hs).map(|d| a[x + d] as f64 * b[y + d] as f64).sum();
                         s[self.si(bi, b0, hd, r, j)] = (alpha * dot) as f32;
                     }
                 }
@@ -81,6 +77,11 @@ impl Pair<'_> {
         }
         s
     }
+}
+
+/// The pair's geometry with chunks of `bc` batch rows (`None`: nothing to do).
+fn geo(hs: usize, (q0, tq): (usize, usize), (k0, tk): (usize, usize), bc: usize) -> Option<Geo> {
+    Geo::new([B, tq, tk, NH, hs], [q0, k0]).map(|g| Geo { bc, ..g })
 }
 
 fn run(hs: usize, drop: AttnDropout, bc: usize) {
@@ -110,34 +111,25 @@ fn run(hs: usize, drop: AttnDropout, bc: usize) {
             kt::attn_fwd_update::<f32>(
                 &qt, &kt_, &vt, B, tq, tk, NH, hs, q0, k0, scale, drop, &mut mw, &mut lw, &mut aw,
             );
-            let Some(first) = first_row(tq, tk, q0, k0) else {
+            let Some(g) = geo(hs, (q0, tq), (k0, tk), bc) else {
                 continue;
             };
             let pr = Pair {
-                hs,
-                tq,
-                tk,
-                first,
-                nr: tq - first,
+                g,
                 q: &qt,
                 k: &kt_,
                 v: &vt,
             };
-            for b0 in (0..B).step_by(bc) {
-                let nb = bc.min(B - b0);
+            for (b0, nb) in g.chunks() {
                 let s = pr.scores(pr.q, pr.k, scale, b0, nb);
-                let nrows = nb * NH * pr.nr;
                 let mut p = Buf::<f32>::filled(s.len(), f64::NAN); // the kernel writes every entry
                 let (mp, lp, ap, pp) = (m.get_mut(), l.get_mut(), acc.get_mut(), p.get_mut());
-                #[rustfmt::skip]
-                emu::attn_tc_fwd_rows::<f32>(
-                    &s, nrows, pr.nr, tk, tq, NH, hs, first, q0, k0, b0, dev_drop, mp, lp, ap, pp,
-                );
+                emu::attn_tc_fwd_rows::<f32>(&s, g, b0, dev_drop, mp, lp, ap, pp, nb);
                 // acc += Pd V.
                 let (p, a) = (p.get(), acc.get_mut());
                 for bi in b0..b0 + nb {
                     for hd in 0..NH {
-                        for r in 0..pr.nr {
+                        for r in 0..g.nr {
                             for d in 0..hs {
                                 let sum: f64 = (0..tk)
                                     .map(|j| {
@@ -178,31 +170,23 @@ fn run(hs: usize, drop: AttnDropout, bc: usize) {
                 zeros(B * tk * NH * hs),
                 zeros(B * tk * NH * hs),
             );
-            if let Some(first) = first_row(tq, tk, q0, k0) {
+            if let Some(g) = geo(hs, (q0, tq), (k0, tk), bc) {
                 let pr = Pair {
-                    hs,
-                    tq,
-                    tk,
-                    first,
-                    nr: tq - first,
+                    g,
                     q: &qt,
                     k: &kt_,
                     v: &vt,
                 };
-                for b0 in (0..B).step_by(bc) {
-                    let nb = bc.min(B - b0);
+                for (b0, nb) in g.chunks() {
                     let s = pr.scores(pr.q, pr.k, scale, b0, nb);
                     let dp = pr.scores(&dot, pr.v, 1.0, b0, nb);
-                    let nrows = nb * NH * pr.nr;
                     let (mut pd, mut ds) = (
                         Buf::<f32>::filled(s.len(), f64::NAN),
                         Buf::<f32>::filled(s.len(), f64::NAN),
                     );
                     let (pdp, dsp) = (pd.get_mut(), ds.get_mut());
-                    #[rustfmt::skip]
                     emu::attn_tc_bwd_rows::<f32>(
-                        &s, &dp, &lse, &delta, nrows, pr.nr, tk, tq, NH, first, q0, k0, b0,
-                        dev_drop, pdp, dsp,
+                        &s, &dp, &lse, &delta, g, b0, dev_drop, pdp, dsp, nb,
                     );
                     let (pd, ds) = (pd.get(), ds.get());
                     // dV += Pd^T dO, dQ += scale dS K, dK += scale dS^T Q.
@@ -210,7 +194,7 @@ fn run(hs: usize, drop: AttnDropout, bc: usize) {
                         for hd in 0..NH {
                             for d in 0..hs {
                                 for j in 0..tk {
-                                    let (gv, gk): (f64, f64) = (0..pr.nr)
+                                    let (gv, gk): (f64, f64) = (0..g.nr)
                                         .map(|r| {
                                             let (x, y) =
                                                 (pr.si(bi, b0, hd, r, j), pr.qi(bi, hd, r) + d);
@@ -224,7 +208,7 @@ fn run(hs: usize, drop: AttnDropout, bc: usize) {
                                     dv[y] = (dv[y] as f64 + gv) as f32;
                                     dk[y] = (dk[y] as f64 + scale * gk) as f32;
                                 }
-                                for r in 0..pr.nr {
+                                for r in 0..g.nr {
                                     let g: f64 = (0..tk)
                                         .map(|j| {
                                             ds[pr.si(bi, b0, hd, r, j)] as f64

@@ -36,20 +36,20 @@ fn blas1<T: Dev>() {
         let mut want = y0.clone();
         kew::fill::<T>(value, &mut want);
         let mut y = Buf::new(&y0);
-        emu::fill::<T>(n, value, y.get_mut());
+        emu::fill::<T>(value, y.get_mut());
         exact(&format!("fill {value}"), y.get(), &want);
     }
     for alpha in [0.3, -2.0, 0.0] {
         let mut want = y0.clone();
         kew::scale::<T>(alpha, &mut want);
         let mut y = Buf::new(&y0);
-        emu::scale::<T>(n, alpha, y.get_mut());
+        emu::scale::<T>(alpha, y.get_mut());
         exact(&format!("scale {alpha}"), y.get(), &want);
 
         let mut want = y0.clone();
         kew::axpy::<T>(alpha, &x, &mut want);
         let mut y = Buf::new(&y0);
-        emu::axpy::<T>(n, alpha, &x, y.get_mut());
+        emu::axpy::<T>(alpha, &x, y.get_mut());
         exact(&format!("axpy {alpha}"), y.get(), &want);
 
         // beta == 0: y is write-only, so its NaN must not leak.
@@ -57,7 +57,7 @@ fn blas1<T: Dev>() {
             let mut want = y0.clone();
             kew::add::<T>(alpha, &x, beta, &mut want);
             let mut y = Buf::new(&y0);
-            emu::add::<T>(n, alpha, &x, beta, y.get_mut());
+            emu::add::<T>(alpha, &x, beta, y.get_mut());
             exact(&format!("add {alpha} {beta}"), y.get(), &want);
         }
     }
@@ -112,7 +112,7 @@ fn conversions<S: Dev, D: Dev>() {
     let mut want = vec![D::from_f64(0.0); n];
     kew::cast::<S, D>(&x, &mut want);
     let mut y = Buf::<D>::zeros(n);
-    emu::cast::<S, D>(n, &x, y.get_mut());
+    emu::cast::<S, D>(&x, y.get_mut());
     exact("cast", y.get(), &want);
 
     for &(ss, so, ds, doff, blk) in COPY_CASES {

@@ -143,12 +143,11 @@ fn positions<T: Dev>() {
     // A tile of the table starting at an odd column. sin, cos and exp in
     // f64 are libdevice's on the GPU, not the CPU's libm (embedding.cu's
     // header): an f64 ulp or two, then rounded to T.
-    let ln_base = 10000f64.ln(); // the launcher's constant
     for (pos_lo, n, cols_lo, cols, total) in [(3, 9, 5, 14, 24), (0, 40, 0, 8, 8)] {
         let mut want = vec![T::from_f64(0.0); n * cols];
         ke::sinusoidal_table::<T>(pos_lo, n, cols_lo, cols, total, &mut want);
         let mut out = Buf::<T>::zeros(n * cols);
-        emu::sinusoidal_raw::<T>(pos_lo, n, cols_lo, cols, total, ln_base, out.get_mut());
+        emu::sinusoidal::<T>(pos_lo, n, cols_lo, cols, total, out.get_mut());
         let tol = 2.0 * eps::<T>();
         close(
             &format!("sinusoidal {pos_lo}+{n} x {cols_lo}+{cols} of {total}"),

@@ -26,21 +26,7 @@ fn dev_sgd<P: Dev, G: Element>(
 ) {
     let s = SgdScalars::<P>::new(lr, momentum, dampening, nesterov, weight_decay, first_step);
     // Without momentum the launcher passes a null buffer.
-    let bp = buf.map(|b| b.get_mut());
-    emu::sgd_step_raw::<P, G>(
-        g.len(),
-        p.get_mut(),
-        g,
-        bp,
-        s.neg_lr,
-        s.wd,
-        s.decay,
-        s.has_momentum,
-        s.mom,
-        s.one_m_damp,
-        s.nesterov,
-        s.first_step,
-    );
+    emu::sgd_step::<P, G>(p.get_mut(), g, buf.map(|b| b.get_mut()), s);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -58,25 +44,7 @@ fn dev_adam<P: Dev, G: Element>(
     decoupled: bool,
 ) {
     let s = AdamScalars::<P>::new(step, lr, beta1, beta2, eps, weight_decay, decoupled);
-    emu::adam_step_raw::<P, G>(
-        g.len(),
-        p.get_mut(),
-        g,
-        m.get_mut(),
-        v.get_mut(),
-        s.neg_step_size,
-        s.bc2_sqrt,
-        s.eps,
-        s.w,
-        s.one_m_w,
-        s.lerp_lo,
-        s.b2,
-        s.one_m_b2,
-        s.wd,
-        s.decay_p,
-        s.couple,
-        s.decouple,
-    );
+    emu::adam_step::<P, G>(p.get_mut(), g, m.get_mut(), v.get_mut(), s);
 }
 
 fn grads<G: Element>(step: u64, n: usize) -> Vec<G> {

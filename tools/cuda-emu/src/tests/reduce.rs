@@ -82,8 +82,8 @@ fn sums<T: Dev>() {
             let parts = geom::reduce_parts(n);
             let mut part = scratch(parts);
             let mut y = Buf::<T>::filled(1, 0.75);
-            emu::sum_partial::<T>(n, &x, part.get_mut());
-            emu::sum_all_parts::<T>(parts, part.get(), alpha, beta, y.get_mut());
+            emu::sum_partial::<T>(&x, part.get_mut());
+            emu::sum_all_parts::<T>(part.get(), alpha, beta, y.get_mut());
             let what = format!("sum_all n {n} alpha {alpha} beta {beta}");
             close(
                 &what,
@@ -112,15 +112,15 @@ fn dev_ssq<T: Dev>(x: &[T], acc: &mut Buf<f64>, grid: Option<usize>) {
     let mut part = scratch(3 * geom::reduce_parts(n));
     let parts = match grid {
         Some(g) => {
-            crate::with_grid(g as u32, || emu::ssq_partial::<T>(n, x, part.get_mut()));
+            crate::with_grid(g as u32, || emu::ssq_partial::<T>(x, part.get_mut()));
             g
         }
         None => {
-            emu::ssq_partial::<T>(n, x, part.get_mut());
+            emu::ssq_partial::<T>(x, part.get_mut());
             geom::reduce_parts(n)
         }
     };
-    emu::ssq_update_parts::<T>(parts, &part.get()[..3 * parts], acc.get_mut());
+    emu::ssq_update_parts::<T>(&part.get()[..3 * parts], acc.get_mut());
 }
 
 fn squares<T: Dev>() {
@@ -198,8 +198,8 @@ fn squares<T: Dev>() {
     let parts = 3;
     let mut part = scratch(geom::reduce_parts(x.len()));
     let mut y = Buf::<T>::zeros(1);
-    crate::with_grid(3, || emu::sum_partial::<T>(x.len(), &x, part.get_mut()));
-    emu::sum_all_parts::<T>(parts, &part.get()[..parts], 1.0, 0.0, y.get_mut());
+    crate::with_grid(3, || emu::sum_partial::<T>(&x, part.get_mut()));
+    emu::sum_all_parts::<T>(&part.get()[..parts], 1.0, 0.0, y.get_mut());
     let mut y_want = vec![T::from_f64(0.0)];
     kr::sum_all::<T>(1.0, &x, 0.0, &mut y_want);
     close(

@@ -394,3 +394,40 @@ def test_a_killed_rank_ends_the_job(ws: Path) -> None:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@needs_mpi
+def test_sigterm_stops_every_rank_at_one_step_and_saves(ws: Path) -> None:
+    proc = subprocess.Popen(
+        [
+            str(HYDRA),
+            "-n",
+            "2",
+            str(BIN / "gpt2rs-train"),
+            *train_args(
+                "--max-steps", "100000", "--metrics-file", "m.jsonl", "--save-checkpoint-path", "ck"
+            ),
+        ],
+        cwd=ws,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not ((ws / "m.jsonl").exists() and (ws / "m.jsonl").read_text().count("\n") >= 3):
+            assert time.monotonic() < deadline and proc.poll() is None, "training did not start"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)  # the launcher passes it to every rank
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    said = [x for x in err.splitlines() if "interrupted at step" in x]
+    assert len(said) == 2 and said[0] == said[1], err  # both ranks stopped after the same step
+    step = int(said[0].split("interrupted at step ")[1].split(";")[0])
+    assert (ws / "ck" / f"checkpoint-{step}").is_dir()
+    assert json.loads((ws / "m.jsonl").read_text().splitlines()[-1])["step"] == step

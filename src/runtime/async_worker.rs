@@ -55,6 +55,9 @@ struct Worker<S: Stream> {
     inner: Arc<Inner>,
     wid: usize,
     node: usize,
+    /// A communication worker: takes collectives in submission order and
+    /// never releases a task early (that would bypass the order).
+    comm: bool,
     stream: S,
     in_flight: VecDeque<InFlight<S::Event>>,
     /// Tasks released early onto this stream (see `release_early`), run
@@ -80,10 +83,12 @@ pub(crate) fn run(inner: Arc<Inner>, wid: usize) {
 
 fn drive<S: Stream>(inner: Arc<Inner>, wid: usize, stream: S) {
     let node = inner.workers[wid].node;
+    let comm = inner.workers[wid].kind == WorkerKind::Comm;
     let mut w = Worker {
         inner,
         wid,
         node,
+        comm,
         stream,
         in_flight: VecDeque::new(),
         early: VecDeque::new(),
@@ -94,6 +99,7 @@ fn drive<S: Stream>(inner: Arc<Inner>, wid: usize, stream: S) {
         let idle = w.in_flight.is_empty() && w.early.is_empty();
         let next = match w.early.pop_front() {
             Some(t) => Some(t),
+            None if w.comm => w.inner.comm.pop(idle),
             None => w.inner.sched.pop(wid, idle),
         };
         match next {
@@ -180,7 +186,7 @@ impl<S: Stream> Worker<S> {
             (Err(e), _) | (Ok(()), Err(e)) => Err(e),
             (Ok(()), Ok(())) => Ok(()),
         };
-        let ok = res.is_ok();
+        let ok = res.is_ok() && !self.comm;
         self.in_flight.push_back(InFlight {
             started: s,
             begin,

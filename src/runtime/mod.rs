@@ -65,6 +65,10 @@ pub struct RuntimeConfig {
     pub restrict: Where,
     /// A communication worker for collectives (data-parallel runs).
     pub comm: bool,
+    /// The memory node the communication worker runs its collectives on:
+    /// 0, the host (a blocking loop), or a simulated device node (on a
+    /// stream of its own, with events, as a GPU's NCCL stream would be).
+    pub comm_node: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -79,6 +83,7 @@ impl Default for RuntimeConfig {
             perf_model_dir: None,
             trace: false,
             comm: false,
+            comm_node: 0,
         }
     }
 }
@@ -215,11 +220,20 @@ impl Runtime {
             SchedKind::Dmda => Box::new(sched::Dmda::new(&workers, perf.clone(), mem.clone())),
         };
         if cfg.comm {
+            if cfg.comm_node != 0 && !(1..=cfg.nsim).contains(&cfg.comm_node) {
+                return Err(arg_err(
+                    "Runtime",
+                    format!(
+                        "comm_node {} is neither the host (0) nor a simulated device (1..={})",
+                        cfg.comm_node, cfg.nsim
+                    ),
+                ));
+            }
             workers.push(WorkerInfo {
                 id: workers.len(),
                 name: "comm0".into(),
                 kind: WorkerKind::Comm,
-                node: 0,
+                node: cfg.comm_node,
             });
         }
         let wstats = workers

@@ -112,9 +112,23 @@ type Run = (Vec<Vec<Vec<u8>>>, Vec<f64>);
 /// None) over the whole batch, or on rank r of a group over rows
 /// [r B/N, (r+1) B/N). Returns the parameters after each step and the losses.
 fn train(comm: Option<Arc<dyn Communicator>>, zero: u8, mb: usize, precision: Precision) -> Run {
+    train_on(comm, zero, mb, precision, 0)
+}
+
+/// `train`, with the communication worker on memory node `comm_node` (a
+/// simulated device from 1 on, its collectives on that device's stream).
+fn train_on(
+    comm: Option<Arc<dyn Communicator>>,
+    zero: u8,
+    mb: usize,
+    precision: Precision,
+    comm_node: usize,
+) -> Run {
     let rt = Runtime::new(RuntimeConfig {
         ncpu: Some(1),
+        nsim: comm_node,
         comm: comm.is_some(),
+        comm_node,
         ..Default::default()
     })
     .unwrap();
@@ -167,11 +181,15 @@ fn train(comm: Option<Arc<dyn Communicator>>, zero: u8, mb: usize, precision: Pr
 }
 
 fn on_ranks(n: usize, zero: u8, mb: usize, p: Precision) -> Vec<Run> {
+    on_ranks_at(n, zero, mb, p, 0)
+}
+
+fn on_ranks_at(n: usize, zero: u8, mb: usize, p: Precision, comm_node: usize) -> Vec<Run> {
     let group = Loopback::group(n).unwrap();
     std::thread::scope(|s| {
         let hs: Vec<_> = group
             .into_iter()
-            .map(|c| s.spawn(move || train(Some(Arc::new(c)), zero, mb, p)))
+            .map(|c| s.spawn(move || train_on(Some(Arc::new(c)), zero, mb, p, comm_node)))
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     })
@@ -276,5 +294,19 @@ fn fp32_ranks_match_one_rank() {
     for (s, want) in one_loss.iter().enumerate() {
         let mean = (ranks[0].1[s] + ranks[1].1[s]) / 2.0;
         assert!((mean - want).abs() < 1e-6 * want.abs(), "loss of step {s}");
+    }
+}
+
+#[test]
+fn collectives_on_a_device_stream_equal_those_on_the_host() {
+    // The communication worker on a simulated device: operands moved to that
+    // node, collectives launched on its stream in order and retired by event.
+    let p = Precision::parse("fp32").unwrap();
+    for zero in [0, 1] {
+        let host = on_ranks_at(2, zero, 1, p, 0);
+        let device = on_ranks_at(2, zero, 1, p, 1);
+        for r in 0..2 {
+            assert_same(&device[r].0, &host[r].0, &format!("stage {zero}, rank {r}"));
+        }
     }
 }

@@ -57,8 +57,10 @@ Shared machines: a sampler thread reads /proc/stat and the CPU time of the
 run's process tree (mpiexec, its proxy, the ranks) and of this process every
 --sample-s seconds, and stamps each metrics line when it appears; a step
 during which other processes used >= 5 % of the CPUs is left out of the
-medians (all steps are kept if none was clean; the counts are printed).
---wait-quiet S waits up to S seconds for an idle machine before each run.
+medians (all steps are kept if none was clean; the counts are printed),
+and (a) adds up to --extra-rounds rounds while either variant has fewer
+than --min-clean clean steps. --wait-quiet S waits up to S seconds for an
+idle machine before each run.
 The load average is recorded at the start and at the end.
 
 Configs: `4x256` = 4 layers x 256 wide, n_head 4, vocab 50257, B=8, T=256
@@ -398,7 +400,15 @@ def part_a(args: argparse.Namespace, work: Path, cfg: dict[str, int]) -> dict[st
     }
     names = list(variants)
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
-    for r in range(args.rounds):
+
+    def nclean(n: str) -> int:
+        steps = [s for res in runs[n] for s in res["steps"] if s["step"] > args.warmup]
+        return sum(s["foreign"] < FOREIGN_LIMIT for s in steps)
+
+    r = 0
+    while r < args.rounds or (
+        r < args.rounds + args.extra_rounds and min(nclean(n) for n in names) < args.min_clean
+    ):
         order = names if r % 2 == 0 else names[::-1]
         for n in order:
             if args.wait_quiet:
@@ -412,7 +422,8 @@ def part_a(args: argparse.Namespace, work: Path, cfg: dict[str, int]) -> dict[st
             print(f"  (a) round {r + 1} {n}: {ok}, {res['wall_s']:.1f} s, tok/s per step {tps}")
             if res["rc"] != 0:
                 print(res["stderr"], file=sys.stderr)
-    out: dict[str, Any] = {"variants": {}}
+        r += 1
+    out: dict[str, Any] = {"variants": {}, "rounds": r}
     for n in names:
         allsteps = [s for res in runs[n] for s in res["steps"]]
         clean, any_clean = clean_steps(allsteps, args.warmup)
@@ -1027,6 +1038,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default="4x256", choices=sorted(CONFIGS))
     ap.add_argument("--parts", default="a,b,c,d", help="comma list of a, b, c, d")
     ap.add_argument("--rounds", type=int, default=3, help="(a): A/B rounds")
+    ap.add_argument(
+        "--extra-rounds",
+        type=int,
+        default=2,
+        help="(a): rounds added, at most, while a variant has < --min-clean clean steps",
+    )
+    ap.add_argument("--min-clean", type=int, default=6, help="(a): see --extra-rounds")
     ap.add_argument("--steps", type=int, default=6, help="(a): timed steps per run")
     ap.add_argument("--warmup", type=int, default=2, help="steps left out of every figure")
     ap.add_argument("--trace-steps", type=int, default=4, help="(b): steps analysed")

@@ -217,6 +217,41 @@ def train(ws: Path, n: int, *extra: str) -> subprocess.CompletedProcess[str]:
     return launch(n, BIN / "gpt2rs-train", *train_args(*extra), cwd=ws)
 
 
+def train_each(ws: Path, *flags: list[str]) -> subprocess.CompletedProcess[str]:
+    """One gpt2rs-train job whose rank r gets `flags[r]` (MPMD launch)."""
+    argv = [str(HYDRA)]
+    for r, extra in enumerate(flags):
+        argv += [":"] * (r > 0) + ["-n", "1", str(BIN / "gpt2rs-train"), *train_args(*extra)]
+    return subprocess.run(argv, cwd=ws, env=env(), capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def start_long_run(ws: Path, *extra: str, steps: int = 2) -> subprocess.Popen[str]:
+    """A 2-rank job of many steps, once `steps` steps are in m.jsonl."""
+    proc = subprocess.Popen(
+        [
+            str(HYDRA),
+            "-n",
+            "2",
+            str(BIN / "gpt2rs-train"),
+            *train_args("--max-steps", "100000", "--metrics-file", "m.jsonl", *extra),
+        ],
+        cwd=ws,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    m = ws / "m.jsonl"
+    while not (m.exists() and m.read_text().count("\n") >= steps):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError(f"training did not start: {proc.communicate()[1][-2000:]}")
+        time.sleep(0.2)
+    return proc
+
+
 def metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -301,20 +336,8 @@ def test_bad_input_is_one_line_on_every_rank(ws: Path) -> None:
     ]
     assert not (ws / ".model").exists()
 
-    # Ranks that disagree on a flag (MPMD launch: one command line per rank).
-    argv = [
-        str(HYDRA),
-        "-n",
-        "1",
-        str(BIN / "gpt2rs-train"),
-        *train_args("--lr", "1e-3"),
-        ":",
-        "-n",
-        "1",
-        str(BIN / "gpt2rs-train"),
-        *train_args("--lr", "2e-3"),
-    ]
-    p = subprocess.run(argv, cwd=ws, env=env(), capture_output=True, text=True, timeout=TIMEOUT)
+    # Ranks that disagree on a flag.
+    p = train_each(ws, ["--lr", "1e-3"], ["--lr", "2e-3"])
     assert p.returncode != 0
     lines = error_lines(p)
     assert len(lines) == 2 and all(
@@ -325,20 +348,8 @@ def test_bad_input_is_one_line_on_every_rank(ws: Path) -> None:
 @needs_mpi
 def test_a_failing_rank_ends_the_job_naming_it(ws: Path) -> None:
     # Rank 1 cannot read its data file: its own error, then MPI_Abort.
-    argv = [
-        str(HYDRA),
-        "-n",
-        "1",
-        str(BIN / "gpt2rs-train"),
-        *train_args(),
-        ":",
-        "-n",
-        "1",
-        str(BIN / "gpt2rs-train"),
-        *train_args("--dataset-file", "missing.bin"),
-    ]
     t = time.monotonic()
-    p = subprocess.run(argv, cwd=ws, env=env(), capture_output=True, text=True, timeout=TIMEOUT)
+    p = train_each(ws, [], ["--dataset-file", "missing.bin"])
     assert p.returncode != 0
     assert any(x.startswith("gpt2rs-train: error: rank 1: ") for x in error_lines(p)), p.stderr
     assert time.monotonic() - t < 60
@@ -361,26 +372,8 @@ def rank_processes(cwd: Path) -> list[int]:
 
 @needs_mpi
 def test_a_killed_rank_ends_the_job(ws: Path) -> None:
-    proc = subprocess.Popen(
-        [
-            str(HYDRA),
-            "-n",
-            "2",
-            str(BIN / "gpt2rs-train"),
-            *train_args("--max-steps", "100000", "--metrics-file", "m.jsonl"),
-        ],
-        cwd=ws,
-        env=env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start_long_run(ws)
     try:
-        deadline = time.monotonic() + 120
-        while not ((ws / "m.jsonl").exists() and (ws / "m.jsonl").read_text().count("\n") >= 2):
-            assert time.monotonic() < deadline and proc.poll() is None, "training did not start"
-            time.sleep(0.2)
         # The rank processes: gpt2rs-train running in this workspace (the
         # launcher's grandchildren, through hydra's proxy).
         ranks = [pid for pid in rank_processes(ws) if pid != proc.pid]
@@ -398,32 +391,13 @@ def test_a_killed_rank_ends_the_job(ws: Path) -> None:
 
 @needs_mpi
 def test_sigterm_stops_every_rank_at_one_step_and_saves(ws: Path) -> None:
-    proc = subprocess.Popen(
-        [
-            str(HYDRA),
-            "-n",
-            "2",
-            str(BIN / "gpt2rs-train"),
-            *train_args(
-                "--max-steps", "100000", "--metrics-file", "m.jsonl", "--save-checkpoint-path", "ck"
-            ),
-        ],
-        cwd=ws,
-        env=env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_long_run(ws, "--save-checkpoint-path", "ck", steps=3)
     try:
-        deadline = time.monotonic() + 120
-        while not ((ws / "m.jsonl").exists() and (ws / "m.jsonl").read_text().count("\n") >= 3):
-            assert time.monotonic() < deadline and proc.poll() is None, "training did not start"
-            time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)  # the launcher passes it to every rank
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert proc.returncode == 130, err
     said = [x for x in err.splitlines() if "interrupted at step" in x]

@@ -3,7 +3,7 @@
 //! It makes distributed runs testable without MPI and, since the sums are
 //! the collectives' own (rank order), equal bit for bit to an MPI run.
 
-use super::{displacements, Communicator};
+use super::{check_allgatherv, check_alltoallv, displacements, Communicator};
 use crate::error::{arg_err, Error, Result};
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -102,16 +102,6 @@ fn aborted(code: i32) -> Error {
     Error::Io(format!("loopback: the job was aborted (code {code})"))
 }
 
-fn check_counts(op: &str, counts: &[usize], n: usize) -> Result<()> {
-    if counts.len() != n {
-        return Err(arg_err(
-            op,
-            format!("{} counts for {n} ranks", counts.len()),
-        ));
-    }
-    Ok(())
-}
-
 impl Communicator for Loopback {
     fn rank(&self) -> usize {
         self.rank
@@ -130,13 +120,8 @@ impl Communicator for Loopback {
         recv: &mut [u8],
         recv_counts: &[usize],
     ) -> Result<()> {
-        let n = self.shared.n;
-        check_counts("alltoallv", send_counts, n)?;
-        check_counts("alltoallv", recv_counts, n)?;
-        let (rdispl, rtotal) = displacements(recv_counts);
-        if displacements(send_counts).1 > send.len() || rtotal > recv.len() {
-            return Err(arg_err("alltoallv", "counts exceed the buffers"));
-        }
+        check_alltoallv(self.shared.n, send, send_counts, recv, recv_counts)?;
+        let (rdispl, _) = displacements(recv_counts);
         let me = self.rank;
         self.exchange(send.to_vec(), send_counts.to_vec(), |parts| {
             for (src, part) in parts.iter().enumerate() {
@@ -159,12 +144,8 @@ impl Communicator for Loopback {
     }
 
     fn allgatherv(&self, send: &[u8], recv: &mut [u8], counts: &[usize]) -> Result<()> {
-        let n = self.shared.n;
-        check_counts("allgatherv", counts, n)?;
-        let (displ, total) = displacements(counts);
-        if send.len() < counts[self.rank] || total > recv.len() {
-            return Err(arg_err("allgatherv", "counts exceed the buffers"));
-        }
+        check_allgatherv(self.shared.n, self.rank, send, recv, counts)?;
+        let (displ, _) = displacements(counts);
         let mine = send[..counts[self.rank]].to_vec();
         self.exchange(mine, Vec::new(), |parts| {
             for (src, part) in parts.iter().enumerate() {

@@ -15,7 +15,7 @@ pub mod loopback;
 pub mod mpi;
 pub mod nccl;
 
-use crate::error::Result;
+use crate::error::{arg_err, Result};
 
 /// One rank's end of a fixed group of processes (or, for the loopback
 /// backend, threads). All counts are in bytes; every rank calls the same
@@ -60,4 +60,46 @@ pub(crate) fn displacements(counts: &[usize]) -> (Vec<usize>, usize) {
         total += c;
     }
     (displs, total)
+}
+
+/// The checks every backend makes on alltoallv's arguments: one count per
+/// rank, and the counts inside the buffers.
+pub(crate) fn check_alltoallv(
+    n: usize,
+    send: &[u8],
+    send_counts: &[usize],
+    recv: &[u8],
+    recv_counts: &[usize],
+) -> Result<()> {
+    check_ranks("alltoallv", send_counts, n)?;
+    check_ranks("alltoallv", recv_counts, n)?;
+    if displacements(send_counts).1 > send.len() || displacements(recv_counts).1 > recv.len() {
+        return Err(arg_err("alltoallv", "counts exceed the buffers"));
+    }
+    Ok(())
+}
+
+/// The same for allgatherv, where rank `rank` sends `counts[rank]` bytes.
+pub(crate) fn check_allgatherv(
+    n: usize,
+    rank: usize,
+    send: &[u8],
+    recv: &[u8],
+    counts: &[usize],
+) -> Result<()> {
+    check_ranks("allgatherv", counts, n)?;
+    if send.len() < counts[rank] || displacements(counts).1 > recv.len() {
+        return Err(arg_err("allgatherv", "counts exceed the buffers"));
+    }
+    Ok(())
+}
+
+fn check_ranks(op: &str, counts: &[usize], n: usize) -> Result<()> {
+    if counts.len() != n {
+        return Err(arg_err(
+            op,
+            format!("{} counts for {n} ranks", counts.len()),
+        ));
+    }
+    Ok(())
 }

@@ -21,7 +21,7 @@
 //! matches a message of the user's or mpi4py's. Only `MPI_BYTE` moves: the
 //! sums are gpt2rs's own (see the module above).
 
-use super::{displacements, Communicator};
+use super::{check_allgatherv, check_alltoallv, displacements, Communicator};
 use crate::error::{arg_err, Error, Result};
 use libloading::Library;
 use std::ffi::{c_char, c_int, c_void};
@@ -384,13 +384,8 @@ impl<A: Abi> Engine<A> {
         Ok(guard)
     }
 
-    fn check_counts(&self, op: &str, counts: &[usize]) -> Result<(Vec<c_int>, Vec<c_int>)> {
-        if counts.len() != self.size {
-            return Err(arg_err(
-                op,
-                format!("{} counts for {} ranks", counts.len(), self.size),
-            ));
-        }
+    /// Counts (one per rank, checked) and their displacements as MPI's ints.
+    fn c_counts(&self, op: &str, counts: &[usize]) -> Result<(Vec<c_int>, Vec<c_int>)> {
         let (displs, total) = displacements(counts);
         if total > c_int::MAX as usize {
             return Err(arg_err(
@@ -425,11 +420,9 @@ impl<A: Abi> Communicator for Engine<A> {
         recv: &mut [u8],
         recv_counts: &[usize],
     ) -> Result<()> {
-        let (sc, sd) = self.check_counts("alltoallv", send_counts)?;
-        let (rc, rd) = self.check_counts("alltoallv", recv_counts)?;
-        if displacements(send_counts).1 > send.len() || displacements(recv_counts).1 > recv.len() {
-            return Err(arg_err("alltoallv", "counts exceed the buffers"));
-        }
+        check_alltoallv(self.size, send, send_counts, recv, recv_counts)?;
+        let (sc, sd) = self.c_counts("alltoallv", send_counts)?;
+        let (rc, rd) = self.c_counts("alltoallv", recv_counts)?;
         let _g = self.enter("alltoallv")?;
         // SAFETY: counts and displacements stay inside `send` and `recv`
         // (checked above) and hold one entry per rank of `comm`.
@@ -450,11 +443,9 @@ impl<A: Abi> Communicator for Engine<A> {
     }
 
     fn allgatherv(&self, send: &[u8], recv: &mut [u8], counts: &[usize]) -> Result<()> {
-        let (c, d) = self.check_counts("allgatherv", counts)?;
+        check_allgatherv(self.size, self.rank, send, recv, counts)?;
+        let (c, d) = self.c_counts("allgatherv", counts)?;
         let mine = counts[self.rank];
-        if send.len() < mine || displacements(counts).1 > recv.len() {
-            return Err(arg_err("allgatherv", "counts exceed the buffers"));
-        }
         let _g = self.enter("allgatherv")?;
         // SAFETY: `mine` bytes of `send` and every rank's part of `recv` are
         // in bounds (checked above); `c`, `d` hold one entry per rank.

@@ -170,6 +170,7 @@ impl PyRuntime {
             perf_model_dir,
             trace,
             comm,
+            comm_node: 0,
         };
         let rt = py.detach(|| guard(|| Runtime::new(cfg)))?;
         Ok(PyRuntime { rt })

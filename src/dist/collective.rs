@@ -145,31 +145,49 @@ impl Collective {
         let total = lay.total();
         let counts: Vec<usize> = (0..n).map(|r| lay.segment(r).len() * size).collect();
         let mine = lay.segment(me);
-        let mut all = vec![T::default(); total];
         let mut seg = vec![T::default(); mine.len()];
         if self.kind == CollectiveKind::AllGather {
             lay.pack(&tiles, mine.clone(), &mut seg);
+        }
+        // A bucket of one tile (the large ones) is its own packed stream:
+        // the transport reads and writes the tile, with no copy in or out.
+        let single = tiles.len() == 1;
+        let mut own = Vec::new();
+        let all: &mut [T] = if single {
+            &mut *tiles[0]
         } else {
-            lay.pack(&tiles, 0..total, &mut all);
+            own.resize(total, T::default());
+            if self.kind != CollectiveKind::AllGather {
+                lay.pack(&tiles, 0..total, &mut own);
+            }
+            &mut own
+        };
+        if self.kind != CollectiveKind::AllGather {
             let mut recv = vec![T::default(); n * mine.len()];
             self.comm.alltoallv(
-                bytemuck::cast_slice(&all),
+                bytemuck::cast_slice(all),
                 &counts,
                 bytemuck::cast_slice_mut(&mut recv),
                 &vec![mine.len() * size; n],
             )?;
             sum_in_rank_order(&recv, &mut seg);
             if self.kind == CollectiveKind::ReduceScatter {
-                lay.unpack(&mut tiles, mine, &seg);
+                if single {
+                    all[mine].copy_from_slice(&seg);
+                } else {
+                    lay.unpack(&mut tiles, mine, &seg);
+                }
                 return Ok(());
             }
         }
         self.comm.allgatherv(
             bytemuck::cast_slice(&seg),
-            bytemuck::cast_slice_mut(&mut all),
+            bytemuck::cast_slice_mut(all),
             &counts,
         )?;
-        lay.unpack(&mut tiles, 0..total, &all);
+        if !single {
+            lay.unpack(&mut tiles, 0..total, &own);
+        }
         Ok(())
     }
 }

@@ -43,6 +43,7 @@ __all__ = [
     "gpt2_decode_bytes",
     "gpt2_encode_batch",
     "gpt2_encode_reference",
+    "nccl_all_reduce_probe",
     "nccl_unique_id",
     "nccl_version",
     "op_add",
@@ -337,6 +338,16 @@ def nccl_version(path: _Path) -> int:
 
 def nccl_unique_id(path: _Path) -> bytes:
     """A new 128-byte NCCL unique id (no GPU needed)."""
+
+def nccl_all_reduce_probe(
+    path: _Path,
+    unique_id: bytes,
+    values: Sequence[float],
+    nranks: int = 1,
+    rank: int = 0,
+    device: int = 0,
+) -> list[float]:
+    """One all-reduce (sum) through a real NCCL communicator on GPU ``device``."""
 
 # -- data parallelism (src/py/data_parallel.rs) --
 

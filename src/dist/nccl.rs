@@ -345,6 +345,62 @@ fn ints(op: &str, v: usize) -> Result<c_int> {
 }
 
 /// "2.32.6" for 23206 (the encoding of NCCL 2.9 and later).
+/// One all-reduce (sum) of `values` through a real NCCL communicator of
+/// `nranks` ranks sharing `id`, as rank `rank`, on `gpu`'s stream: the
+/// first-contact probe of the GPU path (`tests/gpu/test_gpu_nccl.py`), run
+/// with the id broadcast over MPI. Returns the reduced values.
+pub fn all_reduce_probe(
+    nccl: &Nccl,
+    gpu: &crate::kernels::cuda::context::Gpu,
+    nranks: usize,
+    rank: usize,
+    id: &UniqueId,
+    values: &[f32],
+) -> Result<Vec<f32>> {
+    use crate::kernels::cuda::cuda_err;
+    use cudarc::driver::DevicePtrMut;
+    let drv = |e: cudarc::driver::DriverError| cuda_err(e.to_string());
+    crate::kernels::cuda::context::make_current(&gpu.ctx)?;
+    let comm = nccl.comm_init_rank(nranks, id, rank)?;
+    let stream = &gpu.stream;
+    let run = || -> Result<Vec<f32>> {
+        let mut buf = stream.clone_htod(values).map_err(drv)?;
+        {
+            let (ptr, _written) = buf.device_ptr_mut(stream);
+            let p = ptr as *mut c_void;
+            // SAFETY: `buf` holds values.len() f32 on this communicator's
+            // device and lives until the stream is synchronised below.
+            unsafe {
+                nccl.all_reduce(
+                    p,
+                    p,
+                    values.len(),
+                    DataType::Float32,
+                    RedOp::Sum,
+                    comm,
+                    stream.cu_stream() as RawStream,
+                )?
+            };
+        }
+        stream.synchronize().map_err(drv)?;
+        // SAFETY: a live communicator.
+        unsafe { nccl.comm_async_error(comm)? };
+        stream.clone_dtoh(&buf).map_err(drv)
+    };
+    let out = run();
+    // SAFETY: `comm` came from comm_init_rank and its work is done (or failed).
+    let end = unsafe {
+        if out.is_ok() {
+            nccl.comm_destroy(comm)
+        } else {
+            nccl.comm_abort(comm)
+        }
+    };
+    let out = out?;
+    end?;
+    Ok(out)
+}
+
 pub fn version_string(code: i32) -> String {
     format!("{}.{}.{}", code / 10000, code / 100 % 100, code % 100)
 }

@@ -227,3 +227,33 @@ pub fn nccl_unique_id<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py
     let id = run(py, move || Nccl::open(&path)?.unique_id())?;
     Ok(PyBytes::new(py, &id.internal))
 }
+
+/// One all-reduce (sum) of `values` through a real NCCL communicator on GPU
+/// `device`: `nranks` ranks sharing the 128-byte `unique_id` (made by rank 0
+/// with `nccl_unique_id` and broadcast, e.g. over MPI), this one `rank`.
+/// The GPU path's first-contact probe; needs a GPU.
+///
+/// Returns:
+///     The reduced values (each rank's `values` summed).
+#[pyfunction]
+#[pyo3(
+    signature = (path, unique_id, values, nranks=1, rank=0, device=0),
+    text_signature = "(path, unique_id, values, nranks=1, rank=0, device=0)"
+)]
+pub fn nccl_all_reduce_probe(
+    py: Python<'_>,
+    path: PathBuf,
+    unique_id: &[u8],
+    values: Vec<f32>,
+    nranks: usize,
+    rank: usize,
+    device: usize,
+) -> PyResult<Vec<f32>> {
+    let id = crate::dist::nccl::UniqueId::from_bytes(unique_id)
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+    run(py, move || {
+        let nccl = Nccl::open(&path)?;
+        let gpu = crate::kernels::cuda::context::Gpu::open(device)?;
+        crate::dist::nccl::all_reduce_probe(&nccl, &gpu, nranks, rank, &id, &values)
+    })
+}

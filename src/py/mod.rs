@@ -32,7 +32,9 @@ mod gpt2rs_ext {
     #[pymodule_export]
     use super::data_parallel::PyDataParallel;
     #[pymodule_export]
-    use super::dist::{nccl_unique_id, nccl_version, DistError, PyCommunicator};
+    use super::dist::{
+        nccl_all_reduce_probe, nccl_unique_id, nccl_version, DistError, PyCommunicator,
+    };
     #[pymodule_export]
     use super::error::{DTypeError, RuntimeShutdownError, ShapeError, TaskError};
     #[pymodule_export]

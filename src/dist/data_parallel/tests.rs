@@ -124,12 +124,27 @@ fn train_on(
     precision: Precision,
     comm_node: usize,
 ) -> Run {
-    let rt = Runtime::new(RuntimeConfig {
+    let cfg = RuntimeConfig {
         ncpu: Some(1),
         nsim: comm_node,
         comm: comm.is_some(),
         comm_node,
         ..Default::default()
+    };
+    train_with(comm, zero, mb, precision, cfg)
+}
+
+/// `train` on a runtime made from `cfg` (plus the communication worker).
+fn train_with(
+    comm: Option<Arc<dyn Communicator>>,
+    zero: u8,
+    mb: usize,
+    precision: Precision,
+    cfg: RuntimeConfig,
+) -> Run {
+    let rt = Runtime::new(RuntimeConfig {
+        comm: comm.is_some(),
+        ..cfg
     })
     .unwrap();
     let m = model(&rt, precision);
@@ -308,5 +323,31 @@ fn collectives_on_a_device_stream_equal_those_on_the_host() {
         for r in 0..2 {
             assert_same(&device[r].0, &host[r].0, &format!("stage {zero}, rank {r}"));
         }
+    }
+}
+
+#[test]
+fn device_gradients_are_summed_through_host_memory() {
+    // Compute on a (simulated) device only, collectives on the host: the
+    // gradient tiles go down to host memory for the transport and back, as
+    // a GPU run's do over MPI.
+    let p = Precision::parse("fp32").unwrap();
+    let device_only = || RuntimeConfig {
+        ncpu: Some(1),
+        nsim: 1,
+        restrict: crate::runtime::Where::SIM,
+        ..Default::default()
+    };
+    let host = on_ranks(2, 1, 1, p);
+    let group = Loopback::group(2).unwrap();
+    let device: Vec<Run> = std::thread::scope(|s| {
+        let hs: Vec<_> = group
+            .into_iter()
+            .map(|c| s.spawn(move || train_with(Some(Arc::new(c)), 1, 1, p, device_only())))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for r in 0..2 {
+        assert_same(&device[r].0, &host[r].0, &format!("rank {r}"));
     }
 }

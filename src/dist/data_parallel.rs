@@ -152,25 +152,33 @@ impl DataParallel {
             .collect()
     }
 
-    fn submit(
+    /// Submits `kind` over every bucket of the tensors `of(p)` (cut like
+    /// the parameters). A parameter without one (bf16 master copies of an
+    /// fp32 model) means there is nothing to move.
+    fn submit<'a>(
         &self,
         model: &Gpt2,
         kind: CollectiveKind,
-        tensor_of: impl Fn(usize) -> Option<Tensor>,
+        of: impl Fn(usize) -> Option<&'a Tensor>,
     ) -> Result<()> {
         for b in &self.buckets {
-            let mut ops: Vec<(DataHandle, Access)> = Vec::with_capacity(b.tiles.len());
-            let mut dtype: Option<DType> = None;
-            for &(p, t) in &b.tiles {
-                let Some(x) = tensor_of(p) else {
-                    return Ok(());
-                };
-                if dtype.is_some_and(|d| d != x.dtype) {
-                    return Err(arg_err("data_parallel", "a bucket mixes dtypes"));
-                }
-                dtype = Some(x.dtype);
-                ops.push((x.tiles[t].clone(), Access::RW));
+            let Some(xs) = b
+                .tiles
+                .iter()
+                .map(|&(p, _)| of(p))
+                .collect::<Option<Vec<_>>>()
+            else {
+                return Ok(());
+            };
+            let dtype = xs[0].dtype;
+            if xs.iter().any(|x| x.dtype != dtype) {
+                return Err(arg_err("data_parallel", "a bucket mixes dtypes"));
             }
+            let ops = xs
+                .iter()
+                .zip(&b.tiles)
+                .map(|(x, &(_, t))| (x.tiles[t].clone(), Access::RW))
+                .collect();
             let layout = match kind {
                 CollectiveKind::AllGather => b.gather.clone(),
                 _ => b.reduce.clone(),
@@ -179,7 +187,7 @@ impl DataParallel {
                 comm: self.comm.clone(),
                 kind,
                 layout,
-                dtype: dtype.unwrap_or(DType::F32),
+                dtype,
             };
             model.runtime().submit(Box::new(cl), ops)?;
         }
@@ -194,7 +202,7 @@ impl DataParallel {
         } else {
             CollectiveKind::ReduceScatter
         };
-        self.submit(model, kind, |p| Some(model.params.list[p].grad.clone()))
+        self.submit(model, kind, |p| Some(&model.params.list[p].grad))
     }
 
     /// Stage 1, after the owners' optimizer step: submits the gathering of
@@ -204,13 +212,13 @@ impl DataParallel {
             return Ok(());
         }
         self.submit(model, CollectiveKind::AllGather, |p| {
-            Some(model.params.list[p].value.clone())
+            Some(&model.params.list[p].value)
         })
     }
 
     /// Stage 1: submits the gathering of tensors cut like the parameters
     /// (`of(p)`: optimizer state, master weights), e.g. before a checkpoint.
-    pub fn gather(&self, model: &Gpt2, of: impl Fn(usize) -> Option<Tensor>) -> Result<()> {
+    pub fn gather<'a>(&self, model: &Gpt2, of: impl Fn(usize) -> Option<&'a Tensor>) -> Result<()> {
         if self.zero_stage == 0 {
             return Ok(());
         }

@@ -77,7 +77,7 @@ impl PyDataParallel {
     /// Stage 1: gathers the master weights (bf16 models) from their owners.
     fn gather_masters(&self, py: Python<'_>) -> PyResult<()> {
         let m = &self.model.get().m;
-        py.detach(|| guard(|| self.dp.gather(m, |p| m.params.list[p].master.clone())))
+        py.detach(|| guard(|| self.dp.gather(m, |p| m.params.list[p].master.as_ref())))
     }
 
     /// Stage 1: gathers `optimizer`'s state from the tiles' owners, so that
@@ -94,7 +94,7 @@ impl PyDataParallel {
                         .collect::<Vec<Vec<crate::tensor::Tensor>>>())
                 })?;
                 for per_param in states {
-                    self.dp.gather(m, |p| per_param.get(p).cloned())?;
+                    self.dp.gather(m, |p| per_param.get(p))?;
                 }
                 m.runtime().wait_all()
             })

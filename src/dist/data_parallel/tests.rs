@@ -187,7 +187,7 @@ fn train_with(
             dp.gather_params(&m).unwrap();
             // Stage 1 leaves the other ranks' master copies stale (they are
             // sharded); a checkpoint gathers them, and so does this test.
-            dp.gather(&m, |p| m.params.list[p].master.clone()).unwrap();
+            dp.gather(&m, |p| m.params.list[p].master.as_ref()).unwrap();
         }
         rt.wait_all().unwrap();
         out.push(params(&m));

@@ -122,6 +122,7 @@ def init(
     bucket_mb: float = DEFAULT_BUCKET_MB,
     require_mpi: bool = False,
     comm: Communicator | None = None,
+    default_runtime: bool = True,
 ) -> World:
     """Joins the job this process belongs to and makes it the world that new
     models train in. Collective: every rank calls it.
@@ -129,8 +130,9 @@ def init(
     With ``comm`` None: MPI (through mpi4py) when this process was started
     by an MPI launcher (mpiexec, mpirun, srun), else a world of one, unless
     ``require_mpi``. A world of more than one rank makes the default runtime
-    one with a communication worker (``Runtime(comm=True)``); models built on
-    a runtime of your own need that too.
+    one with a communication worker (``Runtime(comm=True)``; not with
+    ``default_runtime=False``); models built on a runtime of your own need
+    that too.
 
     Raises:
         ValueError: a bad zero_stage or bucket size.
@@ -154,7 +156,7 @@ def init(
         zero_stage=zero_stage,
         bucket_bytes=max(1, int(bucket_mb * (1 << 20))),
     )
-    if w.size > 1:
+    if w.size > 1 and default_runtime:
         set_default_runtime(Runtime(comm=True))
     _WORLD = w
     return w

@@ -220,7 +220,11 @@ class Plan:
         launcher, with --dist-init auto)."""
         o = self.opts
         try:
-            w = dist.init(zero_stage=o.zero_stage, require_mpi=o.dist_init == "mpi")
+            w = dist.init(
+                zero_stage=o.zero_stage,
+                require_mpi=o.dist_init == "mpi",
+                default_runtime=False,  # the plan makes its own
+            )
         except DistError as e:
             raise TrainError(str(e)) from None
         if w.size > 1 and self.ncuda:

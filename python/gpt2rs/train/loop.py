@@ -65,6 +65,7 @@ class Trainer:
         self.host = HostTime()
         self.plan = Plan(opts)
         self.step = 0
+        self._stop_agreed = False
         self._set_up = False
 
     @property
@@ -244,11 +245,16 @@ class Trainer:
 
     def _agree_to_stop(self) -> None:
         """A stop request (SIGTERM, Ctrl-C) reaches the ranks at different
-        moments; they stop together at the end of the step in which any saw it."""
+        moments; they stop together at the end of the step in which any saw
+        it. Until then a rank's own request does not count (`_stopping`)."""
         if self.world.size > 1:
             seen = self.world.gather_floats([1.0 if self.stop.is_set() else 0.0])
-            if any(v for (v,) in seen):
-                self.stop.set()
+            self._stop_agreed = any(v for (v,) in seen)
+
+    def _stopping(self) -> bool:
+        """Whether to stop: this process's request, or in a data-parallel run
+        the ranks' agreement (the same answer on every rank)."""
+        return self._stop_agreed if self.world.size > 1 else self.stop.is_set()
 
     def _start_info(self, tokens_per_step: int) -> dict[str, Any]:
         p = self.plan
@@ -295,7 +301,7 @@ class Trainer:
         prev_stats, t_prev = stats_start, t_start
         eval_loss = None
         try:
-            while self.step < p.total_steps and not self.stop.is_set():
+            while self.step < p.total_steps and not self._stopping():
                 new_epoch, pos = divmod(self.step, p.steps_per_epoch)
                 if new_epoch != epoch:
                     epoch = new_epoch
@@ -325,7 +331,7 @@ class Trainer:
             raise
         elapsed = time.perf_counter() - t_start
         sinks.sink.flush()
-        res.interrupted = self.stop.is_set() and self.step < p.total_steps
+        res.interrupted = self._stopping() and self.step < p.total_steps
         if (
             p.val is not None
             and self.world.is_root

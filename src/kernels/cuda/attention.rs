@@ -4,6 +4,7 @@
 //! batch stride `ks` (KV-cache tiles of which the first `tk` positions are
 //! used); the backward is one launch that owns every output row (no atomics).
 
+use super::ATTN_BLOCK;
 use cudarc::driver::DeviceRepr;
 
 /// Largest head size the kernels take (they keep a row in registers).
@@ -26,7 +27,7 @@ macro_rules! cuda_table_attention {
             hs: val usize, q0: val usize, k0: val usize, scale: val f64, drop: val AttnDropArgs,
             m: out T::Acc [b * tq * h], l: out T::Acc [b * tq * h],
             acc: out T::Acc [b * tq * h * hs],
-        ) if (hs <= ATTN_HS_MAX && tk <= ks) @ warp_rows(b * tq * h);
+        ) if (hs <= ATTN_HS_MAX && tk <= ks) @ warp_rows(b * tq * h, ATTN_BLOCK);
         /// `o = acc / l`, `lse = m + ln l`.
         attn_fwd_finalize<T>(
             m: in T::Acc [rows], l: in T::Acc [rows], acc: in T::Acc [rows * hs], rows: val usize,
@@ -36,7 +37,7 @@ macro_rules! cuda_table_attention {
         attn_bwd_delta<T>(
             o: in T [rows * hs], d_o: in T [rows * hs], rows: val usize, hs: val usize,
             delta: out T::Acc [rows],
-        ) @ warp_rows(rows);
+        ) @ warp_rows(rows, ATTN_BLOCK);
         /// `dq, dk, dv +=` the terms of one (query tile, key tile) pair.
         flash_bwd<T>(
             q: in T [b * tq * h * hs], k: in T [b * tk * h * hs], v: in T [b * tk * h * hs],
@@ -45,7 +46,7 @@ macro_rules! cuda_table_attention {
             b: val usize, tq: val usize, tk: val usize, h: val usize, hs: val usize,
             q0: val usize, k0: val usize, scale: val f64, drop: val AttnDropArgs,
             dq: out T [b * tq * h * hs], dk: out T [b * tk * h * hs], dv: out T [b * tk * h * hs],
-        ) if (hs <= ATTN_HS_MAX) @ warp_rows(b * tq.max(tk) * h);
+        ) if (hs <= ATTN_HS_MAX) @ warp_rows(b * tq.max(tk) * h, ATTN_BLOCK);
     } };
 }
 crate::cuda_table_attention!(launchers);

@@ -30,6 +30,7 @@
 use super::attention::AttnDropArgs;
 use super::blas::{gemm_strided, Strided};
 use super::context::{drv, DevElement, Gpu};
+use super::geom::ATTN_TC_BLOCK;
 use crate::dtype::{DType, Element, GemmCompute};
 use crate::error::{arg_err, shape_err, Result};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr};
@@ -51,7 +52,7 @@ macro_rules! cuda_table_attention_tc {
                 b0: val usize, drop: val AttnDropArgs, m: out T::Acc [>= (b0 + nb) * tq * h],
                 l: out T::Acc [>= (b0 + nb) * tq * h], acc: out T::Acc [>= (b0 + nb) * tq * h * hs],
                 p: out T [>= rows * tk], nb: host usize,
-            ) @ warp_rows_tc(rows);
+            ) @ warp_rows(rows, ATTN_TC_BLOCK);
             /// The backward softmax step over the rows of a chunk: `pd` and `ds`
             /// from the scores `s` and `dp = dO V^T`.
             attn_tc_bwd_rows<T> for tc (
@@ -63,7 +64,7 @@ macro_rules! cuda_table_attention_tc {
                 },
                 b0: val usize, drop: val AttnDropArgs, pd: out T [>= rows * tk],
                 ds: out T [>= rows * tk], nb: host usize,
-            ) @ warp_rows_tc(rows);
+            ) @ warp_rows(rows, ATTN_TC_BLOCK);
         }
     };
 }

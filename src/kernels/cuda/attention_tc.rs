@@ -159,11 +159,8 @@ fn prepare<T: DevElement>(
     let [b, tq, tk, h, hs] = dims;
     let op = format!("cuda.{op}");
     if !attn_tc_supports(T::DTYPE, hs) || <T::Acc as Element>::DTYPE != DType::F32 {
-        let msg = format!(
-            "takes f32/bf16/f16 and a head size >= 1, not {} with {hs}",
-            T::DTYPE
-        );
-        return Err(arg_err(&op, msg));
+        let (dt, msg) = (T::DTYPE, "takes f32/bf16/f16 and a head size >= 1");
+        return Err(arg_err(&op, format!("{msg}, not {dt} with {hs}")));
     }
     let want = [b * tq * h * hs, b * tk * h * hs, b * tq * h];
     for (lens, want) in [qs, ks, ss].into_iter().zip(want) {

@@ -17,12 +17,12 @@ macro_rules! cuda_table_crossentropy {
             ce_loss_target<T>(
                 logits: in T [rows * vt], rows: val usize, vt: val usize, vocab_lo: val usize,
                 targets: in i64 [rows], loss: out f64 [1],
-            ) @ one_block();
+            ) @ per_row_capped(1);
             /// `loss[0] += sum_r (max + ln sumexp)` over the non-ignored rows.
             ce_loss_lse<T>(
                 acc: in T::Acc [rows * 2], rows: val usize, targets: in i64 [rows],
                 loss: out f64 [1],
-            ) @ one_block();
+            ) @ per_row_capped(1);
             /// In place: logits become `scale * (softmax - onehot)`.
             ce_bwd<T>(
                 acc: in T::Acc [rows * 2], rows: val usize, vt: val usize, vocab_lo: val usize,

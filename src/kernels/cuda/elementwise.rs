@@ -100,10 +100,8 @@ impl BlockDims {
                 continue;
             }
             if nd == COPY_MAX_DIMS {
-                return Err(shape_err(
-                    op,
-                    format!("block {block:?} needs more than {COPY_MAX_DIMS} loop dims"),
-                ));
+                let msg = format!("block {block:?} needs more than {COPY_MAX_DIMS} loop dims");
+                return Err(shape_err(op, msg));
             }
             (d.n[nd], d.src[nd], d.dst[nd]) = (n as u64, s as u64, t as u64);
             nd += 1;

@@ -68,11 +68,6 @@ pub fn per_row_capped(rows: usize) -> Geom {
     geom(rows, ROW_BLOCK)
 }
 
-/// One block (sums in a fixed order).
-pub fn one_block() -> Geom {
-    geom(1, ROW_BLOCK)
-}
-
 /// One thread (the sequential merge steps of the reductions).
 pub fn single() -> Geom {
     geom(1, 1)
@@ -86,11 +81,6 @@ pub fn col_strips(items: usize, cols: usize) -> Geom {
 /// Partial sums of the two-pass reductions over `n` elements.
 pub fn reduce_parts(n: usize) -> usize {
     ceil_div(n.max(1), ROW_BLOCK as usize).min(REDUCE_PARTS)
-}
-
-/// The first pass of `sum_all` / `ssq_update`: one block per part.
-pub fn first_pass(n: usize) -> Geom {
-    geom(reduce_parts(n), ROW_BLOCK)
 }
 
 /// `sum_axis` for `inner > 1`: `WARP_SIZE x SUM_AXIS_SPLIT` blocks.

@@ -36,14 +36,8 @@ crate::cuda_table_optim!(launchers);
 
 /// Whether `optim.cu` has a step for masters `p` and gradients `g`.
 pub fn optim_supported(p: DType, g: DType) -> bool {
-    matches!(
-        (p, g),
-        (DType::F32, DType::F32)
-            | (DType::F32, DType::BF16)
-            | (DType::F32, DType::F16)
-            | (DType::F64, DType::F64)
-            | (DType::F64, DType::F32)
-    )
+    use DType::{BF16, F16, F32, F64};
+    matches!((p, g), (F32, F32 | BF16 | F16) | (F64, F64 | F32))
 }
 
 /// `P` rounded from an f64 scalar, as the CPU's `P::Acc::of` (P is f32 or

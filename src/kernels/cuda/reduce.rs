@@ -23,16 +23,16 @@ macro_rules! cuda_table_reduce {
             /// `part[b]` = the f64 sum of block `b`'s share of `x`.
             sum_partial<T>(
                 n: val usize = x.len(), x: in T [n], part: out f64 [geom::reduce_parts(n)],
-            ) @ first_pass(n);
+            ) @ per_row_capped(geom::reduce_parts(n));
             /// `y[0] = alpha * sum(part) + beta * y[0]`.
             sum_all as sum_all_parts<T>(
                 nparts: val usize = part.len(), part: in f64 [nparts], alpha: val f64,
                 beta: val f64, y: out T [1],
-            ) @ one_block();
+            ) @ per_row_capped(1);
             /// `part[3b..3b + 3]` = block `b`'s (max |x|, scaled ssq, NaN flag).
             ssq_partial<T>(
                 n: val usize = x.len(), x: in T [n], part: out f64 [3 * geom::reduce_parts(n)],
-            ) @ first_pass(n);
+            ) @ per_row_capped(geom::reduce_parts(n));
             /// Merges the block parts into `acc = [scale, ssq]`, in order.
             ssq_update as ssq_update_parts<T>(
                 nparts: val usize = part.len() / 3, part: in f64 [3 * nparts], acc: out f64 [2],

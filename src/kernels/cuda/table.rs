@@ -95,21 +95,16 @@ macro_rules! cuda_entries {
     };
 }
 
-#[macro_export]
-#[doc(hidden)]
-macro_rules! cuda_lets {
-    ([$($an:ident : $ak:tt $at:ty [$($al:tt)*] [$($ad:expr)?],)*]) => {
-        $($(let $an: $at = $ad;)?)*
-    };
-}
-
-/// An entry's condition, then every pointer's length (the first failure).
+/// Binds the derived scalars, then `$checked` = the entry's condition and
+/// every pointer's length (the first failure).
 #[macro_export]
 #[doc(hidden)]
 macro_rules! cuda_checks {
-    ($op:ident; [$($req:tt)*]; [$($an:ident : $ak:tt $at:ty [$($al:tt)*] [$($ad:expr)?],)*]) => {
-        $crate::cuda_checks!(@req $op [$($req)*])
-            $(.and_then(|()| $crate::cuda_check!($op, $an, $ak, [$($al)*])))*
+    ($checked:ident = $op:ident; [$($req:tt)*];
+        [$($an:ident : $ak:tt $at:ty [$($al:tt)*] [$($ad:expr)?],)*]) => {
+        $($(let $an: $at = $ad;)?)*
+        let $checked = $crate::cuda_checks!(@req $op [$($req)*])
+            $(.and_then(|()| $crate::cuda_check!($op, $an, $ak, [$($al)*])))*;
     };
     (@req $op:ident []) => { $crate::error::Result::Ok(()) };
     (@req $op:ident [$($req:tt)+]) => {
@@ -170,8 +165,8 @@ macro_rules! launchers {
         ) -> $crate::error::Result<()> {
             use cudarc::driver::PushKernelArg;
             let op = $crate::cuda_kernel!($sel $name);
-            $crate::cuda_lets!($args);
-            $crate::cuda_checks!(op; $req; $args)?;
+            $crate::cuda_checks!(checked = op; $req; $args);
+            checked?;
             let name = $crate::kernels::cuda::kernel_name(op, &[$t0::DTYPE $(, $g::DTYPE)*]);
             let f = gpu.kernels.func($crate::kernels::cuda::Module::$module, &name)?;
             let geom = $crate::kernels::cuda::geom::$gf($($ga),*);

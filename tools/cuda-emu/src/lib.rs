@@ -178,8 +178,8 @@ macro_rules! emu_kernel {
             $($pn: emu_param!($pk $pt)),*
         ) {
             let op = gpt2rs::cuda_kernel!($sel $name);
-            gpt2rs::cuda_lets!($args);
-            gpt2rs::cuda_checks!(op; $req; $args).unwrap_or_else(|e| panic!("{e}"));
+            gpt2rs::cuda_checks!(checked = op; $req; $args);
+            checked.unwrap_or_else(|e| panic!("{e}"));
             let geom = gpt2rs::kernels::cuda::geom::$gf($($ga),*);
             let sym = emu_pick!($sel $name)(&[$t0::DTYPE $(, $g::DTYPE)*]);
             // SAFETY: `sym` is `<kernel>_<dtypes>`, whose C signature is the

@@ -127,8 +127,7 @@ impl Geo {
         let rs = self.h * self.hs;
         Strided::new(bi * self.tk * rs, rs, self.hs)
     }
-    /// Heads of batch row `bi` (of the chunk starting at `b0`) of a scratch
-    /// block `[bc, h, nr, tk]`.
+    /// Heads of batch row `bi` in the scratch block of the chunk from `b0`.
     pub fn s_heads(&self, bi: usize, b0: usize) -> Strided {
         Strided::new((bi - b0) * self.blk(), self.tk, self.nr * self.tk)
     }

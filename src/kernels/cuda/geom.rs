@@ -34,9 +34,8 @@ fn geom(grid: usize, block: u32) -> Geom {
 /// row block, a distinct id) and `COL_BLOCK` columns of it.
 pub const COL_BLOCK: u32 = 128;
 
-/// Rows per partial sum of the column reductions (`rblk` of `bias_grad_part`
-/// and `layernorm_param_grad_part`): the CPU kernels' `BLOCK`, so the partial
-/// sums are the CPU's.
+/// Rows per partial sum of the column reductions (their `rblk`): the CPU
+/// kernels' `BLOCK`, so the partial sums are the CPU's.
 pub const COL_ROW_BLOCK: usize = 256;
 
 /// Thread rows per block of `sum_axis` (`AXIS_SPLIT` in reduce.cu).

@@ -20,8 +20,7 @@ macro_rules! cuda_table_optim {
                     nesterov: i32, first_step: i32,
                 },
             ) if ((s.has_momentum != 0) == buf.is_some()) @ elementwise(n);
-            /// One Adam or AdamW step (torch semantics; see
-            /// `kernels::cpu::optim::adam_step`).
+            /// One Adam or AdamW step (torch semantics; see `kernels::cpu::optim`).
             adam_step<P, G> for optim (
                 n: val usize = p.len(), p: out P [n], g: in G [n], m: out P [n], v: out P [n],
                 s: host AdamScalars<P> {
@@ -40,8 +39,7 @@ pub fn optim_supported(p: DType, g: DType) -> bool {
     matches!((p, g), (F32, F32 | BF16 | F16) | (F64, F64 | F32))
 }
 
-/// `P` rounded from an f64 scalar, as the CPU's `P::Acc::of` (P is f32 or
-/// f64, its own accumulator type).
+/// `P` (f32 or f64, its own accumulator) rounded from f64 as the CPU rounds.
 fn sc<P: Element>(v: f64) -> P {
     P::from_acc(P::Acc::of(v))
 }

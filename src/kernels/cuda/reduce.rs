@@ -108,12 +108,10 @@ pub fn col_sums<G: DevElement>(
         return Ok(());
     }
     let nblk = rows.div_ceil(geom::COL_ROW_BLOCK);
+    let n = (1 + y1.is_some() as usize) * nblk * cols;
     // SAFETY: `first` writes every partial sum before add_col_parts, next on
     // the stream, reads them.
-    let mut part = unsafe {
-        gpu.kernels
-            .scratch_f64((1 + y1.is_some() as usize) * nblk * cols)
-    }?;
+    let mut part = unsafe { gpu.kernels.scratch_f64(n) }?;
     first(&mut part.as_view_mut())?;
     add_col_parts(gpu, nblk, cols, &part.as_view(), y0, y1)
 }

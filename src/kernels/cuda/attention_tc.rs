@@ -25,8 +25,9 @@ use super::attention::AttnDropArgs;
 use super::blas::{gemm_strided, Strided};
 use super::context::{drv, DevElement, Gpu};
 use super::geom::ATTN_TC_BLOCK;
+use super::table::{check_len, require};
 use crate::dtype::{DType, Element, GemmCompute};
-use crate::error::{arg_err, shape_err, Result};
+use crate::error::Result;
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr};
 
 #[macro_export]
@@ -156,18 +157,13 @@ fn prepare<T: DevElement>(
     [qs, ks, ss]: [&[usize]; 3],
 ) -> Result<Option<Geo>> {
     let [b, tq, tk, h, hs] = dims;
-    let op = format!("cuda.{op}");
-    if !attn_tc_supports(T::DTYPE, hs) || <T::Acc as Element>::DTYPE != DType::F32 {
-        let (dt, msg) = (T::DTYPE, "takes f32/bf16/f16 and a head size >= 1");
-        return Err(arg_err(&op, format!("{msg}, not {dt} with {hs}")));
-    }
+    let ok = attn_tc_supports(T::DTYPE, hs) && <T::Acc as Element>::DTYPE == DType::F32;
+    let (dt, msg) = (T::DTYPE, "f32/bf16/f16 and a head size >= 1");
+    require(op, ok, &format!("{msg}, not {dt} with {hs}"))?;
     let want = [b * tq * h * hs, b * tk * h * hs, b * tq * h];
     for (lens, want) in [qs, ks, ss].into_iter().zip(want) {
-        if let Some(got) = lens.iter().find(|&&n| n != want) {
-            return Err(shape_err(
-                &op,
-                format!("expected {want} elements, got {got}"),
-            ));
+        for &n in lens {
+            check_len(op, "an operand", want, n, false)?;
         }
     }
     Ok(Geo::new(dims, pos))

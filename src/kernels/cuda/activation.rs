@@ -1,6 +1,4 @@
-//! `cuda/activation.cu`: GELU (tanh and exact), ReLU and dropout,
-//! elementwise (semantics in the `.cu` header, bit-compatible with
-//! `kernels::cpu::{activation, dropout}` where it says so).
+//! `cuda/activation.cu`: GELU (tanh and exact), ReLU and dropout.
 
 use crate::kernels::cpu::activation::Activation;
 use cudarc::driver::DeviceRepr;
@@ -32,9 +30,8 @@ macro_rules! cuda_table_activation {
         activation_bwd_inplace<T> by act: Activation {
             GeluTanh: gelu_bwd_inplace, Gelu: gelu_exact_bwd_inplace, Relu: relu_bwd_inplace,
         } (n: val usize = dxy.len(), x: in T [n], dxy: out T [n]) @ elementwise(n);
-        /// In place: `x = keep ? x * scale : 0` with the mask of
-        /// `src/kernels/cpu/dropout.rs` for `(seed, stream, p)` (`scale` is
-        /// its `scale`), element `i` at the global index `geo` gives it.
+        /// In place: `x = keep ? x * scale : 0`, the CPU's mask at the global
+        /// index `geo` gives element `i`.
         dropout<T>(
             n: val usize = geo.len(), seed: val u64, stream: val u64, p: val f64, scale: val f64,
             rank: val usize = geo.rank, tshape: val Dims8 = geo.tile_shape,
@@ -45,8 +42,7 @@ macro_rules! cuda_table_activation {
 }
 crate::cuda_table_activation!(launchers);
 
-/// Dropout geometry of one tile: its shape and the global row-major strides
-/// (padded to [`DROPOUT_MAX_RANK`]), and the global index of its first element.
+/// One tile's shape, the global row-major strides and its first element's index.
 #[derive(Clone, Copy, Debug)]
 pub struct DropoutGeometry {
     pub rank: usize,
@@ -56,8 +52,7 @@ pub struct DropoutGeometry {
 }
 
 impl DropoutGeometry {
-    /// The tile of shape `tile_shape` at `global_offset` in a tensor of
-    /// `global_shape` (`None` above [`DROPOUT_MAX_RANK`] axes).
+    /// `None` above [`DROPOUT_MAX_RANK`] axes.
     pub fn new(
         global_offset: &[usize],
         tile_shape: &[usize],
@@ -83,12 +78,10 @@ impl DropoutGeometry {
         Some(g)
     }
 
-    /// Elements of the tile.
     pub fn len(&self) -> usize {
         self.tile_shape.0[..self.rank].iter().product::<u64>() as usize
     }
 
-    /// Whether the tile is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -1,12 +1,11 @@
-//! `cuda/attention.cu`: causal flash attention, one warp per row
-//! (semantics in the `.cu` header, the CPU's in `kernels::cpu::attention`),
-//! with attention dropout (the CPU's counter-based mask) and a key/value
-//! batch stride `ks` (KV-cache tiles of which the first `tk` positions are
-//! used); the backward is one launch that owns every output row (no atomics).
+//! `cuda/attention.cu`: causal flash attention, one warp per row, with the
+//! CPU's dropout mask; the backward is one launch that owns every output row
+//! (no atomics).
 
+use super::ATTN_BLOCK;
 use cudarc::driver::DeviceRepr;
 
-/// Largest head size the kernels take (they keep a row in registers).
+/// Largest head size (the kernels keep a row in registers).
 pub const ATTN_HS_MAX: usize = 256;
 
 #[macro_export]
@@ -18,15 +17,15 @@ macro_rules! cuda_table_attention {
             rows: val usize, hs: val usize, m: out T::Acc [rows], l: out T::Acc [rows],
             acc: out T::Acc [rows * hs],
         ) @ elementwise(rows * hs.max(1));
-        /// Merges one key tile into the online softmax state; k and v hold
-        /// `ks >= tk` positions per batch row, of which the first `tk` are used.
+        /// Merges one key tile into the online softmax state (k, v: the first
+        /// `tk` of `ks` positions per batch row, for KV-cache tiles).
         flash_fwd<T>(
             q: in T [b * tq * h * hs], k: in T [b * ks * h * hs], v: in T [b * ks * h * hs],
             b: val usize, tq: val usize, tk: val usize, ks: val usize, h: val usize,
             hs: val usize, q0: val usize, k0: val usize, scale: val f64, drop: val AttnDropArgs,
             m: out T::Acc [b * tq * h], l: out T::Acc [b * tq * h],
             acc: out T::Acc [b * tq * h * hs],
-        ) if (hs <= ATTN_HS_MAX && tk <= ks) @ warp_rows(b * tq * h);
+        ) if (hs <= ATTN_HS_MAX && tk <= ks) @ warp_rows(b * tq * h, ATTN_BLOCK);
         /// `o = acc / l`, `lse = m + ln l`.
         attn_fwd_finalize<T>(
             m: in T::Acc [rows], l: in T::Acc [rows], acc: in T::Acc [rows * hs], rows: val usize,
@@ -36,7 +35,7 @@ macro_rules! cuda_table_attention {
         attn_bwd_delta<T>(
             o: in T [rows * hs], d_o: in T [rows * hs], rows: val usize, hs: val usize,
             delta: out T::Acc [rows],
-        ) @ warp_rows(rows);
+        ) @ warp_rows(rows, ATTN_BLOCK);
         /// `dq, dk, dv +=` the terms of one (query tile, key tile) pair.
         flash_bwd<T>(
             q: in T [b * tq * h * hs], k: in T [b * tk * h * hs], v: in T [b * tk * h * hs],
@@ -45,13 +44,12 @@ macro_rules! cuda_table_attention {
             b: val usize, tq: val usize, tk: val usize, h: val usize, hs: val usize,
             q0: val usize, k0: val usize, scale: val f64, drop: val AttnDropArgs,
             dq: out T [b * tq * h * hs], dk: out T [b * tk * h * hs], dv: out T [b * tk * h * hs],
-        ) if (hs <= ATTN_HS_MAX) @ warp_rows(b * tq.max(tk) * h);
+        ) if (hs <= ATTN_HS_MAX) @ warp_rows(b * tq.max(tk) * h, ATTN_BLOCK);
     } };
 }
 crate::cuda_table_attention!(launchers);
 
-/// Attention dropout as the kernels take it (`struct AttnDrop` in
-/// `cuda/attention.cu`: nine 8-byte fields, same order).
+/// `struct AttnDrop` of `cuda/attention.cu`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AttnDropArgs {
@@ -73,8 +71,7 @@ pub struct AttnDropArgs {
 unsafe impl DeviceRepr for AttnDropArgs {}
 
 impl AttnDropArgs {
-    /// From the CPU kernels' `(seed, stream, p, [B, NH, T, T], [b_off, h_off])`
-    /// (`None`, or p <= 0: off).
+    /// From the CPU kernels' dropout (`None`, or p <= 0: off).
     pub fn new(d: crate::kernels::cpu::attention::AttnDropout) -> Self {
         match d {
             Some((seed, stream, p, [_, nh, t, _], [b_off, h_off])) if p > 0.0 => AttnDropArgs {

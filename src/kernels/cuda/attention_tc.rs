@@ -1,22 +1,17 @@
 //! The tensor-core path of the attention update tasks: the products of one
 //! (query tile, key tile) pair through cuBLAS ([`gemm_strided`], batched
 //! over the heads of one batch row), the softmax steps between them in
-//! `cuda/attention_tc.cu` (formulas and layouts in its header). Same
-//! operands and semantics as [`flash_fwd`](super::attention::flash_fwd) (without a KV-cache
-//! batch stride) and [`flash_bwd`](super::attention::flash_bwd), for f32, bf16 and f16
-//! storage (f64 keeps the warp path).
+//! `cuda/attention_tc.cu`. Same operands and semantics as
+//! [`flash_fwd`](super::attention::flash_fwd) (without a KV-cache batch
+//! stride) and [`flash_bwd`](super::attention::flash_bwd), for f32, bf16 and
+//! f16 (f64 keeps the warp path).
 //!
-//! Per task, only the query rows `first..tq` that see a key of the tile
-//! enter the products (`first = max(k0 - q0, 0)`, `nr = tq - first`); the
-//! task does nothing when there are none, as on the CPU. Scores live in
-//! scratch buffers `[bc, h, nr, tk]` for `bc` batch rows at a time (as many
-//! as fit [`SCORE_BUDGET`] elements, but at least one: a block of one batch
-//! row is never split), allocated per task without initialisation (every
-//! element is written before it is read: the score GEMMs have beta = 0 and
-//! cover their blocks, the row kernels write every key of every row) and
-//! freed stream-ordered when the task returns. The forward holds one f32
-//! and one T buffer, the backward two of each; the runtime's memory limit
-//! does not count them.
+//! Only the query rows `first..tq` that see a key of the tile enter the
+//! products. Scores live in scratch `[bc, h, nr, tk]` for `bc` batch rows at
+//! a time (as many as fit [`SCORE_BUDGET`], at least one), uninitialised
+//! (the score GEMMs have beta = 0 and the row kernels write every key of
+//! every row) and freed stream-ordered; the runtime's memory limit does not
+//! count them.
 //!
 //! ```text
 //! forward, per chunk:  S = scale Q K^T (GEMM per batch row) -> fwd_rows -> acc += Pd V
@@ -24,14 +19,15 @@
 //!                      dV += Pd^T dO, dQ += scale dS K, dK += scale dS^T Q
 //! ```
 //!
-//! f32 products run in true fp32 (CUBLAS_COMPUTE_32F: the task knows nothing
-//! of a TF32 mode); bf16/f16 run on tensor cores with f32 accumulation.
+//! f32 products run in true fp32 (the task knows nothing of a TF32 mode).
 
 use super::attention::AttnDropArgs;
 use super::blas::{gemm_strided, Strided};
 use super::context::{drv, DevElement, Gpu};
+use super::geom::ATTN_TC_BLOCK;
+use super::table::{check_len, require};
 use crate::dtype::{DType, Element, GemmCompute};
-use crate::error::{arg_err, shape_err, Result};
+use crate::error::Result;
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr};
 
 #[macro_export]
@@ -39,9 +35,8 @@ use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr};
 macro_rules! cuda_table_attention_tc {
     ($cb:ident) => {
         $cb! { AttentionTc;
-            /// The forward softmax step over the `rows` rows of the chunk of `nb`
-            /// batch rows from `b0`: scores `s` in, probabilities `p` out, the
-            /// tile's statistics and `acc` rescaled.
+            /// The forward softmax step over the chunk of `nb` batch rows from
+            /// `b0`: scores `s` in, `p` out, the statistics and `acc` rescaled.
             attn_tc_fwd_rows<T> for tc (
                 s: in f32 [>= rows * tk], rows: val usize = nb * g.h * g.nr,
                 g: host Geo {
@@ -51,9 +46,8 @@ macro_rules! cuda_table_attention_tc {
                 b0: val usize, drop: val AttnDropArgs, m: out T::Acc [>= (b0 + nb) * tq * h],
                 l: out T::Acc [>= (b0 + nb) * tq * h], acc: out T::Acc [>= (b0 + nb) * tq * h * hs],
                 p: out T [>= rows * tk], nb: host usize,
-            ) @ warp_rows_tc(rows);
-            /// The backward softmax step over the rows of a chunk: `pd` and `ds`
-            /// from the scores `s` and `dp = dO V^T`.
+            ) @ warp_rows(rows, ATTN_TC_BLOCK);
+            /// The backward softmax step: `pd` and `ds` from `s` and `dp = dO V^T`.
             attn_tc_bwd_rows<T> for tc (
                 s: in f32 [>= rows * tk], dp: in f32 [>= rows * tk],
                 lse: in T::Acc [>= (b0 + nb) * tq * h], delta: in T::Acc [>= (b0 + nb) * tq * h],
@@ -63,18 +57,16 @@ macro_rules! cuda_table_attention_tc {
                 },
                 b0: val usize, drop: val AttnDropArgs, pd: out T [>= rows * tk],
                 ds: out T [>= rows * tk], nb: host usize,
-            ) @ warp_rows_tc(rows);
+            ) @ warp_rows(rows, ATTN_TC_BLOCK);
         }
     };
 }
 crate::cuda_table_attention_tc!(launchers);
 
-/// Elements of one scratch block of scores (64 MiB in f32): batch rows are
-/// processed in chunks that fit (at least one batch row at a time).
+/// Elements of one scratch block of scores (64 MiB in f32).
 pub const SCORE_BUDGET: usize = 1 << 24;
 
-/// Whether the tensor-core path takes tasks of this storage dtype and head
-/// size (the cuBLAS products need a non-empty head).
+/// Whether the path takes this dtype and head size (cuBLAS needs a head).
 pub fn attn_tc_supports(dt: DType, hs: usize) -> bool {
     matches!(dt, DType::F32 | DType::BF16 | DType::F16) && hs >= 1
 }
@@ -82,7 +74,7 @@ pub fn attn_tc_supports(dt: DType, hs: usize) -> bool {
 /// The products' compute mode (module doc).
 const CM: GemmCompute = GemmCompute::Default;
 
-/// The geometry of one task on this path (`[b, tq, tk, h, hs]`, `[q0, k0]`).
+/// The geometry of one task (`[b, tq, tk, h, hs]`, `[q0, k0]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Geo {
     pub b: usize,
@@ -101,8 +93,7 @@ pub struct Geo {
 }
 
 impl Geo {
-    /// `None` when the task has nothing to do (no key, no visible query,
-    /// no batch row or head).
+    /// `None` when the task has nothing to do.
     pub fn new([b, tq, tk, h, hs]: [usize; 5], [q0, k0]: [usize; 2]) -> Option<Geo> {
         let first = k0.saturating_sub(q0);
         if tk == 0 || first >= tq || b == 0 || h == 0 {
@@ -127,8 +118,7 @@ impl Geo {
     pub fn blk(&self) -> usize {
         self.h * self.nr * self.tk
     }
-    /// Heads of batch row `bi` of a query-shaped tile (q, dO, acc, dq),
-    /// from query row `first` on.
+    /// Heads of batch row `bi` of a query-shaped tile, from row `first` on.
     pub fn q_heads(&self, bi: usize) -> Strided {
         let rs = self.h * self.hs;
         Strided::new((bi * self.tq + self.first) * rs, rs, self.hs)
@@ -138,8 +128,7 @@ impl Geo {
         let rs = self.h * self.hs;
         Strided::new(bi * self.tk * rs, rs, self.hs)
     }
-    /// Heads of batch row `bi` (of the chunk starting at `b0`) of a scratch
-    /// block `[bc, h, nr, tk]`.
+    /// Heads of batch row `bi` in the scratch block of the chunk from `b0`.
     pub fn s_heads(&self, bi: usize, b0: usize) -> Strided {
         Strided::new((bi - b0) * self.blk(), self.tk, self.nr * self.tk)
     }
@@ -159,9 +148,8 @@ fn scratch<E: DeviceRepr>(dev: &Gpu, n: usize) -> Result<CudaSlice<E>> {
     unsafe { dev.stream.alloc::<E>(n) }.map_err(drv)
 }
 
-/// Checks the dtype, the head size and the lengths of the query-shaped
-/// (`qs`), key-shaped (`ks`) and statistics (`ss`) operands of a task, and
-/// returns its geometry (`None`: nothing to do).
+/// Checks the dtype, the head size and the lengths of the query-shaped,
+/// key-shaped and statistics operands; the task's geometry.
 fn prepare<T: DevElement>(
     op: &str,
     dims: [usize; 5],
@@ -169,29 +157,20 @@ fn prepare<T: DevElement>(
     [qs, ks, ss]: [&[usize]; 3],
 ) -> Result<Option<Geo>> {
     let [b, tq, tk, h, hs] = dims;
-    let op = format!("cuda.{op}");
-    if !attn_tc_supports(T::DTYPE, hs) || <T::Acc as Element>::DTYPE != DType::F32 {
-        let msg = format!(
-            "takes f32/bf16/f16 and a head size >= 1, not {} with {hs}",
-            T::DTYPE
-        );
-        return Err(arg_err(&op, msg));
-    }
+    let ok = attn_tc_supports(T::DTYPE, hs) && <T::Acc as Element>::DTYPE == DType::F32;
+    let (dt, msg) = (T::DTYPE, "f32/bf16/f16 and a head size >= 1");
+    require(op, ok, &format!("{msg}, not {dt} with {hs}"))?;
     let want = [b * tq * h * hs, b * tk * h * hs, b * tq * h];
     for (lens, want) in [qs, ks, ss].into_iter().zip(want) {
-        if let Some(got) = lens.iter().find(|&&n| n != want) {
-            return Err(shape_err(
-                &op,
-                format!("expected {want} elements, got {got}"),
-            ));
+        for &n in lens {
+            check_len(op, "an operand", want, n, false)?;
         }
     }
     Ok(Geo::new(dims, pos))
 }
 
-/// `out_h = alpha A_h B_h^T` for the heads of batch row `bi` (`[nr, hs] x
-/// [hs, tk]`, A query-shaped, B key-shaped) into the score block of the
-/// chunk starting at `b0`.
+/// `out_h = alpha A_h B_h^T` (`[nr, hs] x [hs, tk]`) for the heads of batch
+/// row `bi` into the score block of the chunk from `b0`.
 fn scores<T: DevElement>(
     dev: &Gpu,
     g: &Geo,
@@ -205,8 +184,7 @@ fn scores<T: DevElement>(
     gemm_strided::<T, f32>(dev, CM, dims, alpha, (a, ah), (b, bh), 0.0, (out, oh))
 }
 
-/// The forward update of one key tile on tensor cores: the same operands
-/// and result as [`flash_fwd`](super::attention::flash_fwd) with `ks == tk`.
+/// [`flash_fwd`](super::attention::flash_fwd) with `ks == tk`, on tensor cores.
 pub fn attn_fwd_tc<T: DevElement>(
     dev: &Gpu,
     [q, k, v]: [&CudaView<T>; 3],
@@ -239,8 +217,7 @@ pub fn attn_fwd_tc<T: DevElement>(
     Ok(())
 }
 
-/// The backward of one (query tile, key tile) pair on tensor cores: the
-/// same operands and result as [`flash_bwd`](super::attention::flash_bwd).
+/// [`flash_bwd`](super::attention::flash_bwd) on tensor cores.
 #[allow(clippy::too_many_arguments)]
 pub fn attn_bwd_tc<T: DevElement>(
     dev: &Gpu,

@@ -1,6 +1,5 @@
-//! `cuda/bias.cu`: bias broadcast over rows and its gradient
-//! (`kernels::cpu::bias`), the gradient in two passes through f64 partial
-//! sums (bit for bit the CPU's blocked sums).
+//! `cuda/bias.cu`: bias broadcast over rows and its gradient (bit for bit the
+//! CPU's blocked sums).
 
 use super::context::{DevElement, Gpu};
 use super::geom::COL_ROW_BLOCK;
@@ -18,7 +17,7 @@ macro_rules! cuda_table_bias {
         /// `y[r, c] += bias[c]`.
         bias_add<T>(bias: in T [cols], rows: val usize, cols: val usize, y: out T [rows * cols])
             @ elementwise(rows * cols);
-        /// `part[k, c]` = the f64 sum of rows `k * rblk ..` (`rblk` of them) of column `c`.
+        /// `part[k, c]` = the f64 sum of row block `k` of column `c`.
         bias_grad_part<T>(
             dy: in T [rows * cols], rows: val usize, cols: val usize, rblk: val usize,
             part: out f64 [rows.div_ceil(rblk) * cols],
@@ -27,7 +26,7 @@ macro_rules! cuda_table_bias {
 }
 crate::cuda_table_bias!(launchers);
 
-/// `db[c] += sum_r dy[r, c]` (`kernels::cpu::bias::bias_grad`, bit for bit).
+/// `db[c] += sum_r dy[r, c]`.
 pub fn bias_grad<T: DevElement, G: DevElement>(
     gpu: &Gpu,
     dy: &CudaView<T>,

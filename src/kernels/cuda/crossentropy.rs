@@ -1,7 +1,5 @@
-//! `cuda/crossentropy.cu`: cross-entropy over vocabulary tiles
-//! (`kernels::cpu::crossentropy`): the running (max, sumexp) per row, the
-//! loss as two single-block sums in a fixed order, and the gradient in
-//! place of the logits.
+//! `cuda/crossentropy.cu`: cross-entropy over vocabulary tiles, the loss as
+//! two single-block sums in a fixed order.
 
 #[macro_export]
 #[doc(hidden)]
@@ -15,18 +13,16 @@ macro_rules! cuda_table_crossentropy {
                 logits: in T [rows * vt], rows: val usize, vt: val usize,
                 acc: out T::Acc [rows * 2],
             ) @ per_row(rows);
-            /// `loss[0] -= sum_r z[r, t_r]` for the targets inside this tile
-            /// (`vocab_lo ..`), by one block in a fixed order.
+            /// `loss[0] -= sum_r z[r, t_r]` for the targets inside this tile.
             ce_loss_target<T>(
                 logits: in T [rows * vt], rows: val usize, vt: val usize, vocab_lo: val usize,
                 targets: in i64 [rows], loss: out f64 [1],
-            ) @ one_block();
-            /// `loss[0] += sum_r (max + ln sumexp)` over the non-ignored rows, by
-            /// one block (`T` the accumulation dtype).
+            ) @ per_row_capped(1);
+            /// `loss[0] += sum_r (max + ln sumexp)` over the non-ignored rows.
             ce_loss_lse<T>(
                 acc: in T::Acc [rows * 2], rows: val usize, targets: in i64 [rows],
                 loss: out f64 [1],
-            ) @ one_block();
+            ) @ per_row_capped(1);
             /// In place: logits become `scale * (softmax - onehot)`.
             ce_bwd<T>(
                 acc: in T::Acc [rows * 2], rows: val usize, vt: val usize, vocab_lo: val usize,

@@ -1,6 +1,4 @@
-//! `cuda/elementwise.cu`: fill, scale, axpy, add, cast and the n-d block
-//! copy, on flat tiles (semantics in the `.cu` header; each mirrors the CPU
-//! kernel of the same name in `kernels::cpu::{elementwise, copy}`).
+//! `cuda/elementwise.cu`: the CPU's kernels of the same names, on flat tiles.
 
 use super::context::{DevElement, Gpu};
 use crate::error::{shape_err, Result};
@@ -38,10 +36,8 @@ crate::cuda_table_elementwise!(launchers);
 /// Most dims of a block copy after merging (`COPY_MAX_DIMS` in elementwise.cu).
 pub const COPY_MAX_DIMS: usize = 8;
 
-/// The loop nest of one block copy, passed by value to `copy_block_*`
-/// (layout of `struct BlockDims` in elementwise.cu: all 64-bit fields).
-/// Dims are innermost first; dims contiguous on both sides are merged and
-/// unit dims dropped, as the CPU kernel `copy_block` does.
+/// `struct BlockDims` of elementwise.cu: the loop nest of one block copy,
+/// innermost first, with dims contiguous on both sides merged, as on the CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BlockDims {
@@ -58,11 +54,7 @@ pub struct BlockDims {
 unsafe impl DeviceRepr for BlockDims {}
 
 impl BlockDims {
-    /// The loop nest copying the block of extent `block` at `src_offset` of
-    /// a `src_shape` array to `dst_offset` of a `dst_shape` array, and its
-    /// element count; `None` when the block is empty. Errors when the ranks
-    /// differ, the block does not fit, or more than [`COPY_MAX_DIMS`] dims
-    /// remain after merging.
+    /// The loop nest and its element count (`None`: an empty block).
     pub fn new(
         src_shape: &[usize],
         src_offset: &[usize],
@@ -70,25 +62,18 @@ impl BlockDims {
         dst_offset: &[usize],
         block: &[usize],
     ) -> Result<Option<(BlockDims, usize)>> {
-        let rank = block.len();
-        let op = "cuda.copy_block";
-        if src_shape.len() != rank
-            || src_offset.len() != rank
-            || dst_shape.len() != rank
-            || dst_offset.len() != rank
+        let (rank, op) = (block.len(), "cuda.copy_block");
+        let ranks = [src_shape, src_offset, dst_shape, dst_offset].map(<[usize]>::len);
+        if ranks != [rank; 4]
+            || (0..rank).any(|a| {
+                src_offset[a] + block[a] > src_shape[a] || dst_offset[a] + block[a] > dst_shape[a]
+            })
         {
-            return Err(shape_err(op, "shapes, offsets and block differ in rank"));
-        }
-        if (0..rank).any(|a| {
-            src_offset[a] + block[a] > src_shape[a] || dst_offset[a] + block[a] > dst_shape[a]
-        }) {
-            return Err(shape_err(
-                op,
-                format!(
-                    "block {block:?} at {src_offset:?} of {src_shape:?} -> at {dst_offset:?} \
-                     of {dst_shape:?} does not fit"
-                ),
-            ));
+            let msg = format!(
+                "block {block:?} at {src_offset:?} of {src_shape:?} -> at {dst_offset:?} of \
+                 {dst_shape:?} does not fit"
+            );
+            return Err(shape_err(op, msg));
         }
         if block.contains(&0) {
             return Ok(None);
@@ -115,14 +100,10 @@ impl BlockDims {
                 continue;
             }
             if nd == COPY_MAX_DIMS {
-                return Err(shape_err(
-                    op,
-                    format!("block {block:?} needs more than {COPY_MAX_DIMS} loop dims"),
-                ));
+                let msg = format!("block {block:?} needs more than {COPY_MAX_DIMS} loop dims");
+                return Err(shape_err(op, msg));
             }
-            d.n[nd] = n as u64;
-            d.src[nd] = s as u64;
-            d.dst[nd] = t as u64;
+            (d.n[nd], d.src[nd], d.dst[nd]) = (n as u64, s as u64, t as u64);
             nd += 1;
         }
         d.ndim = nd as u64;
@@ -135,8 +116,8 @@ impl BlockDims {
         last.map_or((0, 0), |(s, t)| (s + 1, t + 1))
     }
 
-    /// The (source, destination) flat offsets of element `i` of the block:
-    /// the index arithmetic of `copy_one` in elementwise.cu, for tests.
+    /// The (source, destination) offsets of element `i` (`copy_one` in
+    /// elementwise.cu).
     pub fn offsets(&self, i: usize) -> (usize, usize) {
         let nd = self.ndim as usize;
         let (mut r, mut s, mut t) = (i as u64, self.src_start, self.dst_start);
@@ -150,9 +131,7 @@ impl BlockDims {
     }
 }
 
-/// `dst[dst_offset + j] = (D) src[src_offset + j]` for every multi-index
-/// `j < block` (`kernels::cpu::copy::{copy_block, cast_block}`): a bit copy
-/// when `S == D`, else rounded to nearest-even as `cast`.
+/// `dst[dst_offset + j] = (D) src[src_offset + j]` for every `j < block`.
 #[allow(clippy::too_many_arguments)]
 pub fn copy_block<S: DevElement, D: DevElement>(
     gpu: &Gpu,

@@ -1,10 +1,9 @@
-//! Launch geometries: the one set of functions the kernel tables name (each
-//! entry's `@ geometry(args)`), shared by the cudarc launchers and the host
-//! emulator (`tools/cuda-emu`), so both launch every kernel alike. Grids are
-//! 1-D, blocks 1-D or 2-D (`sum_axis` only); no kernel uses dynamic shared
-//! memory.
+//! Launch geometries: the functions the kernel tables name (`@ geometry(args)`),
+//! shared by the cudarc launchers and the host emulator (`tools/cuda-emu`),
+//! so both launch every kernel alike. Grids are 1-D, blocks 1-D or 2-D
+//! (`sum_axis` only); no kernel uses dynamic shared memory.
 
-use super::{ceil_div, grid_for, ATTN_BLOCK, ELEMENTWISE_BLOCK, MAX_GRID, ROW_BLOCK, WARP_SIZE};
+use super::{ceil_div, ELEMENTWISE_BLOCK, MAX_GRID, ROW_BLOCK, WARP_SIZE};
 
 /// A launch geometry: `grid` blocks of `block.0 x block.1` threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,22 +22,20 @@ impl From<Geom> for cudarc::driver::LaunchConfig {
     }
 }
 
-const fn geom(grid: u32, block: u32) -> Geom {
-    Geom {
-        grid,
-        block: (block, 1),
-    }
+/// `grid` blocks of `block` threads, the grid capped to `1..=MAX_GRID` (for
+/// the kernels that stride over the rest).
+fn geom(grid: usize, block: u32) -> Geom {
+    let grid = grid.clamp(1, MAX_GRID as usize) as u32;
+    let block = (block, 1);
+    Geom { grid, block }
 }
 
-/// Threads per block of the column-strip kernels (the first passes of
-/// `bias_grad` and `layernorm_param_grad`, `embedding_bwd_sorted`): a block
-/// owns one item (a row block, a distinct id) and `COL_BLOCK` consecutive
-/// columns of it, a thread one column.
+/// Threads per block of the column-strip kernels: a block owns one item (a
+/// row block, a distinct id) and `COL_BLOCK` columns of it.
 pub const COL_BLOCK: u32 = 128;
 
-/// Rows per partial sum of the column reductions (the `rblk` argument of
-/// `bias_grad_part` and `layernorm_param_grad_part`): the CPU kernels'
-/// `BLOCK`, so the partial sums are the CPU's.
+/// Rows per partial sum of the column reductions (their `rblk`): the CPU
+/// kernels' `BLOCK`, so the partial sums are the CPU's.
 pub const COL_ROW_BLOCK: usize = 256;
 
 /// Thread rows per block of `sum_axis` (`AXIS_SPLIT` in reduce.cu).
@@ -53,23 +50,21 @@ pub const ATTN_TC_BLOCK: u32 = 256;
 
 /// Grid-stride over `n` elements.
 pub fn elementwise(n: usize) -> Geom {
-    geom(grid_for(n, ELEMENTWISE_BLOCK), ELEMENTWISE_BLOCK)
+    geom(ceil_div(n, ELEMENTWISE_BLOCK as usize), ELEMENTWISE_BLOCK)
 }
 
-/// One block per row, the grid not capped (kernels indexing `blockIdx.x`
-/// as the row).
+/// One block per row; the grid must not be capped when the kernel takes
+/// `blockIdx.x` as the row.
 pub fn per_row(rows: usize) -> Geom {
-    geom(rows.max(1) as u32, ROW_BLOCK)
+    Geom {
+        grid: rows.max(1) as u32,
+        block: (ROW_BLOCK, 1),
+    }
 }
 
-/// One block per row, grid capped (the kernels stride over the rest).
+/// One block per row, the kernels striding over the rows past the grid.
 pub fn per_row_capped(rows: usize) -> Geom {
-    geom(rows.clamp(1, MAX_GRID as usize) as u32, ROW_BLOCK)
-}
-
-/// One block (sums in a fixed order).
-pub fn one_block() -> Geom {
-    geom(1, ROW_BLOCK)
+    geom(rows, ROW_BLOCK)
 }
 
 /// One thread (the sequential merge steps of the reductions).
@@ -77,21 +72,14 @@ pub fn single() -> Geom {
     geom(1, 1)
 }
 
-/// `items` x `ceil(cols / COL_BLOCK)` blocks of `COL_BLOCK` threads, the
-/// grid capped (the kernels stride over the rest).
+/// `items` x `ceil(cols / COL_BLOCK)` blocks of `COL_BLOCK` threads.
 pub fn col_strips(items: usize, cols: usize) -> Geom {
-    let blocks = items * ceil_div(cols, COL_BLOCK as usize);
-    geom(blocks.clamp(1, MAX_GRID as usize) as u32, COL_BLOCK)
+    geom(items * ceil_div(cols, COL_BLOCK as usize), COL_BLOCK)
 }
 
 /// Partial sums of the two-pass reductions over `n` elements.
 pub fn reduce_parts(n: usize) -> usize {
     ceil_div(n.max(1), ROW_BLOCK as usize).min(REDUCE_PARTS)
-}
-
-/// The first pass of `sum_all` / `ssq_update`: one block per part.
-pub fn first_pass(n: usize) -> Geom {
-    geom(reduce_parts(n) as u32, ROW_BLOCK)
 }
 
 /// `sum_axis` for `inner > 1`: `WARP_SIZE x SUM_AXIS_SPLIT` blocks.
@@ -103,22 +91,8 @@ pub fn sum_axis(outer: usize, inner: usize) -> Geom {
     }
 }
 
-/// One warp per row in blocks of `block` threads, rows visited by a
-/// warp-stride loop (so capping the grid is safe).
-fn warps(rows: usize, block: u32) -> Geom {
-    let per_block = (block / WARP_SIZE) as usize;
-    geom(
-        ceil_div(rows.max(1), per_block).min(MAX_GRID as usize) as u32,
-        block,
-    )
-}
-
-/// One warp per row (attention.cu).
-pub fn warp_rows(rows: usize) -> Geom {
-    warps(rows, ATTN_BLOCK)
-}
-
-/// One warp per row (attention_tc.cu).
-pub fn warp_rows_tc(rows: usize) -> Geom {
-    warps(rows, ATTN_TC_BLOCK)
+/// One warp per row in blocks of `block` threads (`ATTN_BLOCK`,
+/// [`ATTN_TC_BLOCK`]), rows visited by a warp-stride loop.
+pub fn warp_rows(rows: usize, block: u32) -> Geom {
+    geom(ceil_div(rows, (block / WARP_SIZE) as usize), block)
 }

@@ -1,7 +1,5 @@
-//! `cuda/layernorm.cu`: LayerNorm over column tiles (`kernels::cpu::layernorm`):
-//! Welford statistics merged tile by tile, forward, the backward's row sums
-//! and dx, the parameter gradients in two passes (bit for bit the CPU's
-//! blocked sums), and the fused residual add + LayerNorm.
+//! `cuda/layernorm.cu`: LayerNorm over column tiles, Welford statistics
+//! merged tile by tile, the parameter gradients bit for bit the CPU's.
 
 use super::context::{DevElement, Gpu};
 use super::geom::COL_ROW_BLOCK;
@@ -17,8 +15,7 @@ macro_rules! cuda_table_layernorm {
         layernorm_stats_update<T>(
             x: in T [rows * cols], rows: val usize, cols: val usize, acc: out T::Acc [rows * 3],
         ) @ per_row(rows);
-        /// `stats [rows, 2] = (mean, rstd)` from `acc [rows, 3]` (`T` the
-        /// accumulation dtype).
+        /// `stats [rows, 2] = (mean, rstd)` from `acc [rows, 3]`.
         layernorm_stats_finalize<T>(
             acc: in T::Acc [rows * 3], rows: val usize, eps: val f64, stats: out T::Acc [rows * 2],
         ) @ elementwise(rows);
@@ -32,28 +29,24 @@ macro_rules! cuda_table_layernorm {
             x: in T [rows * cols], dy: in T [rows * cols], stats: in T::Acc [rows * 2],
             gamma: in T [cols], rows: val usize, cols: val usize, sums: out T::Acc [rows * 2],
         ) @ per_row(rows);
-        /// `dx (= | +=) rstd * (dy*gamma - sums0/N - xhat*sums1/N)`, `N =
-        /// total_cols`, `+=` when `accumulate != 0`.
+        /// `dx (= | += if accumulate) rstd * (dy*gamma - sums0/N - xhat*sums1/N)`.
         layernorm_bwd<T>(
             x: in T [rows * cols], dy: in T [rows * cols], stats: in T::Acc [rows * 2],
             gamma: in T [cols], sums: in T::Acc [rows * 2], total_cols: val usize, rows: val usize,
             cols: val usize, accumulate: val i32, dx: out T [rows * cols],
         ) @ elementwise(rows * cols);
-        /// `part[j, k, c]`: the f64 sums of `dy*xhat` (j = 0) and `dy` (j = 1)
-        /// over the rows `k * rblk ..` (`rblk` of them) of column `c`.
+        /// `part[j, k, c]`: the f64 sums of `dy*xhat`, `dy` over row block `k`.
         layernorm_param_grad_part<T>(
             x: in T [rows * cols], dy: in T [rows * cols], stats: in T::Acc [rows * 2],
             rows: val usize, cols: val usize, rblk: val usize,
             part: out f64 [2 * rows.div_ceil(rblk) * cols],
         ) @ col_strips(rows.div_ceil(rblk), cols);
-        /// `sum = x + r` (`r` null: `sum` holds r on entry), then `acc [rows, 3]`
-        /// merged with the statistics of `sum`'s rows.
+        /// `sum = x + r` (`r` null: in place), `acc` merged with `sum`'s rows.
         add_layernorm_stats_update<T>(
             x: in T [rows * cols], r: opt_in T [rows * cols], rows: val usize, cols: val usize,
             sum: out T [rows * cols], acc: out T::Acc [rows * 3],
         ) @ per_row(rows);
-        /// One pass per row (C in one tile): `sum = x + r` (`r` null: in place
-        /// in `sum`), `stats = (mean, rstd)` of `sum`, `y = LayerNorm(sum)`.
+        /// C in one tile: `sum = x + r` (as above), its `stats`, `y = LayerNorm(sum)`.
         add_layernorm_fwd<T>(
             x: in T [rows * cols], r: opt_in T [rows * cols], gamma: in T [cols],
             beta: in T [cols], rows: val usize, cols: val usize, eps: val f64,
@@ -63,8 +56,7 @@ macro_rules! cuda_table_layernorm {
 }
 crate::cuda_table_layernorm!(launchers);
 
-/// `dgamma[c] += sum_r dy*xhat`, `dbeta[c] += sum_r dy`
-/// (`kernels::cpu::layernorm::layernorm_param_grad`, bit for bit).
+/// `dgamma[c] += sum_r dy*xhat`, `dbeta[c] += sum_r dy`, bit for bit the CPU's.
 #[allow(clippy::too_many_arguments)]
 pub fn layernorm_param_grad<T: DevElement, G: DevElement>(
     gpu: &Gpu,

@@ -3,9 +3,6 @@
 //! and derive the kernels' scalars as those do (in f64, then rounded once to
 //! the master type `P`; `1 - w` of Adam's lerp in `P`'s own arithmetic), so a
 //! GPU step rounds where the CPU step and torch do.
-//!
-//! Kernels exist for `(P, G)` in [`optim_supported`]: f32 masters with f32,
-//! bf16 or f16 gradients, f64 masters with f64 or f32 gradients.
 
 use crate::dtype::{Accum, DType, Element};
 
@@ -23,8 +20,7 @@ macro_rules! cuda_table_optim {
                     nesterov: i32, first_step: i32,
                 },
             ) if ((s.has_momentum != 0) == buf.is_some()) @ elementwise(n);
-            /// One Adam or AdamW step (torch semantics; see
-            /// `kernels::cpu::optim::adam_step`).
+            /// One Adam or AdamW step (torch semantics; see `kernels::cpu::optim`).
             adam_step<P, G> for optim (
                 n: val usize = p.len(), p: out P [n], g: in G [n], m: out P [n], v: out P [n],
                 s: host AdamScalars<P> {
@@ -39,103 +35,60 @@ crate::cuda_table_optim!(launchers);
 
 /// Whether `optim.cu` has a step for masters `p` and gradients `g`.
 pub fn optim_supported(p: DType, g: DType) -> bool {
-    matches!(
-        (p, g),
-        (DType::F32, DType::F32)
-            | (DType::F32, DType::BF16)
-            | (DType::F32, DType::F16)
-            | (DType::F64, DType::F64)
-            | (DType::F64, DType::F32)
-    )
+    use DType::{BF16, F16, F32, F64};
+    matches!((p, g), (F32, F32 | BF16 | F16) | (F64, F64 | F32))
 }
 
-/// `P` rounded from an f64 scalar, as the CPU's `P::Acc::of` (P is f32 or
-/// f64, its own accumulator type).
+/// `P` (f32 or f64, its own accumulator) rounded from f64 as the CPU rounds.
 fn sc<P: Element>(v: f64) -> P {
     P::from_acc(P::Acc::of(v))
 }
 
-/// The scalar arguments of `sgd_step_<P>_<G>`.
-#[derive(Clone, Copy, Debug)]
-pub struct SgdScalars<P> {
-    pub neg_lr: P,
-    pub wd: P,
-    pub decay: i32,
-    pub has_momentum: i32,
-    pub mom: P,
-    pub one_m_damp: P,
-    pub nesterov: i32,
-    pub first_step: i32,
+/// A struct of scalar kernel arguments and its `new(args)`: the statements,
+/// then each field's value. The fields are the table's `host` fields, in order.
+macro_rules! scalars {
+    ($(#[$m:meta])* $name:ident ($($a:ident: $at:ty),*) { $($pre:tt)* }
+        { $($f:ident: $ft:ty = $fv:expr),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug)]
+        pub struct $name<P> { $(pub $f: $ft),* }
+        impl<P: Element> $name<P> {
+            #[allow(clippy::too_many_arguments)]
+            pub fn new($($a: $at),*) -> Self {
+                $($pre)*
+                $name { $($f: $fv),* }
+            }
+        }
+    };
 }
 
-impl<P: Element> SgdScalars<P> {
-    pub fn new(
-        lr: f64,
-        momentum: f64,
-        dampening: f64,
-        nesterov: bool,
-        weight_decay: f64,
-        first_step: bool,
-    ) -> Self {
-        SgdScalars {
-            neg_lr: sc::<P>(-lr),
-            wd: sc::<P>(weight_decay),
-            decay: (weight_decay != 0.0) as i32,
-            has_momentum: (momentum != 0.0) as i32,
-            mom: sc::<P>(momentum),
-            one_m_damp: sc::<P>(1.0 - dampening),
-            nesterov: nesterov as i32,
-            first_step: first_step as i32,
-        }
+scalars! {
+    /// The scalar arguments of `sgd_step_<P>_<G>`.
+    SgdScalars(
+        lr: f64, momentum: f64, dampening: f64, nesterov: bool, weight_decay: f64,
+        first_step: bool
+    ) {} {
+        neg_lr: P = sc(-lr), wd: P = sc(weight_decay), decay: i32 = (weight_decay != 0.0) as i32,
+        has_momentum: i32 = (momentum != 0.0) as i32, mom: P = sc(momentum),
+        one_m_damp: P = sc(1.0 - dampening), nesterov: i32 = nesterov as i32,
+        first_step: i32 = first_step as i32,
     }
 }
 
-/// The scalar arguments of `adam_step_<P>_<G>` for 1-based `step`.
-#[derive(Clone, Copy, Debug)]
-pub struct AdamScalars<P> {
-    pub neg_step_size: P,
-    pub bc2_sqrt: P,
-    pub eps: P,
-    pub w: P,
-    pub one_m_w: P,
-    pub lerp_lo: i32,
-    pub b2: P,
-    pub one_m_b2: P,
-    pub wd: P,
-    pub decay_p: P,
-    pub couple: i32,
-    pub decouple: i32,
-}
-
-impl<P: Element> AdamScalars<P> {
-    pub fn new(
-        step: u64,
-        lr: f64,
-        beta1: f64,
-        beta2: f64,
-        eps: f64,
-        weight_decay: f64,
-        decoupled: bool,
-    ) -> Self {
+scalars! {
+    /// The scalar arguments of `adam_step_<P>_<G>` for 1-based `step`.
+    AdamScalars(
+        step: u64, lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, decoupled: bool
+    ) {
         assert!(step >= 1, "adam_step: step is 1-based");
-        let step_f = step as f64;
-        let bc1 = 1.0 - beta1.powf(step_f);
-        let bc2 = 1.0 - beta2.powf(step_f);
-        let w1 = 1.0 - beta1;
+        let (bc1, bc2) = (1.0 - beta1.powf(step as f64), 1.0 - beta2.powf(step as f64));
+        let (w1, decay) = (1.0 - beta1, weight_decay != 0.0);
         let w = P::Acc::of(w1);
-        AdamScalars {
-            neg_step_size: sc::<P>(-(lr / bc1)),
-            bc2_sqrt: sc::<P>(bc2.sqrt()),
-            eps: sc::<P>(eps),
-            w: P::from_acc(w),
-            one_m_w: P::from_acc(P::Acc::ONE - w),
-            lerp_lo: (w1 < 0.5) as i32,
-            b2: sc::<P>(beta2),
-            one_m_b2: sc::<P>(1.0 - beta2),
-            wd: sc::<P>(weight_decay),
-            decay_p: sc::<P>(1.0 - lr * weight_decay),
-            couple: (weight_decay != 0.0 && !decoupled) as i32,
-            decouple: (weight_decay != 0.0 && decoupled) as i32,
-        }
+    } {
+        neg_step_size: P = sc(-(lr / bc1)), bc2_sqrt: P = sc(bc2.sqrt()), eps: P = sc(eps),
+        w: P = P::from_acc(w), one_m_w: P = P::from_acc(P::Acc::ONE - w),
+        lerp_lo: i32 = (w1 < 0.5) as i32, b2: P = sc(beta2), one_m_b2: P = sc(1.0 - beta2),
+        wd: P = sc(weight_decay), decay_p: P = sc(1.0 - lr * weight_decay),
+        couple: i32 = (decay && !decoupled) as i32, decouple: i32 = (decay && decoupled) as i32,
     }
 }

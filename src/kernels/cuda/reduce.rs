@@ -1,6 +1,4 @@
-//! `cuda/reduce.cu`: the deterministic reductions (`kernels::cpu::reduce`):
-//! axis sums, the two-pass total sum and sum of squares, and the second
-//! pass of the column reductions (`add_col_parts`).
+//! `cuda/reduce.cu`: the deterministic reductions (`kernels::cpu::reduce`).
 
 use super::context::{DevElement, Gpu};
 use super::geom;
@@ -25,16 +23,16 @@ macro_rules! cuda_table_reduce {
             /// `part[b]` = the f64 sum of block `b`'s share of `x`.
             sum_partial<T>(
                 n: val usize = x.len(), x: in T [n], part: out f64 [geom::reduce_parts(n)],
-            ) @ first_pass(n);
+            ) @ per_row_capped(geom::reduce_parts(n));
             /// `y[0] = alpha * sum(part) + beta * y[0]`.
             sum_all as sum_all_parts<T>(
                 nparts: val usize = part.len(), part: in f64 [nparts], alpha: val f64,
                 beta: val f64, y: out T [1],
-            ) @ one_block();
-            /// `part[3b..3b + 3]` = block `b`'s (max |x|, scaled sum of squares, NaN flag).
+            ) @ per_row_capped(1);
+            /// `part[3b..3b + 3]` = block `b`'s (max |x|, scaled ssq, NaN flag).
             ssq_partial<T>(
                 n: val usize = x.len(), x: in T [n], part: out f64 [3 * geom::reduce_parts(n)],
-            ) @ first_pass(n);
+            ) @ per_row_capped(geom::reduce_parts(n));
             /// Merges the block parts into `acc = [scale, ssq]`, in order.
             ssq_update as ssq_update_parts<T>(
                 nparts: val usize = part.len() / 3, part: in f64 [3 * nparts], acc: out f64 [2],
@@ -42,8 +40,7 @@ macro_rules! cuda_table_reduce {
             /// `y[0] = alpha * scale * sqrt(ssq) + beta * y[0]` from `acc = [scale, ssq]`.
             norm_from_ssq<T>(acc: in f64 [2], alpha: val f64, beta: val f64, y: out T [1])
                 @ single();
-            /// `y0[c] (, y1[c]) +=` the sums over `k` of `part [nout, nparts, cols]`
-            /// in block order (`nout` is 2 with `y1`, else 1).
+            /// `y0[c] (, y1[c]) +=` the sums over `k` of `part [nout, nparts, cols]`.
             add_col_parts<T>(
                 nparts: val usize, cols: val usize,
                 part: in f64 [(1 + y1.is_some() as usize) * nparts * cols],
@@ -54,8 +51,7 @@ macro_rules! cuda_table_reduce {
 }
 crate::cuda_table_reduce!(launchers);
 
-/// `y[o, i] = alpha * sum_a x[o, a, i] + beta * y[o, i]`, x `[outer, len,
-/// inner]` (`kernels::cpu::reduce::sum_axis`; y not read when `beta == 0`).
+/// `y[o, i] = alpha * sum_a x[o, a, i] + beta * y[o, i]` (y not read when `beta == 0`).
 pub fn sum_axis<T: DevElement>(
     gpu: &Gpu,
     [outer, len, inner]: [usize; 3],
@@ -71,8 +67,7 @@ pub fn sum_axis<T: DevElement>(
     }
 }
 
-/// `y[0] = alpha * sum(x) + beta * y[0]` (`kernels::cpu::reduce::sum_all`),
-/// in two launches through uncleared scratch of partial sums.
+/// `y[0] = alpha * sum(x) + beta * y[0]`, in two launches.
 pub fn sum_all<T: DevElement>(
     gpu: &Gpu,
     alpha: f64,
@@ -87,8 +82,7 @@ pub fn sum_all<T: DevElement>(
     sum_all_parts(gpu, &part.as_view(), alpha, beta, y)
 }
 
-/// Merges `sum(x^2)` into the scaled sum of squares `acc = [scale, ssq]`
-/// (`kernels::cpu::reduce::ssq_update`), in two launches.
+/// Merges `sum(x^2)` into `acc = [scale, ssq]`, in two launches.
 pub fn ssq_update<T: DevElement>(
     gpu: &Gpu,
     x: &CudaView<T>,
@@ -101,10 +95,8 @@ pub fn ssq_update<T: DevElement>(
     ssq_update_parts::<T>(gpu, &part.as_view(), acc)
 }
 
-/// A column reduction in two passes, bit for bit the CPU's blocked sums:
-/// `first` writes the f64 partial sums `part [nout, nblk, cols]` of every
-/// block of `COL_ROW_BLOCK` rows, then `add_col_parts` adds them into `y0`
-/// (and `y1`: `nout` = 2) in block order.
+/// A column reduction, bit for bit the CPU's blocked sums: `first` writes the
+/// partial sums `part [nout, nblk, cols]`, `add_col_parts` adds them in order.
 pub fn col_sums<G: DevElement>(
     gpu: &Gpu,
     [rows, cols]: [usize; 2],
@@ -116,12 +108,10 @@ pub fn col_sums<G: DevElement>(
         return Ok(());
     }
     let nblk = rows.div_ceil(geom::COL_ROW_BLOCK);
+    let n = (1 + y1.is_some() as usize) * nblk * cols;
     // SAFETY: `first` writes every partial sum before add_col_parts, next on
     // the stream, reads them.
-    let mut part = unsafe {
-        gpu.kernels
-            .scratch_f64((1 + y1.is_some() as usize) * nblk * cols)
-    }?;
+    let mut part = unsafe { gpu.kernels.scratch_f64(n) }?;
     first(&mut part.as_view_mut())?;
     add_col_parts(gpu, nblk, cols, &part.as_view(), y0, y1)
 }

@@ -1,11 +1,8 @@
-//! The kernel tables' grammar and the launcher generator.
-//!
-//! Each launcher file (`elementwise.rs`, `layernorm.rs`, ...) declares its
-//! `.cu` module's kernels once, in a `#[macro_export]`ed table macro
-//! `cuda_table_<module>!(consumer)` that hands the entries to `consumer!`:
-//! [`launchers!`] (here) for the cudarc launchers, `emulate!` for the host
-//! emulator (`tools/cuda-emu`), so both take the same arguments, check the
-//! same lengths and launch with the same geometry. An entry:
+//! The kernel tables' grammar and the launcher generator. Each launcher file
+//! declares its `.cu` module's kernels once, in `cuda_table_<module>!(consumer)`,
+//! expanded by [`launchers!`] (cudarc) and by `emulate!` (`tools/cuda-emu`), so
+//! both take the same arguments, check the same lengths and launch with the
+//! same geometry. An entry:
 //!
 //! ```text
 //! /// doc
@@ -22,14 +19,12 @@
 //! ) [if (condition)] @ geometry(args); // a function of crate::kernels::cuda::geom
 //! ```
 //!
-//! The kernel is `name_<dtype suffixes>` of the table's module (with `by`:
-//! the kernel the host parameter `sel` picks), its arguments pushed in the
-//! listed order; `class` names the dtype tuples the host build instantiates
-//! (default: f32 and f64). `if` is checked before the launch.
+//! The kernel is `name_<dtype suffixes>` (with `by`: the one `sel` picks);
+//! `class` names the dtype tuples the emulator instantiates (default: f32
+//! and f64).
 
 use crate::error::{arg_err, shape_err, Result};
 
-/// `got == want` (`got >= want` when `at_least`) for argument `arg` of `op`.
 pub fn check_len(op: &str, arg: &str, want: usize, got: usize, at_least: bool) -> Result<()> {
     if got == want || (at_least && got > want) {
         return Ok(());
@@ -39,7 +34,6 @@ pub fn check_len(op: &str, arg: &str, want: usize, got: usize, at_least: bool) -
     Err(shape_err(&format!("cuda.{op}"), msg))
 }
 
-/// An entry's `if (condition)`, its text the message.
 pub fn require(op: &str, ok: bool, condition: &str) -> Result<()> {
     match ok {
         true => Ok(()),
@@ -47,8 +41,7 @@ pub fn require(op: &str, ok: bool, condition: &str) -> Result<()> {
     }
 }
 
-/// The length check of one table argument (`Result<()>`), on anything with
-/// `len()` (a device view, a host slice).
+/// The length check of one argument, on anything with `len()`.
 #[macro_export]
 #[doc(hidden)]
 macro_rules! cuda_check {
@@ -66,9 +59,8 @@ macro_rules! cuda_check {
     };
 }
 
-/// Parses the entries of a table for `consumer!`: per entry, `consumer!(@emit
-/// ...)` with the parameters (arguments less the derived ones), the pushed
-/// arguments (less the host ones) and every argument in one form.
+/// Per entry, `consumer!(@emit ...)` with the parameters (less the derived
+/// ones), the pushed arguments (less the host ones) and all arguments.
 #[macro_export]
 #[doc(hidden)]
 macro_rules! cuda_entries {
@@ -103,23 +95,16 @@ macro_rules! cuda_entries {
     };
 }
 
-/// Binds an entry's derived scalars (statements).
-#[macro_export]
-#[doc(hidden)]
-macro_rules! cuda_lets {
-    ([$($an:ident : $ak:tt $at:ty [$($al:tt)*] [$($ad:expr)?],)*]) => {
-        $($(let $an: $at = $ad;)?)*
-    };
-}
-
-/// An entry's checks, its condition then every pointer's length, in order
-/// (`Result<()>`, the first failure).
+/// Binds the derived scalars, then `$checked` = the entry's condition and
+/// every pointer's length (the first failure).
 #[macro_export]
 #[doc(hidden)]
 macro_rules! cuda_checks {
-    ($op:ident; [$($req:tt)*]; [$($an:ident : $ak:tt $at:ty [$($al:tt)*] [$($ad:expr)?],)*]) => {
-        $crate::cuda_checks!(@req $op [$($req)*])
-            $(.and_then(|()| $crate::cuda_check!($op, $an, $ak, [$($al)*])))*
+    ($checked:ident = $op:ident; [$($req:tt)*];
+        [$($an:ident : $ak:tt $at:ty [$($al:tt)*] [$($ad:expr)?],)*]) => {
+        $($(let $an: $at = $ad;)?)*
+        let $checked = $crate::cuda_checks!(@req $op [$($req)*])
+            $(.and_then(|()| $crate::cuda_check!($op, $an, $ak, [$($al)*])))*;
     };
     (@req $op:ident []) => { $crate::error::Result::Ok(()) };
     (@req $op:ident [$($req:tt)+]) => {
@@ -127,7 +112,6 @@ macro_rules! cuda_checks {
     };
 }
 
-/// A launcher's parameter type.
 macro_rules! launch_param {
     (in $t:ty) => { &cudarc::driver::CudaView<'_, $t> };
     (out $t:ty) => { &mut cudarc::driver::CudaViewMut<'_, $t> };
@@ -136,8 +120,7 @@ macro_rules! launch_param {
     ($val_or_host:tt $t:ty) => { $t };
 }
 
-/// Pushes one argument (scalars by reference, views as pointers, a missing
-/// optional pointer as null).
+/// A missing optional pointer is pushed as null.
 macro_rules! launch_arg {
     ($b:ident, val, $an:ident) => {
         $b.arg(&$an)
@@ -156,7 +139,6 @@ macro_rules! launch_arg {
     };
 }
 
-/// The kernel's base name: the entry's, or the one its selector picks.
 #[macro_export]
 #[doc(hidden)]
 macro_rules! cuda_kernel {
@@ -168,10 +150,7 @@ macro_rules! cuda_kernel {
     };
 }
 
-/// The cudarc launchers of one kernel table (see the module doc): per entry
-/// `pub fn name<T: DevElement, ...>(gpu: &Gpu, params...) -> Result<()>`,
-/// which checks the entry, picks `name_<dtypes>` of the module and launches
-/// it on the GPU's stream with the entry's geometry.
+/// Per entry `pub fn name<T: DevElement, ..>(gpu: &Gpu, params..) -> Result<()>`.
 macro_rules! launchers {
     ($module:ident; $($e:tt)*) => { $crate::cuda_entries!(launchers $module; $($e)*); };
     (@emit $module:ident; [$($attr:tt)*]; [$fname:ident $($_n:ident)?] $name:ident; $cls:tt;
@@ -186,20 +165,18 @@ macro_rules! launchers {
         ) -> $crate::error::Result<()> {
             use cudarc::driver::PushKernelArg;
             let op = $crate::cuda_kernel!($sel $name);
-            $crate::cuda_lets!($args);
-            $crate::cuda_checks!(op; $req; $args)?;
+            $crate::cuda_checks!(checked = op; $req; $args);
+            checked?;
             let name = $crate::kernels::cuda::kernel_name(op, &[$t0::DTYPE $(, $g::DTYPE)*]);
             let f = gpu.kernels.func($crate::kernels::cuda::Module::$module, &name)?;
             let geom = $crate::kernels::cuda::geom::$gf($($ga),*);
             let mut b = gpu.stream.launch_builder(&f);
             $(launch_arg!(b, $kk, $kn);)*
-            // SAFETY: this entry of the kernel table is the kernel's C
-            // signature: the arguments are pushed in its order with its
-            // types (dtype parameters as the name's suffixes, optional
-            // pointers null), every pointer was checked above to hold the
-            // elements the kernel may touch, and the geometry is the one the
-            // kernel is written for. The host emulator runs the kernel from
-            // the same table.
+            // SAFETY: the table entry is the kernel's C signature (the
+            // emulator runs the kernel from the same table): the arguments
+            // are pushed in its order with its types, every pointer was
+            // checked to hold what the kernel may touch, and the geometry
+            // is the one the kernel is written for.
             unsafe { b.launch(geom.into()) }.map_err($crate::kernels::cuda::context::drv)?;
             Ok(())
         }

@@ -22,8 +22,9 @@ pub use gpt2rs::kernels::cuda::activation::{Dims8, DropoutGeometry};
 pub use gpt2rs::kernels::cuda::attention::{AttnDropArgs, ATTN_HS_MAX};
 pub use gpt2rs::kernels::cuda::attention_tc::Geo;
 pub use gpt2rs::kernels::cuda::elementwise::BlockDims;
-pub use gpt2rs::kernels::cuda::geom::{self, Geom};
+pub use gpt2rs::kernels::cuda::geom::{self, Geom, ATTN_TC_BLOCK};
 pub use gpt2rs::kernels::cuda::optim::{AdamScalars, SgdScalars};
+pub use gpt2rs::kernels::cuda::ATTN_BLOCK;
 
 extern "C" {
     fn emu_launch(body: extern "C" fn(*mut c_void), arg: *mut c_void, grid: u32, bx: u32, by: u32);
@@ -177,8 +178,8 @@ macro_rules! emu_kernel {
             $($pn: emu_param!($pk $pt)),*
         ) {
             let op = gpt2rs::cuda_kernel!($sel $name);
-            gpt2rs::cuda_lets!($args);
-            gpt2rs::cuda_checks!(op; $req; $args).unwrap_or_else(|e| panic!("{e}"));
+            gpt2rs::cuda_checks!(checked = op; $req; $args);
+            checked.unwrap_or_else(|e| panic!("{e}"));
             let geom = gpt2rs::kernels::cuda::geom::$gf($($ga),*);
             let sym = emu_pick!($sel $name)(&[$t0::DTYPE $(, $g::DTYPE)*]);
             // SAFETY: `sym` is `<kernel>_<dtypes>`, whose C signature is the

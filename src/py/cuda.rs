@@ -4,7 +4,6 @@
 //! library, a compile error) is a `CudaError(RuntimeError)`; a bad argument
 //! is a `ValueError`.
 
-use crate::error::Error;
 use crate::kernels::cuda::{self as kc, Module};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -17,18 +16,9 @@ create_exception!(
     "CUDA is unavailable (a library or the driver is missing) or failed (e.g. a kernel did not compile); the message says which."
 );
 
-/// Runs `f` without the GIL, mapping errors: `Argument` to ValueError, the
-/// rest to CudaError; a panic (a bug) to RuntimeError.
+/// Runs `f` without the GIL; its errors become CudaError (see `detach_mapped`).
 fn run<T: Send>(py: Python<'_>, f: impl FnOnce() -> crate::Result<T> + Send) -> PyResult<T> {
-    let r = py.detach(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
-    match r {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e @ Error::Argument { .. })) => Err(PyValueError::new_err(e.to_string())),
-        Ok(Err(e)) => Err(CudaError::new_err(e.to_string())),
-        Err(_) => Err(PyRuntimeError::new_err(
-            "internal error in gpt2rs.cuda (a bug, please report it)",
-        )),
-    }
+    super::error::detach_mapped(py, "gpt2rs.cuda", CudaError::new_err, f)
 }
 
 /// Compiles every kernel module (`cuda/*.cu`) with NVRTC for an architecture,

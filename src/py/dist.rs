@@ -9,7 +9,6 @@ use crate::dist::loopback::Loopback;
 use crate::dist::mpi::MpiComm;
 use crate::dist::nccl::Nccl;
 use crate::dist::Communicator;
-use crate::error::Error;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -24,18 +23,9 @@ create_exception!(
     "MPI or NCCL is unavailable (not loaded, not initialised, finalised) or a collective failed; the message says which."
 );
 
-/// Runs `f` without the GIL, mapping errors: `Argument` to ValueError, the
-/// rest to DistError; a panic (a bug) to RuntimeError.
+/// Runs `f` without the GIL; its errors become DistError (see `detach_mapped`).
 fn run<T: Send>(py: Python<'_>, f: impl FnOnce() -> crate::Result<T> + Send) -> PyResult<T> {
-    let r = py.detach(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
-    match r {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e @ Error::Argument { .. })) => Err(PyValueError::new_err(e.to_string())),
-        Ok(Err(e)) => Err(DistError::new_err(e.to_string())),
-        Err(_) => Err(PyRuntimeError::new_err(
-            "internal error in gpt2rs's communicator (a bug, please report it)",
-        )),
-    }
+    super::error::detach_mapped(py, "gpt2rs's communicator", DistError::new_err, f)
 }
 
 /// One rank's end of a process group: every rank calls the same collectives

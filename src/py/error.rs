@@ -18,7 +18,7 @@
 use crate::error::Error;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
-use pyo3::PyErr;
+use pyo3::{PyErr, PyResult, Python};
 
 create_exception!(
     gpt2rs,
@@ -77,5 +77,25 @@ pub(crate) fn guard<T>(f: impl FnOnce() -> crate::Result<T>) -> Result<T, PyErr>
                 "internal error in gpt2rs (a bug, please report it): {what}"
             )))
         }
+    }
+}
+
+/// Runs `f` without the GIL, mapping its errors: `Argument` to ValueError,
+/// the rest through `other` (the calling module's exception), a panic (a
+/// bug) to RuntimeError naming `place`.
+pub(crate) fn detach_mapped<T: Send>(
+    py: Python<'_>,
+    place: &str,
+    other: fn(String) -> PyErr,
+    f: impl FnOnce() -> crate::Result<T> + Send,
+) -> PyResult<T> {
+    let r = py.detach(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+    match r {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e @ Error::Argument { .. })) => Err(PyValueError::new_err(e.to_string())),
+        Ok(Err(e)) => Err(other(e.to_string())),
+        Err(_) => Err(PyRuntimeError::new_err(format!(
+            "internal error in {place} (a bug, please report it)"
+        ))),
     }
 }

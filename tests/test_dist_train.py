@@ -97,6 +97,54 @@ def test_rank_slices_partition_the_global_batch(batch: int, world: int, mb: int)
         assert sorted(g for part in parts for g in part) == sorted(one)
 
 
+def test_local_ranks_count_the_lower_ranks_on_the_same_machine() -> None:
+    import threading
+
+    from gpt2rs import dist
+
+    got: dict[int, int] = {}
+
+    def rank(c: dist.Communicator) -> None:
+        got[c.rank] = dist._local_rank(c)
+
+    threads = [threading.Thread(target=rank, args=(c,)) for c in dist.Communicator.loopback(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == {0: 0, 1: 1, 2: 2}
+    assert dist._local_rank(None) == 0
+
+
+def test_gpu_ranks_take_one_gpu_each_or_fail_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gpt2rs import dist, mpi
+    from gpt2rs.train.options import TrainError, TrainOptions
+    from gpt2rs.train.plan import Plan
+
+    def plan(ncuda: int | None, visible: int) -> Plan:
+        p = Plan(TrainOptions(ncuda=ncuda))
+        p.ncuda = visible
+        return p
+
+    (c, _) = dist.Communicator.loopback(2)
+    second = dist.World(comm=c, local_rank=1)
+    monkeypatch.setattr(mpi, "nccl_library_path", lambda: Path("/x/libnccl.so.2"))
+    p = plan(None, 2)
+    p._gpu_of_rank(second)
+    assert (p.first_gpu, p.ncuda) == (1, 1)
+    with pytest.raises(TrainError, match=r"one GPU per rank .* --ncuda 1, not --ncuda 2"):
+        plan(2, 2)._gpu_of_rank(second)
+    with pytest.raises(TrainError, match="rank 0 is rank 1 of its machine, which has 1 visible"):
+        plan(None, 1)._gpu_of_rank(second)
+
+    def missing() -> Path:
+        raise mpi.DistError("NCCL is not installed: pip install 'gpt2rs[nccl]'")
+
+    monkeypatch.setattr(mpi, "nccl_library_path", missing)
+    with pytest.raises(TrainError, match=r"gpt2rs\[nccl\]"):
+        plan(None, 2)._gpu_of_rank(second)
+
+
 # -- the Python API ----------------------------------------------------------
 
 

@@ -17,6 +17,10 @@ collectives that run as tasks of the runtime's graph (overlapping backward).
         opt.step()                           # (reduces them if clip did not)
         loss = world.mean(loss)              # the global batch's loss, the same on every rank
 
+On GPUs, each rank takes one: ``gpt2rs.Runtime(ncuda=1, first_gpu=world.local_rank,
+comm=True)`` for the model's runtime; its collectives then run through NCCL
+(``pip install 'gpt2rs[nccl]'``) on a stream of their own.
+
 With ``zero_stage=1`` the optimizer state and the master weights are
 sharded by parameter tile (ZeRO-1): each tile's owner steps it and the
 updated tile is gathered by every rank; the result is stage 0's, bit for bit.
@@ -25,6 +29,7 @@ updated tile is gathered by every rank; the result is stage 0's, bit for bit.
 from __future__ import annotations
 
 import hashlib
+import socket
 import struct
 from dataclasses import dataclass
 
@@ -45,6 +50,8 @@ class World:
     comm: Communicator | None = None
     zero_stage: int = 0
     bucket_bytes: int = int(DEFAULT_BUCKET_MB * (1 << 20))
+    #: This rank's index among the ranks on its machine (the GPU it takes).
+    local_rank: int = 0
 
     @property
     def rank(self) -> int:
@@ -105,6 +112,17 @@ class World:
 _WORLD = World()
 
 
+def _local_rank(comm: Communicator | None) -> int:
+    """How many lower ranks run on this machine (by host name): the same
+    answer under every launcher. Collective."""
+    if comm is None:
+        return 0
+    me = hashlib.sha256(socket.gethostname().encode()).digest()
+    everyone = comm.allgatherv(me, [len(me)] * comm.size)
+    hosts = [everyone[r * len(me) : (r + 1) * len(me)] for r in range(comm.size)]
+    return hosts[: comm.rank].count(me)
+
+
 def world() -> World:
     """The world set by `init` (a world of one before)."""
     return _WORLD
@@ -151,10 +169,12 @@ def init(
                 "MPI was asked for, but this process was not started by an MPI launcher "
                 "(run it as: mpiexec -n N <command>, or srun)"
             )
+    comm = comm if comm is not None and comm.size > 1 else None
     w = World(
-        comm=comm if comm is not None and comm.size > 1 else None,
+        comm=comm,
         zero_stage=zero_stage,
         bucket_bytes=max(1, int(bucket_mb * (1 << 20))),
+        local_rank=_local_rank(comm),
     )
     if w.size > 1 and default_runtime:
         set_default_runtime(Runtime(comm=True))

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from . import checkpoint as ckpt_io
-from . import dist, hub
+from . import dist, hub, mpi
 from ._gpt2rs import (
     DataParallelCore,
     Gpt2Core,
@@ -291,7 +291,12 @@ class GPT2LMHead:
         if world.comm is None:
             self._dp, self._world = None, world
             return
-        self._dp = DataParallelCore(self._core, world.comm, world.zero_stage, world.bucket_bytes)
+        # On a GPU the collectives go through NCCL (found here: a missing
+        # wheel is one DistError line).
+        nccl = mpi.nccl_library_path() if self._runtime.comm_on_gpu else None
+        self._dp = DataParallelCore(
+            self._core, world.comm, world.zero_stage, world.bucket_bytes, nccl
+        )
         self._world = world
 
     @property

@@ -10,12 +10,23 @@
 //! segmentation, which is what lets ZeRO-1 (segments = owners' tiles) equal
 //! stage 0 (even segments) bit for bit. The traffic is a ring all-reduce's:
 //! 2 (N-1)/N of the bucket per rank.
+//!
+//! On a GPU the communication worker runs the same task through NCCL on a
+//! stream of its own: one group per bucket, one call per tile (all-reduce;
+//! reduce to the tile's owner; broadcast from it), in place. bf16 and f16
+//! tiles are summed in f32 copies. NCCL's sums are the same bits on every
+//! rank, but not the host path's: its order is NCCL's ring or tree.
 
+use super::nccl_comm::{Call, NcclComm};
 use super::Communicator;
 use crate::dtype::{Accum, DType, Element};
 use crate::error::{arg_err, Result};
-use crate::runtime::{Buffers, Codelet, Where};
+use crate::kernels::cuda::context::{drv, DevElement};
+use crate::kernels::cuda::elementwise::cast;
+use crate::runtime::{Buffers, Codelet, DevBuffers, Where};
 use crate::with_dtype;
+use cudarc::driver::{CudaSlice, DevicePtrMut};
+use std::ffi::c_void;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -73,6 +84,19 @@ impl Layout {
         self.bounds[r]..self.bounds[r + 1]
     }
 
+    /// The rank whose segment holds tile `t` whole (None: it is split, or
+    /// empty).
+    fn owner(&self, t: usize) -> Option<usize> {
+        let at: usize = self
+            .order
+            .iter()
+            .take_while(|&&o| o != t)
+            .map(|&o| self.lens[o])
+            .sum();
+        let end = at + self.lens[t];
+        (0..self.nranks()).find(|&r| self.bounds[r] <= at && end <= self.bounds[r + 1] && at < end)
+    }
+
     /// Calls `f(tile, range in the tile, range in the packed stream)` for
     /// every piece of the packed stream inside `range`.
     fn pieces(&self, range: Range<usize>, mut f: impl FnMut(usize, Range<usize>, Range<usize>)) {
@@ -118,12 +142,92 @@ pub enum CollectiveKind {
 /// in the order `Layout` numbers them.
 pub struct Collective {
     pub comm: Arc<dyn Communicator>,
+    /// The same ranks' NCCL communicator, for runs on a GPU.
+    pub device: Option<Arc<NcclComm>>,
     pub kind: CollectiveKind,
     pub layout: Layout,
     pub dtype: DType,
 }
 
 impl Collective {
+    /// The NCCL call of each operand (None: an empty tile, nothing to do).
+    /// Reduce-scatter and all-gather need each tile whole in one segment
+    /// (the owners' layout).
+    fn device_calls(&self) -> Result<Vec<Option<Call>>> {
+        let lay = &self.layout;
+        (0..lay.lens.len())
+            .map(|t| {
+                if lay.lens[t] == 0 {
+                    return Ok(None);
+                }
+                let root = || {
+                    lay.owner(t).ok_or_else(|| {
+                        arg_err(
+                            self.name(),
+                            "a tile is split between ranks (not an owners' layout)",
+                        )
+                    })
+                };
+                Ok(Some(match self.kind {
+                    CollectiveKind::AllReduce => Call::AllReduce,
+                    CollectiveKind::ReduceScatter => Call::Reduce { root: root()? },
+                    CollectiveKind::AllGather => Call::Broadcast { root: root()? },
+                }))
+            })
+            .collect()
+    }
+
+    fn run_nccl<T: DevElement>(&self, nc: &NcclComm, b: &DevBuffers) -> Result<()> {
+        let calls = self.device_calls()?;
+        let gpu = b.gpu();
+        let stream = gpu.stream.cu_stream() as super::nccl::RawStream;
+        let mut tiles = (0..b.len())
+            .map(|i| b.w::<T>(i))
+            .collect::<Result<Vec<_>>>()?;
+        let me = nc.rank();
+        // bf16 and f16 sums go through f32 copies, narrowed back on the
+        // ranks that receive a sum.
+        let widen = T::DTYPE.size() < 4 && self.kind != CollectiveKind::AllGather;
+        let mut wide: Vec<CudaSlice<f32>> = Vec::new();
+        if widen {
+            for t in &tiles {
+                // SAFETY: the cast below writes every element before NCCL reads one.
+                let mut w = unsafe { gpu.stream.alloc::<f32>(t.len().max(1)) }.map_err(drv)?;
+                cast::<T, f32>(gpu, &t.as_view(), &mut w.slice_mut(0..t.len()))?;
+                wide.push(w);
+            }
+        }
+        let mut group = Vec::with_capacity(calls.len());
+        for (i, call) in calls.iter().enumerate() {
+            let Some(call) = *call else { continue };
+            let ptr = if widen {
+                wide[i].device_ptr_mut(&gpu.stream).0
+            } else {
+                tiles[i].device_ptr_mut(&gpu.stream).0
+            };
+            group.push((call, ptr as *mut c_void, tiles[i].len()));
+        }
+        let dtype = if widen { DType::F32 } else { T::DTYPE };
+        // SAFETY: every pointer is an operand (pinned for the task) or one of
+        // `wide` (freed stream-ordered, after this work), on the GPU of
+        // `stream`, the communication worker's stream of nc's GPU.
+        unsafe { nc.group(&group, dtype, stream)? };
+        if widen {
+            for (i, call) in calls.iter().enumerate() {
+                let lands = match call {
+                    Some(Call::AllReduce) => true,
+                    Some(Call::Reduce { root }) => *root == me,
+                    _ => false,
+                };
+                if lands {
+                    let n = tiles[i].len();
+                    cast::<f32, T>(gpu, &wide[i].slice(0..n), &mut tiles[i])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn run<T: Element>(&self, b: &Buffers) -> Result<()> {
         let (n, me) = (self.comm.size(), self.comm.rank());
         if self.layout.nranks() != n || b.len() != self.layout.lens.len() {
@@ -246,6 +350,21 @@ impl Codelet for Collective {
     fn cpu(&self, b: &Buffers) -> Result<()> {
         with_dtype!(self.dtype, T, { self.run::<T>(b) })
     }
+    fn cuda(&self, b: &DevBuffers) -> Result<()> {
+        let nc = self.device.as_ref().ok_or_else(|| {
+            arg_err(
+                self.name(),
+                "a collective on a GPU needs an NCCL communicator (pass nccl to the data-parallel model)",
+            )
+        })?;
+        if (nc.rank(), nc.size()) != (self.comm.rank(), self.comm.size()) {
+            return Err(arg_err(
+                self.name(),
+                "the NCCL communicator and the host one disagree on the ranks",
+            ));
+        }
+        with_dtype!(self.dtype, T, { self.run_nccl::<T>(nc, b) })
+    }
 }
 
 #[cfg(test)]
@@ -274,6 +393,39 @@ mod tests {
         assert_eq!(lay.segment(0), 0..7);
         assert_eq!(lay.segment(1), 7..7);
         assert_eq!(lay.segment(2), 7..15);
+    }
+
+    #[test]
+    fn nccl_calls_follow_the_owners() {
+        let comm: Arc<dyn Communicator> = Arc::new(
+            crate::dist::loopback::Loopback::group(3)
+                .unwrap()
+                .swap_remove(1),
+        );
+        let lens = [5, 0, 7, 3];
+        let calls = |kind, layout| {
+            Collective {
+                comm: comm.clone(),
+                device: None,
+                kind,
+                layout,
+                dtype: DType::F32,
+            }
+            .device_calls()
+        };
+        let owners = Layout::by_owner(&lens, &[2, 1, 0, 2], 3);
+        let rs = calls(CollectiveKind::ReduceScatter, owners.clone()).unwrap();
+        let roots = [Some(2), None, Some(0), Some(2)];
+        let want = |f: fn(usize) -> Call| roots.map(|r| r.map(f)).to_vec();
+        assert_eq!(rs, want(|root| Call::Reduce { root }));
+        let ag = calls(CollectiveKind::AllGather, owners).unwrap();
+        assert_eq!(ag, want(|root| Call::Broadcast { root }));
+        let even = Layout::even(&lens, 3);
+        let ar = calls(CollectiveKind::AllReduce, even.clone()).unwrap();
+        assert_eq!(ar, want(|_| Call::AllReduce));
+        // Even segments cut tiles: fine for an all-reduce, not for owners.
+        let e = calls(CollectiveKind::ReduceScatter, even).unwrap_err();
+        assert!(e.to_string().contains("split"), "{e}");
     }
 
     #[test]

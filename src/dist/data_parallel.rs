@@ -11,8 +11,13 @@
 //! gathered by every rank. Since the collectives' sums do not depend on the
 //! segmentation (see `collective`), and the gradient norm combines per-tile
 //! partial sums in tile order, stage 1 computes stage 0's bits.
+//!
+//! When the runtime's communication worker runs on a GPU, the same tasks go
+//! through an NCCL communicator of the same ranks, made here.
 
 use super::collective::{Collective, CollectiveKind, Layout};
+use super::nccl::Nccl;
+use super::nccl_comm::NcclComm;
 use super::Communicator;
 use crate::dtype::DType;
 use crate::error::{arg_err, Result};
@@ -20,6 +25,7 @@ use crate::kernels::cpu::reduce::ssq_merge;
 use crate::model::Gpt2;
 use crate::runtime::{Access, DataHandle, WorkerKind};
 use crate::tensor::Tensor;
+use std::path::Path;
 use std::sync::Arc;
 
 /// The most tiles one collective takes (a task's operand limit).
@@ -36,6 +42,8 @@ struct Bucket {
 
 pub struct DataParallel {
     comm: Arc<dyn Communicator>,
+    /// The ranks' NCCL communicator, when collectives run on a GPU.
+    device: Option<Arc<NcclComm>>,
     zero_stage: u8,
     buckets: Vec<Bucket>,
     /// The owner rank of each tile, per parameter.
@@ -45,12 +53,15 @@ pub struct DataParallel {
 impl DataParallel {
     /// Plans the buckets (at most `bucket_bytes` of gradient each, or one
     /// tile when a tile is larger) and the tile owners for `model`, whose
-    /// runtime must have a communication worker.
+    /// runtime must have a communication worker. If that worker runs on a
+    /// GPU, the library `nccl` is loaded and a communicator of `comm`'s
+    /// ranks made on it (collective over `comm`).
     pub fn new(
         model: &Gpt2,
         comm: Arc<dyn Communicator>,
         zero_stage: u8,
         bucket_bytes: usize,
+        nccl: Option<&Path>,
     ) -> Result<DataParallel> {
         let op = "data_parallel";
         if zero_stage > 1 {
@@ -117,8 +128,22 @@ impl DataParallel {
             }
         }
         close(&mut cur, &mut buckets, &owner);
+        let device = match model.runtime().comm_gpu() {
+            None => None,
+            Some(gpu) => {
+                let path = nccl.ok_or_else(|| {
+                    arg_err(
+                        op,
+                        "data-parallel training on a GPU needs NCCL: pip install 'gpt2rs[nccl]'",
+                    )
+                })?;
+                let lib = Arc::new(Nccl::open(path)?);
+                Some(Arc::new(NcclComm::init(lib, gpu, comm.as_ref())?))
+            }
+        };
         Ok(DataParallel {
             comm,
+            device,
             zero_stage,
             buckets,
             owner,
@@ -185,6 +210,7 @@ impl DataParallel {
             };
             let cl = Collective {
                 comm: self.comm.clone(),
+                device: self.device.clone(),
                 kind,
                 layout,
                 dtype,

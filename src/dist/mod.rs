@@ -14,6 +14,7 @@ pub mod data_parallel;
 pub mod loopback;
 pub mod mpi;
 pub mod nccl;
+pub mod nccl_comm;
 
 use crate::error::{arg_err, Result};
 

@@ -92,6 +92,17 @@ struct Table {
         RawComm,
         RawStream,
     ) -> NcclResult,
+    #[allow(clippy::type_complexity)] // ncclReduce's own signature
+    reduce: unsafe extern "C" fn(
+        *const c_void,
+        *mut c_void,
+        usize,
+        DataType,
+        RedOp,
+        c_int,
+        RawComm,
+        RawStream,
+    ) -> NcclResult,
     #[allow(clippy::type_complexity)] // ncclBroadcast's own signature
     broadcast: unsafe extern "C" fn(
         *const c_void,
@@ -140,6 +151,7 @@ impl Nccl {
             all_reduce: sym!("ncclAllReduce"),
             reduce_scatter: sym!("ncclReduceScatter"),
             all_gather: sym!("ncclAllGather"),
+            reduce: sym!("ncclReduce"),
             broadcast: sym!("ncclBroadcast"),
             group_start: sym!("ncclGroupStart"),
             group_end: sym!("ncclGroupEnd"),
@@ -301,6 +313,28 @@ impl Nccl {
     ) -> Result<()> {
         let rc = (self.f.all_gather)(send, recv, send_count, dtype, comm, stream);
         self.check("ncclAllGather", rc)
+    }
+
+    /// `ncclReduce` of `count` elements to rank `root` (whose `recv` gets
+    /// the sum; the other ranks' `recv` is not written).
+    ///
+    /// # Safety
+    /// As [`Nccl::all_reduce`].
+    #[allow(clippy::too_many_arguments)] // ncclReduce's own arguments
+    pub unsafe fn reduce(
+        &self,
+        send: *const c_void,
+        recv: *mut c_void,
+        count: usize,
+        dtype: DataType,
+        op: RedOp,
+        root: usize,
+        comm: RawComm,
+        stream: RawStream,
+    ) -> Result<()> {
+        let root = ints("ncclReduce", root)?;
+        let rc = (self.f.reduce)(send, recv, count, dtype, op, root, comm, stream);
+        self.check("ncclReduce", rc)
     }
 
     /// `ncclBroadcast` of `count` elements from rank `root`.

@@ -6,6 +6,7 @@ use super::error::guard;
 use super::model::{PyGpt2Core, PyOptimizerCore};
 use crate::dist::data_parallel::DataParallel;
 use pyo3::prelude::*;
+use std::path::PathBuf;
 
 /// Data parallelism for one model over one communicator; use `gpt2rs.dist`.
 #[pyclass(name = "DataParallelCore", module = "gpt2rs._gpt2rs", frozen)]
@@ -17,18 +18,21 @@ pub struct PyDataParallel {
 #[pymethods]
 impl PyDataParallel {
     #[new]
-    #[pyo3(signature = (model, comm, zero_stage=0, bucket_bytes=4 << 20))]
+    #[pyo3(signature = (model, comm, zero_stage=0, bucket_bytes=4 << 20, nccl=None))]
     fn new(
         py: Python<'_>,
         model: Py<PyGpt2Core>,
         comm: &PyCommunicator,
         zero_stage: u8,
         bucket_bytes: usize,
+        nccl: Option<PathBuf>,
     ) -> PyResult<Self> {
         let c = comm.comm().clone();
         let dp = {
             let m = &model.get().m;
-            py.detach(|| guard(|| DataParallel::new(m, c, zero_stage, bucket_bytes)))?
+            py.detach(|| {
+                guard(|| DataParallel::new(m, c, zero_stage, bucket_bytes, nccl.as_deref()))
+            })?
         };
         Ok(PyDataParallel { dp, model })
     }

@@ -26,11 +26,17 @@ use std::sync::Mutex;
 ///         are loaded from and saved to (at shutdown); None keeps them in memory.
 ///     nsim: simulated device memory nodes, each with one worker.
 ///     trace: record every task and transfer for `save_trace`.
-///     ncuda: GPUs to use (devices 0..ncuda, each a memory node with one
-///         worker); raises CudaError if fewer are visible or CUDA is missing.
+///     ncuda: GPUs to use (devices first_gpu..first_gpu + ncuda, each a
+///         memory node with one worker); raises CudaError if fewer are
+///         visible or CUDA is missing.
 ///     restrict: "cpu" or "cuda" to run every task that can on that kind of
 ///         worker (ops with no CUDA implementation still run on the CPU);
 ///         None lets the scheduler choose.
+///     comm: a communication worker for data-parallel collectives (see
+///         `gpt2rs.dist`); with GPUs it issues them on an NCCL stream of
+///         the first GPU, else on the host.
+///     first_gpu: the ordinal of the first GPU used (a data-parallel rank
+///         takes the GPU of its local rank).
 ///
 /// Used as a context manager, the runtime shuts down on exit.
 #[pyclass(name = "Runtime", module = "gpt2rs", frozen)]
@@ -117,8 +123,8 @@ impl MemoryLimits {
 impl PyRuntime {
     #[new]
     #[pyo3(
-        signature = (ncpu=None, scheduler="eager", memory_limits=None, perf_model_dir=None, nsim=0, trace=false, ncuda=0, restrict=None, comm=false),
-        text_signature = "(ncpu=None, scheduler='eager', memory_limits=None, perf_model_dir=None, nsim=0, trace=False, ncuda=0, restrict=None, comm=False)"
+        signature = (ncpu=None, scheduler="eager", memory_limits=None, perf_model_dir=None, nsim=0, trace=false, ncuda=0, restrict=None, comm=false, first_gpu=0),
+        text_signature = "(ncpu=None, scheduler='eager', memory_limits=None, perf_model_dir=None, nsim=0, trace=False, ncuda=0, restrict=None, comm=False, first_gpu=0)"
     )]
     #[allow(clippy::too_many_arguments)] // mirrors the Python signature
     fn new(
@@ -132,6 +138,7 @@ impl PyRuntime {
         ncuda: usize,
         restrict: Option<&str>,
         comm: bool,
+        first_gpu: usize,
     ) -> PyResult<PyRuntime> {
         let ncpu = match ncpu {
             None => None,
@@ -162,6 +169,7 @@ impl PyRuntime {
         let limits = MemoryLimits::extract(memory_limits, 1 + nsim + ncuda, nsim)?;
         let cfg = RuntimeConfig {
             ncuda,
+            first_gpu,
             restrict,
             ncpu,
             nsim,
@@ -170,7 +178,8 @@ impl PyRuntime {
             perf_model_dir,
             trace,
             comm,
-            comm_node: 0,
+            // With GPUs, collectives run on the first one's NCCL stream.
+            comm_node: if ncuda > 0 { 1 + nsim } else { 0 },
         };
         let rt = py.detach(|| guard(|| Runtime::new(cfg)))?;
         Ok(PyRuntime { rt })
@@ -253,6 +262,13 @@ impl PyRuntime {
     #[getter]
     fn nnodes(&self) -> usize {
         self.rt.nnodes()
+    }
+
+    /// Whether the communication worker issues its collectives on a GPU
+    /// (through NCCL), rather than on the host.
+    #[getter]
+    fn comm_on_gpu(&self) -> bool {
+        self.rt.comm_gpu().is_some()
     }
 
     /// The scheduling policy: "eager" or "dmda".

@@ -69,16 +69,21 @@ struct Worker<S: Stream> {
 
 pub(crate) fn run(inner: Arc<Inner>, wid: usize) {
     let node = inner.workers[wid].node;
-    match inner.workers[wid].kind {
-        WorkerKind::Cuda => {
-            let dev = inner.mem.gpus[node]
-                .clone()
-                .expect("a CUDA worker serves a CUDA memory node");
-            let _ = dev.gpu.ctx.bind_to_thread();
-            drive(inner, wid, super::cuda::DeviceStream(dev));
-        }
-        _ => drive(inner, wid, super::sim_stream::SimStream::new()),
-    }
+    let Some(dev) = inner.mem.gpus[node].clone() else {
+        return drive(inner, wid, super::sim_stream::SimStream::new());
+    };
+    let _ = dev.gpu.ctx.bind_to_thread();
+    let stream = match (&inner.comm_gpu, inner.workers[wid].kind) {
+        (Some(own), WorkerKind::Comm) => super::cuda::DeviceStream {
+            node: own.clone(),
+            after: Some(dev),
+        },
+        _ => super::cuda::DeviceStream {
+            node: dev,
+            after: None,
+        },
+    };
+    drive(inner, wid, stream);
 }
 
 fn drive<S: Stream>(inner: Arc<Inner>, wid: usize, stream: S) {

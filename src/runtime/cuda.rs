@@ -80,6 +80,15 @@ impl GpuNode {
         })
     }
 
+    /// This GPU with a stream of its own (and its own staging ring), for
+    /// the communication worker: its collectives overlap the compute stream.
+    pub fn fork_stream(&self) -> Result<Arc<GpuNode>> {
+        Ok(Arc::new(GpuNode {
+            gpu: self.gpu.fork_stream()?,
+            staging: Mutex::new(Staging::default()),
+        }))
+    }
+
     /// A new device buffer holding `src` (copied through the pinned
     /// staging, asynchronously: `src` may be dropped on return).
     pub fn upload(&self, src: &[u8]) -> Result<CudaSlice<u8>> {
@@ -149,30 +158,36 @@ impl GpuNode {
     }
 }
 
-/// A GPU's stream as seen by the asynchronous worker.
-pub(crate) struct DeviceStream(pub Arc<GpuNode>);
+/// A GPU's stream as seen by the asynchronous worker: the device's own, or
+/// (for the communication worker) a fork of it, in which case `after` is
+/// the node whose stream the memory manager copies operands on, and every
+/// task first waits for what that stream holds so far.
+pub(crate) struct DeviceStream {
+    pub node: Arc<GpuNode>,
+    pub after: Option<Arc<GpuNode>>,
+}
 
 impl super::async_worker::Stream for DeviceStream {
     type Event = CudaEvent;
 
     fn new_event(&self) -> Result<CudaEvent> {
-        self.0.gpu.event()
+        self.node.gpu.event()
     }
 
     // Each call binds this device's context first: dropping another GPU's
     // replica or copying from it on this thread makes that context current.
     fn record(&self, e: &CudaEvent) -> Result<()> {
-        self.0.gpu.ctx.bind_to_thread().map_err(drv)?;
-        e.record(&self.0.gpu.stream).map_err(drv)
+        self.node.gpu.ctx.bind_to_thread().map_err(drv)?;
+        e.record(&self.node.gpu.stream).map_err(drv)
     }
 
     fn query(&self, e: &CudaEvent) -> bool {
-        let _ = make_current(&self.0.gpu.ctx);
+        let _ = make_current(&self.node.gpu.ctx);
         !matches!(e.try_is_complete(), Ok(false))
     }
 
     fn wait(&self, e: &CudaEvent) -> Result<()> {
-        self.0.gpu.ctx.bind_to_thread().map_err(drv)?;
+        self.node.gpu.ctx.bind_to_thread().map_err(drv)?;
         e.synchronize().map_err(|e| {
             cuda_err(format!(
                 "the GPU failed while running this task (the CUDA context is unusable now): {e}"
@@ -185,7 +200,11 @@ impl super::async_worker::Stream for DeviceStream {
     }
 
     fn enqueue(&self, s: &super::worker::Started, node: usize) -> Result<()> {
-        self.0.gpu.ctx.bind_to_thread().map_err(drv)?;
+        self.node.gpu.ctx.bind_to_thread().map_err(drv)?;
+        if let Some(main) = &self.after {
+            // The operands were made valid on the main stream (transfers).
+            self.node.gpu.stream.join(&main.gpu.stream).map_err(drv)?;
+        }
         let items: Vec<DevRef> = s
             .body
             .accesses
@@ -210,7 +229,7 @@ impl super::async_worker::Stream for DeviceStream {
             })
             .collect();
         let bufs = DevBuffers {
-            node: &self.0,
+            node: &self.node,
             ops: Operands::new(&items),
         };
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.body.codelet.cuda(&bufs)))

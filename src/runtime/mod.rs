@@ -58,16 +58,20 @@ pub struct RuntimeConfig {
     pub memory_limits: Vec<Option<u64>>,
     pub perf_model_dir: Option<PathBuf>,
     pub trace: bool,
-    /// GPUs to use (devices 0..ncuda), each a memory node with one worker.
+    /// GPUs to use (devices first_gpu..first_gpu + ncuda), each a memory
+    /// node with one worker.
     pub ncuda: usize,
+    /// The first GPU's ordinal: a data-parallel rank uses the GPU of its
+    /// local rank.
+    pub first_gpu: usize,
     /// Worker kinds every task prefers (`--restrict`): a task whose codelet
     /// cannot run on any of them runs where it can instead.
     pub restrict: Where,
     /// A communication worker for collectives (data-parallel runs).
     pub comm: bool,
     /// The memory node the communication worker runs its collectives on:
-    /// 0, the host (a blocking loop), or a simulated device node (on a
-    /// stream of its own, with events, as a GPU's NCCL stream would be).
+    /// 0, the host (a blocking loop), or a device node, on a stream of its
+    /// own with events: a GPU's NCCL stream, or a simulated device's.
     pub comm_node: usize,
 }
 
@@ -77,6 +81,7 @@ impl Default for RuntimeConfig {
             ncpu: None,
             nsim: 0,
             ncuda: 0,
+            first_gpu: 0,
             restrict: Where::ANY,
             scheduler: SchedKind::Eager,
             memory_limits: Vec::new(),
@@ -122,6 +127,8 @@ pub(crate) struct Inner {
     pub wstats: Vec<worker::StatsCell>,
     pub sched: Box<dyn Scheduler>,
     comm: comm_worker::CommQueue,
+    /// The communication worker's stream on a GPU (a fork of the node's).
+    pub comm_gpu: Option<Arc<cuda::GpuNode>>,
     pub perf: Arc<PerfModels>,
     pending: Mutex<usize>,
     idle: Condvar,
@@ -175,7 +182,7 @@ impl Runtime {
         }
         for i in 0..cfg.ncuda {
             let id = 1 + cfg.nsim + i;
-            let dev = cuda::GpuNode::open(i)?;
+            let dev = cuda::GpuNode::open(cfg.first_gpu + i)?;
             // Without a limit, the runtime keeps 90 % of what is free now, so
             // that eviction (not a failed cudaMalloc) handles a full GPU and
             // cuBLAS workspaces and modules still fit beside the tiles.
@@ -219,15 +226,19 @@ impl Runtime {
             SchedKind::Eager => Box::new(sched::Eager::new(&workers)),
             SchedKind::Dmda => Box::new(sched::Dmda::new(&workers, perf.clone(), mem.clone())),
         };
+        let mut comm_gpu = None;
         if cfg.comm {
-            if cfg.comm_node != 0 && !(1..=cfg.nsim).contains(&cfg.comm_node) {
+            if cfg.comm_node >= nnodes {
                 return Err(arg_err(
                     "Runtime",
                     format!(
-                        "comm_node {} is neither the host (0) nor a simulated device (1..={})",
-                        cfg.comm_node, cfg.nsim
+                        "comm_node {} is neither the host (0) nor a device node (1..{nnodes})",
+                        cfg.comm_node
                     ),
                 ));
+            }
+            if let Some(dev) = &mem.gpus[cfg.comm_node] {
+                comm_gpu = Some(dev.fork_stream()?);
             }
             workers.push(WorkerInfo {
                 id: workers.len(),
@@ -254,6 +265,7 @@ impl Runtime {
             wstats,
             sched,
             comm: Default::default(),
+            comm_gpu,
             perf,
             pending: Mutex::new(0),
             idle: Condvar::new(),
@@ -315,6 +327,11 @@ impl Runtime {
             .iter()
             .filter(|w| w.kind == kind)
             .count()
+    }
+    /// The GPU the communication worker runs its collectives on (on a
+    /// stream of its own), if it runs them on one.
+    pub fn comm_gpu(&self) -> Option<Arc<crate::kernels::cuda::context::Gpu>> {
+        self.inner().comm_gpu.as_ref().map(|d| d.gpu.clone())
     }
     pub fn restrict(&self) -> Where {
         self.inner().restrict

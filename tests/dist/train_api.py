@@ -6,6 +6,7 @@ one JSON line per rank (or a file per rank with --out): the global losses and a 
 after each step.
 
     mpiexec -n 2 python train_api.py --dtype fp64 --zero-stage 1
+    mpiexec -n 2 python train_api.py --gpu      # a GPU per rank, collectives over NCCL
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ p.add_argument("--batch", type=int, default=6)
 p.add_argument("--minibatch", type=int, default=1)
 p.add_argument("--steps", type=int, default=3)
 p.add_argument("--loopback", type=int, default=0)
+p.add_argument("--gpu", action="store_true", help="each rank on the GPU of its local rank (NCCL)")
 p.add_argument("--out", default="", help="write rank r's JSON to OUT/rank<r>.json (not stdout)")
 a = p.parse_args()
 
@@ -99,7 +101,12 @@ if a.loopback:
         t.join()
 else:
     world = dist.init(zero_stage=a.zero_stage, bucket_mb=0.002)
-    out = [train(world, None)]
+    gpu = None
+    if a.gpu:
+        gpu = gpt2rs.Runtime(
+            ncpu=1, ncuda=1, first_gpu=world.local_rank, restrict="cuda", comm=world.size > 1
+        )
+    out = [train(world, gpu)]
 for r in out:
     if a.out:
         Path(a.out, f"rank{r['rank']}.json").write_text(json.dumps(r))

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .. import checkpoint as ckpt_io
-from .. import dist, hub
+from .. import dist, hub, mpi
 from .._gpt2rs import DistError, Runtime
 from ..config import GPT2Config
 from ..configs import GPT2_DEFAULT_CONFIG
@@ -65,6 +65,7 @@ class Plan:
         self.gpu_notice: str | None = None
         self.lock: Path | None = None
         self.runtime: Runtime | None = None
+        self.first_gpu = 0
 
     def _gpus(self) -> int:
         """GPUs to train on: --ncuda, else every visible one; none with --restrict cpu."""
@@ -176,6 +177,7 @@ class Plan:
 
         self.runtime = gpt2rs.Runtime(
             ncuda=self.ncuda,
+            first_gpu=self.first_gpu,
             restrict=o.restrict if self.ncuda else None,
             ncpu=o.ncpu,
             scheduler=SCHEDULERS[o.scheduler],
@@ -228,11 +230,27 @@ class Plan:
         except DistError as e:
             raise TrainError(str(e)) from None
         if w.size > 1 and self.ncuda:
-            raise TrainError(
-                f"data-parallel training on GPUs needs NCCL collectives, which gpt2rs does not run yet "
-                f"({w.size} ranks, --ncuda {self.ncuda}); use --restrict cpu"
-            )
+            self._gpu_of_rank(w)
         return w
+
+    def _gpu_of_rank(self, w: dist.World) -> None:
+        """Data-parallel on GPUs: one GPU per rank (NCCL's rule), the one
+        of the rank's local rank on its machine, and NCCL installed."""
+        if self.opts.ncuda is not None and self.opts.ncuda > 1:
+            raise TrainError(
+                f"data-parallel training uses one GPU per rank (NCCL); start one rank per GPU "
+                f"with --ncuda 1, not --ncuda {self.opts.ncuda}"
+            )
+        if w.local_rank >= self.ncuda:
+            raise TrainError(
+                f"rank {w.rank} is rank {w.local_rank} of its machine, which has {self.ncuda} "
+                "visible GPU(s): start at most one rank per GPU, or use --restrict cpu"
+            )
+        try:
+            mpi.nccl_library_path()
+        except DistError as e:
+            raise TrainError(str(e)) from None
+        self.first_gpu, self.ncuda = w.local_rank, 1
 
     def _check_ranks_agree(self) -> None:
         """Every rank must run the same options on the same data: compared by

@@ -149,7 +149,7 @@ fn train_with(
     .unwrap();
     let m = model(&rt, precision);
     let (n, r) = comm.as_ref().map_or((1, 0), |c| (c.size(), c.rank()));
-    let dp = comm.map(|c| DataParallel::new(&m, c, zero, 700).unwrap());
+    let dp = comm.map(|c| DataParallel::new(&m, c, zero, 700, None).unwrap());
     let mut opt = Optimizer::new(&m, adamw(), 1e-2, 0.01).unwrap();
     if let Some(dp) = &dp {
         assert!(dp.nbuckets() > 2, "several buckets");

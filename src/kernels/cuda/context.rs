@@ -232,6 +232,25 @@ impl Gpu {
         })
     }
 
+    /// The same device and context with a stream of its own (and its own
+    /// module cache and BLAS handles), for work that must overlap this
+    /// one's: the communication worker's NCCL collectives.
+    pub fn fork_stream(&self) -> Result<Arc<Gpu>> {
+        self.ctx.bind_to_thread().map_err(drv)?;
+        let stream = self.ctx.new_stream().map_err(drv)?;
+        Ok(Arc::new(Gpu {
+            ordinal: self.ordinal,
+            name: self.name.clone(),
+            arch: self.arch.clone(),
+            total_mem: self.total_mem,
+            ctx: self.ctx.clone(),
+            kernels: CudaKernels::new(stream.clone())?,
+            stream,
+            blas: OnceLock::new(),
+            blaslt: OnceLock::new(),
+        }))
+    }
+
     /// The cuBLAS handle of this device's stream (created on first use).
     pub fn blas(&self) -> Result<&BlasHandle> {
         self.blas

@@ -73,6 +73,38 @@ def launch(
     )
 
 
+def launch_files(
+    n: int, *cmd: str | Path, cwd: Path | None = None, kill: int | None = None
+) -> list[subprocess.CompletedProcess[str]]:
+    """`cmd` as n processes told their rank by RANK / WORLD_SIZE / LOCAL_RANK
+    (as torchrun does), without MPI; with `kill`, that rank is killed once
+    every rank has joined (after 3 s)."""
+    procs = [
+        subprocess.Popen(
+            [str(c) for c in cmd],
+            cwd=cwd,
+            env=env(RANK=str(r), WORLD_SIZE=str(n), LOCAL_RANK=str(r)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(n)
+    ]
+    if kill is not None:
+        time.sleep(3)
+        procs[kill].kill()
+    out = []
+    for p in procs:
+        try:
+            o, e = p.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        out.append(subprocess.CompletedProcess(p.args, p.returncode, o, e))
+    return out
+
+
 def api(n: int, *flags: str, openmpi: bool = False) -> list[dict[str, Any]]:
     """Runs tests/dist/train_api.py on n ranks; each rank's JSON record."""
     with tempfile.TemporaryDirectory() as out:
@@ -176,6 +208,21 @@ def test_loopback_equals_mpi_bitwise_and_zero1_equals_zero0() -> None:
     for key, ranks in runs.items():
         for r in ranks:
             assert r["hashes"] == want, f"{key} rank {r['rank']}"
+
+
+def test_the_file_method_without_mpi_computes_the_loopback_bits(tmp_path: Path) -> None:
+    # torchrun-style ranks that meet in a directory: our sums, so the same bits.
+    flags = ("--dtype", "bf16", "--zero-stage", "1")
+    want = api(0, "--loopback", "3", *flags)[0]["hashes"]
+    out = tmp_path / "out"
+    out.mkdir()
+    cmd = [sys.executable, HERE / "train_api.py", "--out", out, *flags]
+    for p in launch_files(3, *cmd, "--dist-init", f"file:{tmp_path / 'meet'}"):
+        assert p.returncode == 0, p.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(3)]
+    assert [r["size"] for r in ranks] == [3, 3, 3]
+    for r in ranks:
+        assert r["hashes"] == want, f"rank {r['rank']}"
 
 
 @needs_mpi
@@ -416,6 +463,31 @@ def rank_processes(cwd: Path) -> list[int]:
         if any(a.endswith(b"gpt2rs-train") for a in argv[:2]):
             found.append(int(d.name))
     return sorted(found)
+
+
+def test_train_with_the_file_method_matches_one_rank_and_survives_no_dead_rank(ws: Path) -> None:
+    p = train(ws, 0, "--max-steps", "3", "--metrics-file", "a.jsonl")
+    assert p.returncode == 0, p.stderr
+    meet = f"file:{ws / 'meet'}"
+    cmd = [BIN / "gpt2rs-train", *train_args("--max-steps", "3", "--metrics-file", "b.jsonl")]
+    for q in launch_files(2, *cmd, "--dist-init", meet, cwd=ws):
+        assert q.returncode == 0, q.stderr
+    one, two = metrics(ws / "a.jsonl"), metrics(ws / "b.jsonl")
+    assert [m["world_size"] for m in two] == [2] * 3
+    np.testing.assert_allclose([m["loss"] for m in two], [m["loss"] for m in one], rtol=1e-6)
+
+    # Without the environment: one line.
+    p = train(ws, 0, "--dist-init", meet)
+    assert p.returncode != 0 and len(error_lines(p)) == 1, p.stderr
+    assert "RANK and WORLD_SIZE" in error_lines(p)[0]
+
+    # A killed rank ends the other within seconds, naming it.
+    t = time.monotonic()
+    long = train_args("--max-steps", "100000")
+    done = launch_files(2, BIN / "gpt2rs-train", *long, "--dist-init", meet, cwd=ws, kill=1)
+    assert done[0].returncode != 0
+    assert any("rank 1 has ended" in x for x in error_lines(done[0])), done[0].stderr
+    assert time.monotonic() - t < 60
 
 
 @needs_mpi

@@ -227,7 +227,10 @@ def test_task_failure_is_reported_and_runtime_survives() -> None:
     ) as ei:
         rt.wait_all()
     assert isinstance(ei.value, RuntimeError)
-    with pytest.raises(gpt2rs.TaskError, match=r"cancelled because task gemm#\d+ failed"):
+    # Cancelled, with the first failure's reason.
+    with pytest.raises(
+        gpt2rs.TaskError, match=r"cancelled because task gemm#\d+ \(.*needs 12288 bytes.*\) failed"
+    ):
         c.to_numpy()
     rt.wait_all()  # the error was reported once
     del a, b, c

@@ -29,6 +29,7 @@ updated tile is gathered by every rank; the result is stage 0's, bit for bit.
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 import struct
 from dataclasses import dataclass
@@ -128,6 +129,37 @@ def world() -> World:
     return _WORLD
 
 
+def check_method(method: str) -> str:
+    if method not in ("auto", "mpi") and not (method.startswith("file:") and method[5:]):
+        raise ValueError(f"method must be auto, mpi or file:DIR, got {method!r}")
+    return method
+
+
+def _env_int(names: tuple[str, ...]) -> int | None:
+    for name in names:
+        v = os.environ.get(name)
+        if v is not None:
+            try:
+                return int(v)
+            except ValueError:
+                raise DistError(f"{name}={v!r} is not a whole number") from None
+    return None
+
+
+def _file_comm(folder: str) -> tuple[Communicator, int | None]:
+    """The file-system method: (this rank's communicator, LOCAL_RANK if set)."""
+    rank = _env_int(("RANK", "SLURM_PROCID"))
+    size = _env_int(("WORLD_SIZE", "SLURM_NTASKS"))
+    if rank is None or size is None:
+        raise DistError(
+            "--dist-init file: needs the rank and the job size in the environment: "
+            "RANK and WORLD_SIZE (as torchrun sets them) or SLURM_PROCID and SLURM_NTASKS"
+        )
+    if not 0 <= rank < size:
+        raise DistError(f"RANK {rank} is not in 0..WORLD_SIZE-1 ({size} ranks)")
+    return Communicator.file(folder, rank, size), _env_int(("LOCAL_RANK", "SLURM_LOCALID"))
+
+
 def check_zero_stage(stage: int) -> int:
     if stage not in ZERO_STAGES:
         raise ValueError(f"zero_stage must be 0 or 1, got {stage!r}")
@@ -138,33 +170,44 @@ def init(
     *,
     zero_stage: int = 0,
     bucket_mb: float = DEFAULT_BUCKET_MB,
-    require_mpi: bool = False,
+    method: str = "auto",
     comm: Communicator | None = None,
     default_runtime: bool = True,
 ) -> World:
     """Joins the job this process belongs to and makes it the world that new
     models train in. Collective: every rank calls it.
 
-    With ``comm`` None: MPI (through mpi4py) when this process was started
-    by an MPI launcher (mpiexec, mpirun, srun), else a world of one, unless
-    ``require_mpi``. A world of more than one rank makes the default runtime
-    one with a communication worker (``Runtime(comm=True)``; not with
+    With ``comm`` None, ``method`` says how the ranks find each other:
+    "auto" is MPI (through mpi4py) when this process was started by an MPI
+    launcher (mpiexec, mpirun, srun), else a world of one; "mpi" is MPI or
+    an error; "file:DIR" is the file-system method for launchers without
+    MPI (torchrun-style): the rank and size come from ``RANK`` and
+    ``WORLD_SIZE`` (or Slurm's ``SLURM_PROCID`` and ``SLURM_NTASKS``), and
+    the ranks exchange messages through files in DIR, a directory all of
+    them share (``LOCAL_RANK``, when set, is the GPU a rank takes). A world
+    of more than one rank makes the default runtime one with a
+    communication worker (``Runtime(comm=True)``; not with
     ``default_runtime=False``); models built on a runtime of your own need
     that too.
 
     Raises:
-        ValueError: a bad zero_stage or bucket size.
-        DistError: MPI required but not launched by an MPI launcher, or
-            MPI unusable (one line each).
+        ValueError: a bad zero_stage, bucket size or method.
+        DistError: MPI required but not launched by an MPI launcher, MPI
+            unusable, or the file method without its environment or
+            directory (one line each).
     """
     global _WORLD
     check_zero_stage(zero_stage)
     if not bucket_mb > 0:
         raise ValueError(f"bucket_mb must be > 0, got {bucket_mb!r}")
+    check_method(method)
+    local: int | None = None
     if comm is None:
-        if mpi.launched_by_mpi():
+        if method.startswith("file:"):
+            comm, local = _file_comm(method[len("file:") :])
+        elif mpi.launched_by_mpi():
             comm = mpi.init()
-        elif require_mpi:
+        elif method == "mpi":
             raise DistError(
                 "MPI was asked for, but this process was not started by an MPI launcher "
                 "(run it as: mpiexec -n N <command>, or srun)"
@@ -174,7 +217,7 @@ def init(
         comm=comm,
         zero_stage=zero_stage,
         bucket_bytes=max(1, int(bucket_mb * (1 << 20))),
-        local_rank=_local_rank(comm),
+        local_rank=_local_rank(comm) if local is None else local,
     )
     if w.size > 1 and default_runtime:
         set_default_runtime(Runtime(comm=True))

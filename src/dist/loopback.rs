@@ -3,7 +3,8 @@
 //! It makes distributed runs testable without MPI and, since the sums are
 //! the collectives' own (rank order), equal bit for bit to an MPI run.
 
-use super::{check_allgatherv, check_alltoallv, displacements, Communicator};
+use super::exchange::{self, Exchange, Part};
+use super::Communicator;
 use crate::error::{arg_err, Error, Result};
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -14,8 +15,8 @@ struct Round {
     generation: u64,
     arrived: usize,
     left: usize,
-    /// Each rank's outgoing bytes and, for alltoallv, its per-rank counts.
-    sends: Vec<Option<(Vec<u8>, Vec<usize>)>>,
+    /// Each rank's message.
+    sends: Vec<Option<Part>>,
     aborted: Option<i32>,
 }
 
@@ -56,19 +57,20 @@ impl Loopback {
     pub fn aborted(&self) -> Option<i32> {
         self.shared.round.lock().unwrap().aborted
     }
+}
 
+fn aborted(code: i32) -> Error {
+    Error::Io(format!("loopback: the job was aborted (code {code})"))
+}
+
+impl Exchange for Loopback {
     /// Deposits this rank's part, waits for every rank's, lets `take` read
     /// all parts (rank order), then waits until every rank has read them.
-    fn exchange(
-        &self,
-        send: Vec<u8>,
-        counts: Vec<usize>,
-        take: impl FnOnce(&[Option<(Vec<u8>, Vec<usize>)>]) -> Result<()>,
-    ) -> Result<()> {
+    fn exchange(&self, mine: Part, take: &mut dyn FnMut(&[&Part]) -> Result<()>) -> Result<()> {
         let sh = &*self.shared;
         let mut r = sh.round.lock().unwrap();
         let gen = r.generation;
-        r.sends[self.rank] = Some((send, counts));
+        r.sends[self.rank] = Some(mine);
         r.arrived += 1;
         if r.arrived == sh.n {
             sh.cv.notify_all();
@@ -79,7 +81,12 @@ impl Loopback {
         if let Some(code) = r.aborted {
             return Err(aborted(code));
         }
-        let res = take(&r.sends);
+        let parts: Vec<&Part> = r
+            .sends
+            .iter()
+            .map(|s| s.as_ref().expect("every rank deposited"))
+            .collect();
+        let res = take(&parts);
         r.left += 1;
         if r.left == sh.n {
             r.arrived = 0;
@@ -98,10 +105,6 @@ impl Loopback {
     }
 }
 
-fn aborted(code: i32) -> Error {
-    Error::Io(format!("loopback: the job was aborted (code {code})"))
-}
-
 impl Communicator for Loopback {
     fn rank(&self) -> usize {
         self.rank
@@ -112,7 +115,6 @@ impl Communicator for Loopback {
     fn backend(&self) -> &str {
         "loopback"
     }
-
     fn alltoallv(
         &self,
         send: &[u8],
@@ -120,78 +122,17 @@ impl Communicator for Loopback {
         recv: &mut [u8],
         recv_counts: &[usize],
     ) -> Result<()> {
-        check_alltoallv(self.shared.n, send, send_counts, recv, recv_counts)?;
-        let (rdispl, _) = displacements(recv_counts);
-        let me = self.rank;
-        self.exchange(send.to_vec(), send_counts.to_vec(), |parts| {
-            for (src, part) in parts.iter().enumerate() {
-                let (bytes, counts) = part.as_ref().expect("every rank deposited");
-                let (sdispl, _) = displacements(counts);
-                if counts[me] != recv_counts[src] {
-                    return Err(arg_err(
-                        "alltoallv",
-                        format!(
-                            "rank {src} sends {} bytes to rank {me}, which expects {}",
-                            counts[me], recv_counts[src]
-                        ),
-                    ));
-                }
-                recv[rdispl[src]..rdispl[src] + counts[me]]
-                    .copy_from_slice(&bytes[sdispl[me]..sdispl[me] + counts[me]]);
-            }
-            Ok(())
-        })
+        exchange::alltoallv(self, send, send_counts, recv, recv_counts)
     }
-
     fn allgatherv(&self, send: &[u8], recv: &mut [u8], counts: &[usize]) -> Result<()> {
-        check_allgatherv(self.shared.n, self.rank, send, recv, counts)?;
-        let (displ, _) = displacements(counts);
-        let mine = send[..counts[self.rank]].to_vec();
-        self.exchange(mine, Vec::new(), |parts| {
-            for (src, part) in parts.iter().enumerate() {
-                let (bytes, _) = part.as_ref().expect("every rank deposited");
-                if bytes.len() != counts[src] {
-                    return Err(arg_err(
-                        "allgatherv",
-                        format!(
-                            "rank {src} sent {} bytes, {} expected",
-                            bytes.len(),
-                            counts[src]
-                        ),
-                    ));
-                }
-                recv[displ[src]..displ[src] + counts[src]].copy_from_slice(bytes);
-            }
-            Ok(())
-        })
+        exchange::allgatherv(self, send, recv, counts)
     }
-
     fn broadcast(&self, buf: &mut [u8], root: usize) -> Result<()> {
-        if root >= self.shared.n {
-            return Err(arg_err("broadcast", format!("no rank {root}")));
-        }
-        let mine = if self.rank == root {
-            buf.to_vec()
-        } else {
-            Vec::new()
-        };
-        self.exchange(mine, Vec::new(), |parts| {
-            let (bytes, _) = parts[root].as_ref().expect("every rank deposited");
-            if bytes.len() != buf.len() {
-                return Err(arg_err(
-                    "broadcast",
-                    format!("root sent {} bytes, {} expected", bytes.len(), buf.len()),
-                ));
-            }
-            buf.copy_from_slice(bytes);
-            Ok(())
-        })
+        exchange::broadcast(self, buf, root)
     }
-
     fn barrier(&self) -> Result<()> {
-        self.exchange(Vec::new(), Vec::new(), |_| Ok(()))
+        exchange::barrier(self)
     }
-
     fn abort(&self, code: i32) {
         let mut r = self.shared.round.lock().unwrap();
         r.aborted.get_or_insert(code);

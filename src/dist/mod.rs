@@ -11,6 +11,8 @@
 
 pub mod collective;
 pub mod data_parallel;
+mod exchange;
+pub mod file;
 pub mod loopback;
 pub mod mpi;
 pub mod nccl;

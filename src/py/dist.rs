@@ -5,6 +5,7 @@
 //! An unusable or failing transport is a `DistError(RuntimeError)`; a bad
 //! argument (counts, root) a `ValueError`.
 
+use crate::dist::file::FileComm;
 use crate::dist::loopback::Loopback;
 use crate::dist::mpi::MpiComm;
 use crate::dist::nccl::Nccl;
@@ -79,6 +80,30 @@ impl PyCommunicator {
             .collect())
     }
 
+    /// Rank `rank` of a job of `size` processes that share the directory
+    /// `dir` (the file-system method, for launchers without MPI: every
+    /// collective's messages go through files there). Collective: waits
+    /// at most `timeout_s` for the others to join.
+    ///
+    /// Raises:
+    ///     ValueError: rank >= size, or timeout_s < 0.
+    ///     DistError: the directory is unusable, or a rank did not join.
+    #[staticmethod]
+    #[pyo3(signature = (dir, rank, size, timeout_s=600.0), text_signature = "(dir, rank, size, timeout_s=600.0)")]
+    fn file(
+        py: Python<'_>,
+        dir: PathBuf,
+        rank: usize,
+        size: usize,
+        timeout_s: f64,
+    ) -> PyResult<PyCommunicator> {
+        let t = std::time::Duration::try_from_secs_f64(timeout_s).map_err(|_| {
+            PyValueError::new_err(format!("timeout_s must be >= 0, got {timeout_s}"))
+        })?;
+        let c = run(py, move || FileComm::join(&dir, rank, size, t))?;
+        Ok(PyCommunicator { c: Arc::new(c) })
+    }
+
     /// This process's rank, 0..size.
     #[getter]
     fn rank(&self) -> usize {
@@ -91,7 +116,7 @@ impl PyCommunicator {
         self.c.size()
     }
 
-    /// What moves the bytes: "mpich", "openmpi", "mpi-abi" or "loopback".
+    /// What moves the bytes: "mpich", "openmpi", "mpi-abi", "file" or "loopback".
     #[getter]
     fn backend(&self) -> &str {
         self.c.backend()

@@ -641,8 +641,8 @@ fn add_dependency(t: &Arc<TaskInner>, p: &Arc<TaskInner>, mode: Access) {
     let mut s = p.succ.lock().unwrap();
     if s.done {
         // A finished writer that failed leaves this handle's contents invalid.
-        if s.failed && mode.reads() {
-            t.cancel.lock().unwrap().get_or_insert_with(|| p.label());
+        if let (Some(cause), true) = (&s.failed, mode.reads()) {
+            t.cancel.lock().unwrap().get_or_insert_with(|| cause.clone());
         }
         return;
     }
@@ -661,7 +661,6 @@ impl Inner {
     /// Finishes a task: wakes its waiters and releases its successors, which
     /// are cancelled if it failed.
     pub(crate) fn complete(&self, task: &Arc<TaskInner>, res: Result<()>) {
-        let failed = res.is_err();
         if let Err(e) = &res {
             let mut fe = self.first_error.lock().unwrap();
             let replace = match &*fe {
@@ -673,17 +672,25 @@ impl Inner {
                 *fe = Some(e.clone());
             }
         }
+        // What cancels the successors: the first failure of the chain, with
+        // its reason, so that whichever task the user waits on says why.
+        let cause = match &res {
+            Ok(()) => None,
+            Err(Error::Cancelled { cause, .. }) => Some(cause.clone()),
+            Err(Error::Task { reason, .. }) => Some(format!("{} ({reason})", task.label())),
+            Err(e) => Some(format!("{} ({e})", task.label())),
+        };
         *task.result.lock().unwrap() = Some(res);
         task.done_cv.notify_all();
         let succ = {
             let mut s = task.succ.lock().unwrap();
             s.done = true;
-            s.failed = failed;
+            s.failed = cause.clone();
             std::mem::take(&mut s.list)
         };
         for s in succ {
-            if failed {
-                s.cancel.lock().unwrap().get_or_insert_with(|| task.label());
+            if let Some(cause) = &cause {
+                s.cancel.lock().unwrap().get_or_insert_with(|| cause.clone());
             }
             if s.remaining.fetch_sub(1, Ordering::AcqRel) == 1 && !s.early.load(Ordering::Acquire) {
                 self.ready(s);

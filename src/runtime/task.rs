@@ -16,7 +16,9 @@ pub(crate) struct TaskBody {
 #[derive(Default)]
 pub(crate) struct Successors {
     pub done: bool,
-    pub failed: bool,
+    /// Once done, if it failed: the cancellation cause of what follows (the
+    /// chain's first failure and its reason).
+    pub failed: Option<String>,
     pub list: Vec<Arc<TaskInner>>,
 }
 

@@ -30,6 +30,7 @@ p.add_argument("--batch", type=int, default=6)
 p.add_argument("--minibatch", type=int, default=1)
 p.add_argument("--steps", type=int, default=3)
 p.add_argument("--loopback", type=int, default=0)
+p.add_argument("--dist-init", default="auto", help="auto, mpi or file:DIR (with RANK, WORLD_SIZE)")
 p.add_argument("--gpu", action="store_true", help="each rank on the GPU of its local rank (NCCL)")
 p.add_argument("--out", default="", help="write rank r's JSON to OUT/rank<r>.json (not stdout)")
 a = p.parse_args()
@@ -100,7 +101,7 @@ if a.loopback:
     for t in threads:
         t.join()
 else:
-    world = dist.init(zero_stage=a.zero_stage, bucket_mb=0.002)
+    world = dist.init(zero_stage=a.zero_stage, bucket_mb=0.002, method=a.dist_init)
     gpu = None
     if a.gpu:
         gpu = gpt2rs.Runtime(

@@ -20,7 +20,6 @@ from typing import Any
 
 from ..metrics import DEFAULT_SERVER_PORT
 from ..train import LR_SCHEDULES, OPTIMIZERS, SCHEDULERS, TrainOptions
-from ..train.options import DIST_INITS
 from ..train.report import QuietReporter
 from ._common import (
     Formatter,
@@ -170,9 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--dist-init",
-        choices=DIST_INITS,
         default=d.dist_init,
-        help="how ranks find each other: auto = MPI when started by mpiexec/srun, else one process; mpi = MPI or an error",
+        metavar="{auto,mpi,file:DIR}",
+        help="how ranks find each other: auto = MPI when started by mpiexec/srun, else one process; "
+        "mpi = MPI or an error; file:DIR = through files in a directory every rank shares, "
+        "for launchers without MPI (rank and size from RANK and WORLD_SIZE, as torchrun sets them)",
     )
     g.add_argument(
         "--allow-nonfinite-loss",

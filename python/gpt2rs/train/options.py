@@ -84,7 +84,8 @@ class TrainOptions:
     #: ZeRO stage of data-parallel runs: 1 shards the optimizer state and master weights.
     zero_stage: int = 0
     #: How the ranks find each other: "auto" (MPI when started by mpiexec or
-    #: srun, else one process) or "mpi" (MPI or an error).
+    #: srun, else one process), "mpi" (MPI or an error) or "file:DIR" (files
+    #: in a shared directory; rank and size from RANK and WORLD_SIZE).
     dist_init: str = "auto"
 
     @property
@@ -161,9 +162,11 @@ class TrainOptions:
             raise TrainError(
                 f"--zero-stage must be 0 or 1 (ZeRO stages 2 and 3 are not supported), got {o.zero_stage}"
             )
-        if o.dist_init not in DIST_INITS:
+        if o.dist_init not in DIST_INITS and not (
+            o.dist_init.startswith("file:") and o.dist_init[5:]
+        ):
             raise TrainError(
-                f"--dist-init must be one of {', '.join(DIST_INITS)}, got {o.dist_init!r}"
+                f"--dist-init must be {', '.join(DIST_INITS)} or file:DIR, got {o.dist_init!r}"
             )
         if not o.dataset_file:
             raise TrainError(

@@ -224,7 +224,7 @@ class Plan:
         try:
             w = dist.init(
                 zero_stage=o.zero_stage,
-                require_mpi=o.dist_init == "mpi",
+                method=o.dist_init,
                 default_runtime=False,  # the plan makes its own
             )
         except DistError as e:

@@ -271,6 +271,51 @@ def test_collectives_show_in_the_trace_and_the_bus_statistics(tmp_path: Path) ->
         assert sum(e["args"]["bytes"] for e in coll) == net[0]["bytes"]
 
 
+def test_zero1_keeps_only_the_owned_master_weights() -> None:
+    import threading
+
+    import gpt2rs
+    from gpt2rs import dist
+
+    cfg = gpt2rs.GPT2Config(vocab_size=61, n_positions=16, n_embd=16, n_layer=1, n_head=2)
+    got: dict[tuple[int, int], dict[str, Any]] = {}
+
+    def rank(c: dist.Communicator, zero: int) -> None:
+        rt = gpt2rs.Runtime(ncpu=1, comm=True)
+        model = gpt2rs.GPT2LMHead.from_config(cfg, runtime=rt, dtype="bf16", hidden_size_tile=8)
+        used = lambda: rt.stats()["nodes"][0]["used_bytes"]  # noqa: E731
+        model.data_parallel(dist.World(comm=c, zero_stage=zero, bucket_bytes=1000))
+        rt.wait_all()
+        at_start = used()
+        opt = gpt2rs.AdamW(model)
+        model.forward_backward(np.arange(16).reshape(2, 8) % 61)
+        opt.step()
+        state = model.state_dict()  # gathers the masters, then frees them again
+        rt.wait_all()
+        got[c.rank, zero] = dict(
+            at_start=at_start, at_end=used(), state=state, n=model.num_parameters()
+        )
+
+    for zero in (0, 1):
+        threads = [
+            threading.Thread(target=rank, args=(c, zero)) for c in dist.Communicator.loopback(2)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    for r in range(2):
+        z0, z1 = got[r, 0], got[r, 1]
+        for name, w in z0["state"].items():
+            np.testing.assert_array_equal(z1["state"][name], w, err_msg=name)
+        # Half the f32 masters (4 bytes a parameter) are not kept on a rank,
+        # from the start and after a checkpoint's gather (with, by then, half
+        # of AdamW's two f32 states too).
+        half = 2 * z1["n"]
+        assert 0.6 * half < z0["at_start"] - z1["at_start"] < 1.4 * half, (z0, z1)
+        assert 0.6 * 3 * half < z0["at_end"] - z1["at_end"] < 1.4 * 3 * half, (z0, z1)
+
+
 # -- gpt2rs-train --------------------------------------------------------------
 
 

@@ -298,6 +298,13 @@ class GPT2LMHead:
             self._core, world.comm, world.zero_stage, world.bucket_bytes, nccl
         )
         self._world = world
+        self._release_masters()
+
+    def _release_masters(self) -> None:
+        """ZeRO-1: only a tile's owner keeps (and steps) its master weights."""
+        if self._dp is not None and self._dp.zero_stage == 1:
+            self._dp.release_masters()
+            self.masters_current = False
 
     @property
     def world(self) -> dist.World:
@@ -330,7 +337,9 @@ class GPT2LMHead:
         if self._dp is not None and not self.masters_current:
             self._dp.gather_masters()
             self.masters_current = True
-        return {hub.PREFIX + n: self._get(self._core.get_param, n) for n in self._names}
+        state = {hub.PREFIX + n: self._get(self._core.get_param, n) for n in self._names}
+        self._release_masters()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Loads weights named as HF names them (with or without `transformer.`)."""
@@ -342,6 +351,7 @@ class GPT2LMHead:
         for name in self._names:
             a = np.ascontiguousarray(st[name], dtype=self._np_dtype).reshape(-1)
             self._core.set_param(name, a.view(np.uint8))
+        self._release_masters()
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
         """Writes config.json and model.safetensors; transformers loads them."""

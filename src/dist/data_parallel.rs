@@ -242,6 +242,24 @@ impl DataParallel {
         })
     }
 
+    /// Stage 1: gives back the memory of the master weights (bf16 models)
+    /// of the tiles other ranks own; only an owner steps a tile's master,
+    /// and `gather` brings them back when every rank needs them.
+    pub fn release_masters(&self, model: &Gpt2) -> Result<()> {
+        if self.zero_stage == 0 {
+            return Ok(());
+        }
+        for (p, prm) in model.params.list.iter().enumerate() {
+            let Some(master) = &prm.master else { continue };
+            for (t, h) in master.tiles.iter().enumerate() {
+                if !self.steps(p, t) {
+                    model.runtime().discard(h)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Stage 1: submits the gathering of tensors cut like the parameters
     /// (`of(p)`: optimizer state, master weights), e.g. before a checkpoint.
     pub fn gather<'a>(&self, model: &Gpt2, of: impl Fn(usize) -> Option<&'a Tensor>) -> Result<()> {

@@ -84,6 +84,13 @@ impl PyDataParallel {
         py.detach(|| guard(|| self.dp.gather(m, |p| m.params.list[p].master.as_ref())))
     }
 
+    /// Stage 1: frees the master weights (bf16 models) of the tiles other
+    /// ranks own (after `gather_masters` served a checkpoint, or a load).
+    fn release_masters(&self, py: Python<'_>) -> PyResult<()> {
+        let m = &self.model.get().m;
+        py.detach(|| guard(|| self.dp.release_masters(m)))
+    }
+
     /// Stage 1: gathers `optimizer`'s state from the tiles' owners, so that
     /// every rank holds all of it (for a checkpoint); `release_state` gives
     /// the memory back afterwards.

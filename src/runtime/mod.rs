@@ -486,6 +486,32 @@ impl Runtime {
         Ok(r)
     }
 
+    /// Drops every replica of `h` once the tasks submitted on it so far have
+    /// run: it holds zeros again and its memory is given back (StarPU's
+    /// invalidate). No task may be submitted on `h` meanwhile.
+    pub fn discard(&self, h: &DataHandle) -> Result<()> {
+        self.check_alive()?;
+        let pending: Vec<_> = {
+            let d = h.0.deps.lock().unwrap();
+            d.writers.iter().chain(&d.readers).cloned().collect()
+        };
+        for t in &pending {
+            t.wait()?;
+        }
+        let mut coh = h.0.coh.lock().unwrap();
+        for (node, r) in coh.replicas.iter_mut().enumerate() {
+            if r.as_ref().is_some_and(|r| r.pins > 0) {
+                return Err(arg_err("discard", "the handle is in use by a task"));
+            }
+            if r.take().is_some() {
+                self.inner()
+                    .mem
+                    .release_bytes(node, h.id(), h.bytes() as u64);
+            }
+        }
+        Ok(())
+    }
+
     /// Tags the tasks submitted from now on with phase `name` (a loop's
     /// forward/backward, optimizer, evaluation), so that `stats` can say what
     /// each phase cost in worker time, however the phases' tasks overlap.
@@ -642,7 +668,10 @@ fn add_dependency(t: &Arc<TaskInner>, p: &Arc<TaskInner>, mode: Access) {
     if s.done {
         // A finished writer that failed leaves this handle's contents invalid.
         if let (Some(cause), true) = (&s.failed, mode.reads()) {
-            t.cancel.lock().unwrap().get_or_insert_with(|| cause.clone());
+            t.cancel
+                .lock()
+                .unwrap()
+                .get_or_insert_with(|| cause.clone());
         }
         return;
     }
@@ -690,7 +719,10 @@ impl Inner {
         };
         for s in succ {
             if let Some(cause) = &cause {
-                s.cancel.lock().unwrap().get_or_insert_with(|| cause.clone());
+                s.cancel
+                    .lock()
+                    .unwrap()
+                    .get_or_insert_with(|| cause.clone());
             }
             if s.remaining.fetch_sub(1, Ordering::AcqRel) == 1 && !s.early.load(Ordering::Acquire) {
                 self.ready(s);

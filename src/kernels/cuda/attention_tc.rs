@@ -30,38 +30,31 @@ use crate::dtype::{DType, Element, GemmCompute};
 use crate::error::Result;
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr};
 
-#[macro_export]
-#[doc(hidden)]
-macro_rules! cuda_table_attention_tc {
-    ($cb:ident) => {
-        $cb! { AttentionTc;
-            /// The forward softmax step over the chunk of `nb` batch rows from
-            /// `b0`: scores `s` in, `p` out, the statistics and `acc` rescaled.
-            attn_tc_fwd_rows<T> for tc (
-                s: in f32 [>= rows * tk], rows: val usize = nb * g.h * g.nr,
-                g: host Geo {
-                    nr: usize, tk: usize, tq: usize, h: usize, hs: usize, first: usize, q0: usize,
-                    k0: usize,
-                },
-                b0: val usize, drop: val AttnDropArgs, m: out T::Acc [>= (b0 + nb) * tq * h],
-                l: out T::Acc [>= (b0 + nb) * tq * h], acc: out T::Acc [>= (b0 + nb) * tq * h * hs],
-                p: out T [>= rows * tk], nb: host usize,
-            ) @ warp_rows(rows, ATTN_TC_BLOCK);
-            /// The backward softmax step: `pd` and `ds` from `s` and `dp = dO V^T`.
-            attn_tc_bwd_rows<T> for tc (
-                s: in f32 [>= rows * tk], dp: in f32 [>= rows * tk],
-                lse: in T::Acc [>= (b0 + nb) * tq * h], delta: in T::Acc [>= (b0 + nb) * tq * h],
-                rows: val usize = nb * g.h * g.nr,
-                g: host Geo {
-                    nr: usize, tk: usize, tq: usize, h: usize, first: usize, q0: usize, k0: usize,
-                },
-                b0: val usize, drop: val AttnDropArgs, pd: out T [>= rows * tk],
-                ds: out T [>= rows * tk], nb: host usize,
-            ) @ warp_rows(rows, ATTN_TC_BLOCK);
-        }
-    };
+cuda_table! { cuda_table_attention_tc($) AttentionTc;
+    /// The forward softmax step over the chunk of `nb` batch rows from
+    /// `b0`: scores `s` in, `p` out, the statistics and `acc` rescaled.
+    attn_tc_fwd_rows<T> for tc (
+        s: in f32 [>= rows * tk], rows: val usize = nb * g.h * g.nr,
+        g: host Geo {
+            nr: usize, tk: usize, tq: usize, h: usize, hs: usize, first: usize, q0: usize,
+            k0: usize,
+        },
+        b0: val usize, drop: val AttnDropArgs, m: out T::Acc [>= (b0 + nb) * tq * h],
+        l: out T::Acc [>= (b0 + nb) * tq * h], acc: out T::Acc [>= (b0 + nb) * tq * h * hs],
+        p: out T [>= rows * tk], nb: host usize,
+    ) @ warp_rows(rows, ATTN_TC_BLOCK);
+    /// The backward softmax step: `pd` and `ds` from `s` and `dp = dO V^T`.
+    attn_tc_bwd_rows<T> for tc (
+        s: in f32 [>= rows * tk], dp: in f32 [>= rows * tk],
+        lse: in T::Acc [>= (b0 + nb) * tq * h], delta: in T::Acc [>= (b0 + nb) * tq * h],
+        rows: val usize = nb * g.h * g.nr,
+        g: host Geo {
+            nr: usize, tk: usize, tq: usize, h: usize, first: usize, q0: usize, k0: usize,
+        },
+        b0: val usize, drop: val AttnDropArgs, pd: out T [>= rows * tk],
+        ds: out T [>= rows * tk], nb: host usize,
+    ) @ warp_rows(rows, ATTN_TC_BLOCK);
 }
-crate::cuda_table_attention_tc!(launchers);
 
 /// Elements of one scratch block of scores (64 MiB in f32).
 pub const SCORE_BUDGET: usize = 1 << 24;

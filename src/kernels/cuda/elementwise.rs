@@ -4,34 +4,24 @@ use super::context::{DevElement, Gpu};
 use crate::error::{shape_err, Result};
 use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr};
 
-#[macro_export]
-#[doc(hidden)]
-macro_rules! cuda_table_elementwise {
-    ($cb:ident) => {
-        $cb! { Elementwise;
-            /// `y = value`.
-            fill<T>(n: val usize = y.len(), value: val f64, y: out T [n]) @ elementwise(n);
-            /// `y = alpha * y`.
-            scale<T>(n: val usize = y.len(), alpha: val f64, y: out T [n]) @ elementwise(n);
-            /// `y = alpha * x + y`.
-            axpy<T>(n: val usize = y.len(), alpha: val f64, x: in T [n], y: out T [n])
-                @ elementwise(n);
-            /// `y = alpha * x + beta * y` (y not read when `beta == 0`).
-            add<T>(
-                n: val usize = y.len(), alpha: val f64, x: in T [n], beta: val f64, y: out T [n],
-            ) @ elementwise(n);
-            /// `y = x` converted to `D`.
-            cast<S, D> for pairs (n: val usize = y.len(), x: in S [n], y: out D [n])
-                @ elementwise(n);
-            /// The block copy of the loop nest `d` (see [`copy_block`]).
-            copy_block as copy_block_dims<S, D> for pairs (
-                d: val BlockDims, total: val usize,
-                x: in S [>= d.reach(total).0], y: out D [>= d.reach(total).1],
-            ) @ elementwise(total);
-        }
-    };
+cuda_table! { cuda_table_elementwise($) Elementwise;
+    /// `y = value`.
+    fill<T>(n: val usize = y.len(), value: val f64, y: out T [n]) @ elementwise(n);
+    /// `y = alpha * y`.
+    scale<T>(n: val usize = y.len(), alpha: val f64, y: out T [n]) @ elementwise(n);
+    /// `y = alpha * x + y`.
+    axpy<T>(n: val usize = y.len(), alpha: val f64, x: in T [n], y: out T [n]) @ elementwise(n);
+    /// `y = alpha * x + beta * y` (y not read when `beta == 0`).
+    add<T>(n: val usize = y.len(), alpha: val f64, x: in T [n], beta: val f64, y: out T [n])
+        @ elementwise(n);
+    /// `y = x` converted to `D`.
+    cast<S, D> for pairs (n: val usize = y.len(), x: in S [n], y: out D [n]) @ elementwise(n);
+    /// The block copy of the loop nest `d` (see [`copy_block`]).
+    copy_block as copy_block_dims<S, D> for pairs (
+        d: val BlockDims, total: val usize, x: in S [>= d.reach(total).0],
+        y: out D [>= d.reach(total).1],
+    ) @ elementwise(total);
 }
-crate::cuda_table_elementwise!(launchers);
 
 /// Most dims of a block copy after merging (`COPY_MAX_DIMS` in elementwise.cu).
 pub const COPY_MAX_DIMS: usize = 8;

@@ -1,8 +1,8 @@
 //! The kernel tables' grammar and the launcher generator. Each launcher file
-//! declares its `.cu` module's kernels once, in `cuda_table_<module>!(consumer)`,
-//! expanded by [`launchers!`] (cudarc) and by `emulate!` (`tools/cuda-emu`), so
-//! both take the same arguments, check the same lengths and launch with the
-//! same geometry. An entry:
+//! declares its `.cu` module's kernels once, in [`cuda_table!`], which expands
+//! them by [`launchers!`] (cudarc) and exports `cuda_table_<module>!(consumer)`
+//! for `emulate!` (`tools/cuda-emu`), so both take the same arguments, check
+//! the same lengths and launch with the same geometry. An entry:
 //!
 //! ```text
 //! /// doc
@@ -24,6 +24,20 @@
 //! and f64).
 
 use crate::error::{arg_err, shape_err, Result};
+
+/// `cuda_table! { cuda_table_<module>($) Module; entries }`: the launchers of
+/// the entries, and the exported `cuda_table_<module>!(consumer)` that hands
+/// them to `consumer!` (`$` is passed in to spell that macro's parameter).
+macro_rules! cuda_table {
+    ($table:ident($d:tt) $module:ident; $($e:tt)*) => {
+        #[macro_export]
+        #[doc(hidden)]
+        macro_rules! $table {
+            ($d cb:ident) => { $d cb! { $module; $($e)* } };
+        }
+        launchers! { $module; $($e)* }
+    };
+}
 
 pub fn check_len(op: &str, arg: &str, want: usize, got: usize, at_least: bool) -> Result<()> {
     if got == want || (at_least && got > want) {

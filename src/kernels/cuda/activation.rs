@@ -18,22 +18,21 @@ cuda_table! { cuda_table_activation($) Activation;
     /// `y = act(x)`.
     activation_fwd<T> by act: Activation {
         GeluTanh: gelu_fwd, Gelu: gelu_exact_fwd, Relu: relu_fwd,
-    } (n: val usize = y.len(), x: in T [n], y: out T [n]) @ elementwise(n);
+    } (n = y.len(), x: in T [n], y: out T [n]) @ elementwise(n);
     /// `dx = dy * act'(x)`.
     activation_bwd<T> by act: Activation {
         GeluTanh: gelu_bwd, Gelu: gelu_exact_bwd, Relu: relu_bwd,
-    } (n: val usize = dx.len(), x: in T [n], dy: in T [n], dx: out T [n]) @ elementwise(n);
+    } (n = dx.len(), x: in T [n], dy: in T [n], dx: out T [n]) @ elementwise(n);
     /// `dxy = dxy * act'(x)` (dx overwrites dy).
     activation_bwd_inplace<T> by act: Activation {
         GeluTanh: gelu_bwd_inplace, Gelu: gelu_exact_bwd_inplace, Relu: relu_bwd_inplace,
-    } (n: val usize = dxy.len(), x: in T [n], dxy: out T [n]) @ elementwise(n);
+    } (n = dxy.len(), x: in T [n], dxy: out T [n]) @ elementwise(n);
     /// In place: `x = keep ? x * scale : 0`, the CPU's mask at the global
     /// index `geo` gives element `i`.
     dropout<T>(
-        n: val usize = geo.len(), seed: val u64, stream: val u64, p: val f64, scale: val f64,
-        rank: val usize = geo.rank, tshape: val Dims8 = geo.tile_shape,
-        gstride: val Dims8 = geo.global_stride, base: val u64 = geo.base, x: out T [n],
-        geo: host DropoutGeometry,
+        n = geo.len(), seed: val u64, stream: val u64, p: val f64, scale: val f64, rank = geo.rank,
+        tshape: val Dims8 = geo.tile_shape, gstride: val Dims8 = geo.global_stride,
+        base: val u64 = geo.base, x: out T [n], geo: host DropoutGeometry,
     ) @ elementwise(n);
 }
 

@@ -34,12 +34,12 @@ cuda_table! { cuda_table_attention_tc($) AttentionTc;
     /// The forward softmax step over the chunk of `nb` batch rows from
     /// `b0`: scores `s` in, `p` out, the statistics and `acc` rescaled.
     attn_tc_fwd_rows<T> for tc (
-        s: in f32 [>= rows * tk], rows: val usize = nb * g.h * g.nr,
+        s: in f32 [>= rows * tk], rows = nb * g.h * g.nr,
         g: host Geo {
             nr: usize, tk: usize, tq: usize, h: usize, hs: usize, first: usize, q0: usize,
             k0: usize,
         },
-        b0: val usize, drop: val AttnDropArgs, m: out T::Acc [>= (b0 + nb) * tq * h],
+        b0, drop: val AttnDropArgs, m: out T::Acc [>= (b0 + nb) * tq * h],
         l: out T::Acc [>= (b0 + nb) * tq * h], acc: out T::Acc [>= (b0 + nb) * tq * h * hs],
         p: out T [>= rows * tk], nb: host usize,
     ) @ warp_rows(rows, ATTN_TC_BLOCK);
@@ -47,12 +47,12 @@ cuda_table! { cuda_table_attention_tc($) AttentionTc;
     attn_tc_bwd_rows<T> for tc (
         s: in f32 [>= rows * tk], dp: in f32 [>= rows * tk],
         lse: in T::Acc [>= (b0 + nb) * tq * h], delta: in T::Acc [>= (b0 + nb) * tq * h],
-        rows: val usize = nb * g.h * g.nr,
+        rows = nb * g.h * g.nr,
         g: host Geo {
             nr: usize, tk: usize, tq: usize, h: usize, first: usize, q0: usize, k0: usize,
         },
-        b0: val usize, drop: val AttnDropArgs, pd: out T [>= rows * tk],
-        ds: out T [>= rows * tk], nb: host usize,
+        b0, drop: val AttnDropArgs, pd: out T [>= rows * tk], ds: out T [>= rows * tk],
+        nb: host usize,
     ) @ warp_rows(rows, ATTN_TC_BLOCK);
 }
 

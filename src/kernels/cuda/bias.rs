@@ -9,15 +9,12 @@ use cudarc::driver::{CudaView, CudaViewMut};
 
 cuda_table! { cuda_table_bias($) Bias;
     /// `y[r, c] = bias[c]`.
-    bias_fill<T>(bias: in T [cols], rows: val usize, cols: val usize, y: out T [rows * cols])
-        @ elementwise(rows * cols);
+    bias_fill<T>(bias: in T [cols], rows, cols, y: out T [rows * cols]) @ elementwise(rows * cols);
     /// `y[r, c] += bias[c]`.
-    bias_add<T>(bias: in T [cols], rows: val usize, cols: val usize, y: out T [rows * cols])
-        @ elementwise(rows * cols);
+    bias_add<T>(bias: in T [cols], rows, cols, y: out T [rows * cols]) @ elementwise(rows * cols);
     /// `part[k, c]` = the f64 sum of row block `k` of column `c`.
     bias_grad_part<T>(
-        dy: in T [rows * cols], rows: val usize, cols: val usize, rblk: val usize,
-        part: out f64 [rows.div_ceil(rblk) * cols],
+        dy: in T [rows * cols], rows, cols, rblk, part: out f64 [rows.div_ceil(rblk) * cols],
     ) @ col_strips(rows.div_ceil(rblk), cols);
 }
 

@@ -6,20 +6,18 @@ use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr};
 
 cuda_table! { cuda_table_elementwise($) Elementwise;
     /// `y = value`.
-    fill<T>(n: val usize = y.len(), value: val f64, y: out T [n]) @ elementwise(n);
+    fill<T>(n = y.len(), value: val f64, y: out T [n]) @ elementwise(n);
     /// `y = alpha * y`.
-    scale<T>(n: val usize = y.len(), alpha: val f64, y: out T [n]) @ elementwise(n);
+    scale<T>(n = y.len(), alpha: val f64, y: out T [n]) @ elementwise(n);
     /// `y = alpha * x + y`.
-    axpy<T>(n: val usize = y.len(), alpha: val f64, x: in T [n], y: out T [n]) @ elementwise(n);
+    axpy<T>(n = y.len(), alpha: val f64, x: in T [n], y: out T [n]) @ elementwise(n);
     /// `y = alpha * x + beta * y` (y not read when `beta == 0`).
-    add<T>(n: val usize = y.len(), alpha: val f64, x: in T [n], beta: val f64, y: out T [n])
-        @ elementwise(n);
+    add<T>(n = y.len(), alpha: val f64, x: in T [n], beta: val f64, y: out T [n]) @ elementwise(n);
     /// `y = x` converted to `D`.
-    cast<S, D> for pairs (n: val usize = y.len(), x: in S [n], y: out D [n]) @ elementwise(n);
+    cast<S, D> for pairs (n = y.len(), x: in S [n], y: out D [n]) @ elementwise(n);
     /// The block copy of the loop nest `d` (see [`copy_block`]).
     copy_block as copy_block_dims<S, D> for pairs (
-        d: val BlockDims, total: val usize, x: in S [>= d.reach(total).0],
-        y: out D [>= d.reach(total).1],
+        d: val BlockDims, total, x: in S [>= d.reach(total).0], y: out D [>= d.reach(total).1],
     ) @ elementwise(total);
 }
 

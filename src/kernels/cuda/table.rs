@@ -8,7 +8,8 @@
 //! /// doc
 //! name [as launcher] <T [, G]> [for class] [by sel: Enum { Variant: kernel, .. }] (
 //!     alpha: val f64,        // a scalar parameter, pushed
-//!     n: val usize = y.len(),// a scalar derived from the parameters, pushed
+//!     rows,                  // a usize one (`rows: val usize`)
+//!     n = y.len(),           // a usize derived from the parameters, pushed
 //!     g: host Geo,           // a parameter that is not pushed
 //!     s: host S { a: f64 },  // one whose fields s.a, ... are pushed
 //!     x: in T [n],           // const T*: a device input of n elements
@@ -33,9 +34,9 @@ macro_rules! cuda_table {
         #[macro_export]
         #[doc(hidden)]
         macro_rules! $table {
-            ($d cb:ident) => { $d cb! { $module; $($e)* } };
+            ($d cb:ident) => { $crate::cuda_entries!($d cb $module; $($e)*); };
         }
-        launchers! { $module; $($e)* }
+        $crate::cuda_entries!(launchers $module; $($e)*);
     };
 }
 
@@ -74,7 +75,8 @@ macro_rules! cuda_check {
 }
 
 /// Per entry, `consumer!(@emit ...)` with the parameters (less the derived
-/// ones), the pushed arguments (less the host ones) and all arguments.
+/// ones), the pushed arguments (less the host ones) and all arguments, each
+/// argument spelled out (`name: kind type [length] [derivation]`).
 #[macro_export]
 #[doc(hidden)]
 macro_rules! cuda_entries {
@@ -82,18 +84,23 @@ macro_rules! cuda_entries {
         $(#[$meta:meta])*
         $name:ident $(as $lname:ident)? <$t0:ident $(, $g:ident)*> $(for $cls:ident)?
         $(by $sel:ident : $sty:ident { $($v:ident : $kn:ident),* $(,)? })?
-        ($($an:ident : $ak:tt $at:ty $({$($f:ident : $ft:ty),* $(,)?})? $([$($al:tt)*])?
-            $(= $ad:expr)?),* $(,)?)
-        $(if ($($req:tt)+))? @ $gf:ident ($($ga:expr),* $(,)?);
+        ($($args:tt)*) $(if ($($req:tt)+))? @ $gf:ident ($($ga:expr),* $(,)?);
     )*) => { $(
-        $crate::cuda_entries!(@norm $cb {
+        $crate::cuda_entries!(@arg $cb {
             $module; [$(#[$meta])*]; [$($lname)? $name] $name; [$($cls)? one]; $t0 [$($g)*];
             [$($sel $sty [$($v $kn)*])?]; [$($($req)+)?]; $gf ($($ga),*);
-        } [$($sel: host $sty,)?] $($an : $ak $at [$($($al)*)?] [$($ad)?],
-            $($($f: val $ft [] [$an.$f],)*)?)*);
+        } [$($sel: host $sty [] [],)?] $($args)*);
     )* };
-    (@norm $cb:ident {$($e:tt)*} $p:tt $($a:tt)*) => {
-        $crate::cuda_entries!(@split $cb {$($e)* [$($a)*]} $p [] $($a)*);
+    (@arg $cb:ident {$($e:tt)*} [$($a:tt)*]) => {
+        $crate::cuda_entries!(@split $cb {$($e)* [$($a)*]} [] [] $($a)*);
+    };
+    (@arg $cb:ident $e:tt [$($a:tt)*] $an:ident $(= $ad:expr)? $(, $($r:tt)*)?) => {
+        $crate::cuda_entries!(@arg $cb $e [$($a)* $an: val usize [] [$($ad)?],] $($($r)*)?);
+    };
+    (@arg $cb:ident $e:tt [$($a:tt)*] $an:ident : $ak:tt $at:ty
+        $({$($f:ident : $ft:ty),* $(,)?})? $([$($al:tt)*])? $(= $ad:expr)? $(, $($r:tt)*)?) => {
+        $crate::cuda_entries!(@arg $cb $e [$($a)* $an: $ak $at [$($($al)*)?] [$($ad)?],
+            $($($f: val $ft [] [$an.$f],)*)?] $($($r)*)?);
     };
     (@split $cb:ident {$($e:tt)*} $p:tt $k:tt) => { $cb!(@emit $($e)* $p $k); };
     (@split $cb:ident $e:tt [$($p:tt)*] [$($k:tt)*] $an:ident : host $at:ty [] [], $($r:tt)*) => {
@@ -166,7 +173,6 @@ macro_rules! cuda_kernel {
 
 /// Per entry `pub fn name<T: DevElement, ..>(gpu: &Gpu, params..) -> Result<()>`.
 macro_rules! launchers {
-    ($module:ident; $($e:tt)*) => { $crate::cuda_entries!(launchers $module; $($e)*); };
     (@emit $module:ident; [$($attr:tt)*]; [$fname:ident $($_n:ident)?] $name:ident; $cls:tt;
         $t0:ident [$($g:ident)*]; $sel:tt; $req:tt; $gf:ident ($($ga:expr),*); $args:tt
         [$($pn:ident : $pk:tt $pt:ty,)*] [$($kn:ident : $kk:tt $kt:ty,)*]) => {

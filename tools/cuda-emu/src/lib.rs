@@ -130,7 +130,6 @@ macro_rules! emu_class {
 /// lengths, takes the same geometry and runs the kernel; per kernel, a
 /// module of its host symbols.
 macro_rules! emulate {
-    ($module:ident; $($e:tt)*) => { gpt2rs::cuda_entries!(emulate $module; $($e)*); };
     (@emit $module:ident; [$($attr:tt)*]; $names:tt $name:ident; [$cls:ident $($_c:ident)?];
         $($rest:tt)*) => {
         emu_class!($cls $names $name; $($rest)*);

@@ -35,10 +35,7 @@ cuda_table! { cuda_table_attention_tc($) AttentionTc;
     /// `b0`: scores `s` in, `p` out, the statistics and `acc` rescaled.
     attn_tc_fwd_rows<T> for tc (
         s: in f32 [>= rows * tk], rows = nb * g.h * g.nr,
-        g: host Geo {
-            nr: usize, tk: usize, tq: usize, h: usize, hs: usize, first: usize, q0: usize,
-            k0: usize,
-        },
+        g: host Geo { nr, tk, tq, h, hs, first, q0, k0 },
         b0, drop: val AttnDropArgs, m: out T::Acc [>= (b0 + nb) * tq * h],
         l: out T::Acc [>= (b0 + nb) * tq * h], acc: out T::Acc [>= (b0 + nb) * tq * h * hs],
         p: out T [>= rows * tk], nb: host usize,
@@ -48,9 +45,7 @@ cuda_table! { cuda_table_attention_tc($) AttentionTc;
         s: in f32 [>= rows * tk], dp: in f32 [>= rows * tk],
         lse: in T::Acc [>= (b0 + nb) * tq * h], delta: in T::Acc [>= (b0 + nb) * tq * h],
         rows = nb * g.h * g.nr,
-        g: host Geo {
-            nr: usize, tk: usize, tq: usize, h: usize, first: usize, q0: usize, k0: usize,
-        },
+        g: host Geo { nr, tk, tq, h, first, q0, k0 },
         b0, drop: val AttnDropArgs, pd: out T [>= rows * tk], ds: out T [>= rows * tk],
         nb: host usize,
     ) @ warp_rows(rows, ATTN_TC_BLOCK);

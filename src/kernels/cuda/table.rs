@@ -7,16 +7,16 @@
 //! ```text
 //! /// doc
 //! name [as launcher] <T [, G]> [for class] [by sel: Enum { Variant: kernel, .. }] (
-//!     alpha: val f64,        // a scalar parameter, pushed
-//!     rows,                  // a usize one (`rows: val usize`)
-//!     n = y.len(),           // a usize derived from the parameters, pushed
-//!     g: host Geo,           // a parameter that is not pushed
-//!     s: host S { a: f64 },  // one whose fields s.a, ... are pushed
-//!     x: in T [n],           // const T*: a device input of n elements
-//!     s: in T::Acc [n * 2],  // the first dtype's accumulator
-//!     y: out T [>= n],       // T*: an output of at least n elements
-//!     r: opt_in T [n],       // nullable (Option; None passes null)
-//!     ix: in i64 [..],       // any length (a data-dependent contract)
+//!     alpha: val f64,          // a scalar parameter, pushed
+//!     rows,                    // a usize one (`rows: val usize`)
+//!     n = y.len(),             // a usize derived from the parameters, pushed
+//!     g: host Geo,             // a parameter that is not pushed
+//!     s: host S { a: f64, b }, // one whose fields s.a, s.b (usize) are pushed
+//!     x: in T [n],             // const T*: a device input of n elements
+//!     s: in T::Acc [n * 2],    // the first dtype's accumulator
+//!     y: out T [>= n],         // T*: an output of at least n elements
+//!     r: opt_in T [n],         // nullable (Option; None passes null)
+//!     ix: in i64 [..],         // any length (a data-dependent contract)
 //! ) [if (condition)] @ geometry(args); // a function of crate::kernels::cuda::geom
 //! ```
 //!
@@ -98,9 +98,9 @@ macro_rules! cuda_entries {
         $crate::cuda_entries!(@arg $cb $e [$($a)* $an: val usize [] [$($ad)?],] $($($r)*)?);
     };
     (@arg $cb:ident $e:tt [$($a:tt)*] $an:ident : $ak:tt $at:ty
-        $({$($f:ident : $ft:ty),* $(,)?})? $([$($al:tt)*])? $(= $ad:expr)? $(, $($r:tt)*)?) => {
-        $crate::cuda_entries!(@arg $cb $e [$($a)* $an: $ak $at [$($($al)*)?] [$($ad)?],
-            $($($f: val $ft [] [$an.$f],)*)?] $($($r)*)?);
+        $({$($f:ident $(: $ft:ty)?),* $(,)?})? $([$($al:tt)*])? $(= $ad:expr)? $(, $($r:tt)*)?) => {
+        $crate::cuda_entries!(@arg $cb $e [$($a)* $an: $ak $at [$($($al)*)?] [$($ad)?],]
+            $($($f $(: val $ft)? = $an.$f,)*)? $($($r)*)?);
     };
     (@split $cb:ident {$($e:tt)*} $p:tt $k:tt) => { $cb!(@emit $($e)* $p $k); };
     (@split $cb:ident $e:tt [$($p:tt)*] [$($k:tt)*] $an:ident : host $at:ty [] [], $($r:tt)*) => {

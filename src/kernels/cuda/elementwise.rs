@@ -98,24 +98,21 @@ impl BlockDims {
         Ok(Some((d, total)))
     }
 
-    /// Elements of (source, destination) a copy of `total` elements reaches.
+    /// Elements of (source, destination) a copy of `total` elements reaches:
+    /// one past the offsets of element `total - 1` (`copy_one` in elementwise.cu).
     pub fn reach(&self, total: usize) -> (usize, usize) {
-        let last = total.checked_sub(1).map(|i| self.offsets(i));
-        last.map_or((0, 0), |(s, t)| (s + 1, t + 1))
-    }
-
-    /// The (source, destination) offsets of element `i` (`copy_one` in
-    /// elementwise.cu).
-    pub fn offsets(&self, i: usize) -> (usize, usize) {
+        let Some(last) = total.checked_sub(1) else {
+            return (0, 0);
+        };
         let nd = self.ndim as usize;
-        let (mut r, mut s, mut t) = (i as u64, self.src_start, self.dst_start);
+        let (mut r, mut s, mut t) = (last as u64, self.src_start, self.dst_start);
         for k in 0..nd {
             let j = if k + 1 < nd { r % self.n[k] } else { r };
             s += j * self.src[k];
             t += j * self.dst[k];
             r /= self.n[k];
         }
-        (s as usize, t as usize)
+        (s as usize + 1, t as usize + 1)
     }
 }
 

@@ -2,7 +2,7 @@
 //! CPU's blocked sums).
 
 use super::context::{DevElement, Gpu};
-use super::geom::COL_ROW_BLOCK;
+use super::geom;
 use super::reduce::col_sums;
 use crate::error::Result;
 use cudarc::driver::{CudaView, CudaViewMut};
@@ -14,7 +14,8 @@ cuda_table! { cuda_table_bias($) Bias;
     bias_add<T>(bias: in T [cols], rows, cols, y: out T [rows * cols]) @ elementwise(rows * cols);
     /// `part[k, c]` = the f64 sum of row block `k` of column `c`.
     bias_grad_part<T>(
-        dy: in T [rows * cols], rows, cols, rblk, part: out f64 [rows.div_ceil(rblk) * cols],
+        dy: in T [rows * cols], rows, cols, rblk = geom::COL_ROW_BLOCK,
+        part: out f64 [rows.div_ceil(rblk) * cols],
     ) @ col_strips(rows.div_ceil(rblk), cols);
 }
 
@@ -27,6 +28,6 @@ pub fn bias_grad<T: DevElement, G: DevElement>(
     db: &mut CudaViewMut<G>,
 ) -> Result<()> {
     col_sums(gpu, [rows, cols], db, None, |part| {
-        bias_grad_part(gpu, dy, rows, cols, COL_ROW_BLOCK, part)
+        bias_grad_part(gpu, dy, rows, cols, part)
     })
 }

@@ -2,7 +2,7 @@
 //! merged tile by tile, the parameter gradients bit for bit the CPU's.
 
 use super::context::{DevElement, Gpu};
-use super::geom::COL_ROW_BLOCK;
+use super::geom;
 use super::reduce::col_sums;
 use crate::error::Result;
 use cudarc::driver::{CudaView, CudaViewMut};
@@ -34,7 +34,7 @@ cuda_table! { cuda_table_layernorm($) LayerNorm;
     /// `part[j, k, c]`: the f64 sums of `dy*xhat`, `dy` over row block `k`.
     layernorm_param_grad_part<T>(
         x: in T [rows * cols], dy: in T [rows * cols], stats: in T::Acc [rows * 2], rows, cols,
-        rblk, part: out f64 [2 * rows.div_ceil(rblk) * cols],
+        rblk = geom::COL_ROW_BLOCK, part: out f64 [2 * rows.div_ceil(rblk) * cols],
     ) @ col_strips(rows.div_ceil(rblk), cols);
     /// `sum = x + r` (`r` null: in place), `acc` merged with `sum`'s rows.
     add_layernorm_stats_update<T>(
@@ -62,6 +62,6 @@ pub fn layernorm_param_grad<T: DevElement, G: DevElement>(
     dbeta: &mut CudaViewMut<G>,
 ) -> Result<()> {
     col_sums(gpu, [rows, cols], dgamma, Some(dbeta), |part| {
-        layernorm_param_grad_part(gpu, x, dy, stats, rows, cols, COL_ROW_BLOCK, part)
+        layernorm_param_grad_part(gpu, x, dy, stats, rows, cols, part)
     })
 }

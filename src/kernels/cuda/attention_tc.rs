@@ -23,12 +23,12 @@
 
 use super::attention::AttnDropArgs;
 use super::blas::{gemm_strided, Strided};
-use super::context::{drv, DevElement, Gpu};
+use super::context::{DevElement, Gpu};
 use super::geom::ATTN_TC_BLOCK;
 use super::table::{check_len, require};
 use crate::dtype::{DType, Element, GemmCompute};
 use crate::error::Result;
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 
 cuda_table! { cuda_table_attention_tc($) AttentionTc;
     /// The forward softmax step over the chunk of `nb` batch rows from
@@ -128,14 +128,6 @@ impl Geo {
     }
 }
 
-/// An uninitialised scratch buffer of `n` elements on the device's stream.
-fn scratch<E: DeviceRepr>(dev: &Gpu, n: usize) -> Result<CudaSlice<E>> {
-    dev.ctx.bind_to_thread().map_err(drv)?;
-    // SAFETY: the callers write every element before any read (module doc);
-    // the buffer is freed stream-ordered after the work that uses it.
-    unsafe { dev.stream.alloc::<E>(n) }.map_err(drv)
-}
-
 /// Checks the dtype, the head size and the lengths of the query-shaped,
 /// key-shaped and statistics operands; the task's geometry.
 fn prepare<T: DevElement>(
@@ -186,8 +178,10 @@ pub fn attn_fwd_tc<T: DevElement>(
     let Some(g) = prepare::<T>("attn_fwd_tc", dims, pos, [&qs, &ks, &ss])? else {
         return Ok(());
     };
-    let mut s = scratch::<f32>(dev, g.bc * g.blk())?;
-    let mut p = scratch::<T>(dev, g.bc * g.blk())?;
+    let (n, sc) = (g.bc * g.blk(), &dev.kernels);
+    // SAFETY: per chunk, the score GEMMs (beta = 0) write s and fwd_rows
+    // writes p, every element the next step reads, before it reads them.
+    let (mut s, mut p) = unsafe { (sc.scratch::<f32>(n)?, sc.scratch::<T>(n)?) };
     for (b0, nb) in g.chunks() {
         for bi in b0..b0 + nb {
             scores(dev, &g, (bi, b0), scale, [q, k], &mut s)?;
@@ -222,9 +216,11 @@ pub fn attn_bwd_tc<T: DevElement>(
     let Some(g) = prepare::<T>("attn_bwd_tc", dims, pos, [&qs, &ks, &ss])? else {
         return Ok(());
     };
-    let n = g.bc * g.blk();
-    let (mut s, mut dp) = (scratch::<f32>(dev, n)?, scratch::<f32>(dev, n)?);
-    let (mut pd, mut ds) = (scratch::<T>(dev, n)?, scratch::<T>(dev, n)?);
+    let (n, sc) = (g.bc * g.blk(), &dev.kernels);
+    // SAFETY: per chunk, the score GEMMs (beta = 0) write s and dp, and
+    // bwd_rows writes pd and ds, every element the next step reads, first.
+    let (mut s, mut dp) = unsafe { (sc.scratch::<f32>(n)?, sc.scratch::<f32>(n)?) };
+    let (mut pd, mut ds) = unsafe { (sc.scratch::<T>(n)?, sc.scratch::<T>(n)?) };
     let (kn, nk) = ([g.tk, g.hs, g.nr, g.h], [g.nr, g.hs, g.tk, g.h]);
     for (b0, nb) in g.chunks() {
         for bi in b0..b0 + nb {

@@ -63,7 +63,7 @@ pub fn sum_all<T: DevElement>(
 ) -> Result<()> {
     // SAFETY: block b of sum_partial (grid = parts blocks) writes part[b]
     // before sum_all, next on the stream, reads it.
-    let mut part = unsafe { gpu.kernels.scratch_f64(geom::reduce_parts(x.len())) }?;
+    let mut part = unsafe { gpu.kernels.scratch::<f64>(geom::reduce_parts(x.len())) }?;
     sum_partial(gpu, x, &mut part.as_view_mut())?;
     sum_all_parts(gpu, &part.as_view(), alpha, beta, y)
 }
@@ -76,7 +76,7 @@ pub fn ssq_update<T: DevElement>(
 ) -> Result<()> {
     // SAFETY: block b of ssq_partial writes part[3b..3b + 3] before
     // ssq_update, next on the stream, reads it.
-    let mut part = unsafe { gpu.kernels.scratch_f64(3 * geom::reduce_parts(x.len())) }?;
+    let mut part = unsafe { gpu.kernels.scratch::<f64>(3 * geom::reduce_parts(x.len())) }?;
     ssq_partial(gpu, x, &mut part.as_view_mut())?;
     ssq_update_parts::<T>(gpu, &part.as_view(), acc)
 }
@@ -97,7 +97,7 @@ pub fn col_sums<G: DevElement>(
     let n = (1 + y1.is_some() as usize) * nblk * cols;
     // SAFETY: `first` writes every partial sum before add_col_parts, next on
     // the stream, reads them.
-    let mut part = unsafe { gpu.kernels.scratch_f64(n) }?;
+    let mut part = unsafe { gpu.kernels.scratch::<f64>(n) }?;
     first(&mut part.as_view_mut())?;
     add_col_parts(gpu, nblk, cols, &part.as_view(), y0, y1)
 }

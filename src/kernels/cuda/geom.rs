@@ -56,10 +56,8 @@ pub fn elementwise(n: usize) -> Geom {
 /// One block per row; the grid must not be capped when the kernel takes
 /// `blockIdx.x` as the row.
 pub fn per_row(rows: usize) -> Geom {
-    Geom {
-        grid: rows.max(1) as u32,
-        block: (ROW_BLOCK, 1),
-    }
+    let (grid, block) = (rows.max(1) as u32, (ROW_BLOCK, 1));
+    Geom { grid, block }
 }
 
 /// One block per row, the kernels striding over the rows past the grid.
@@ -85,10 +83,9 @@ pub fn reduce_parts(n: usize) -> usize {
 /// `sum_axis` for `inner > 1`: `WARP_SIZE x SUM_AXIS_SPLIT` blocks.
 pub fn sum_axis(outer: usize, inner: usize) -> Geom {
     let blocks = outer * ceil_div(inner, WARP_SIZE as usize);
-    Geom {
-        grid: blocks.min(MAX_GRID as usize) as u32,
-        block: (WARP_SIZE, SUM_AXIS_SPLIT),
-    }
+    let grid = blocks.min(MAX_GRID as usize) as u32;
+    let block = (WARP_SIZE, SUM_AXIS_SPLIT);
+    Geom { grid, block }
 }
 
 /// One warp per row in blocks of `block` threads (`ATTN_BLOCK`,

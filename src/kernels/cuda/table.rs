@@ -56,27 +56,10 @@ pub fn require(op: &str, ok: bool, condition: &str) -> Result<()> {
     }
 }
 
-/// The length check of one argument, on anything with `len()`.
-#[macro_export]
-#[doc(hidden)]
-macro_rules! cuda_check {
-    ($op:expr, $an:ident, opt_in, $l:tt) => { $crate::cuda_check!(@opt $op, $an, $l) };
-    ($op:expr, $an:ident, opt_out, $l:tt) => { $crate::cuda_check!(@opt $op, $an, $l) };
-    ($op:expr, $an:ident, $k:tt, [$(..)?]) => { $crate::error::Result::Ok(()) };
-    ($op:expr, $an:ident, $k:tt, [>= $($l:tt)+]) => {
-        $crate::kernels::cuda::table::check_len($op, stringify!($an), $($l)+, $an.len(), true)
-    };
-    ($op:expr, $an:ident, $k:tt, [$($l:tt)+]) => {
-        $crate::kernels::cuda::table::check_len($op, stringify!($an), $($l)+, $an.len(), false)
-    };
-    (@opt $op:expr, $an:ident, $l:tt) => {
-        $an.as_ref().map_or(Ok(()), |$an| $crate::cuda_check!($op, $an, in, $l))
-    };
-}
-
-/// Per entry, `consumer!(@emit ...)` with the parameters (less the derived
-/// ones), the pushed arguments (less the host ones) and all arguments, each
-/// argument spelled out (`name: kind type [length] [derivation]`).
+/// Per entry, `consumer!(@emit ...)` with all arguments spelled out (`name:
+/// kind type [length] [derivation]`), the parameters (less the derived ones)
+/// and the pushed arguments (less the host ones); the consumers' `@checks`
+/// and `@kernel` below.
 #[macro_export]
 #[doc(hidden)]
 macro_rules! cuda_entries {
@@ -89,47 +72,57 @@ macro_rules! cuda_entries {
         $crate::cuda_entries!(@arg $cb {
             $module; [$(#[$meta])*]; [$($lname)? $name] $name; [$($cls)? one]; $t0 [$($g)*];
             [$($sel $sty [$($v $kn)*])?]; [$($($req)+)?]; $gf ($($ga),*);
-        } [$($sel: host $sty [] [],)?] $($args)*);
+        } [] [] [] $($sel: host $sty,)? $($args)*);
     )* };
-    (@arg $cb:ident {$($e:tt)*} [$($a:tt)*]) => {
-        $crate::cuda_entries!(@split $cb {$($e)* [$($a)*]} [] [] $($a)*);
+    // `@arg`: one argument into all arguments, the parameters, the pushed ones.
+    (@arg $cb:ident {$($e:tt)*} $a:tt $p:tt $k:tt) => { $cb!(@emit $($e)* $a $p $k); };
+    (@arg $cb:ident $e:tt $a:tt $p:tt $k:tt $an:ident $(= $ad:expr)? $(, $($r:tt)*)?) => {
+        $crate::cuda_entries!(@arg $cb $e $a $p $k $an: val usize $(= $ad)?, $($($r)*)?);
     };
-    (@arg $cb:ident $e:tt [$($a:tt)*] $an:ident $(= $ad:expr)? $(, $($r:tt)*)?) => {
-        $crate::cuda_entries!(@arg $cb $e [$($a)* $an: val usize [] [$($ad)?],] $($($r)*)?);
-    };
-    (@arg $cb:ident $e:tt [$($a:tt)*] $an:ident : $ak:tt $at:ty
-        $({$($f:ident $(: $ft:ty)?),* $(,)?})? $([$($al:tt)*])? $(= $ad:expr)? $(, $($r:tt)*)?) => {
-        $crate::cuda_entries!(@arg $cb $e [$($a)* $an: $ak $at [$($($al)*)?] [$($ad)?],]
+    (@arg $cb:ident $e:tt [$($a:tt)*] [$($p:tt)*] $k:tt $an:ident : host $at:ty
+        $({$($f:ident $(: $ft:ty)?),* $(,)?})? $(, $($r:tt)*)?) => {
+        $crate::cuda_entries!(@arg $cb $e [$($a)* $an: host $at [] [],] [$($p)* $an: host $at,] $k
             $($($f $(: val $ft)? = $an.$f,)*)? $($($r)*)?);
     };
-    (@split $cb:ident {$($e:tt)*} $p:tt $k:tt) => { $cb!(@emit $($e)* $p $k); };
-    (@split $cb:ident $e:tt [$($p:tt)*] [$($k:tt)*] $an:ident : host $at:ty [] [], $($r:tt)*) => {
-        $crate::cuda_entries!(@split $cb $e [$($p)* $an: host $at,] [$($k)*] $($r)*);
+    (@arg $cb:ident $e:tt [$($a:tt)*] $p:tt [$($k:tt)*]
+        $an:ident : $ak:tt $at:ty $([$($al:tt)*])? = $ad:expr $(, $($r:tt)*)?) => {
+        $crate::cuda_entries!(@arg $cb $e [$($a)* $an: $ak $at [$($($al)*)?] [$ad],] $p
+            [$($k)* $an: $ak $at,] $($($r)*)?);
     };
-    (@split $cb:ident $e:tt [$($p:tt)*] [$($k:tt)*]
-        $an:ident : $ak:tt $at:ty [$($al:tt)*] [], $($r:tt)*) => {
-        $crate::cuda_entries!(@split $cb $e [$($p)* $an: $ak $at,] [$($k)* $an: $ak $at,] $($r)*);
+    (@arg $cb:ident $e:tt [$($a:tt)*] [$($p:tt)*] [$($k:tt)*]
+        $an:ident : $ak:tt $at:ty $([$($al:tt)*])? $(, $($r:tt)*)?) => {
+        $crate::cuda_entries!(@arg $cb $e [$($a)* $an: $ak $at [$($($al)*)?] [],]
+            [$($p)* $an: $ak $at,] [$($k)* $an: $ak $at,] $($($r)*)?);
     };
-    (@split $cb:ident $e:tt [$($p:tt)*] [$($k:tt)*]
-        $an:ident : $ak:tt $at:ty [$($al:tt)*] [$ad:expr], $($r:tt)*) => {
-        $crate::cuda_entries!(@split $cb $e [$($p)*] [$($k)* $an: $ak $at,] $($r)*);
-    };
-}
-
-/// Binds the derived scalars, then `$checked` = the entry's condition and
-/// every pointer's length (the first failure).
-#[macro_export]
-#[doc(hidden)]
-macro_rules! cuda_checks {
-    ($checked:ident = $op:ident; [$($req:tt)*];
+    // `@checks`: binds the derived scalars, then `$checked` = the entry's
+    // condition and every pointer's length (the first failure).
+    (@checks $checked:ident = $op:ident; [$($req:tt)*];
         [$($an:ident : $ak:tt $at:ty [$($al:tt)*] [$($ad:expr)?],)*]) => {
         $($(let $an: $at = $ad;)?)*
-        let $checked = $crate::cuda_checks!(@req $op [$($req)*])
-            $(.and_then(|()| $crate::cuda_check!($op, $an, $ak, [$($al)*])))*;
+        let $checked = $crate::cuda_entries!(@req $op [$($req)*])
+            $(.and_then(|()| $crate::cuda_entries!(@check $op, $an, $ak, [$($al)*])))*;
     };
     (@req $op:ident []) => { $crate::error::Result::Ok(()) };
     (@req $op:ident [$($req:tt)+]) => {
         $crate::kernels::cuda::table::require($op, $($req)+, stringify!($($req)+))
+    };
+    // `@check`: the length check of one argument, on anything with `len()`.
+    (@check $op:expr, $an:ident, opt_in, $l:tt) => { $crate::cuda_entries!(@opt $op, $an, $l) };
+    (@check $op:expr, $an:ident, opt_out, $l:tt) => { $crate::cuda_entries!(@opt $op, $an, $l) };
+    (@check $op:expr, $an:ident, $k:tt, [$(..)?]) => { $crate::error::Result::Ok(()) };
+    (@check $op:expr, $an:ident, $k:tt, [>= $($l:tt)+]) => {
+        $crate::kernels::cuda::table::check_len($op, stringify!($an), $($l)+, $an.len(), true)
+    };
+    (@check $op:expr, $an:ident, $k:tt, [$($l:tt)+]) => {
+        $crate::kernels::cuda::table::check_len($op, stringify!($an), $($l)+, $an.len(), false)
+    };
+    (@opt $op:expr, $an:ident, $l:tt) => {
+        $an.as_ref().map_or(Ok(()), |$an| $crate::cuda_entries!(@check $op, $an, in, $l))
+    };
+    // `@kernel`: the kernel's name (with a selector, the one it picks).
+    (@kernel [] $name:ident) => { stringify!($name) };
+    (@kernel [$sel:ident $sty:ident [$($v:ident $kn:ident)*]] $name:ident) => {
+        match $sel { $($sty::$v => stringify!($kn),)* }
     };
 }
 
@@ -160,17 +153,6 @@ macro_rules! launch_arg {
     };
 }
 
-#[macro_export]
-#[doc(hidden)]
-macro_rules! cuda_kernel {
-    ([] $name:ident) => {
-        stringify!($name)
-    };
-    ([$sel:ident $sty:ident [$($v:ident $kn:ident)*]] $name:ident) => {
-        match $sel { $($sty::$v => stringify!($kn),)* }
-    };
-}
-
 /// Per entry `pub fn name<T: DevElement, ..>(gpu: &Gpu, params..) -> Result<()>`.
 macro_rules! launchers {
     (@emit $module:ident; [$($attr:tt)*]; [$fname:ident $($_n:ident)?] $name:ident; $cls:tt;
@@ -184,8 +166,8 @@ macro_rules! launchers {
             $($pn: launch_param!($pk $pt)),*
         ) -> $crate::error::Result<()> {
             use cudarc::driver::PushKernelArg;
-            let op = $crate::cuda_kernel!($sel $name);
-            $crate::cuda_checks!(checked = op; $req; $args);
+            let op = $crate::cuda_entries!(@kernel $sel $name);
+            $crate::cuda_entries!(@checks checked = op; $req; $args);
             checked?;
             let name = $crate::kernels::cuda::kernel_name(op, &[$t0::DTYPE $(, $g::DTYPE)*]);
             let f = gpu.kernels.func($crate::kernels::cuda::Module::$module, &name)?;

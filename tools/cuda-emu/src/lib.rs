@@ -176,8 +176,8 @@ macro_rules! emu_kernel {
         pub fn $fname<$t0: gpt2rs::dtype::Element $(, $g: gpt2rs::dtype::Element)*>(
             $($pn: emu_param!($pk $pt)),*
         ) {
-            let op = gpt2rs::cuda_kernel!($sel $name);
-            gpt2rs::cuda_checks!(checked = op; $req; $args);
+            let op = gpt2rs::cuda_entries!(@kernel $sel $name);
+            gpt2rs::cuda_entries!(@checks checked = op; $req; $args);
             checked.unwrap_or_else(|e| panic!("{e}"));
             let geom = gpt2rs::kernels::cuda::geom::$gf($($ga),*);
             let sym = emu_pick!($sel $name)(&[$t0::DTYPE $(, $g::DTYPE)*]);

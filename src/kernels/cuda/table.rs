@@ -50,10 +50,8 @@ pub fn check_len(op: &str, arg: &str, want: usize, got: usize, at_least: bool) -
 }
 
 pub fn require(op: &str, ok: bool, condition: &str) -> Result<()> {
-    match ok {
-        true => Ok(()),
-        false => Err(arg_err(&format!("cuda.{op}"), format!("needs {condition}"))),
-    }
+    ok.then_some(())
+        .ok_or_else(|| arg_err(&format!("cuda.{op}"), format!("needs {condition}")))
 }
 
 /// Per entry, `consumer!(@emit ...)` with all arguments spelled out (`name:
@@ -126,34 +124,9 @@ macro_rules! cuda_entries {
     };
 }
 
-macro_rules! launch_param {
-    (in $t:ty) => { &cudarc::driver::CudaView<'_, $t> };
-    (out $t:ty) => { &mut cudarc::driver::CudaViewMut<'_, $t> };
-    (opt_in $t:ty) => { Option<launch_param!(in $t)> };
-    (opt_out $t:ty) => { Option<launch_param!(out $t)> };
-    ($val_or_host:tt $t:ty) => { $t };
-}
-
-/// A missing optional pointer is pushed as null.
-macro_rules! launch_arg {
-    ($b:ident, val, $an:ident) => {
-        $b.arg(&$an)
-    };
-    ($b:ident, in, $an:ident) => {
-        $b.arg($an)
-    };
-    ($b:ident, out, $an:ident) => {
-        $b.arg($an)
-    };
-    ($b:ident, $k:tt, $an:ident) => {
-        match $an {
-            Some(p) => $b.arg(p),
-            None => $b.arg(&0u64),
-        }
-    };
-}
-
-/// Per entry `pub fn name<T: DevElement, ..>(gpu: &Gpu, params..) -> Result<()>`.
+/// Per entry `pub fn name<T: DevElement, ..>(gpu: &Gpu, params..) -> Result<()>`;
+/// `@param`: a kind's parameter type; `@push`: pushes one argument (a missing
+/// optional pointer as null).
 macro_rules! launchers {
     (@emit $module:ident; [$($attr:tt)*]; [$fname:ident $($_n:ident)?] $name:ident; $cls:tt;
         $t0:ident [$($g:ident)*]; $sel:tt; $req:tt; $gf:ident ($($ga:expr),*); $args:tt
@@ -163,7 +136,7 @@ macro_rules! launchers {
         pub fn $fname<$t0: $crate::kernels::cuda::context::DevElement
             $(, $g: $crate::kernels::cuda::context::DevElement)*>(
             gpu: &$crate::kernels::cuda::context::Gpu,
-            $($pn: launch_param!($pk $pt)),*
+            $($pn: launchers!(@param $pk $pt)),*
         ) -> $crate::error::Result<()> {
             use cudarc::driver::PushKernelArg;
             let op = $crate::cuda_entries!(@kernel $sel $name);
@@ -173,7 +146,7 @@ macro_rules! launchers {
             let f = gpu.kernels.func($crate::kernels::cuda::Module::$module, &name)?;
             let geom = $crate::kernels::cuda::geom::$gf($($ga),*);
             let mut b = gpu.stream.launch_builder(&f);
-            $(launch_arg!(b, $kk, $kn);)*
+            $(launchers!(@push b, $kk, $kn);)*
             // SAFETY: the table entry is the kernel's C signature (the
             // emulator runs the kernel from the same table): the arguments
             // are pushed in its order with its types, every pointer was
@@ -182,5 +155,16 @@ macro_rules! launchers {
             unsafe { b.launch(geom.into()) }.map_err($crate::kernels::cuda::context::drv)?;
             Ok(())
         }
+    };
+    (@param in $t:ty) => { &cudarc::driver::CudaView<'_, $t> };
+    (@param out $t:ty) => { &mut cudarc::driver::CudaViewMut<'_, $t> };
+    (@param opt_in $t:ty) => { Option<launchers!(@param in $t)> };
+    (@param opt_out $t:ty) => { Option<launchers!(@param out $t)> };
+    (@param $val_or_host:tt $t:ty) => { $t };
+    (@push $b:ident, val, $an:ident) => { $b.arg(&$an) };
+    (@push $b:ident, in, $an:ident) => { $b.arg($an) };
+    (@push $b:ident, out, $an:ident) => { $b.arg($an) };
+    (@push $b:ident, $opt:tt, $an:ident) => {
+        match $an { Some(p) => $b.arg(p), None => $b.arg(&0u64) }
     };
 }

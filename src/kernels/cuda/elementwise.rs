@@ -52,11 +52,8 @@ impl BlockDims {
     ) -> Result<Option<(BlockDims, usize)>> {
         let (rank, op) = (block.len(), "cuda.copy_block");
         let ranks = [src_shape, src_offset, dst_shape, dst_offset].map(<[usize]>::len);
-        if ranks != [rank; 4]
-            || (0..rank).any(|a| {
-                src_offset[a] + block[a] > src_shape[a] || dst_offset[a] + block[a] > dst_shape[a]
-            })
-        {
+        let fit = |shape: &[usize], off: &[usize]| (0..rank).all(|a| off[a] + block[a] <= shape[a]);
+        if ranks != [rank; 4] || !fit(src_shape, src_offset) || !fit(dst_shape, dst_offset) {
             let msg = format!(
                 "block {block:?} at {src_offset:?} of {src_shape:?} -> at {dst_offset:?} of \
                  {dst_shape:?} does not fit"

@@ -121,10 +121,9 @@ impl Geo {
         Strided::new((bi - b0) * self.blk(), self.tk, self.nr * self.tk)
     }
     /// The chunks `(b0, nb)` of batch rows.
-    pub fn chunks(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        (0..self.b)
-            .step_by(self.bc)
-            .map(|b0| (b0, self.bc.min(self.b - b0)))
+    pub fn chunks(&self) -> impl Iterator<Item = (usize, usize)> {
+        let (b, bc) = (self.b, self.bc);
+        (0..b).step_by(bc).map(move |b0| (b0, bc.min(b - b0)))
     }
 }
 

@@ -152,7 +152,7 @@ macro_rules! launchers {
             // are pushed in its order with its types, every pointer was
             // checked to hold what the kernel may touch, and the geometry
             // is the one the kernel is written for.
-            unsafe { b.launch(geom.into()) }.map_err($crate::kernels::cuda::context::drv)?;
+            unsafe { b.launch(geom) }.map_err($crate::kernels::cuda::context::drv)?;
             Ok(())
         }
     };

@@ -45,13 +45,19 @@ pub fn with_grid<R>(grid: u32, f: impl FnOnce() -> R) -> R {
 
 /// Runs `f` as every thread of a launch of geometry `g` (each thread calls
 /// the kernel with the same arguments, as a CUDA launch does), returning
-/// when the whole grid is done.
+/// when the whole grid is done. Grids are 1-D, blocks at most 2-D, and no
+/// kernel takes dynamic shared memory (geom.rs), which `emu.h` relies on.
 pub fn launch<F: Fn()>(g: Geom, f: F) {
     extern "C" fn run<F: Fn()>(arg: *mut c_void) {
         // SAFETY: `arg` is the `&F` passed below, alive for the launch.
         unsafe { (*(arg as *const F))() }
     }
-    let grid = GRID.with(|c| c.get()).unwrap_or(g.grid);
+    let flat = (g.grid_dim.1, g.grid_dim.2, g.block_dim.2);
+    assert!(
+        flat == (1, 1, 1) && g.shared_mem_bytes == 0,
+        "not a geom.rs geometry"
+    );
+    let grid = GRID.with(|c| c.get()).unwrap_or(g.grid_dim.0);
     // SAFETY: emu_launch calls `run::<F>(&f)` from fibers of this thread
     // only, and returns after the last of them.
     unsafe {
@@ -59,8 +65,8 @@ pub fn launch<F: Fn()>(g: Geom, f: F) {
             run::<F>,
             &f as *const F as *mut c_void,
             grid,
-            g.block.0,
-            g.block.1,
+            g.block_dim.0,
+            g.block_dim.1,
         )
     }
 }

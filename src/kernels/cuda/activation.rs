@@ -36,8 +36,7 @@ cuda_table! { cuda_table_activation($) Activation;
     ) @ elementwise(n);
 }
 
-/// One tile's shape, the global row-major strides, its first element's index
-/// and its element count.
+/// One tile's shape and length, the global row-major strides, its first element's index.
 #[derive(Clone, Copy, Debug)]
 pub struct DropoutGeometry {
     pub rank: usize,

@@ -127,8 +127,7 @@ impl Geo {
     }
 }
 
-/// Checks the dtype, the head size and the lengths of the query-shaped,
-/// key-shaped and statistics operands; the task's geometry.
+/// Checks the dtype, the head size and the operands' lengths; the task's geometry.
 fn prepare<T: DevElement>(
     op: &str,
     dims: [usize; 5],

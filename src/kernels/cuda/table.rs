@@ -125,8 +125,7 @@ macro_rules! cuda_entries {
 }
 
 /// Per entry `pub fn name<T: DevElement, ..>(gpu: &Gpu, params..) -> Result<()>`;
-/// `@param`: a kind's parameter type; `@push`: pushes one argument (a missing
-/// optional pointer as null).
+/// `@param`: a kind's parameter type; `@push`: one argument (None as null).
 macro_rules! launchers {
     (@emit $module:ident; [$($attr:tt)*]; [$fname:ident $($_n:ident)?] $name:ident; $cls:tt;
         $t0:ident [$($g:ident)*]; $sel:tt; $req:tt; $gf:ident ($($ga:expr),*); $args:tt

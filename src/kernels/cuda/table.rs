@@ -1,6 +1,6 @@
 //! The kernel tables' grammar and the launcher generator. Each launcher file
-//! declares its `.cu` module's kernels once, in [`cuda_table!`], which expands
-//! them by [`launchers!`] (cudarc) and exports `cuda_table_<module>!(consumer)`
+//! declares its `.cu` module's kernels once, in `cuda_table!`, which expands
+//! them by `launchers!` (cudarc) and exports `cuda_table_<module>!(consumer)`
 //! for `emulate!` (`tools/cuda-emu`), so both take the same arguments, check
 //! the same lengths and launch with the same geometry. An entry:
 //!

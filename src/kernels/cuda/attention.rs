@@ -8,46 +8,35 @@ use cudarc::driver::DeviceRepr;
 /// Largest head size (the kernels keep a row in registers).
 pub const ATTN_HS_MAX: usize = 256;
 
-#[macro_export]
-#[doc(hidden)]
-macro_rules! cuda_table_attention {
-    ($cb:ident) => { $cb! { Attention;
-        /// `m = -inf, l = 0, acc = 0` for `rows = b*tq*h` rows of head size `hs`.
-        attn_fwd_init<T>(
-            rows: val usize, hs: val usize, m: out T::Acc [rows], l: out T::Acc [rows],
-            acc: out T::Acc [rows * hs],
-        ) @ elementwise(rows * hs.max(1));
-        /// Merges one key tile into the online softmax state (k, v: the first
-        /// `tk` of `ks` positions per batch row, for KV-cache tiles).
-        flash_fwd<T>(
-            q: in T [b * tq * h * hs], k: in T [b * ks * h * hs], v: in T [b * ks * h * hs],
-            b: val usize, tq: val usize, tk: val usize, ks: val usize, h: val usize,
-            hs: val usize, q0: val usize, k0: val usize, scale: val f64, drop: val AttnDropArgs,
-            m: out T::Acc [b * tq * h], l: out T::Acc [b * tq * h],
-            acc: out T::Acc [b * tq * h * hs],
-        ) if (hs <= ATTN_HS_MAX && tk <= ks) @ warp_rows(b * tq * h, ATTN_BLOCK);
-        /// `o = acc / l`, `lse = m + ln l`.
-        attn_fwd_finalize<T>(
-            m: in T::Acc [rows], l: in T::Acc [rows], acc: in T::Acc [rows * hs], rows: val usize,
-            hs: val usize, o: out T [rows * hs], lse: out T::Acc [rows],
-        ) @ elementwise(rows * hs);
-        /// `delta = rowsum(dO o O)`.
-        attn_bwd_delta<T>(
-            o: in T [rows * hs], d_o: in T [rows * hs], rows: val usize, hs: val usize,
-            delta: out T::Acc [rows],
-        ) @ warp_rows(rows, ATTN_BLOCK);
-        /// `dq, dk, dv +=` the terms of one (query tile, key tile) pair.
-        flash_bwd<T>(
-            q: in T [b * tq * h * hs], k: in T [b * tk * h * hs], v: in T [b * tk * h * hs],
-            d_o: in T [b * tq * h * hs], lse: in T::Acc [b * tq * h],
-            delta: in T::Acc [b * tq * h],
-            b: val usize, tq: val usize, tk: val usize, h: val usize, hs: val usize,
-            q0: val usize, k0: val usize, scale: val f64, drop: val AttnDropArgs,
-            dq: out T [b * tq * h * hs], dk: out T [b * tk * h * hs], dv: out T [b * tk * h * hs],
-        ) if (hs <= ATTN_HS_MAX) @ warp_rows(b * tq.max(tk) * h, ATTN_BLOCK);
-    } };
+cuda_table! { cuda_table_attention($) Attention;
+    /// `m = -inf, l = 0, acc = 0` for `rows = b*tq*h` rows of head size `hs`.
+    attn_fwd_init<T>(
+        rows, hs, m: out T::Acc [rows], l: out T::Acc [rows], acc: out T::Acc [rows * hs],
+    ) @ elementwise(rows * hs.max(1));
+    /// Merges one key tile into the online softmax state (k, v: the first
+    /// `tk` of `ks` positions per batch row, for KV-cache tiles).
+    flash_fwd<T>(
+        q: in T [b * tq * h * hs], k: in T [b * ks * h * hs], v: in T [b * ks * h * hs],
+        b, tq, tk, ks, h, hs, q0, k0, scale: val f64, drop: val AttnDropArgs,
+        m: out T::Acc [b * tq * h], l: out T::Acc [b * tq * h], acc: out T::Acc [b * tq * h * hs],
+    ) if (hs <= ATTN_HS_MAX && tk <= ks) @ warp_rows(b * tq * h, ATTN_BLOCK);
+    /// `o = acc / l`, `lse = m + ln l`.
+    attn_fwd_finalize<T>(
+        m: in T::Acc [rows], l: in T::Acc [rows], acc: in T::Acc [rows * hs], rows, hs,
+        o: out T [rows * hs], lse: out T::Acc [rows],
+    ) @ elementwise(rows * hs);
+    /// `delta = rowsum(dO o O)`.
+    attn_bwd_delta<T>(
+        o: in T [rows * hs], d_o: in T [rows * hs], rows, hs, delta: out T::Acc [rows],
+    ) @ warp_rows(rows, ATTN_BLOCK);
+    /// `dq, dk, dv +=` the terms of one (query tile, key tile) pair.
+    flash_bwd<T>(
+        q: in T [b * tq * h * hs], k: in T [b * tk * h * hs], v: in T [b * tk * h * hs],
+        d_o: in T [b * tq * h * hs], lse: in T::Acc [b * tq * h], delta: in T::Acc [b * tq * h],
+        b, tq, tk, h, hs, q0, k0, scale: val f64, drop: val AttnDropArgs,
+        dq: out T [b * tq * h * hs], dk: out T [b * tk * h * hs], dv: out T [b * tk * h * hs],
+    ) if (hs <= ATTN_HS_MAX) @ warp_rows(b * tq.max(tk) * h, ATTN_BLOCK);
 }
-crate::cuda_table_attention!(launchers);
 
 /// `struct AttnDrop` of `cuda/attention.cu`.
 #[repr(C)]

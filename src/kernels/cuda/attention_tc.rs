@@ -23,45 +23,33 @@
 
 use super::attention::AttnDropArgs;
 use super::blas::{gemm_strided, Strided};
-use super::context::{drv, DevElement, Gpu};
+use super::context::{DevElement, Gpu};
 use super::geom::ATTN_TC_BLOCK;
 use super::table::{check_len, require};
 use crate::dtype::{DType, Element, GemmCompute};
 use crate::error::Result;
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 
-#[macro_export]
-#[doc(hidden)]
-macro_rules! cuda_table_attention_tc {
-    ($cb:ident) => {
-        $cb! { AttentionTc;
-            /// The forward softmax step over the chunk of `nb` batch rows from
-            /// `b0`: scores `s` in, `p` out, the statistics and `acc` rescaled.
-            attn_tc_fwd_rows<T> for tc (
-                s: in f32 [>= rows * tk], rows: val usize = nb * g.h * g.nr,
-                g: host Geo {
-                    nr: usize, tk: usize, tq: usize, h: usize, hs: usize, first: usize, q0: usize,
-                    k0: usize,
-                },
-                b0: val usize, drop: val AttnDropArgs, m: out T::Acc [>= (b0 + nb) * tq * h],
-                l: out T::Acc [>= (b0 + nb) * tq * h], acc: out T::Acc [>= (b0 + nb) * tq * h * hs],
-                p: out T [>= rows * tk], nb: host usize,
-            ) @ warp_rows(rows, ATTN_TC_BLOCK);
-            /// The backward softmax step: `pd` and `ds` from `s` and `dp = dO V^T`.
-            attn_tc_bwd_rows<T> for tc (
-                s: in f32 [>= rows * tk], dp: in f32 [>= rows * tk],
-                lse: in T::Acc [>= (b0 + nb) * tq * h], delta: in T::Acc [>= (b0 + nb) * tq * h],
-                rows: val usize = nb * g.h * g.nr,
-                g: host Geo {
-                    nr: usize, tk: usize, tq: usize, h: usize, first: usize, q0: usize, k0: usize,
-                },
-                b0: val usize, drop: val AttnDropArgs, pd: out T [>= rows * tk],
-                ds: out T [>= rows * tk], nb: host usize,
-            ) @ warp_rows(rows, ATTN_TC_BLOCK);
-        }
-    };
+cuda_table! { cuda_table_attention_tc($) AttentionTc;
+    /// The forward softmax step over the chunk of `nb` batch rows from
+    /// `b0`: scores `s` in, `p` out, the statistics and `acc` rescaled.
+    attn_tc_fwd_rows<T> for tc (
+        s: in f32 [>= rows * tk], rows = nb * g.h * g.nr,
+        g: host Geo { nr, tk, tq, h, hs, first, q0, k0 },
+        b0, drop: val AttnDropArgs, m: out T::Acc [>= (b0 + nb) * tq * h],
+        l: out T::Acc [>= (b0 + nb) * tq * h], acc: out T::Acc [>= (b0 + nb) * tq * h * hs],
+        p: out T [>= rows * tk], nb: host usize,
+    ) @ warp_rows(rows, ATTN_TC_BLOCK);
+    /// The backward softmax step: `pd` and `ds` from `s` and `dp = dO V^T`.
+    attn_tc_bwd_rows<T> for tc (
+        s: in f32 [>= rows * tk], dp: in f32 [>= rows * tk],
+        lse: in T::Acc [>= (b0 + nb) * tq * h], delta: in T::Acc [>= (b0 + nb) * tq * h],
+        rows = nb * g.h * g.nr,
+        g: host Geo { nr, tk, tq, h, first, q0, k0 },
+        b0, drop: val AttnDropArgs, pd: out T [>= rows * tk], ds: out T [>= rows * tk],
+        nb: host usize,
+    ) @ warp_rows(rows, ATTN_TC_BLOCK);
 }
-crate::cuda_table_attention_tc!(launchers);
 
 /// Elements of one scratch block of scores (64 MiB in f32).
 pub const SCORE_BUDGET: usize = 1 << 24;
@@ -133,23 +121,13 @@ impl Geo {
         Strided::new((bi - b0) * self.blk(), self.tk, self.nr * self.tk)
     }
     /// The chunks `(b0, nb)` of batch rows.
-    pub fn chunks(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        (0..self.b)
-            .step_by(self.bc)
-            .map(|b0| (b0, self.bc.min(self.b - b0)))
+    pub fn chunks(&self) -> impl Iterator<Item = (usize, usize)> {
+        let (b, bc) = (self.b, self.bc);
+        (0..b).step_by(bc).map(move |b0| (b0, bc.min(b - b0)))
     }
 }
 
-/// An uninitialised scratch buffer of `n` elements on the device's stream.
-fn scratch<E: DeviceRepr>(dev: &Gpu, n: usize) -> Result<CudaSlice<E>> {
-    dev.ctx.bind_to_thread().map_err(drv)?;
-    // SAFETY: the callers write every element before any read (module doc);
-    // the buffer is freed stream-ordered after the work that uses it.
-    unsafe { dev.stream.alloc::<E>(n) }.map_err(drv)
-}
-
-/// Checks the dtype, the head size and the lengths of the query-shaped,
-/// key-shaped and statistics operands; the task's geometry.
+/// Checks the dtype, the head size and the operands' lengths; the task's geometry.
 fn prepare<T: DevElement>(
     op: &str,
     dims: [usize; 5],
@@ -198,8 +176,10 @@ pub fn attn_fwd_tc<T: DevElement>(
     let Some(g) = prepare::<T>("attn_fwd_tc", dims, pos, [&qs, &ks, &ss])? else {
         return Ok(());
     };
-    let mut s = scratch::<f32>(dev, g.bc * g.blk())?;
-    let mut p = scratch::<T>(dev, g.bc * g.blk())?;
+    let (n, sc) = (g.bc * g.blk(), &dev.kernels);
+    // SAFETY: per chunk, the score GEMMs (beta = 0) write s and fwd_rows
+    // writes p, every element the next step reads, before it reads them.
+    let (mut s, mut p) = unsafe { (sc.scratch::<f32>(n)?, sc.scratch::<T>(n)?) };
     for (b0, nb) in g.chunks() {
         for bi in b0..b0 + nb {
             scores(dev, &g, (bi, b0), scale, [q, k], &mut s)?;
@@ -234,9 +214,11 @@ pub fn attn_bwd_tc<T: DevElement>(
     let Some(g) = prepare::<T>("attn_bwd_tc", dims, pos, [&qs, &ks, &ss])? else {
         return Ok(());
     };
-    let n = g.bc * g.blk();
-    let (mut s, mut dp) = (scratch::<f32>(dev, n)?, scratch::<f32>(dev, n)?);
-    let (mut pd, mut ds) = (scratch::<T>(dev, n)?, scratch::<T>(dev, n)?);
+    let (n, sc) = (g.bc * g.blk(), &dev.kernels);
+    // SAFETY: per chunk, the score GEMMs (beta = 0) write s and dp, and
+    // bwd_rows writes pd and ds, every element the next step reads, first.
+    let (mut s, mut dp) = unsafe { (sc.scratch::<f32>(n)?, sc.scratch::<f32>(n)?) };
+    let (mut pd, mut ds) = unsafe { (sc.scratch::<T>(n)?, sc.scratch::<T>(n)?) };
     let (kn, nk) = ([g.tk, g.hs, g.nr, g.h], [g.nr, g.hs, g.tk, g.h]);
     for (b0, nb) in g.chunks() {
         for bi in b0..b0 + nb {

@@ -2,29 +2,22 @@
 //! CPU's blocked sums).
 
 use super::context::{DevElement, Gpu};
-use super::geom::COL_ROW_BLOCK;
+use super::geom;
 use super::reduce::col_sums;
 use crate::error::Result;
 use cudarc::driver::{CudaView, CudaViewMut};
 
-#[macro_export]
-#[doc(hidden)]
-macro_rules! cuda_table_bias {
-    ($cb:ident) => { $cb! { Bias;
-        /// `y[r, c] = bias[c]`.
-        bias_fill<T>(bias: in T [cols], rows: val usize, cols: val usize, y: out T [rows * cols])
-            @ elementwise(rows * cols);
-        /// `y[r, c] += bias[c]`.
-        bias_add<T>(bias: in T [cols], rows: val usize, cols: val usize, y: out T [rows * cols])
-            @ elementwise(rows * cols);
-        /// `part[k, c]` = the f64 sum of row block `k` of column `c`.
-        bias_grad_part<T>(
-            dy: in T [rows * cols], rows: val usize, cols: val usize, rblk: val usize,
-            part: out f64 [rows.div_ceil(rblk) * cols],
-        ) @ col_strips(rows.div_ceil(rblk), cols);
-    } };
+cuda_table! { cuda_table_bias($) Bias;
+    /// `y[r, c] = bias[c]`.
+    bias_fill<T>(bias: in T [cols], rows, cols, y: out T [rows * cols]) @ elementwise(rows * cols);
+    /// `y[r, c] += bias[c]`.
+    bias_add<T>(bias: in T [cols], rows, cols, y: out T [rows * cols]) @ elementwise(rows * cols);
+    /// `part[k, c]` = the f64 sum of row block `k` of column `c`.
+    bias_grad_part<T>(
+        dy: in T [rows * cols], rows, cols, rblk = geom::COL_ROW_BLOCK,
+        part: out f64 [rows.div_ceil(rblk) * cols],
+    ) @ col_strips(rows.div_ceil(rblk), cols);
 }
-crate::cuda_table_bias!(launchers);
 
 /// `db[c] += sum_r dy[r, c]`.
 pub fn bias_grad<T: DevElement, G: DevElement>(
@@ -35,6 +28,6 @@ pub fn bias_grad<T: DevElement, G: DevElement>(
     db: &mut CudaViewMut<G>,
 ) -> Result<()> {
     col_sums(gpu, [rows, cols], db, None, |part| {
-        bias_grad_part(gpu, dy, rows, cols, COL_ROW_BLOCK, part)
+        bias_grad_part(gpu, dy, rows, cols, part)
     })
 }

@@ -69,15 +69,15 @@ impl CudaKernels {
             .map_err(|e| cuda_err(format!("kernel {name} in {}: {e}", module.file())))
     }
 
-    /// `n` f64 of scratch on the stream, not cleared (no memset), freed
+    /// `n` elements of scratch on the stream, not cleared (no memset), freed
     /// stream-ordered when dropped.
     ///
     /// # Safety
     /// The caller's first kernel writes every element before any kernel
     /// reads one.
-    pub unsafe fn scratch_f64(&self, n: usize) -> Result<CudaSlice<f64>> {
+    pub unsafe fn scratch<E: DeviceRepr>(&self, n: usize) -> Result<CudaSlice<E>> {
         // SAFETY: passed on to the caller (uninitialised device memory).
-        unsafe { self.stream.alloc::<f64>(n) }.map_err(drv)
+        unsafe { self.stream.alloc::<E>(n) }.map_err(drv)
     }
 }
 

@@ -4,34 +4,22 @@ use super::context::{DevElement, Gpu};
 use crate::error::{shape_err, Result};
 use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr};
 
-#[macro_export]
-#[doc(hidden)]
-macro_rules! cuda_table_elementwise {
-    ($cb:ident) => {
-        $cb! { Elementwise;
-            /// `y = value`.
-            fill<T>(n: val usize = y.len(), value: val f64, y: out T [n]) @ elementwise(n);
-            /// `y = alpha * y`.
-            scale<T>(n: val usize = y.len(), alpha: val f64, y: out T [n]) @ elementwise(n);
-            /// `y = alpha * x + y`.
-            axpy<T>(n: val usize = y.len(), alpha: val f64, x: in T [n], y: out T [n])
-                @ elementwise(n);
-            /// `y = alpha * x + beta * y` (y not read when `beta == 0`).
-            add<T>(
-                n: val usize = y.len(), alpha: val f64, x: in T [n], beta: val f64, y: out T [n],
-            ) @ elementwise(n);
-            /// `y = x` converted to `D`.
-            cast<S, D> for pairs (n: val usize = y.len(), x: in S [n], y: out D [n])
-                @ elementwise(n);
-            /// The block copy of the loop nest `d` (see [`copy_block`]).
-            copy_block as copy_block_dims<S, D> for pairs (
-                d: val BlockDims, total: val usize,
-                x: in S [>= d.reach(total).0], y: out D [>= d.reach(total).1],
-            ) @ elementwise(total);
-        }
-    };
+cuda_table! { cuda_table_elementwise($) Elementwise;
+    /// `y = value`.
+    fill<T>(n = y.len(), value: val f64, y: out T [n]) @ elementwise(n);
+    /// `y = alpha * y`.
+    scale<T>(n = y.len(), alpha: val f64, y: out T [n]) @ elementwise(n);
+    /// `y = alpha * x + y`.
+    axpy<T>(n = y.len(), alpha: val f64, x: in T [n], y: out T [n]) @ elementwise(n);
+    /// `y = alpha * x + beta * y` (y not read when `beta == 0`).
+    add<T>(n = y.len(), alpha: val f64, x: in T [n], beta: val f64, y: out T [n]) @ elementwise(n);
+    /// `y = x` converted to `D`.
+    cast<S, D> for pairs (n = y.len(), x: in S [n], y: out D [n]) @ elementwise(n);
+    /// The block copy of the loop nest `d` (see [`copy_block`]).
+    copy_block as copy_block_dims<S, D> for pairs (
+        d: val BlockDims, total, x: in S [>= d.reach(total).0], y: out D [>= d.reach(total).1],
+    ) @ elementwise(total);
 }
-crate::cuda_table_elementwise!(launchers);
 
 /// Most dims of a block copy after merging (`COPY_MAX_DIMS` in elementwise.cu).
 pub const COPY_MAX_DIMS: usize = 8;
@@ -64,11 +52,8 @@ impl BlockDims {
     ) -> Result<Option<(BlockDims, usize)>> {
         let (rank, op) = (block.len(), "cuda.copy_block");
         let ranks = [src_shape, src_offset, dst_shape, dst_offset].map(<[usize]>::len);
-        if ranks != [rank; 4]
-            || (0..rank).any(|a| {
-                src_offset[a] + block[a] > src_shape[a] || dst_offset[a] + block[a] > dst_shape[a]
-            })
-        {
+        let fit = |shape: &[usize], off: &[usize]| (0..rank).all(|a| off[a] + block[a] <= shape[a]);
+        if ranks != [rank; 4] || !fit(src_shape, src_offset) || !fit(dst_shape, dst_offset) {
             let msg = format!(
                 "block {block:?} at {src_offset:?} of {src_shape:?} -> at {dst_offset:?} of \
                  {dst_shape:?} does not fit"
@@ -110,24 +95,21 @@ impl BlockDims {
         Ok(Some((d, total)))
     }
 
-    /// Elements of (source, destination) a copy of `total` elements reaches.
+    /// Elements of (source, destination) a copy of `total` elements reaches:
+    /// one past the offsets of element `total - 1` (`copy_one` in elementwise.cu).
     pub fn reach(&self, total: usize) -> (usize, usize) {
-        let last = total.checked_sub(1).map(|i| self.offsets(i));
-        last.map_or((0, 0), |(s, t)| (s + 1, t + 1))
-    }
-
-    /// The (source, destination) offsets of element `i` (`copy_one` in
-    /// elementwise.cu).
-    pub fn offsets(&self, i: usize) -> (usize, usize) {
+        let Some(last) = total.checked_sub(1) else {
+            return (0, 0);
+        };
         let nd = self.ndim as usize;
-        let (mut r, mut s, mut t) = (i as u64, self.src_start, self.dst_start);
+        let (mut r, mut s, mut t) = (last as u64, self.src_start, self.dst_start);
         for k in 0..nd {
             let j = if k + 1 < nd { r % self.n[k] } else { r };
             s += j * self.src[k];
             t += j * self.dst[k];
             r /= self.n[k];
         }
-        (s as usize, t as usize)
+        (s as usize + 1, t as usize + 1)
     }
 }
 

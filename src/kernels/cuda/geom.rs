@@ -5,29 +5,23 @@
 
 use super::{ceil_div, ELEMENTWISE_BLOCK, MAX_GRID, ROW_BLOCK, WARP_SIZE};
 
-/// A launch geometry: `grid` blocks of `block.0 x block.1` threads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Geom {
-    pub grid: u32,
-    pub block: (u32, u32),
-}
+/// A launch geometry: cudarc's, which the emulator launches by too.
+pub type Geom = cudarc::driver::LaunchConfig;
 
-impl From<Geom> for cudarc::driver::LaunchConfig {
-    fn from(g: Geom) -> Self {
-        cudarc::driver::LaunchConfig {
-            grid_dim: (g.grid, 1, 1),
-            block_dim: (g.block.0, g.block.1, 1),
-            shared_mem_bytes: 0,
-        }
+/// `grid` blocks of `bx x by` threads, no dynamic shared memory.
+fn dims(grid: u32, (bx, by): (u32, u32)) -> Geom {
+    let (grid_dim, block_dim) = ((grid, 1, 1), (bx, by, 1));
+    Geom {
+        grid_dim,
+        block_dim,
+        shared_mem_bytes: 0,
     }
 }
 
 /// `grid` blocks of `block` threads, the grid capped to `1..=MAX_GRID` (for
 /// the kernels that stride over the rest).
 fn geom(grid: usize, block: u32) -> Geom {
-    let grid = grid.clamp(1, MAX_GRID as usize) as u32;
-    let block = (block, 1);
-    Geom { grid, block }
+    dims(grid.clamp(1, MAX_GRID as usize) as u32, (block, 1))
 }
 
 /// Threads per block of the column-strip kernels: a block owns one item (a
@@ -56,10 +50,7 @@ pub fn elementwise(n: usize) -> Geom {
 /// One block per row; the grid must not be capped when the kernel takes
 /// `blockIdx.x` as the row.
 pub fn per_row(rows: usize) -> Geom {
-    Geom {
-        grid: rows.max(1) as u32,
-        block: (ROW_BLOCK, 1),
-    }
+    dims(rows.max(1) as u32, (ROW_BLOCK, 1))
 }
 
 /// One block per row, the kernels striding over the rows past the grid.
@@ -85,10 +76,8 @@ pub fn reduce_parts(n: usize) -> usize {
 /// `sum_axis` for `inner > 1`: `WARP_SIZE x SUM_AXIS_SPLIT` blocks.
 pub fn sum_axis(outer: usize, inner: usize) -> Geom {
     let blocks = outer * ceil_div(inner, WARP_SIZE as usize);
-    Geom {
-        grid: blocks.min(MAX_GRID as usize) as u32,
-        block: (WARP_SIZE, SUM_AXIS_SPLIT),
-    }
+    let grid = blocks.min(MAX_GRID as usize) as u32;
+    dims(grid, (WARP_SIZE, SUM_AXIS_SPLIT))
 }
 
 /// One warp per row in blocks of `block` threads (`ATTN_BLOCK`,

@@ -6,32 +6,25 @@
 
 use crate::dtype::{Accum, DType, Element};
 
-#[macro_export]
-#[doc(hidden)]
-macro_rules! cuda_table_optim {
-    ($cb:ident) => {
-        $cb! { Optim;
-            /// One SGD step (torch semantics; see `kernels::cpu::optim::sgd_step`),
-            /// `buf` the momentum buffer (`None` exactly when momentum is 0).
-            sgd_step<P, G> for optim (
-                n: val usize = p.len(), p: out P [n], g: in G [n], buf: opt_out P [n],
-                s: host SgdScalars<P> {
-                    neg_lr: P, wd: P, decay: i32, has_momentum: i32, mom: P, one_m_damp: P,
-                    nesterov: i32, first_step: i32,
-                },
-            ) if ((s.has_momentum != 0) == buf.is_some()) @ elementwise(n);
-            /// One Adam or AdamW step (torch semantics; see `kernels::cpu::optim`).
-            adam_step<P, G> for optim (
-                n: val usize = p.len(), p: out P [n], g: in G [n], m: out P [n], v: out P [n],
-                s: host AdamScalars<P> {
-                    neg_step_size: P, bc2_sqrt: P, eps: P, w: P, one_m_w: P, lerp_lo: i32, b2: P,
-                    one_m_b2: P, wd: P, decay_p: P, couple: i32, decouple: i32,
-                },
-            ) @ elementwise(n);
-        }
-    };
+cuda_table! { cuda_table_optim($) Optim;
+    /// One SGD step (torch semantics; see `kernels::cpu::optim::sgd_step`),
+    /// `buf` the momentum buffer (`None` exactly when momentum is 0).
+    sgd_step<P, G> for optim (
+        n = p.len(), p: out P [n], g: in G [n], buf: opt_out P [n],
+        s: host SgdScalars<P> {
+            neg_lr: P, wd: P, decay: i32, has_momentum: i32, mom: P, one_m_damp: P,
+            nesterov: i32, first_step: i32,
+        },
+    ) if ((s.has_momentum != 0) == buf.is_some()) @ elementwise(n);
+    /// One Adam or AdamW step (torch semantics; see `kernels::cpu::optim`).
+    adam_step<P, G> for optim (
+        n = p.len(), p: out P [n], g: in G [n], m: out P [n], v: out P [n],
+        s: host AdamScalars<P> {
+            neg_step_size: P, bc2_sqrt: P, eps: P, w: P, one_m_w: P, lerp_lo: i32, b2: P,
+            one_m_b2: P, wd: P, decay_p: P, couple: i32, decouple: i32,
+        },
+    ) @ elementwise(n);
 }
-crate::cuda_table_optim!(launchers);
 
 /// Whether `optim.cu` has a step for masters `p` and gradients `g`.
 pub fn optim_supported(p: DType, g: DType) -> bool {

@@ -45,13 +45,19 @@ pub fn with_grid<R>(grid: u32, f: impl FnOnce() -> R) -> R {
 
 /// Runs `f` as every thread of a launch of geometry `g` (each thread calls
 /// the kernel with the same arguments, as a CUDA launch does), returning
-/// when the whole grid is done.
+/// when the whole grid is done. Grids are 1-D, blocks at most 2-D, and no
+/// kernel takes dynamic shared memory (geom.rs), which `emu.h` relies on.
 pub fn launch<F: Fn()>(g: Geom, f: F) {
     extern "C" fn run<F: Fn()>(arg: *mut c_void) {
         // SAFETY: `arg` is the `&F` passed below, alive for the launch.
         unsafe { (*(arg as *const F))() }
     }
-    let grid = GRID.with(|c| c.get()).unwrap_or(g.grid);
+    let flat = (g.grid_dim.1, g.grid_dim.2, g.block_dim.2);
+    assert!(
+        flat == (1, 1, 1) && g.shared_mem_bytes == 0,
+        "not a geom.rs geometry"
+    );
+    let grid = GRID.with(|c| c.get()).unwrap_or(g.grid_dim.0);
     // SAFETY: emu_launch calls `run::<F>(&f)` from fibers of this thread
     // only, and returns after the last of them.
     unsafe {
@@ -59,8 +65,8 @@ pub fn launch<F: Fn()>(g: Geom, f: F) {
             run::<F>,
             &f as *const F as *mut c_void,
             grid,
-            g.block.0,
-            g.block.1,
+            g.block_dim.0,
+            g.block_dim.1,
         )
     }
 }
@@ -130,7 +136,6 @@ macro_rules! emu_class {
 /// lengths, takes the same geometry and runs the kernel; per kernel, a
 /// module of its host symbols.
 macro_rules! emulate {
-    ($module:ident; $($e:tt)*) => { gpt2rs::cuda_entries!(emulate $module; $($e)*); };
     (@emit $module:ident; [$($attr:tt)*]; $names:tt $name:ident; [$cls:ident $($_c:ident)?];
         $($rest:tt)*) => {
         emu_class!($cls $names $name; $($rest)*);
@@ -177,8 +182,8 @@ macro_rules! emu_kernel {
         pub fn $fname<$t0: gpt2rs::dtype::Element $(, $g: gpt2rs::dtype::Element)*>(
             $($pn: emu_param!($pk $pt)),*
         ) {
-            let op = gpt2rs::cuda_kernel!($sel $name);
-            gpt2rs::cuda_checks!(checked = op; $req; $args);
+            let op = gpt2rs::cuda_entries!(@kernel $sel $name);
+            gpt2rs::cuda_entries!(@checks checked = op; $req; $args);
             checked.unwrap_or_else(|e| panic!("{e}"));
             let geom = gpt2rs::kernels::cuda::geom::$gf($($ga),*);
             let sym = emu_pick!($sel $name)(&[$t0::DTYPE $(, $g::DTYPE)*]);

@@ -32,8 +32,8 @@ fn bias<T: Dev>() {
         for grid in [None, Some(2)] {
             let mut db = Buf::new(&b);
             if rows * cols > 0 {
-                let (part, nblk) = col_parts(rows, cols, 1, grid, |rb, pp| {
-                    emu::bias_grad_part::<T>(&dy, rows, cols, rb, pp)
+                let (part, nblk) = col_parts(rows, cols, 1, grid, |pp| {
+                    emu::bias_grad_part::<T>(&dy, rows, cols, pp)
                 });
                 add_col_parts(&part, nblk, cols, &mut db, None);
             }

@@ -109,8 +109,8 @@ fn layernorm<T: Dev>() {
         for grid in [None, Some(2)] {
             let (mut gg, mut bg) = (Buf::new(&init), Buf::new(&init));
             if rows > 0 {
-                let (part, nblk) = col_parts(rows, cols, 2, grid, |rb, pp| {
-                    emu::layernorm_param_grad_part::<T>(&xb, &db, &sb, rows, cols, rb, pp)
+                let (part, nblk) = col_parts(rows, cols, 2, grid, |pp| {
+                    emu::layernorm_param_grad_part::<T>(&xb, &db, &sb, rows, cols, pp)
                 });
                 add_col_parts(&part, nblk, cols, &mut gg, Some(&mut bg));
             }

@@ -159,22 +159,22 @@ pub fn scratch(n: usize) -> Buf<f64> {
 /// The first pass of a column reduction (`bias_grad_part`,
 /// `layernorm_param_grad_part`): `nout` sums of `rows` rows of `cols`
 /// columns into fresh scratch `part [nout, nblk, cols]`, by `pass` (given
-/// the launcher's rows per block and the scratch; the grid replaced by
-/// `grid`, if given: a small grid makes blocks stride), and the row block
-/// count `nblk`.
+/// the scratch; the grid replaced by `grid`, if given: a small grid makes
+/// blocks stride), and the row block count `nblk` (of the table's
+/// `rblk = COL_ROW_BLOCK` rows).
 pub fn col_parts(
     rows: usize,
     cols: usize,
     nout: usize,
     grid: Option<u32>,
-    pass: impl FnOnce(usize, &mut [f64]),
+    pass: impl FnOnce(&mut [f64]),
 ) -> (Buf<f64>, usize) {
     let nblk = rows.div_ceil(COL_ROW_BLOCK);
     let mut part = scratch(nout * nblk * cols);
     let p = part.get_mut();
     match grid {
-        Some(g) => crate::with_grid(g, || pass(COL_ROW_BLOCK, p)),
-        None => pass(COL_ROW_BLOCK, p),
+        Some(g) => crate::with_grid(g, || pass(p)),
+        None => pass(p),
     }
     (part, nblk)
 }

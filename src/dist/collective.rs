@@ -244,10 +244,8 @@ impl Collective {
                 return Err(arg_err(self.name(), "an operand changed length"));
             }
         }
-        let size = std::mem::size_of::<T>();
         let lay = &self.layout;
         let total = lay.total();
-        let counts: Vec<usize> = (0..n).map(|r| lay.segment(r).len() * size).collect();
         let mine = lay.segment(me);
         let mut seg = vec![T::default(); mine.len()];
         if self.kind == CollectiveKind::AllGather {
@@ -267,14 +265,7 @@ impl Collective {
             &mut own
         };
         if self.kind != CollectiveKind::AllGather {
-            let mut recv = vec![T::default(); n * mine.len()];
-            self.comm.alltoallv(
-                bytemuck::cast_slice(all),
-                &counts,
-                bytemuck::cast_slice_mut(&mut recv),
-                &vec![mine.len() * size; n],
-            )?;
-            sum_in_rank_order(&recv, &mut seg);
+            reduce_my_segment(&*self.comm, lay, all, &mut seg)?;
             if self.kind == CollectiveKind::ReduceScatter {
                 if single {
                     all[mine].copy_from_slice(&seg);
@@ -284,16 +275,66 @@ impl Collective {
                 return Ok(());
             }
         }
-        self.comm.allgatherv(
-            bytemuck::cast_slice(&seg),
-            bytemuck::cast_slice_mut(all),
-            &counts,
-        )?;
+        gather_segments(&*self.comm, lay, &seg, all)?;
         if !single {
             lay.unpack(&mut tiles, 0..total, &own);
         }
         Ok(())
     }
+}
+
+/// Byte counts of each rank's segment of `lay`, for elements of `T`.
+fn segment_bytes<T>(lay: &Layout) -> Vec<usize> {
+    let size = std::mem::size_of::<T>();
+    (0..lay.nranks())
+        .map(|r| lay.segment(r).len() * size)
+        .collect()
+}
+
+/// `seg` = the sum over the ranks (in rank order) of their copies of this
+/// rank's segment of `all`.
+fn reduce_my_segment<T: Element>(
+    comm: &dyn Communicator,
+    lay: &Layout,
+    all: &[T],
+    seg: &mut [T],
+) -> Result<()> {
+    let n = comm.size();
+    let mut recv = vec![T::default(); n * seg.len()];
+    comm.alltoallv(
+        bytemuck::cast_slice(all),
+        &segment_bytes::<T>(lay),
+        bytemuck::cast_slice_mut(&mut recv),
+        &vec![std::mem::size_of_val(seg); n],
+    )?;
+    sum_in_rank_order(&recv, seg);
+    Ok(())
+}
+
+/// Every rank's `seg` into its segment of `all`.
+fn gather_segments<T: Element>(
+    comm: &dyn Communicator,
+    lay: &Layout,
+    seg: &[T],
+    all: &mut [T],
+) -> Result<()> {
+    comm.allgatherv(
+        bytemuck::cast_slice(seg),
+        bytemuck::cast_slice_mut(all),
+        &segment_bytes::<T>(lay),
+    )
+}
+
+/// `all` summed over the ranks, every rank's copy the same length: the
+/// bucket all-reduce on one contiguous buffer (the same bits everywhere).
+pub(crate) fn all_reduce_in_rank_order<T: Element>(
+    comm: &dyn Communicator,
+    all: &mut [T],
+) -> Result<()> {
+    let lay = Layout::even(&[all.len()], comm.size());
+    let mut seg = vec![T::default(); lay.segment(comm.rank()).len()];
+    reduce_my_segment(comm, &lay, all, &mut seg)?;
+    gather_segments(comm, &lay, &seg, all)
 }
 
 /// `out[i] = parts[0][i] + parts[1][i] + ...` (each part `out.len()` long),

@@ -18,6 +18,7 @@
 use super::collective::{Collective, CollectiveKind, Layout};
 use super::nccl::Nccl;
 use super::nccl_comm::NcclComm;
+use super::sparse_rows::SparseRows;
 use super::Communicator;
 use crate::dtype::DType;
 use crate::error::{arg_err, Result};
@@ -25,6 +26,7 @@ use crate::kernels::cpu::reduce::ssq_merge;
 use crate::model::Gpt2;
 use crate::runtime::{Access, DataHandle, WorkerKind};
 use crate::tensor::Tensor;
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -42,6 +44,9 @@ struct Bucket {
 
 pub struct DataParallel {
     comm: Arc<dyn Communicator>,
+    /// Bands of whole wte row tiles whose embedding share is reduced by
+    /// row (`sparse_rows`), when the model keeps that share apart.
+    wte_bands: Vec<Range<usize>>,
     /// The ranks' NCCL communicator, when collectives run on a GPU.
     device: Option<Arc<NcclComm>>,
     zero_stage: u8,
@@ -78,6 +83,21 @@ impl DataParallel {
         }
         let n = comm.size();
         let params = &model.params.list;
+        // The embedding's share of the tied wte gradient goes apart (host
+        // collectives only; a band of whole row tiles must fit one task).
+        let wte = &params[model.params.wte].grad.grid;
+        let ncols = wte.grid[1];
+        let split = model.runtime().comm_gpu().is_none() && 2 * ncols <= MAX_BUCKET_TILES;
+        let wte_bands = if split {
+            model.split_wte_grad()?;
+            let per = MAX_BUCKET_TILES / (2 * ncols);
+            (0..wte.grid[0])
+                .step_by(per)
+                .map(|r| r..(r + per).min(wte.grid[0]))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let mut owner: Vec<Vec<usize>> =
             params.iter().map(|p| vec![0; p.grad.tiles.len()]).collect();
         let mut load = vec![0usize; n];
@@ -107,9 +127,16 @@ impl DataParallel {
                     gather,
                 });
             };
-        // Backward finishes the last parameters first (the LM head's share of
-        // wte excepted), so their buckets go first.
-        for (p, prm) in params.iter().enumerate().rev() {
+        // Backward finishes the last parameters first, so their buckets go
+        // first; but the LM head's share of wte is final before any of them
+        // (backward's first GEMM), so when the embedding's share is apart,
+        // wte leads.
+        let wte_first = split.then_some(model.params.wte);
+        let order = wte_first
+            .into_iter()
+            .chain((0..params.len()).rev().filter(|&p| Some(p) != wte_first));
+        for p in order {
+            let prm = &params[p];
             for (t, h) in prm.grad.tiles.iter().enumerate().rev() {
                 let bytes = h.bytes();
                 if !cur.is_empty()
@@ -143,6 +170,7 @@ impl DataParallel {
         };
         Ok(DataParallel {
             comm,
+            wte_bands,
             device,
             zero_stage,
             buckets,
@@ -221,14 +249,63 @@ impl DataParallel {
     }
 
     /// Submits the gradients' reduction: an all-reduce per bucket (stage
-    /// 0), or a reduce-scatter to the owners (stage 1).
+    /// 0), or a reduce-scatter to the owners (stage 1); then the rows of
+    /// the embedding's share of wte the ranks' tokens touched, added in.
     pub fn reduce_grads(&self, model: &Gpt2) -> Result<()> {
         let kind = if self.zero_stage == 0 {
             CollectiveKind::AllReduce
         } else {
             CollectiveKind::ReduceScatter
         };
-        self.submit(model, kind, |p| Some(&model.params.list[p].grad))
+        self.submit(model, kind, |p| Some(&model.params.list[p].grad))?;
+        let Some(split) = model.split_wte.get() else {
+            return Ok(());
+        };
+        let seen = split.take_seen();
+        let g = &model.params.list[model.params.wte].grad;
+        let ncols = g.grid.grid[1];
+        let col_widths: Vec<usize> = (0..ncols).map(|j| g.grid.tile_shape(&[0, j])[1]).collect();
+        // Every rank submits every band, in the same order, rows or not.
+        for band in &self.wte_bands {
+            let row_tiles: Vec<(usize, usize)> = band
+                .clone()
+                .map(|t| {
+                    (
+                        g.grid.tile_offset(&[t, 0])[0],
+                        g.grid.tile_shape(&[t, 0])[0],
+                    )
+                })
+                .collect();
+            let (lo, last) = (row_tiles[0].0, row_tiles[row_tiles.len() - 1]);
+            let hi = (last.0 + last.1) as u32;
+            let ids = seen
+                .iter()
+                .copied()
+                .filter(|&i| (lo as u32..hi).contains(&i))
+                .collect();
+            let tiles = |x: &Tensor| -> Vec<(DataHandle, Access)> {
+                band.clone()
+                    .flat_map(|t| (0..ncols).map(move |j| (t, j)))
+                    .map(|(t, j)| (x.tile(&[t, j]).clone(), Access::RW))
+                    .collect()
+            };
+            let mut ops = tiles(&split.grad);
+            ops.extend(tiles(g));
+            let cl = SparseRows {
+                comm: self.comm.clone(),
+                dtype: g.dtype,
+                row_tiles,
+                col_widths: col_widths.clone(),
+                ids: Arc::new(ids),
+            };
+            model.runtime().submit(Box::new(cl), ops)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the embedding's share of wte is reduced by row, apart.
+    pub fn splits_wte(&self) -> bool {
+        !self.wte_bands.is_empty()
     }
 
     /// Stage 1, after the owners' optimizer step: submits the gathering of

@@ -17,6 +17,7 @@ pub mod loopback;
 pub mod mpi;
 pub mod nccl;
 pub mod nccl_comm;
+pub mod sparse_rows;
 
 use crate::error::{arg_err, Result};
 

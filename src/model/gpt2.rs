@@ -33,6 +33,7 @@ use crate::ops::layernorm::{
 use crate::ops::{copy, GemmSpec};
 use crate::runtime::{Access, Runtime};
 use crate::tensor::Tensor;
+use std::sync::{Mutex, OnceLock};
 
 pub struct Gpt2 {
     pub cfg: Gpt2Config,
@@ -51,7 +52,27 @@ pub struct Gpt2 {
     /// Scatter-add the embedding gradient in submission order (RW) instead
     /// of commutatively (ACC), so that runs repeat bit for bit.
     pub deterministic: bool,
+    /// Data-parallel runs: the embedding's share of the tied wte gradient,
+    /// kept apart from the LM head's (see `dist::sparse_rows`).
+    pub split_wte: OnceLock<SplitWte>,
     pub(crate) rt: Runtime,
+}
+
+/// The embedding's share of `wte`'s gradient (cut like it) and the token
+/// ids whose rows it holds since it was last taken.
+pub struct SplitWte {
+    pub grad: Tensor,
+    seen: Mutex<Vec<u32>>,
+}
+
+impl SplitWte {
+    /// The rows touched since the last call, sorted and distinct.
+    pub fn take_seen(&self) -> Vec<u32> {
+        let mut v = std::mem::take(&mut *self.seen.lock().unwrap());
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
 }
 
 /// Options of one training step.
@@ -131,6 +152,7 @@ impl Gpt2 {
             pos_table,
             recompute: false,
             deterministic: false,
+            split_wte: OnceLock::new(),
             rt: rt.clone(),
         })
     }
@@ -560,7 +582,28 @@ impl Gpt2 {
         } else {
             Access::ACC
         };
-        embedding_bwd(ids, &dx, p.g(p.wte), p.wpe.map(|i| p.g(i)), mode)
+        let dwte = match self.split_wte.get() {
+            Some(s) => {
+                s.seen.lock().unwrap().extend(ids.iter().map(|&i| i as u32));
+                &s.grad
+            }
+            None => p.g(p.wte),
+        };
+        embedding_bwd(ids, &dx, dwte, p.wpe.map(|i| p.g(i)), mode)
+    }
+
+    /// From now on the embedding's share of the tied wte gradient goes to
+    /// `split_wte` (idempotent).
+    pub fn split_wte_grad(&self) -> Result<&SplitWte> {
+        if let Some(s) = self.split_wte.get() {
+            return Ok(s);
+        }
+        let grad = self.params.list[self.params.wte].grad.zeros_like()?;
+        let _ = self.split_wte.set(SplitWte {
+            grad,
+            seen: Mutex::new(Vec::new()),
+        });
+        Ok(self.split_wte.get().expect("set above"))
     }
 
     /// A LayerNorm output kept from forward, or recomputed from its input and
@@ -588,6 +631,10 @@ impl Gpt2 {
     pub fn zero_grad(&self) -> Result<()> {
         for prm in &self.params.list {
             crate::ops::fill(&prm.grad, 0.0)?;
+        }
+        if let Some(s) = self.split_wte.get() {
+            crate::ops::fill(&s.grad, 0.0)?;
+            s.take_seen();
         }
         Ok(())
     }

@@ -153,6 +153,8 @@ fn train_with(
     let mut opt = Optimizer::new(&m, adamw(), 1e-2, 0.01).unwrap();
     if let Some(dp) = &dp {
         assert!(dp.nbuckets() > 2, "several buckets");
+        // The embedding's share of wte goes by row (host collectives).
+        assert!(dp.splits_wte(), "the tied gradient is split");
         opt.set_stepped_tiles(Some(dp.stepped_tiles())).unwrap();
     }
     let rows = B / n;

@@ -74,16 +74,22 @@ def launch(
 
 
 def launch_files(
-    n: int, *cmd: str | Path, cwd: Path | None = None, kill: int | None = None
+    n: int, *cmd: str | Path, cwd: Path | None = None, kill: int | None = None, slurm: bool = False
 ) -> list[subprocess.CompletedProcess[str]]:
     """`cmd` as n processes told their rank by RANK / WORLD_SIZE / LOCAL_RANK
-    (as torchrun does), without MPI; with `kill`, that rank is killed once
-    every rank has joined (after 3 s)."""
+    (as torchrun does; with `slurm`, by what srun sets), without MPI; with
+    `kill`, that rank is killed once every rank has joined (after 3 s)."""
+
+    def rank_env(r: int) -> dict[str, str]:
+        if slurm:
+            return env(SLURM_PROCID=str(r), SLURM_NTASKS=str(n), SLURM_LOCALID=str(r))
+        return env(RANK=str(r), WORLD_SIZE=str(n), LOCAL_RANK=str(r))
+
     procs = [
         subprocess.Popen(
             [str(c) for c in cmd],
             cwd=cwd,
-            env=env(RANK=str(r), WORLD_SIZE=str(n), LOCAL_RANK=str(r)),
+            env=rank_env(r),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -518,7 +524,8 @@ def test_train_with_the_file_method_matches_one_rank_and_survives_no_dead_rank(w
     assert p.returncode == 0, p.stderr
     meet = f"file:{ws / 'meet'}"
     cmd = [BIN / "gpt2rs-train", *train_args("--max-steps", "3", "--metrics-file", "b.jsonl")]
-    for q in launch_files(2, *cmd, "--dist-init", meet, cwd=ws):
+    # As srun starts ranks (SLURM_PROCID, SLURM_NTASKS), without an MPI plugin.
+    for q in launch_files(2, *cmd, "--dist-init", meet, cwd=ws, slurm=True):
         assert q.returncode == 0, q.stderr
     one, two = metrics(ws / "a.jsonl"), metrics(ws / "b.jsonl")
     assert [m["world_size"] for m in two] == [2] * 3

@@ -37,8 +37,7 @@ impl SparseRows {
         let n = self.comm.size();
         let mut counts = vec![0u8; 8 * n];
         let mine = (self.ids.len() as u64).to_le_bytes();
-        self.comm
-            .allgatherv(&mine, &mut counts, &[8; 1].repeat(n))?;
+        self.comm.allgatherv(&mine, &mut counts, &vec![8; n])?;
         let counts: Vec<usize> = counts
             .chunks_exact(8)
             .map(|c| 4 * u64::from_le_bytes(c.try_into().expect("8 bytes")) as usize)

@@ -129,8 +129,8 @@ impl DataParallel {
             };
         // Backward finishes the last parameters first, so their buckets go
         // first; but the LM head's share of wte is final before any of them
-        // (backward's first GEMM), so when the embedding's share is apart,
-        // wte leads.
+        // (the LM head is each row tile's first backward GEMM), so when the
+        // embedding's share is apart, wte leads.
         let wte_first = split.then_some(model.params.wte);
         let order = wte_first
             .into_iter()
@@ -258,8 +258,9 @@ impl DataParallel {
             CollectiveKind::ReduceScatter
         };
         self.submit(model, kind, |p| Some(&model.params.list[p].grad))?;
-        let Some(split) = model.split_wte.get() else {
-            return Ok(());
+        let split = match model.split_wte.get() {
+            Some(s) if !self.wte_bands.is_empty() => s,
+            _ => return Ok(()),
         };
         let seen = split.take_seen();
         let g = &model.params.list[model.params.wte].grad;

@@ -193,7 +193,9 @@ impl Collective {
             for t in &tiles {
                 // SAFETY: the cast below writes every element before NCCL reads one.
                 let mut w = unsafe { gpu.stream.alloc::<f32>(t.len().max(1)) }.map_err(drv)?;
-                cast::<T, f32>(gpu, &t.as_view(), &mut w.slice_mut(0..t.len()))?;
+                if !t.is_empty() {
+                    cast::<T, f32>(gpu, &t.as_view(), &mut w.slice_mut(0..t.len()))?;
+                }
                 wide.push(w);
             }
         }

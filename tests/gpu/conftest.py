@@ -107,6 +107,17 @@ def cpu_rt() -> Iterator[object]:
 # ---------------------------------------------------------------- helpers
 
 
+def nccl_installed() -> bool:
+    """Whether the nvidia-nccl-cu13 wheel's library can be found."""
+    try:
+        from gpt2rs import mpi
+
+        mpi.nccl_library_path()
+    except Exception:  # noqa: BLE001 - any failure: the wheel is not usable here
+        return False
+    return True
+
+
 def task_counts(rt: object) -> tuple[int, int]:
     """(tasks run by CUDA workers, tasks run by every other worker) so far."""
     ws = rt.stats()["workers"]  # type: ignore[attr-defined]

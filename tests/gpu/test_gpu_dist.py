@@ -21,6 +21,8 @@ import gpt2rs
 from gpt2rs import cuda, dist
 from gpt2rs._gpt2rs import Communicator
 
+from .conftest import nccl_installed
+
 SCRIPT = Path(__file__).resolve().parents[1] / "dist" / "train_api.py"
 HYDRA = Path(sys.prefix) / "bin" / "mpiexec.hydra"
 
@@ -37,18 +39,8 @@ CFG = gpt2rs.GPT2Config(
 )
 
 
-def _nccl_installed() -> bool:
-    try:
-        from gpt2rs import mpi
-
-        mpi.nccl_library_path()
-    except Exception:  # noqa: BLE001 - any failure: the wheel is not usable here
-        return False
-    return True
-
-
 needs_nccl = pytest.mark.skipif(
-    not _nccl_installed(), reason="needs nvidia-nccl-cu13 (pip install '.[nccl]')"
+    not nccl_installed(), reason="needs nvidia-nccl-cu13 (pip install '.[nccl]')"
 )
 
 

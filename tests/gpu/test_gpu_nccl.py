@@ -17,22 +17,14 @@ import pytest
 
 from gpt2rs import cuda
 
+from .conftest import nccl_installed
+
 SCRIPT = Path(__file__).resolve().parents[1] / "dist" / "nccl_gpu.py"
 HYDRA = Path(sys.prefix) / "bin" / "mpiexec.hydra"
 
 
-def _nccl_installed() -> bool:
-    try:
-        from gpt2rs import mpi
-
-        mpi.nccl_library_path()
-    except Exception:  # noqa: BLE001 - any failure: the wheel is not usable here
-        return False
-    return True
-
-
 @pytest.mark.skipif(
-    importlib.util.find_spec("mpi4py") is None or not _nccl_installed(),
+    importlib.util.find_spec("mpi4py") is None or not nccl_installed(),
     reason="needs mpi4py and nvidia-nccl-cu13 (pip install '.[mpi,nccl]')",
 )
 def test_nccl_all_reduce_on_the_gpu_with_the_id_over_mpi() -> None:

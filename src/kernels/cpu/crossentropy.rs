@@ -36,7 +36,7 @@ use crate::kernels::cpu::activation::{exp_nonpos_acc, with_simd};
 
 /// The column of target `t` inside the tile `[lo, lo + vt)`, if it is there.
 #[inline]
-fn local_col(t: i64, lo: usize, vt: usize) -> Option<usize> {
+pub(crate) fn local_col(t: i64, lo: usize, vt: usize) -> Option<usize> {
     let rel = t.checked_sub(lo as i64)?;
     (t >= 0 && rel >= 0 && (rel as u64) < vt as u64).then_some(rel as usize)
 }
@@ -255,7 +255,7 @@ pub fn ce_bwd_numerators<T: Element>(
 /// max of a row in 16 lanes (select-based, so it vectorizes: one zmm
 /// under AVX-512, two ymm under AVX2).
 #[inline(always)]
-fn row_max<T: Element>(x: &[T]) -> T::Acc {
+pub(crate) fn row_max<T: Element>(x: &[T]) -> T::Acc {
     let ninf = T::Acc::of(f64::NEG_INFINITY);
     let mut lanes = [ninf; 16];
     let mut it = x.chunks_exact(16);
@@ -316,7 +316,7 @@ fn exp_in_place<T: Element>(x: &mut [T], m: T::Acc) -> T::Acc {
 
 /// The 16 lane sums added pairwise (a fixed order, as every path uses).
 #[inline(always)]
-fn lane_sum<A: Accum>(mut lanes: [A; 16]) -> A {
+pub(crate) fn lane_sum<A: Accum>(mut lanes: [A; 16]) -> A {
     let mut w = 8;
     while w > 0 {
         for i in 0..w {

@@ -1,19 +1,20 @@
 //! Throwaway timing probe: one LM-head tile of the 4x256 training step
-//! (256 rows, 8192 vocabulary columns, hidden 256, f32) on one thread, the
-//! cross-entropy as separate passes (`ce_fwd_exp` / `ce_bwd_scale`, the
-//! tasks before the fusion) against the fused LM-head kernels.
+//! (256 rows, 8192 vocabulary columns, hidden 256, f32) on one thread: the
+//! three plain GEMMs against the fused LM-head + cross-entropy kernels
+//! (`kernels::cpu::lm_head_ce`), so that the difference is what the
+//! cross-entropy still costs inside them; and the forward's chunk width.
 //!
 //! ```text
 //! cargo run --release --example ce_fuse_probe [rows vt n]
 //! ```
 //!
-//! Each timing is the median of repeats after a warm-up.
+//! Each timing is the median of 15 calls after two warm-up calls; the
+//! variants alternate call by call, so a noisy neighbour hits them alike.
 
 use gpt2rs::dtype::GemmCompute;
-use gpt2rs::kernels::cpu::crossentropy::{ce_bwd_numerators, softmax_numerators};
-use gpt2rs::kernels::cpu::gemm::gemm;
+use gpt2rs::kernels::cpu::gemm::{gemm, gemm_cols};
 use gpt2rs::kernels::cpu::lm_head_ce::{
-    dw_tile, dx_tile, fwd_chunk, fwd_tile, merge, part_init, BwdShape, FwdShape,
+    chunk_cols, dw_tile, dx_tile, fwd_chunk, fwd_tile, merge, part_init, BwdShape, FwdShape,
 };
 use std::time::Instant;
 
@@ -28,19 +29,32 @@ fn rand_vec(len: usize, seed: &mut u64, scale: f32) -> Vec<f32> {
         .collect()
 }
 
-/// Median seconds per call of `f` over 15 repeats after two warm-ups.
-fn time_med(mut f: impl FnMut()) -> f64 {
-    f();
-    f();
-    let mut v: Vec<f64> = (0..15)
-        .map(|_| {
-            let t = Instant::now();
+/// Median seconds per call of each of `fs`, called in turn 15 times after
+/// two warm-up rounds.
+fn time_med(fs: &mut [&mut dyn FnMut()]) -> Vec<f64> {
+    let mut t = vec![Vec::new(); fs.len()];
+    for round in 0..17 {
+        for (f, ti) in fs.iter_mut().zip(&mut t) {
+            let s = Instant::now();
             f();
-            t.elapsed().as_secs_f64()
+            if round >= 2 {
+                ti.push(s.elapsed().as_secs_f64());
+            }
+        }
+    }
+    // PROBE_MIN=1: the fastest call instead (the least disturbed, on a
+    // shared machine).
+    let min = std::env::var_os("PROBE_MIN").is_some();
+    t.into_iter()
+        .map(|mut v| {
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            if min {
+                v[0]
+            } else {
+                v[v.len() / 2]
+            }
         })
-        .collect();
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
+        .collect()
 }
 
 fn main() {
@@ -59,103 +73,25 @@ fn main() {
     let logits_n = (rows * vt) as f64;
     let c = GemmCompute::Default;
     let ns = |s: f64| s * 1e9 / logits_n;
+    let gf = |s: f64| 2.0 * logits_n * n as f64 / s / 1e9;
 
-    // Before: GEMM, then the exp pass, then (backward) the scale pass + 2 GEMMs.
-    let mut z = vec![0.0f32; rows * vt];
-    let t_gemm = time_med(|| gemm(false, true, rows, vt, n, 1, 1.0, &hf, &wte, 0.0, &mut z));
-    let z0 = z.clone();
-    let mut acc = vec![0.0f32; rows * 2];
-    let mut tm = vec![0.0f32; rows];
-    let t_exp = time_med(|| {
-        z.copy_from_slice(&z0);
-        for a in acc.chunks_exact_mut(2) {
-            a[0] = f32::NEG_INFINITY;
-            a[1] = 0.0;
-        }
-        softmax_numerators(&mut z, rows, vt, &mut acc, &mut tm);
-    });
-    let t_copy = time_med(|| z.copy_from_slice(&z0));
-    let e_old = z.clone();
-    let mut g = e_old.clone();
-    let t_scale = time_med(|| {
-        g.copy_from_slice(&e_old);
-        ce_bwd_numerators(&acc, &tm, rows, vt, 0, &targets, 1e-3, &mut g);
-    });
-    let mut dx = vec![0.0f32; rows * n];
-    let t_dx_gemm = time_med(|| gemm(false, false, rows, n, vt, 1, 1.0, &g, &wte, 0.0, &mut dx));
-    let mut dw = vec![0.0f32; vt * n];
-    let t_dw_gemm = time_med(|| gemm(true, false, vt, n, rows, 1, 1.0, &g, &hf, 1.0, &mut dw));
-
-    println!("tile {rows} x {vt}, hidden {n}, f32, one thread (median of 15)");
-    println!("before (separate passes):");
-    println!(
-        "  fwd gemm        {:7.3} ms  ({:.1} GF/s)",
-        t_gemm * 1e3,
-        2.0 * logits_n * n as f64 / t_gemm / 1e9
-    );
-    println!(
-        "  ce_fwd_exp      {:7.3} ms  {:.3} ns/logit (minus a {:.3} ms copy)",
-        (t_exp - t_copy) * 1e3,
-        ns(t_exp - t_copy),
-        t_copy * 1e3
-    );
-    println!(
-        "  ce_bwd_scale    {:7.3} ms  {:.3} ns/logit",
-        (t_scale - t_copy) * 1e3,
-        ns(t_scale - t_copy)
-    );
-    println!("  dx gemm         {:7.3} ms", t_dx_gemm * 1e3);
-    println!("  dw gemm         {:7.3} ms", t_dw_gemm * 1e3);
-    let before = t_gemm + (t_exp - t_copy) + (t_scale - t_copy) + t_dx_gemm + t_dw_gemm;
-
-    // After: the fused tile kernels.
-    let mut e = vec![0.0f32; rows * vt];
-    let mut part = vec![0.0f32; rows * 3];
     let fs = FwdShape {
         m: rows,
         n: vt,
         k: n,
         vocab_lo: 0,
     };
-    let t_fwd = time_med(|| fwd_tile(c, fs, 1.0, &hf, &wte, 0.0, &targets, &mut e, &mut part));
-    // The chunk width, swept.
-    for w in [128usize, 256, 512, 1024, 2048, vt] {
-        let mut zc = vec![0.0f32; rows * w];
-        let t = time_med(|| {
-            part_init(&mut part);
-            let mut c0 = 0;
-            while c0 < vt {
-                let wc = w.min(vt - c0);
-                let zc = &mut zc[..rows * wc];
-                gemm(
-                    false,
-                    true,
-                    rows,
-                    wc,
-                    n,
-                    1,
-                    1.0,
-                    &hf,
-                    &wte[c0 * n..(c0 + wc) * n],
-                    0.0,
-                    zc,
-                );
-                fwd_chunk(zc, rows, wc, c0, 0, &targets, &mut e, vt, &mut part);
-                c0 += wc;
-            }
-        });
-        println!(
-            "  (fused fwd with {w:5}-column chunks: {:7.3} ms, {:+.3} ns/logit over the gemm)",
-            t * 1e3,
-            ns(t - t_gemm)
-        );
-    }
+    let mut e = vec![0.0f32; rows * vt];
+    let mut part = vec![0.0f32; rows * 3];
+    fwd_tile(c, fs, 1.0, &hf, &wte, 0.0, &targets, &mut e, &mut part);
     let mut factors = vec![0.0f32; rows * 2];
     let mut loss = [0.0f64];
+    let all = 0..vt;
+    let cols = std::slice::from_ref(&all);
     merge(
         &[&part[..]],
         rows,
-        std::slice::from_ref(&(0..vt)),
+        cols,
         &targets,
         1e-3,
         &mut factors,
@@ -169,32 +105,79 @@ fn main() {
         j: 0,
         ntiles: 1,
     };
-    let t_dx = time_med(|| dx_tile(c, bs, &e, &wte, &targets, &factors, true, &mut dx));
-    let t_dw = time_med(|| dw_tile(c, bs, &e, &hf, &targets, &factors, 1.0, &mut dw));
-    println!("after (fused):");
+    let (mut z, mut e2, mut part2) = (vec![0.0f32; rows * vt], e.clone(), part.clone());
+    let (mut dx, mut dx2) = (vec![0.0f32; rows * n], vec![0.0f32; rows * n]);
+    let (mut dw, mut dw2) = (vec![0.0f32; vt * n], vec![0.0f32; vt * n]);
+    let t = time_med(&mut [
+        &mut || gemm(false, true, rows, vt, n, 1, 1.0, &hf, &wte, 0.0, &mut z),
+        &mut || fwd_tile(c, fs, 1.0, &hf, &wte, 0.0, &targets, &mut e2, &mut part2),
+        &mut || gemm(false, false, rows, n, vt, 1, 1.0, &e, &wte, 0.0, &mut dx),
+        &mut || dx_tile(c, bs, &e, &wte, &targets, &factors, true, &mut dx2),
+        &mut || gemm(true, false, vt, n, rows, 1, 1.0, &e, &hf, 1.0, &mut dw),
+        &mut || dw_tile(c, bs, &e, &hf, &targets, &factors, 1.0, &mut dw2),
+    ]);
     println!(
-        "  fwd gemm + ce   {:7.3} ms  ce part {:.3} ns/logit",
-        t_fwd * 1e3,
-        ns(t_fwd - t_gemm)
+        "tile {rows} x {vt}, hidden {n}, f32, one thread; forward chunks of {} columns",
+        chunk_cols::<f32>(rows, vt)
     );
+    for (name, p, f) in [
+        ("fwd", t[0], t[1]),
+        ("dx ", t[2], t[3]),
+        ("dw ", t[4], t[5]),
+    ] {
+        println!(
+            "  {name} gemm {:7.3} ms ({:5.1} GF/s)   fused {:7.3} ms   cross-entropy {:+.3} ns/logit",
+            p * 1e3,
+            gf(p),
+            f * 1e3,
+            ns(f - p)
+        );
+    }
+    let (p, f) = (t[0] + t[2] + t[4], t[1] + t[3] + t[5]);
     println!(
-        "  dx gemm + ce    {:7.3} ms  ce part {:.3} ns/logit",
-        t_dx * 1e3,
-        ns(t_dx - t_dx_gemm)
+        "  per tile: gemms {:.3} ms, fused {:.3} ms: cross-entropy {:.3} ms = {:.3} ns/logit",
+        p * 1e3,
+        f * 1e3,
+        (f - p) * 1e3,
+        ns(f - p)
     );
-    println!(
-        "  dw gemm + ce    {:7.3} ms  ce part {:.3} ns/logit",
-        t_dw * 1e3,
-        ns(t_dw - t_dw_gemm)
-    );
-    let after = t_fwd + t_dx + t_dw;
-    let gemms = t_gemm + t_dx_gemm + t_dw_gemm;
-    println!(
-        "per tile: before {:.3} ms (ce {:.3}), after {:.3} ms (ce {:.3}), gemms alone {:.3} ms",
-        before * 1e3,
-        (before - gemms) * 1e3,
-        after * 1e3,
-        (after - gemms) * 1e3,
-        gemms * 1e3
-    );
+
+    // The forward's chunk width, and the chunked GEMM without the epilogue.
+    let widths = [128usize, 256, 512, 1024, 2048, vt];
+    let mut runs: Vec<Box<dyn FnMut() + '_>> = Vec::new();
+    for epi in [true, false] {
+        for &w in &widths {
+            let (hf, wte, targets) = (&hf, &wte, &targets);
+            let mut e = vec![0.0f32; rows * vt];
+            let mut part = vec![0.0f32; rows * 3];
+            runs.push(Box::new(move || {
+                part_init(&mut part);
+                let mut c0 = 0;
+                while c0 < vt {
+                    let wc = w.min(vt - c0);
+                    let b = &wte[c0 * n..(c0 + wc) * n];
+                    gemm_cols(c, (true, rows, wc, n), 1.0, hf, b, 0.0, &mut e, (vt, c0));
+                    if epi {
+                        fwd_chunk(&mut e, rows, vt, c0, wc, 0, targets, &mut part);
+                    }
+                    c0 += wc;
+                }
+            }));
+        }
+    }
+    let mut plain = || gemm(false, true, rows, vt, n, 1, 1.0, &hf, &wte, 0.0, &mut z);
+    let mut fs: Vec<&mut dyn FnMut()> = vec![&mut plain];
+    for r in runs.iter_mut() {
+        fs.push(r.as_mut());
+    }
+    let t = time_med(&mut fs);
+    let k = widths.len();
+    for (i, w) in widths.iter().enumerate() {
+        println!(
+            "  fwd in {w:5}-column chunks: gemm alone {:+.3}, with the epilogue {:+.3} ns/logit \
+             over the whole-tile gemm",
+            ns(t[1 + k + i] - t[0]),
+            ns(t[1 + i] - t[0])
+        );
+    }
 }

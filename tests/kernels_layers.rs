@@ -1462,22 +1462,14 @@ fn ce_fused<T: Element>(
     let mut exps = Vec::new();
     for (t, part) in tiles.iter().zip(&mut parts) {
         let (zt, vt) = (cols_of(z, rows, v, t), t.len());
+        // The columns of each chunk land in a NaN tile just before its
+        // epilogue, as the forward GEMM writes them.
         let mut e = vec![T::from_f64(f64::NAN); rows * vt];
         part_init(part);
         for c in (0..vt).step_by(4) {
             let chunk = c..(c + 4).min(vt);
-            let zc = cols_of(&zt, rows, vt, &chunk);
-            fwd_chunk(
-                &zc,
-                rows,
-                chunk.len(),
-                c,
-                t.start,
-                targets,
-                &mut e,
-                vt,
-                part,
-            );
+            put_cols(&cols_of(&zt, rows, vt, &chunk), rows, vt, &chunk, &mut e);
+            fwd_chunk(&mut e, rows, vt, c, chunk.len(), t.start, targets, part);
         }
         exps.push(e);
     }

@@ -10,8 +10,8 @@
 //!                earlier numerators rescaled) when a later chunk's max passes it
 //!                by more than `slack`, so e <= exp(slack)
 //!     e[r, v]  = exp(z[r, v] - s_j[r]),   0 at v = t_r
-//!     part_j[r] = (s_j, sum_v exp(z - s_j) (target included), z[r, t_r] or 0)
-//! merge, per row:  M = max_j s_j,  lse = M + ln sum_j sum_j exp(s_j - M)   (f64)
+//!     part_j[r] = (s_j, S_j = sum_v exp(z - s_j) (target included), z[r, t_r] or 0)
+//! merge, per row:  M = max_j s_j,  lse = M + ln sum_j S_j exp(s_j - M)   (f64)
 //!     loss  += lse - z[r, t_r]                        (non-ignored rows)
 //!     k[r, j] = scale exp(s_j - lse),  g[r] = scale (exp(z_t - lse) - 1)  (0 when ignored)
 //! so that dz[r, v] = k[r, j] e[r, v] + [v == t_r] g[r]: the target's p - 1
@@ -31,13 +31,15 @@
 //! ce_loss_target, ce_loss_lse, ce_bwd}` and two `gemm`s (`ops::lm_head_ce::
 //! lm_head_ce_slow`). Rounding differs from it only in where the row scale is
 //! applied (to a GEMM product or an operand, not to every logit) and in the
-//! shift of the numerators; values of the softmax below about e^-60 of its
-//! row's sum may flush to 0 (f32 factors), which the spec's f32 exps do too.
+//! shift of the numerators. One corner differs more: a vocabulary tile whose
+//! shift lies ~80 below its row's lse gets an f32 factor k in the subnormal
+//! range, so its softmax values (below e^-47 there) lose precision or flush
+//! to 0, where the spec's f32 exps flush below e^-87 of the row max.
 
 use crate::dtype::{Accum, DType, Element, GemmCompute};
 use crate::kernels::cpu::activation::{exp_nonpos_acc, with_simd};
 use crate::kernels::cpu::crossentropy::{lane_sum, local_col, row_max};
-use crate::kernels::cpu::gemm::gemm_in;
+use crate::kernels::cpu::gemm::{gemm_cols, gemm_in};
 use std::cell::RefCell;
 use std::ops::Range;
 
@@ -53,7 +55,7 @@ pub fn slack<T: Element>() -> f64 {
 
 /// Bytes of logits one forward chunk spans: small enough to stay in L2 with
 /// its slice of `wte` between the GEMM and the exps.
-const CHUNK_BYTES: usize = 512 << 10;
+const CHUNK_BYTES: usize = 256 << 10;
 
 /// Columns per forward chunk for `rows` rows of `T`: a multiple of 16.
 pub fn chunk_cols<T: Element>(rows: usize, vt: usize) -> usize {
@@ -66,7 +68,8 @@ thread_local! {
     static SCRATCH: RefCell<Vec<f64>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` on `len` elements of this thread's scratch (contents undefined).
+/// Runs `f` on `len` elements of this thread's scratch (holding whatever
+/// was left there).
 fn with_scratch<T: Element, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
     SCRATCH.with_borrow_mut(|v| {
         let words = (len * std::mem::size_of::<T>()).div_ceil(8);
@@ -87,23 +90,21 @@ pub fn part_init<A: Accum>(part: &mut [A]) {
     }
 }
 
-/// The epilogue of one chunk: `z [rows, w]` (the chunk's logits,
-/// contiguous) becomes numerators in columns `c0..c0 + w` of the tile `e
-/// [rows, vt]`, and `part [rows, 3]` is updated (see the module doc).
-/// Columns of `e` before `c0` hold the chunks done so far.
+/// The epilogue of one chunk: columns `c0..c0 + w` of the tile `e [rows,
+/// vt]` (row-major) hold the chunk's logits and become numerators, and
+/// `part [rows, 3]` is updated (see the module doc). Columns before `c0`
+/// hold the chunks done so far.
 #[allow(clippy::too_many_arguments)]
 pub fn fwd_chunk<T: Element>(
-    z: &[T],
+    e: &mut [T],
     rows: usize,
-    w: usize,
+    vt: usize,
     c0: usize,
+    w: usize,
     vocab_lo: usize,
     targets: &[i64],
-    e: &mut [T],
-    vt: usize,
     part: &mut [T::Acc],
 ) {
-    assert_eq!(z.len(), rows * w, "fwd_chunk: chunk length");
     assert_eq!(e.len(), rows * vt, "fwd_chunk: tile length");
     assert!(c0 + w <= vt, "fwd_chunk: chunk past the tile");
     assert_eq!(targets.len(), rows, "fwd_chunk: targets length");
@@ -115,14 +116,19 @@ pub fn fwd_chunk<T: Element>(
     with_simd(
         #[inline(always)]
         || {
-            for (r, (zr, p)) in z.chunks_exact(w).zip(part.chunks_exact_mut(3)).enumerate() {
-                let er = &mut e[r * vt..(r + 1) * vt];
+            for ((er, p), &t) in e
+                .chunks_exact_mut(vt)
+                .zip(part.chunks_exact_mut(3))
+                .zip(targets)
+            {
+                let (done, rest) = er.split_at_mut(c0);
+                let zr = &mut rest[..w];
                 let cm = row_max(zr);
                 // The first finite chunk sets the shift (-inf + slack < cm);
                 // a later one moves it only when its max passes by > slack.
                 if cm > p[0] + slack {
                     let f = exp_nonpos_acc(p[0] - cm);
-                    for v in &mut er[..c0] {
+                    for v in done.iter_mut() {
                         *v = T::from_acc(v.to_acc() * f);
                     }
                     p[1] *= f;
@@ -134,35 +140,40 @@ pub fn fwd_chunk<T: Element>(
                 } else {
                     T::Acc::ZERO
                 };
-                p[1] += exp_into(zr, s, &mut er[c0..c0 + w]);
-                if let Some(c) = local_col(targets[r], vocab_lo + c0, w) {
+                let tc = local_col(t, vocab_lo + c0, w);
+                if let Some(c) = tc {
                     p[2] = zr[c].to_acc();
-                    er[c0 + c] = T::from_f64(0.0);
+                }
+                p[1] += exp_in_place(zr, s);
+                if let Some(c) = tc {
+                    zr[c] = T::from_f64(0.0);
                 }
             }
         },
     )
 }
 
-/// `y = exp(x - s)` (rounded to T), returning the sum of the unrounded
-/// values in 16 lanes, added as `crossentropy`'s sums are.
+/// `x = exp(x - s)` in place (rounded to T), returning the sum of the
+/// unrounded values in 16 lanes, added as `crossentropy`'s sums are. In
+/// place and over fixed-size chunks, the lanes stay in one register
+/// (reading one slice and writing another, LLVM adds an overlap check whose
+/// scalar fallback keeps them in memory: a store and reload per 16 values).
 #[inline(always)]
-fn exp_into<T: Element>(x: &[T], s: T::Acc, y: &mut [T]) -> T::Acc {
+fn exp_in_place<T: Element>(x: &mut [T], s: T::Acc) -> T::Acc {
     let mut lanes = [T::Acc::ZERO; 16];
-    let mut xs = x.chunks_exact(16);
-    let mut ys = y.chunks_exact_mut(16);
-    for (xc, yc) in (&mut xs).zip(&mut ys) {
-        for ((l, a), b) in lanes.iter_mut().zip(xc).zip(yc.iter_mut()) {
-            let v = exp_nonpos_acc(a.to_acc() - s);
-            *l += v;
-            *b = T::from_acc(v);
+    let (xs, xr) = x.as_chunks_mut::<16>();
+    for xc in xs.iter_mut() {
+        for (l, v) in lanes.iter_mut().zip(xc.iter_mut()) {
+            let e = exp_nonpos_acc(v.to_acc() - s);
+            *l += e;
+            *v = T::from_acc(e);
         }
     }
     let mut t = T::Acc::ZERO;
-    for (a, b) in xs.remainder().iter().zip(ys.into_remainder()) {
-        let v = exp_nonpos_acc(a.to_acc() - s);
-        t += v;
-        *b = T::from_acc(v);
+    for v in xr {
+        let e = exp_nonpos_acc(v.to_acc() - s);
+        t += e;
+        *v = T::from_acc(e);
     }
     lane_sum(lanes) + t
 }
@@ -178,9 +189,10 @@ pub struct FwdShape {
 }
 
 /// One LM-head forward task: `e = alpha a b^T + beta e` computed chunk by
-/// chunk of columns, each chunk followed by [`fwd_chunk`] (so `e` ends as
-/// numerators, `part` as the tile's row statistics). `beta != 0` reads the
-/// earlier K tiles' sum from `e` (a K chain's last task).
+/// chunk of columns, each chunk followed by [`fwd_chunk`] while it is in L2
+/// (so `e` ends as numerators, `part` as the tile's row statistics).
+/// `beta != 0` reads the earlier K tiles' sum from `e` (a K chain's last
+/// task).
 #[allow(clippy::too_many_arguments)]
 pub fn fwd_tile<T: Element>(
     compute: GemmCompute,
@@ -199,23 +211,15 @@ pub fn fwd_tile<T: Element>(
     assert_eq!(e.len(), m * n, "lm_head fwd: logits length");
     part_init(part);
     let w = chunk_cols::<T>(m, n);
-    with_scratch::<T, _>(m * w, |z| {
-        let mut c0 = 0;
-        while c0 < n {
-            let wc = w.min(n - c0);
-            let z = &mut z[..m * wc];
-            if beta != 0.0 {
-                for (zr, er) in z.chunks_exact_mut(wc).zip(e.chunks_exact(n)) {
-                    zr.copy_from_slice(&er[c0..c0 + wc]);
-                }
-            }
-            // op(B) = b[c0..c0 + wc, :]^T: those rows are contiguous.
-            let bc = &b[c0 * k..(c0 + wc) * k];
-            gemm_in(compute, (false, true, m, wc, k, 1), alpha, a, bc, beta, z);
-            fwd_chunk(z, m, wc, c0, vocab_lo, targets, e, n, part);
-            c0 += wc;
-        }
-    })
+    let mut c0 = 0;
+    while c0 < n {
+        let wc = w.min(n - c0);
+        // op(B) = b[c0..c0 + wc, :]^T: those rows are contiguous.
+        let bc = &b[c0 * k..(c0 + wc) * k];
+        gemm_cols(compute, (true, m, wc, k), alpha, a, bc, beta, e, (n, c0));
+        fwd_chunk(e, m, n, c0, wc, vocab_lo, targets, part);
+        c0 += wc;
+    }
 }
 
 /// Per row tile, after every vocabulary tile's forward: adds the loss of the

@@ -602,6 +602,13 @@ def worker_torch(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Codelets that are GEMMs: the plain one and the training LM head's tasks
+# (ops/lm_head_ce.rs), whose time also holds the cross-entropy fused into
+# them (on 4x256 about 3 % of busy time, 5 % of theirs: benches/RESULTS.md,
+# 2026-12-04, "the cross-entropy inside the LM-head tasks").
+GEMM_CODELETS = ("gemm", "lm_head_ce_fwd", "lm_head_ce_dx", "lm_head_ce_dw")
+
+
 def analyse_trace(
     path: Path, windows: list[tuple[float, float]], nw: int, c: dict[str, Any], t: dict[str, Any]
 ) -> dict[str, Any]:
@@ -621,7 +628,7 @@ def analyse_trace(
         p[0] += 1
         p[1] += dur
         p[2] += e["args"].get("flops", 0.0)
-        if e["name"] == "gemm":
+        if e["name"] in GEMM_CODELETS:
             g = gemm_by_flops[e["args"].get("flops", 0.0)]
             g[0] += 1
             g[1] += dur
@@ -684,7 +691,7 @@ def analyse_trace(
         ),
         key=lambda d: -d["time_s"],
     )
-    g = per.get("gemm", [0, 0.0, 0.0])
+    g = [sum(per[k][i] for k in GEMM_CODELETS if k in per) for i in range(3)]
     nsteps = len(windows)
     return {
         "steps": nsteps,
@@ -1172,7 +1179,8 @@ def main() -> None:
             "compile s = first step minus the median step (torch.compile, round 1, not in the medians); step MB = "
             "RSS high-water of the timed steps minus RSS after imports; max MB = ru_maxrss minus RSS after "
             "imports; rt peak = gpt2rs runtime's peak tile bytes (host node); GEMM% = share of gpt2rs worker busy "
-            "time in gemm tasks (traced fp32 run); GEMM GF/s = per worker while in gemm; busy% = workers' busy "
+            "time in GEMM tasks (gemm and the LM head's lm_head_ce_*, which carry the cross-entropy; traced "
+            "fp32 run); GEMM GF/s = per worker while in them; busy% = workers' busy "
             "share of the step; clean = steps during which other processes used < 5% of the CPUs."
         )
         for name, e in rows:

@@ -12,9 +12,10 @@
 //! element, dominates). That leaves a 3x-50x margin, so the tolerances stay
 //! at the DESIGN.md-style values rather than being tightened per case.
 
+use gpt2rs::dtype::GemmCompute;
 use gpt2rs::kernels::cpu::copy::{cast_block, copy_block};
 use gpt2rs::kernels::cpu::elementwise::{add, axpy, cast, fill, scale};
-use gpt2rs::kernels::cpu::gemm::{gemm, gemm_flops};
+use gpt2rs::kernels::cpu::gemm::{gemm, gemm_cols, gemm_flops};
 use gpt2rs::kernels::cpu::gemm_small;
 use gpt2rs::kernels::cpu::reduce::{
     norm_from_ssq, ssq_init, ssq_merge, ssq_update, sum_all, sum_axis,
@@ -225,6 +226,58 @@ fn check_gemm_degenerate<T: Element>() {
 }
 per_dtype!(check_gemm_degenerate: gemm_degenerate_f32 => f32, gemm_degenerate_f64 => f64,
     gemm_degenerate_bf16 => bf16, gemm_degenerate_f16 => f16);
+
+/// `gemm_cols` writes one block of columns of a wider C and leaves the
+/// others alone: blocks at the start, middle and end of the rows, both
+/// layouts of B, beta 0 (the block NaN) and not, row counts that take the
+/// few-row kernel (f32) and the crate, and the bf16 compute mode.
+fn check_gemm_cols<T: Element>() {
+    let mut rng = Rng::new(3);
+    let ldc = 37;
+    for (m, k) in [(1, 5), (6, 9), (33, 17)] {
+        for (c0, n) in [(0, 8), (11, 16), (29, 8), (0, 37)] {
+            for tb in [false, true] {
+                for (alpha, beta) in [(1.0, 0.0), (0.5, 1.0)] {
+                    let a = rng.vec::<T>(m * k);
+                    let b = rng.vec::<T>(k * n);
+                    let mut c = rng.vec::<T>(m * ldc);
+                    if beta == 0.0 {
+                        for row in c.chunks_exact_mut(ldc) {
+                            row[c0..c0 + n].fill(T::from_f64(f64::NAN));
+                        }
+                    }
+                    let c_in = c.clone();
+                    let blk: Vec<f64> = c
+                        .chunks_exact(ldc)
+                        .flat_map(|r| f64s(&r[c0..c0 + n]))
+                        .collect();
+                    let (af, bf) = (f64s(&a), f64s(&b));
+                    let want = gemm_ref(false, tb, m, n, k, 1, alpha, &af, &bf, beta, &blk);
+                    for compute in [GemmCompute::Default, GemmCompute::Bf16] {
+                        let mut got = c_in.clone();
+                        let shape = (tb, m, n, k);
+                        gemm_cols(compute, shape, alpha, &a, &b, beta, &mut got, (ldc, c0));
+                        let what =
+                            format!("gemm_cols m={m} k={k} c0={c0} n={n} tb={tb} beta={beta}");
+                        let got_blk: Vec<T> = got
+                            .chunks_exact(ldc)
+                            .flat_map(|r| r[c0..c0 + n].to_vec())
+                            .collect();
+                        if compute == GemmCompute::Default {
+                            assert_close(&got_blk, &want, &what);
+                        }
+                        for (g, i) in got.chunks_exact(ldc).zip(c_in.chunks_exact(ldc)) {
+                            let outside = |r: &[T]| [&r[..c0], &r[c0 + n..]].concat();
+                            assert!(outside(g) == outside(i), "{what}: columns outside changed");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+per_dtype!(check_gemm_cols: gemm_cols_f32 => f32, gemm_cols_f64 => f64, gemm_cols_bf16 => bf16,
+    gemm_cols_f16 => f16);
 
 /// The few-row AVX-512 kernel on its own: every row count up to MAX_ROWS,
 /// panel and lane edges in n and k, both layouts of B, beta 0 (C NaN) and

@@ -35,9 +35,7 @@ use gpt2rs::kernels::cpu::attention::{
 };
 use gpt2rs::kernels::cpu::bias::{bias_add, bias_fill, bias_grad};
 use gpt2rs::kernels::cpu::copy::copy_block;
-use gpt2rs::kernels::cpu::crossentropy::{
-    ce_bwd, ce_bwd_numerators, ce_loss_lse, ce_loss_target, maxsumexp_update, softmax_numerators,
-};
+use gpt2rs::kernels::cpu::crossentropy::{ce_bwd, ce_loss_lse, ce_loss_target, maxsumexp_update};
 use gpt2rs::kernels::cpu::dropout::{dropout_bwd, dropout_fwd, keep, DropoutMask};
 use gpt2rs::kernels::cpu::embedding::{
     add_rows, add_rows_bwd, embedding_bwd, embedding_fwd, sinusoidal_table,
@@ -46,6 +44,7 @@ use gpt2rs::kernels::cpu::layernorm::{
     layernorm_bwd, layernorm_bwd_reduce, layernorm_fwd, layernorm_param_grad,
     layernorm_stats_finalize, layernorm_stats_update,
 };
+use gpt2rs::kernels::cpu::lm_head_ce::{fwd_chunk, merge, part_init};
 use gpt2rs::kernels::cpu::optim::{adam_step, sgd_step};
 use gpt2rs::{DType, Element};
 use half::{bf16, f16};
@@ -1409,8 +1408,10 @@ fn ce_ref(z: &[f64], rows: usize, v: usize, targets: &[i64], scale: f64) -> CeRe
 }
 
 /// (lse per row, loss, gradient) through the tiled kernels: the two-exp
-/// path (`maxsumexp_update` + `ce_bwd`), or with `in_place` the training
-/// path (`softmax_numerators` + `ce_bwd_numerators`).
+/// path (`maxsumexp_update` + `ce_bwd`), or with `in_place` the fused LM
+/// head's (`lm_head_ce::fwd_chunk` over chunks of 4 columns + `merge`; the
+/// gradient rebuilt from its numerators and factors as its backward GEMMs
+/// use them: k e + g onehot).
 fn ce_tiled<T: Element>(
     z: &[T],
     rows: usize,
@@ -1420,22 +1421,18 @@ fn ce_tiled<T: Element>(
     tiles: &[Range<usize>],
     in_place: bool,
 ) -> (Vec<f64>, f64, Vec<T>) {
+    if in_place {
+        return ce_fused(z, rows, v, targets, scale, tiles);
+    }
     let mut acc = vec![T::Acc::ZERO; rows * 2];
     for a in acc.chunks_exact_mut(2) {
         a[0] = T::Acc::of(f64::NEG_INFINITY);
     }
     let mut loss = [0.0f64];
-    let mut exps = Vec::new();
-    let mut tile_max = vec![T::Acc::ZERO; rows * tiles.len()];
-    for (t, tm) in tiles.iter().zip(tile_max.chunks_exact_mut(rows)) {
-        let mut zt = cols_of(z, rows, v, t);
+    for t in tiles {
+        let zt = cols_of(z, rows, v, t);
         ce_loss_target(&zt, rows, t.len(), t.start, targets, &mut loss);
-        if in_place {
-            softmax_numerators(&mut zt, rows, t.len(), &mut acc, tm);
-            exps.push(zt);
-        } else {
-            maxsumexp_update(&zt, rows, t.len(), &mut acc);
-        }
+        maxsumexp_update(&zt, rows, t.len(), &mut acc);
     }
     ce_loss_lse(&acc, rows, targets, &mut loss);
     let lse: Vec<f64> = acc
@@ -1443,26 +1440,90 @@ fn ce_tiled<T: Element>(
         .map(|a| a[0].f64() + a[1].f64().ln())
         .collect();
     let mut grad = vec![T::from_f64(f64::NAN); rows * v];
-    for (i, t) in tiles.iter().enumerate() {
-        let zt = if in_place {
-            let tm = &tile_max[i * rows..(i + 1) * rows];
-            let mut e = exps[i].clone();
-            ce_bwd_numerators(&acc, tm, rows, t.len(), t.start, targets, scale, &mut e);
-            e
-        } else {
-            let mut zt = cols_of(z, rows, v, t);
-            ce_bwd(&acc, rows, t.len(), t.start, targets, scale, &mut zt);
-            zt
-        };
+    for t in tiles {
+        let mut zt = cols_of(z, rows, v, t);
+        ce_bwd(&acc, rows, t.len(), t.start, targets, scale, &mut zt);
         put_cols(&zt, rows, v, t, &mut grad);
+    }
+    (lse, loss[0], grad)
+}
+
+/// [`ce_tiled`]'s fused path.
+fn ce_fused<T: Element>(
+    z: &[T],
+    rows: usize,
+    v: usize,
+    targets: &[i64],
+    scale: f64,
+    tiles: &[Range<usize>],
+) -> (Vec<f64>, f64, Vec<T>) {
+    let nt = tiles.len();
+    let mut parts = vec![vec![T::Acc::ZERO; rows * 3]; nt];
+    let mut exps = Vec::new();
+    for (t, part) in tiles.iter().zip(&mut parts) {
+        let (zt, vt) = (cols_of(z, rows, v, t), t.len());
+        // The columns of each chunk land in a NaN tile just before its
+        // epilogue, as the forward GEMM writes them.
+        let mut e = vec![T::from_f64(f64::NAN); rows * vt];
+        part_init(part);
+        for c in (0..vt).step_by(4) {
+            let chunk = c..(c + 4).min(vt);
+            put_cols(&cols_of(&zt, rows, vt, &chunk), rows, vt, &chunk, &mut e);
+            fwd_chunk(&mut e, rows, vt, c, chunk.len(), t.start, targets, part);
+        }
+        exps.push(e);
+    }
+    let mut loss = [0.0f64];
+    let mut factors = vec![T::Acc::ZERO; rows * nt * 2];
+    let prefs: Vec<&[T::Acc]> = parts.iter().map(|p| &p[..]).collect();
+    merge(&prefs, rows, tiles, targets, scale, &mut factors, &mut loss);
+    // lse from the tiles' (shift, sum), as merge takes it.
+    let lse: Vec<f64> = (0..rows)
+        .map(|r| {
+            let p = |j: usize, i: usize| parts[j][r * 3 + i].f64();
+            let m = (0..nt).map(|j| p(j, 0)).fold(f64::NEG_INFINITY, f64::max);
+            m + (0..nt)
+                .map(|j| p(j, 1) * (p(j, 0) - m).exp())
+                .sum::<f64>()
+                .ln()
+        })
+        .collect();
+    let mut grad = vec![T::from_f64(f64::NAN); rows * v];
+    for (j, (t, e)) in tiles.iter().zip(&exps).enumerate() {
+        let vt = t.len();
+        let mut g = vec![T::from_f64(0.0); rows * vt];
+        for r in 0..rows {
+            let (k, gt) = (factors[(r * nt + j) * 2], factors[(r * nt + j) * 2 + 1]);
+            for c in 0..vt {
+                g[r * vt + c] = T::from_acc(k * e[r * vt + c].to_acc());
+            }
+            let tr = targets[r];
+            if tr >= t.start as i64 && tr < t.end as i64 {
+                g[r * vt + tr as usize - t.start] = T::from_acc(gt);
+            }
+        }
+        put_cols(&g, rows, v, t, &mut grad);
     }
     (lse, loss[0], grad)
 }
 
 fn check_crossentropy<T: Element>() {
     let mut rng = Rng::new(71);
-    for (rows, v, offset) in [(1, 1, 0.0), (7, 33, 0.0), (5, 13, 500.0), (3, 257, -40.0)] {
-        let z: Vec<T> = rng.vec_scaled(rows * v, offset, 3.0);
+    // ramp: added per column, so that a row's max moves far along it (the
+    // fused path's shift is then raised, rescaling what came before).
+    let cases = [
+        (1, 1, 0.0, 0.0),
+        (7, 33, 0.0, 0.0),
+        (5, 13, 500.0, 0.0),
+        (3, 257, -40.0, 0.0),
+        (4, 150, 0.0, 0.7),
+        (3, 40, 0.0, -3.0),
+    ];
+    for (rows, v, offset, ramp) in cases {
+        let mut z: Vec<T> = rng.vec_scaled(rows * v, offset, 3.0);
+        for (i, x) in z.iter_mut().enumerate() {
+            *x = T::from_f64(x.to_f64() + ramp * (i % v) as f64);
+        }
         let mut targets: Vec<i64> = (0..rows).map(|_| rng.below(v) as i64).collect();
         if rows > 2 {
             targets[1] = -100; // ignored
@@ -1477,7 +1538,8 @@ fn check_crossentropy<T: Element>() {
         for (tiles, in_place) in tilings.iter().flat_map(|t| [(t, false), (t, true)]) {
             let what = |s: &str| {
                 format!(
-                    "crossentropy {s} rows={rows} V={v} off={offset} tiles={} in_place={in_place}",
+                    "crossentropy {s} rows={rows} V={v} off={offset} ramp={ramp} tiles={} \
+                     in_place={in_place}",
                     tiles.len()
                 )
             };

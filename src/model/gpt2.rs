@@ -24,12 +24,13 @@ use crate::dtype::{DType, Precision};
 use crate::error::{arg_err, Result};
 use crate::ops::activation::{activation_bwd, activation_fwd, bias_fill, bias_grad, dropout};
 use crate::ops::attention::{attention_bwd, attention_fwd};
-use crate::ops::crossentropy::{cross_entropy_bwd, cross_entropy_fwd};
+use crate::ops::crossentropy::cross_entropy_fwd;
 use crate::ops::embedding::{embedding_bwd, embedding_fwd, sinusoidal_fill};
 use crate::ops::gemm::gemm_with;
 use crate::ops::layernorm::{
     acc_dtype, add_layernorm, layernorm_apply, layernorm_bwd, layernorm_fwd,
 };
+use crate::ops::lm_head_ce::lm_head_ce;
 use crate::ops::{copy, GemmSpec};
 use crate::runtime::{Access, Runtime};
 use crate::tensor::Tensor;
@@ -102,7 +103,6 @@ struct Acts {
     blocks: Vec<BlockActs>,
     xl: Tensor,
     statsf: Tensor,
-    hf: Tensor,
 }
 
 /// Tile sizes of one call's activations.
@@ -279,7 +279,8 @@ impl Gpt2 {
         )
     }
 
-    /// Submits the forward pass; keeps what backward needs when `train`.
+    /// Submits the forward pass up to the final LayerNorm's output `hf`
+    /// (the LM head is the caller's); keeps what backward needs when `train`.
     fn forward_graph(
         &self,
         ids: &[i64],
@@ -358,29 +359,30 @@ impl Gpt2 {
             x = xn;
         }
         let (hf, statsf) = (ln_in, ln_stats);
-        let logits = self.act(d, &[cfg.vocab_size], &[self.tv()])?;
-        self.gemm(
-            &GemmSpec {
-                trans_b: true,
-                ..GEMM
-            },
-            &hf,
-            p.v(p.wte),
-            &logits,
-        )?;
         let acts = train.then_some(Acts {
             blocks,
             xl: x,
             statsf,
-            hf,
         });
-        Ok((logits, acts))
+        Ok((hf, acts))
+    }
+
+    /// logits = hf wte^T (the tied LM head), [B, T, V].
+    fn lm_head(&self, d: Dims, hf: &Tensor) -> Result<Tensor> {
+        let logits = self.act(d, &[self.cfg.vocab_size], &[self.tv()])?;
+        let s = GemmSpec {
+            trans_b: true,
+            ..GEMM
+        };
+        self.gemm(&s, hf, self.params.v(self.params.wte), &logits)?;
+        Ok(logits)
     }
 
     /// Logits [B, T, V] of `ids` (row-major [B, T]), dropout off.
     pub fn forward(&self, ids: &[i64], b: usize, t: usize) -> Result<Tensor> {
         let d = self.dims(ids, b, t)?;
-        Ok(self.forward_graph(ids, d, None, false)?.0)
+        let (hf, _) = self.forward_graph(ids, d, None, false)?;
+        self.lm_head(d, &hf)
     }
 
     /// Mean cross-entropy of next-token `targets` (-100 ignored) without
@@ -393,9 +395,11 @@ impl Gpt2 {
                 "targets must have the shape of input_ids",
             ));
         }
-        let (logits, _) = self.forward_graph(ids, d, None, false)?;
+        let (hf, _) = self.forward_graph(ids, d, None, false)?;
+        let logits = self.lm_head(d, &hf)?;
+        drop(hf);
         let loss = self.rt.new_handle(DType::F64, 1)?;
-        cross_entropy_fwd(&logits, targets, &loss, true)?;
+        cross_entropy_fwd(&logits, targets, &loss)?;
         drop(logits);
         let n_valid = targets.iter().filter(|&&t| t >= 0).count();
         let sum = self
@@ -426,19 +430,32 @@ impl Gpt2 {
                 "targets must have the shape of input_ids",
             ));
         }
-        let (logits, acts) = self.forward_graph(ids, d, opt.dropout_seed, true)?;
+        let (hf, acts) = self.forward_graph(ids, d, opt.dropout_seed, true)?;
         let acts = acts.expect("training forward keeps activations");
         let loss = self.rt.new_handle(DType::F64, 1)?;
-        let ce_stats = cross_entropy_fwd(&logits, targets, &loss, false)?;
         let n_valid = targets.iter().filter(|&&t| t >= 0).count();
         let scale = if n_valid > 0 {
             opt.grad_scale / n_valid as f64
         } else {
             0.0
         };
-        cross_entropy_bwd(&logits, &ce_stats, targets, scale)?;
-        drop(ce_stats);
-        self.backward_graph(ids, d, opt.dropout_seed, logits, acts)?;
+        // The LM head, the loss and their backward in one op (fused into
+        // the GEMM tasks on CPUs).
+        let p = &self.params;
+        let dhf = self.hidden(d)?;
+        let compute = self.precision.gemm_compute();
+        lm_head_ce(
+            &loss,
+            &dhf,
+            p.g(p.wte),
+            &hf,
+            p.v(p.wte),
+            targets,
+            scale,
+            compute,
+        )?;
+        drop(hf);
+        self.backward_graph(ids, d, opt.dropout_seed, dhf, acts)?;
         let sum = self
             .rt
             .read_handle(&loss, |b| f64::from_le_bytes(b[..8].try_into().unwrap()))?;
@@ -454,7 +471,7 @@ impl Gpt2 {
         ids: &[i64],
         d: Dims,
         seed: Option<u64>,
-        dlogits: Tensor,
+        dhf: Tensor,
         acts: Acts,
     ) -> Result<()> {
         let cfg = &self.cfg;
@@ -487,12 +504,7 @@ impl Gpt2 {
             mut blocks,
             xl,
             statsf,
-            hf,
         } = acts;
-        let dhf = self.hidden(d)?;
-        self.gemm(&GEMM, &dlogits, p.v(p.wte), &dhf)?;
-        self.gemm(&grad_w(2), &dlogits, &hf, p.g(p.wte))?;
-        drop((dlogits, hf));
         let dx = self.hidden(d)?;
         layernorm_bwd(
             &xl,

@@ -2,10 +2,9 @@
 //! of tiles a chain of `maxsumexp` tasks gives (max, sum of exp); the loss sum
 //! (f64, one element) gathers log-sum-exp minus the target logit; backward
 //! turns the logits into their gradient in place, so probabilities are never
-//! stored. Targets < 0 (HF's -100) are ignored. In training on CPU-only
-//! runtimes the forward's `ce_fwd_exp` tasks take the place of `maxsumexp`
-//! and leave `exp(z - tile max)` in the logits, which `ce_bwd_scale` only
-//! rescales (see [`cross_entropy_fwd`]).
+//! stored. Targets < 0 (HF's -100) are ignored. Training on CPU-only
+//! runtimes does not come here: `lm_head_ce` folds the softmax into the LM
+//! head's GEMM tasks, with these tasks composed as its spec.
 //!
 //! Gradient convention: `cross_entropy_bwd` overwrites the logits with their
 //! gradient (an activation gradient, in place).
@@ -22,12 +21,12 @@ use crate::error::{arg_err, shape_err, Result};
 use crate::kernels::cpu::crossentropy as k;
 use crate::kernels::cuda::crossentropy as cce;
 use crate::runtime::DevBuffers;
-use crate::runtime::{Access, Buffers, Codelet, DataHandle, Runtime, Where, WorkerKind};
+use crate::runtime::{Access, Buffers, Codelet, DataHandle, Runtime, Where};
 use crate::tensor::Tensor;
 use crate::{with_acc_dtype, with_dtype, DType};
 use std::sync::Arc;
 
-fn row_targets(targets: &[i64], logits: &Tensor, c: &[usize]) -> Arc<Vec<i64>> {
+pub(super) fn row_targets(targets: &[i64], logits: &Tensor, c: &[usize]) -> Arc<Vec<i64>> {
     let g = &logits.grid;
     let off = g.tile_offset(c);
     let ts = g.tile_shape(c);
@@ -51,15 +50,6 @@ enum Op {
     Target { lo: usize, tg: Arc<Vec<i64>> },
     /// (acc R, loss RW): loss += max + ln sumexp of the non-ignored rows.
     Lse { tg: Arc<Vec<i64>> },
-    /// (logits RW, acc RW, tile_max W): logits = exp(logits - tile max),
-    /// their sum merged into acc (CPU only).
-    FwdExp,
-    /// (acc R, tile_max R, numerators RW): = scale * (softmax - onehot).
-    BwdScale {
-        lo: usize,
-        tg: Arc<Vec<i64>>,
-        scale: f64,
-    },
     /// (acc R, logits RW): logits = scale * (softmax - onehot).
     Bwd {
         lo: usize,
@@ -85,16 +75,13 @@ impl Codelet for CeTask {
             Op::Target { .. } => "ce_target",
             Op::Lse { .. } => "ce_lse",
             Op::Bwd { .. } => "ce_bwd",
-            Op::FwdExp => "ce_fwd_exp",
-            Op::BwdScale { .. } => "ce_bwd_scale",
         }
     }
     fn flops(&self) -> f64 {
         let n = (self.rows * self.cols) as f64;
         match self.op {
             Op::LossInit | Op::StatsInit => 0.0,
-            Op::MaxSumExp | Op::FwdExp => 3.0 * n,
-            Op::BwdScale { .. } => n,
+            Op::MaxSumExp => 3.0 * n,
             Op::Target { .. } | Op::Lse { .. } => self.rows as f64,
             Op::Bwd { .. } => 4.0 * n,
         }
@@ -107,13 +94,8 @@ impl Codelet for CeTask {
         }
     }
     fn where_(&self) -> Where {
-        match self.op {
-            // Chosen only where no GPU works (see `cross_entropy_fwd`).
-            Op::FwdExp | Op::BwdScale { .. } => Where::ANY_CPU,
-            // cuda/crossentropy.cu holds every other kernel for f32, f64,
-            // bf16 and f16.
-            _ => Where::ANY,
-        }
+        // cuda/crossentropy.cu holds every kernel for f32, f64, bf16 and f16.
+        Where::ANY
     }
     fn cpu(&self, b: &Buffers) -> Result<()> {
         let (rows, cols, ad) = (self.rows, self.cols, acc_dtype(self.dt));
@@ -136,12 +118,6 @@ impl Codelet for CeTask {
             }
             Op::Bwd { lo, tg, scale } => with_dtype!(self.dt, T, {
                 k::ce_bwd::<T>(b.r(0)?, rows, cols, *lo, tg, *scale, b.w(1)?)
-            }),
-            Op::FwdExp => with_dtype!(self.dt, T, {
-                k::softmax_numerators::<T>(b.w(0)?, rows, cols, b.w(1)?, b.w(2)?)
-            }),
-            Op::BwdScale { lo, tg, scale } => with_dtype!(self.dt, T, {
-                k::ce_bwd_numerators::<T>(b.r(0)?, b.r(1)?, rows, cols, *lo, tg, *scale, b.w(2)?)
             }),
         }
         Ok(())
@@ -193,7 +169,6 @@ impl Codelet for CeTask {
                     )
                 })
             }
-            Op::FwdExp | Op::BwdScale { .. } => Err(arg_err(self.name(), "runs on CPUs only")),
         }
     }
 }
@@ -230,29 +205,42 @@ fn submit(
     Ok(())
 }
 
-/// What [`cross_entropy_bwd`] needs from the forward: per row (max,
-/// sumexp), and, when the forward overwrote the logits with the softmax
-/// numerators, each vocabulary tile's row max `[B, T, vocab tiles]`.
+/// What [`cross_entropy_bwd`] needs from the forward: per row (max, sumexp).
 pub struct CeStats {
     acc: Tensor,
-    tile_max: Option<Tensor>,
+}
+
+/// Checks `targets` (B*T = `rows` ids in [0, v) or -100) and `loss` (one f64).
+pub(super) fn check_ce_inputs(
+    op: &str,
+    targets: &[i64],
+    rows: usize,
+    v: usize,
+    loss: &DataHandle,
+) -> Result<()> {
+    if targets.len() != rows {
+        return Err(shape_err(
+            op,
+            format!("{} targets for B*T = {rows} rows", targets.len()),
+        ));
+    }
+    let v = v as i64;
+    if let Some(bad) = targets.iter().find(|&&t| t >= v || (t < 0 && t != -100)) {
+        return Err(arg_err(
+            op,
+            format!("target {bad} is outside [0, {v}) (and not -100)"),
+        ));
+    }
+    if loss.dtype() != DType::F64 || loss.len() != 1 {
+        return Err(arg_err(op, "loss must be a one-element f64 handle"));
+    }
+    Ok(())
 }
 
 /// Adds the summed cross-entropy of `logits` [B, T, V] against `targets`
 /// (B*T ids) into `loss` (an f64 handle of one element, zeroed here) and
-/// returns the statistics for backward.
-///
-/// Unless `keep_logits`, a runtime without GPU workers overwrites the
-/// logits with `exp(z - tile row max)`, so that backward only scales them:
-/// one exp per logit instead of two. Such logits are only good for
-/// [`cross_entropy_bwd`]. On GPUs the two-exp kernels stay (the exp is
-/// cheap there and the logits never leave the device).
-pub fn cross_entropy_fwd(
-    logits: &Tensor,
-    targets: &[i64],
-    loss: &DataHandle,
-    keep_logits: bool,
-) -> Result<CeStats> {
+/// returns the statistics for backward. The logits are only read.
+pub fn cross_entropy_fwd(logits: &Tensor, targets: &[i64], loss: &DataHandle) -> Result<CeStats> {
     let g = &logits.grid;
     if logits.ndim() != 3 || targets.len() != g.shape[0] * g.shape[1] {
         return Err(shape_err(
@@ -264,29 +252,10 @@ pub fn cross_entropy_fwd(
             ),
         ));
     }
-    let v = g.shape[2] as i64;
-    if let Some(bad) = targets.iter().find(|&&t| t >= v || (t < 0 && t != -100)) {
-        return Err(arg_err(
-            "cross_entropy",
-            format!("target {bad} is outside [0, {v}) (and not -100)"),
-        ));
-    }
-    if loss.dtype() != DType::F64 || loss.len() != 1 {
-        return Err(arg_err(
-            "cross_entropy",
-            "loss must be a one-element f64 handle",
-        ));
-    }
+    check_ce_inputs("cross_entropy", targets, targets.len(), g.shape[2], loss)?;
     let rt = logits.runtime();
     let (dt, ad) = (logits.dtype, acc_dtype(logits.dtype));
     let stats = row_tensor(logits, 2, ad)?;
-    let tile_max = if keep_logits || rt.nworkers_of(WorkerKind::Cuda) > 0 {
-        None
-    } else {
-        let shape = [g.shape[0], g.shape[1], g.grid[2]];
-        let tile = [g.tile[0] as isize, g.tile[1] as isize, 1];
-        Some(Tensor::zeros(rt, &shape, &tile, ad)?)
-    };
     let vt = g.tile[2];
     submit(
         rt,
@@ -310,36 +279,19 @@ pub fn cross_entropy_fwd(
             c[2] = j;
             let cols = g.tile_shape(&c)[2];
             let lh = logits.tile(&c).clone();
-            // The target logits are read before FwdExp overwrites them.
             let op = Op::Target {
                 lo: j * vt,
                 tg: tg.clone(),
             };
             let ops = vec![(lh.clone(), Access::R), (loss.clone(), Access::RW)];
             submit(rt, op, dt, (rows, cols), ops)?;
-            let (op, ops) = match &tile_max {
-                Some(tm) => (
-                    Op::FwdExp,
-                    vec![
-                        (lh, Access::RW),
-                        (sh.clone(), Access::RW),
-                        (tm.tile(&c).clone(), Access::W),
-                    ],
-                ),
-                None => (
-                    Op::MaxSumExp,
-                    vec![(lh, Access::R), (sh.clone(), Access::RW)],
-                ),
-            };
-            submit(rt, op, dt, (rows, cols), ops)?;
+            let ops = vec![(lh, Access::R), (sh.clone(), Access::RW)];
+            submit(rt, Op::MaxSumExp, dt, (rows, cols), ops)?;
         }
         let ops = vec![(sh.clone(), Access::R), (loss.clone(), Access::RW)];
         submit(rt, Op::Lse { tg }, dt, (rows, 1), ops)?;
     }
-    Ok(CeStats {
-        acc: stats,
-        tile_max,
-    })
+    Ok(CeStats { acc: stats })
 }
 
 /// In place: logits = scale * (softmax(logits) - onehot(target)), zero rows
@@ -360,21 +312,8 @@ pub fn cross_entropy_bwd(
         let (rows, cols) = (ts[0] * ts[1], ts[2]);
         let (lo, tg) = (c[2] * vt, row_targets(targets, logits, &c));
         let sh = stats.acc.tile(&[c[0], c[1], 0]).clone();
-        let (op, ops) = match &stats.tile_max {
-            Some(tm) => (
-                Op::BwdScale { lo, tg, scale },
-                vec![
-                    (sh, Access::R),
-                    (tm.tile(&c).clone(), Access::R),
-                    (lh.clone(), Access::RW),
-                ],
-            ),
-            None => (
-                Op::Bwd { lo, tg, scale },
-                vec![(sh, Access::R), (lh.clone(), Access::RW)],
-            ),
-        };
-        submit(rt, op, dt, (rows, cols), ops)?;
+        let ops = vec![(sh, Access::R), (lh.clone(), Access::RW)];
+        submit(rt, Op::Bwd { lo, tg, scale }, dt, (rows, cols), ops)?;
     }
     Ok(())
 }

@@ -456,6 +456,42 @@ pub fn gemm_with(
     Ok(())
 }
 
+/// Submits one tile GEMM task, `c = alpha * op(a) @ op(b) + beta * c` with
+/// `shape = (trans_a, trans_b, m, n, k)`, as [`gemm_with`] does per K tile
+/// (for ops that chain their own K tiles); `mode` is c's access.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn submit_tile_gemm(
+    rt: &crate::runtime::Runtime,
+    dtype: DType,
+    compute: GemmCompute,
+    (trans_a, trans_b, m, n, k): (bool, bool, usize, usize, usize),
+    alpha: f64,
+    beta: f64,
+    a: &crate::runtime::DataHandle,
+    b: &crate::runtime::DataHandle,
+    c: &crate::runtime::DataHandle,
+    mode: Access,
+) -> Result<()> {
+    let g = TileGemm {
+        dtype,
+        compute,
+        trans_a,
+        trans_b,
+        m,
+        n,
+        k,
+        batch: 1,
+        alpha,
+    };
+    let ops = vec![
+        (a.clone(), Access::R),
+        (b.clone(), Access::R),
+        (c.clone(), mode),
+    ];
+    rt.submit(Box::new(GemmCl { g, beta }), ops)?;
+    Ok(())
+}
+
 /// Submits `h = beta * h` (zeros when beta is 0): the result of an empty
 /// contraction or reduction.
 pub(crate) fn scale_tile(

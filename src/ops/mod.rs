@@ -10,6 +10,7 @@ pub mod elementwise;
 pub mod embedding;
 pub mod gemm;
 pub mod layernorm;
+pub mod lm_head_ce;
 pub mod reduce;
 pub mod slice;
 

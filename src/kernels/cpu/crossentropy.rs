@@ -36,7 +36,7 @@ use crate::kernels::cpu::activation::{exp_nonpos_acc, with_simd};
 
 /// The column of target `t` inside the tile `[lo, lo + vt)`, if it is there.
 #[inline]
-fn local_col(t: i64, lo: usize, vt: usize) -> Option<usize> {
+pub(crate) fn local_col(t: i64, lo: usize, vt: usize) -> Option<usize> {
     let rel = t.checked_sub(lo as i64)?;
     (t >= 0 && rel >= 0 && (rel as u64) < vt as u64).then_some(rel as usize)
 }
@@ -150,112 +150,10 @@ pub fn ce_bwd<T: Element>(
     )
 }
 
-/// Training forward, in place: per row the tile's max `m_t` goes to
-/// `tile_max`, the numerators `exp(z - m_t)` overwrite the logits, and their
-/// sum is merged into `acc` as [`maxsumexp_update`] does. With
-/// [`ce_bwd_numerators`] it costs one exp per logit instead of two (the
-/// exp is what the cross-entropy spends its time on); the logits are gone
-/// afterwards, so the target logits must be read first.
-pub fn softmax_numerators<T: Element>(
-    logits_to_exp: &mut [T],
-    rows: usize,
-    vt: usize,
-    acc: &mut [T::Acc],
-    tile_max: &mut [T::Acc],
-) {
-    assert_eq!(
-        logits_to_exp.len(),
-        rows * vt,
-        "softmax_numerators: logits length"
-    );
-    assert_eq!(acc.len(), rows * 2, "softmax_numerators: acc length");
-    assert_eq!(tile_max.len(), rows, "softmax_numerators: tile_max length");
-    if vt == 0 {
-        return;
-    }
-    with_simd(
-        #[inline(always)]
-        || {
-            for ((zr, a), mt) in logits_to_exp
-                .chunks_exact_mut(vt)
-                .zip(acc.chunks_exact_mut(2))
-                .zip(tile_max.iter_mut())
-            {
-                let m = row_max(zr);
-                let s = exp_in_place(zr, m);
-                let m_new = m.max(a[0]);
-                // exp(-inf - m) = 0 for the empty accumulator.
-                a[1] = a[1] * exp_nonpos_acc(a[0] - m_new) + s * exp_nonpos_acc(m - m_new);
-                a[0] = m_new;
-                *mt = m;
-            }
-        },
-    )
-}
-
-/// In place, after [`softmax_numerators`] over every tile of the rows:
-/// `e[r, v] = scale * (e * exp(m_t - max) / sumexp - [v == t_r])`, ignored
-/// rows 0: the gradient [`ce_bwd`] gives, with one multiply per logit.
-#[allow(clippy::too_many_arguments)]
-pub fn ce_bwd_numerators<T: Element>(
-    acc: &[T::Acc],
-    tile_max: &[T::Acc],
-    rows: usize,
-    vt: usize,
-    vocab_lo: usize,
-    targets: &[i64],
-    scale: f64,
-    exp_to_grad: &mut [T],
-) {
-    assert_eq!(acc.len(), rows * 2, "ce_bwd_numerators: acc length");
-    assert_eq!(tile_max.len(), rows, "ce_bwd_numerators: tile_max length");
-    assert_eq!(targets.len(), rows, "ce_bwd_numerators: targets length");
-    assert_eq!(
-        exp_to_grad.len(),
-        rows * vt,
-        "ce_bwd_numerators: logits length"
-    );
-    if vt == 0 {
-        return;
-    }
-    let sc = T::Acc::of(scale);
-    with_simd(
-        #[inline(always)]
-        || {
-            for (((er, a), &mt), &t) in exp_to_grad
-                .chunks_exact_mut(vt)
-                .zip(acc.chunks_exact(2))
-                .zip(tile_max)
-                .zip(targets)
-            {
-                if t < 0 {
-                    er.fill(T::from_f64(0.0));
-                    continue;
-                }
-                // The softmax is e * k; the tile's numerators were taken
-                // against its own max.
-                let k = exp_nonpos_acc(mt - a[0]) / a[1];
-                let ks = sc * k;
-                // As in ce_bwd: scale * (p - 1), exact for p >= 1/2.
-                let tgt = local_col(t, vocab_lo, vt).map(|c| {
-                    let p = er[c].to_acc() * k;
-                    (c, sc * (p - T::Acc::ONE))
-                });
-                for v in er.iter_mut() {
-                    *v = T::from_acc(v.to_acc() * ks);
-                }
-                if let Some((c, g)) = tgt {
-                    er[c] = T::from_acc(g);
-                }
-            }
-        },
-    )
-}
-
 /// max of a row in 16 lanes (select-based, so it vectorizes: one zmm
 /// under AVX-512, two ymm under AVX2).
 #[inline(always)]
-fn row_max<T: Element>(x: &[T]) -> T::Acc {
+pub(crate) fn row_max<T: Element>(x: &[T]) -> T::Acc {
     let ninf = T::Acc::of(f64::NEG_INFINITY);
     let mut lanes = [ninf; 16];
     let mut it = x.chunks_exact(16);
@@ -292,31 +190,9 @@ fn sum_exp<T: Element>(x: &[T], m: T::Acc) -> T::Acc {
     lane_sum(lanes) + s
 }
 
-/// `x = exp(x - m)` in place, returning the sum of the unrounded values in
-/// 16 lanes (added as in [`sum_exp`]).
-#[inline(always)]
-fn exp_in_place<T: Element>(x: &mut [T], m: T::Acc) -> T::Acc {
-    let mut lanes = [T::Acc::ZERO; 16];
-    let mut it = x.chunks_exact_mut(16);
-    for c in &mut it {
-        for (l, v) in lanes.iter_mut().zip(c) {
-            let e = exp_nonpos_acc(v.to_acc() - m);
-            *l += e;
-            *v = T::from_acc(e);
-        }
-    }
-    let mut s = T::Acc::ZERO;
-    for v in it.into_remainder() {
-        let e = exp_nonpos_acc(v.to_acc() - m);
-        s += e;
-        *v = T::from_acc(e);
-    }
-    lane_sum(lanes) + s
-}
-
 /// The 16 lane sums added pairwise (a fixed order, as every path uses).
 #[inline(always)]
-fn lane_sum<A: Accum>(mut lanes: [A; 16]) -> A {
+pub(crate) fn lane_sum<A: Accum>(mut lanes: [A; 16]) -> A {
     let mut w = 8;
     while w > 0 {
         for i in 0..w {

@@ -141,6 +141,120 @@ pub fn gemm_in<T: Element>(
     }
 }
 
+/// `C[:, c0..c0 + n] = alpha * A @ op(B) + beta * C[:, c0..c0 + n]` for one
+/// `m x ldc` row-major C (a block of columns of it, such as an L2-sized
+/// chunk of a logits tile), A `m x k` not transposed; `shape = (trans_b, m,
+/// n, k)`. f32 and f64 products on the gemm crate write the block in place
+/// through its strides; the other paths of [`gemm_in`] go through a
+/// contiguous copy of the block.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_cols<T: Element>(
+    compute: GemmCompute,
+    (trans_b, m, n, k): (bool, usize, usize, usize),
+    alpha: f64,
+    a: &[T],
+    b: &[T],
+    beta: f64,
+    c: &mut [T],
+    (ldc, c0): (usize, usize),
+) {
+    assert_eq!(a.len(), m * k, "gemm_cols: A has the wrong length");
+    assert_eq!(b.len(), k * n, "gemm_cols: B has the wrong length");
+    assert_eq!(c.len(), m * ldc, "gemm_cols: C has the wrong length");
+    assert!(c0 + n <= ldc, "gemm_cols: columns past C's rows");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let on_mkl = compute == GemmCompute::Bf16 && mkl::bf16_backend() == Bf16Gemm::Mkl;
+    let native = match T::DTYPE {
+        DType::F32 => !on_mkl && !gemm_small::wanted(false, trans_b, m),
+        DType::F64 => true,
+        DType::BF16 | DType::F16 => false,
+    };
+    if !native || k == 0 || alpha == 0.0 {
+        let mut blk: Vec<T> = Vec::with_capacity(m * n);
+        for row in c.chunks_exact(ldc) {
+            blk.extend_from_slice(&row[c0..c0 + n]);
+        }
+        gemm_in(
+            compute,
+            (false, trans_b, m, n, k, 1),
+            alpha,
+            a,
+            b,
+            beta,
+            &mut blk,
+        );
+        for (row, br) in c.chunks_exact_mut(ldc).zip(blk.chunks_exact(n)) {
+            row[c0..c0 + n].copy_from_slice(br);
+        }
+        return;
+    }
+    match T::DTYPE {
+        DType::F32 => gemm_native_cols::<f32>(
+            (trans_b, m, n, k),
+            alpha as f32,
+            bytemuck::cast_slice(a),
+            bytemuck::cast_slice(b),
+            beta as f32,
+            bytemuck::cast_slice_mut(c),
+            (ldc, c0),
+        ),
+        _ => gemm_native_cols::<f64>(
+            (trans_b, m, n, k),
+            alpha,
+            bytemuck::cast_slice(a),
+            bytemuck::cast_slice(b),
+            beta,
+            bytemuck::cast_slice_mut(c),
+            (ldc, c0),
+        ),
+    }
+}
+
+/// [`gemm_cols`] on the gemm crate (f32 or f64), C's block in place.
+fn gemm_native_cols<F: bytemuck::Pod + PartialEq + 'static>(
+    (trans_b, m, n, k): (bool, usize, usize, usize),
+    alpha: F,
+    a: &[F],
+    b: &[F],
+    beta: F,
+    c: &mut [F],
+    (ldc, c0): (usize, usize),
+) {
+    let (b_rs, b_cs) = if trans_b { (1, k) } else { (n, 1) };
+    // SAFETY: F is f32 or f64, which the gemm crate supports. A (m x k,
+    // row-major) element (r, p) sits at r*k + p < m*k, op(B) element (p,
+    // col) at p*b_rs + col*b_cs < k*n, and C element (r, col) at
+    // c0 + r*ldc + col < m*ldc since c0 + n <= ldc (asserted by the
+    // caller); C is exclusively borrowed and aliases neither A nor B. The
+    // crate's `alpha` scales dst and its `beta` the product, hence the
+    // swap; it reads dst only when beta != 0.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr().add(c0),
+            1,
+            ldc as isize,
+            beta != F::zeroed(),
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            beta,
+            alpha,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
 /// `C = beta * C`, writing zeros without reading C when `beta == 0`.
 fn scale_c<T: Element>(beta: f64, c: &mut [T]) {
     if beta == 0.0 {

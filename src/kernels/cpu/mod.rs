@@ -14,6 +14,7 @@ pub mod embedding;
 pub mod gemm;
 pub mod gemm_small;
 pub mod layernorm;
+pub mod lm_head_ce;
 pub mod mkl;
 pub mod optim;
 pub mod reduce;

@@ -149,13 +149,16 @@ impl Memory {
         self.note_memory(node, used);
     }
 
-    /// A buffer of `bytes` on `node`, zeroed when `zeroed` (host buffers
-    /// always are: calloc costs nothing). A GPU that refuses the allocation
+    /// A buffer of `bytes` on `node`, zeroed when `zeroed`. A GPU that refuses the allocation
     /// (memory taken outside the runtime's accounting: cuBLAS workspaces,
     /// other processes) gets one round of eviction first.
     fn alloc(&self, node: usize, bytes: usize, zeroed: bool) -> Result<Buf> {
         let Some(dev) = &self.gpus[node] else {
-            let b = HostBuffer::zeroed(bytes);
+            let b = if zeroed {
+                HostBuffer::zeroed(bytes)
+            } else {
+                HostBuffer::uninit(bytes)
+            };
             if !zeroed && poison_uninitialised() {
                 // SAFETY: a new buffer nobody else holds yet.
                 unsafe { b.bytes_mut() }.fill(0xFF);
@@ -502,7 +505,7 @@ impl Memory {
             m.used += bytes;
             m.peak = m.peak.max(m.used);
         }
-        let mut buf = Buf::Host(HostBuffer::zeroed(h.bytes()));
+        let mut buf = Buf::Host(HostBuffer::uninit(h.bytes()));
         let from = &coh.replicas[node].as_ref().unwrap().buf;
         if self.transfer(node, 0, from, &mut buf).is_err() {
             // The device failed (its context is unusable): keep the replica,

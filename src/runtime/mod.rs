@@ -626,6 +626,7 @@ impl Owner {
 impl Drop for Owner {
     fn drop(&mut self) {
         let _ = self.shutdown();
+        buffer::trim_pool();
     }
 }
 
